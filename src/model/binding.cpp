@@ -1,0 +1,275 @@
+#include "model/binding.h"
+
+#include <algorithm>
+#include <cctype>
+#include <map>
+#include <set>
+
+#include "model/families.h"
+#include "moerun/error.h"
+#include "util/strings.h"
+
+namespace moerun::model {
+namespace {
+
+using detail::cat;
+
+enum class Kind { linear, vector };  // a Linear weight [out, in] (may be FP8), or a norm/bias/router vector
+
+// Problems and unused tensors are folded by name pattern: "model.layers.{0-2}.mlp.experts.{0-63}.w1.weight".
+struct FoldedNames {
+  struct Group {
+    std::vector<std::set<int64_t>> numbers;  // one set per {} in the pattern
+    size_t count = 0;
+  };
+  std::map<std::pair<std::string, std::string>, Group> groups;  // (pattern, what) -> numbers seen
+
+  void add(const std::string& name, const std::string& what) {
+    std::string pattern;
+    std::vector<int64_t> nums;
+    for (size_t i = 0; i < name.size();) {
+      // Only numbers standing alone between dots are indices ("layers.7.", "experts.12.").
+      if (std::isdigit(static_cast<unsigned char>(name[i])) && (i == 0 || name[i - 1] == '.')) {
+        size_t j = i;
+        while (j < name.size() && std::isdigit(static_cast<unsigned char>(name[j]))) ++j;
+        if ((j == name.size() || name[j] == '.') && j - i <= 9) {
+          nums.push_back(std::stoll(name.substr(i, j - i)));
+          pattern += "{}";
+          i = j;
+          continue;
+        }
+      }
+      pattern += name[i++];
+    }
+    Group& g = groups[{pattern, what}];
+    g.numbers.resize(nums.size());
+    for (size_t k = 0; k < nums.size(); ++k) g.numbers[k].insert(nums[k]);
+    ++g.count;
+  }
+
+  static std::string ranges(const std::set<int64_t>& s) {
+    std::string out;
+    for (auto it = s.begin(); it != s.end();) {
+      const int64_t lo = *it;
+      int64_t hi = lo;
+      for (++it; it != s.end() && *it == hi + 1; ++it) hi = *it;
+      out += cat(out.empty() ? "" : ",", lo, hi > lo ? cat("-", hi) : std::string());
+    }
+    return out;
+  }
+
+  std::vector<std::string> lines() const {
+    std::vector<std::string> out;
+    for (const auto& [key, g] : groups) {
+      std::string name;
+      size_t k = 0;
+      for (size_t i = 0; i < key.first.size(); ++i) {
+        if (key.first.compare(i, 2, "{}") == 0) {
+          const std::string r = ranges(g.numbers[k++]);
+          name += r.find_first_of(",-") == std::string::npos ? r : "{" + r + "}";
+          ++i;
+        } else {
+          name += key.first[i];
+        }
+      }
+      out.push_back(cat(g.count > 1 ? cat(g.count, " tensors ") : std::string("tensor "), "'", name, "'",
+                        key.second.empty() ? "" : ": ", key.second));
+    }
+    return out;
+  }
+};
+
+class Binder {
+ public:
+  Binder(const ModelConfig& c, const io::WeightStore& store) : c_(c), store_(store) {}
+
+  bool has(const std::string& name) const { return store_.find(name) != nullptr; }
+
+  Tensor vector(const std::string& name, const Shape& want) { return take(name, want, Kind::vector); }
+  Tensor optional_vector(const std::string& name, const Shape& want) {
+    return has(name) ? take(name, want, Kind::vector) : Tensor();
+  }
+
+  LinearWeight linear(const std::string& prefix, int64_t out, int64_t in, bool bias) {
+    LinearWeight w;
+    w.weight = take(prefix + ".weight", {out, in}, Kind::linear);
+    if (w.weight && w.weight.dtype() == DType::f8_e4m3) {
+      // FP8 weights carry per-block multipliers (docs/MODELS.md §6).
+      const Shape scale_shape = {(out + c_.fp8.block_out - 1) / c_.fp8.block_out, (in + c_.fp8.block_in - 1) / c_.fp8.block_in};
+      w.weight_scale_inv = take(prefix + ".weight_scale_inv", scale_shape, Kind::vector);
+    }
+    if (bias) w.bias = take(prefix + ".bias", {out}, Kind::vector);
+    return w;
+  }
+
+  MlpWeights mlp(const std::string& prefix, const char* gate, const char* up, const char* down, int64_t width) {
+    const int64_t d = c_.hidden_size;
+    return {linear(cat(prefix, ".", gate), width, d, false), linear(cat(prefix, ".", up), width, d, false),
+            linear(cat(prefix, ".", down), d, width, false)};
+  }
+
+  // Fused HF v5 experts: gate_up_proj [E, 2*I_e, D] (gate rows first) and down_proj [E, D, I_e].
+  std::vector<MlpWeights> fused_experts(const std::string& prefix) {
+    const int64_t e = c_.router.n_routed_experts, i = c_.moe_intermediate_size, d = c_.hidden_size;
+    const Tensor gate_up = take(prefix + ".gate_up_proj", {e, 2 * i, d}, Kind::vector);
+    const Tensor down = take(prefix + ".down_proj", {e, d, i}, Kind::vector);
+    std::vector<MlpWeights> out;
+    if (!gate_up || !down) return out;
+    for (int64_t k = 0; k < e; ++k) {
+      MlpWeights m;
+      m.gate_proj.weight = gate_up.index(k).narrow(0, i);
+      m.up_proj.weight = gate_up.index(k).narrow(i, i);
+      m.down_proj.weight = down.index(k);
+      out.push_back(std::move(m));
+    }
+    return out;
+  }
+
+  std::vector<std::string> problems() const { return problems_.lines(); }
+
+  // Tensors in the checkpoint that no role asked for: listed as warnings, then ignored.
+  std::vector<std::string> unused() const {
+    FoldedNames f;
+    for (const auto& [name, t] : store_.tensors())
+      if (!used_.count(name)) f.add(name, "");
+    std::vector<std::string> out;
+    for (const std::string& line : f.lines()) out.push_back("ignoring unexpected " + line);
+    return out;
+  }
+
+ private:
+  Tensor take(const std::string& name, const Shape& want, Kind kind) {
+    const io::StoredTensor* t = store_.find(name);
+    if (!t) {
+      problems_.add(name, cat("missing (expected ", shape_str(want), ")"));
+      return Tensor();
+    }
+    used_.insert(name);
+    const DType dt = t->entry->dtype;
+    const bool ok_dtype = dt == DType::f32 || dt == DType::bf16 || dt == DType::f16 ||
+                          (kind == Kind::linear && dt == DType::f8_e4m3);
+    const std::string in_shard = cat(" (in ", store_.shard_name(t->shard), ")");
+    if (!ok_dtype) {
+      problems_.add(name, cat("dtype ", dtype_name(dt), " is not supported here (expected F32, BF16, F16",
+                              kind == Kind::linear ? " or F8_E4M3" : "", ")", in_shard));
+      return Tensor();
+    }
+    if (t->entry->shape != want) {
+      problems_.add(name, cat("expected ", dtype_name(dt), " ", shape_str(want), ", found ", dtype_name(dt), " ",
+                              shape_str(t->entry->shape), in_shard));
+      return Tensor();
+    }
+    return store_.view(*t);
+  }
+
+  const ModelConfig& c_;
+  const io::WeightStore& store_;
+  FoldedNames problems_;
+  std::set<std::string, std::less<>> used_;
+};
+
+int64_t numel(const Tensor& t) { return t ? t.numel() : 0; }
+int64_t numel(const LinearWeight& w) { return numel(w.weight) + numel(w.bias); }
+int64_t numel(const MlpWeights& m) { return numel(m.gate_proj) + numel(m.up_proj) + numel(m.down_proj); }
+
+int64_t layer_params(const LayerWeights& l) {
+  int64_t n = numel(l.input_layernorm) + numel(l.post_attention_layernorm) + numel(l.q_proj) + numel(l.k_proj) +
+              numel(l.v_proj) + numel(l.o_proj) + numel(l.q_norm) + numel(l.k_norm) + numel(l.q_a_proj) +
+              numel(l.q_a_layernorm) + numel(l.q_b_proj) + numel(l.kv_a_proj_with_mqa) + numel(l.kv_a_layernorm) +
+              numel(l.kv_b_proj) + numel(l.mlp) + numel(l.router) + numel(l.e_score_correction_bias) +
+              numel(l.shared_expert) + numel(l.shared_expert_gate);
+  for (const MlpWeights& e : l.experts) n += numel(e);
+  return n;
+}
+
+}  // namespace
+
+Binding bind_weights(const ModelConfig& c, const io::WeightStore& store, const std::string& where) {
+  const TensorNames& names = family_spec(c.family).names;
+  Binder b(c, store);
+  Binding out;
+  ModelWeights& w = out.weights;
+  const int64_t d = c.hidden_size, h = c.num_attention_heads;
+
+  w.embed_tokens = b.vector("model.embed_tokens.weight", {c.vocab_size, d});
+  w.norm = b.vector("model.norm.weight", {d});
+  if (b.has("lm_head.weight")) {
+    w.lm_head = b.linear("lm_head", c.vocab_size, d, false).weight;
+    if (c.tie_word_embeddings)
+      out.warnings.push_back("lm_head.weight is present although tie_word_embeddings is true; using lm_head.weight");
+  } else if (c.tie_word_embeddings) {
+    w.lm_head = w.embed_tokens;
+  } else {
+    b.vector("lm_head.weight", {c.vocab_size, d});  // reports it missing
+  }
+
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LayerWeights& L = w.layers.emplace_back();
+    const std::string p = cat("model.layers.", l, ".");
+    L.input_layernorm = b.vector(p + "input_layernorm.weight", {d});
+    L.post_attention_layernorm = b.vector(p + "post_attention_layernorm.weight", {d});
+
+    if (c.attention == AttentionKind::gqa) {
+      const int64_t q_out = h * c.head_dim, kv_out = c.num_key_value_heads * c.head_dim;
+      L.q_proj = b.linear(p + "self_attn.q_proj", q_out, d, c.qkv_bias);
+      L.k_proj = b.linear(p + "self_attn.k_proj", kv_out, d, c.qkv_bias);
+      L.v_proj = b.linear(p + "self_attn.v_proj", kv_out, d, c.qkv_bias);
+      L.o_proj = b.linear(p + "self_attn.o_proj", d, q_out, c.o_bias);
+      if (c.qk_norm != QkNorm::none) {
+        const bool per_head = c.qk_norm == QkNorm::per_head;
+        L.q_norm = b.vector(p + "self_attn.q_norm.weight", {per_head ? c.head_dim : q_out});
+        L.k_norm = b.vector(p + "self_attn.k_norm.weight", {per_head ? c.head_dim : kv_out});
+      }
+    } else {
+      const int64_t q_out = h * (c.qk_nope_head_dim + c.qk_rope_head_dim);
+      if (c.q_lora_rank) {
+        L.q_a_proj = b.linear(p + "self_attn.q_a_proj", *c.q_lora_rank, d, c.mla_bias);
+        L.q_a_layernorm = b.vector(p + "self_attn.q_a_layernorm.weight", {*c.q_lora_rank});
+        L.q_b_proj = b.linear(p + "self_attn.q_b_proj", q_out, *c.q_lora_rank, false);
+      } else {
+        L.q_proj = b.linear(p + "self_attn.q_proj", q_out, d, false);
+      }
+      L.kv_a_proj_with_mqa = b.linear(p + "self_attn.kv_a_proj_with_mqa", c.kv_lora_rank + c.qk_rope_head_dim, d, c.mla_bias);
+      L.kv_a_layernorm = b.vector(p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank});
+      L.kv_b_proj = b.linear(p + "self_attn.kv_b_proj", h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank, false);
+      L.o_proj = b.linear(p + "self_attn.o_proj", d, h * c.v_head_dim, c.mla_bias);
+    }
+
+    if (c.layer_ffn[static_cast<size_t>(l)] == FfnKind::dense) {
+      L.mlp = b.mlp(p + "mlp", "gate_proj", "up_proj", "down_proj", c.intermediate_size);
+      continue;
+    }
+    // MoE layer. HF v5 may save fused expert tensors, and renames Mixtral's block to "mlp".
+    const bool fused = b.has(p + "mlp.experts.gate_up_proj") || b.has(cat(p, names.moe_block, ".experts.gate_up_proj"));
+    const std::string block = p + (fused && b.has(p + "mlp.experts.gate_up_proj") ? "mlp" : names.moe_block);
+    L.router = b.vector(block + ".gate.weight", {c.router.n_routed_experts, d});
+    if (c.router.e_score_correction_bias)
+      L.e_score_correction_bias = b.vector(block + ".gate.e_score_correction_bias", {c.router.n_routed_experts});
+    if (fused) {
+      L.experts = b.fused_experts(block + ".experts");
+    } else {
+      for (int64_t e = 0; e < c.router.n_routed_experts; ++e)
+        L.experts.push_back(b.mlp(cat(block, ".experts.", e), names.expert_gate, names.expert_up, names.expert_down,
+                                  c.moe_intermediate_size));
+    }
+    if (c.shared.count > 0) {
+      L.shared_expert = b.mlp(cat(block, ".", names.shared_expert), "gate_proj", "up_proj", "down_proj",
+                              c.shared.intermediate_size);
+      if (c.shared.gated) L.shared_expert_gate = b.vector(block + ".shared_expert_gate.weight", {1, d});
+    }
+  }
+
+  const std::vector<std::string> problems = b.problems();
+  if (!problems.empty())
+    throw Error(where, cat(problems.size(), " tensor problem", problems.size() == 1 ? "" : "s", " for a ",
+                           family_name(c.family), " model: ", detail::join_problems(problems, 1000)));
+  for (std::string& u : b.unused()) out.warnings.push_back(std::move(u));
+
+  out.total_params = numel(w.embed_tokens) + numel(w.norm) + (c.tie_word_embeddings && !b.has("lm_head.weight") ? 0 : numel(w.lm_head));
+  for (const LayerWeights& L : w.layers) out.total_params += layer_params(L);
+  const int64_t per_expert = 3 * c.moe_intermediate_size * d;
+  out.active_params = out.total_params - c.num_moe_layers() * (c.router.n_routed_experts - c.router.num_experts_per_tok) * per_expert;
+  return out;
+}
+
+}  // namespace moerun::model

@@ -1,0 +1,24 @@
+#pragma once
+// Binding: every tensor the config implies, by role, checked for presence, dtype and shape.
+
+#include <string>
+#include <vector>
+
+#include "io/weight_store.h"
+#include "moerun/config.h"
+#include "moerun/weights.h"
+
+namespace moerun::model {
+
+struct Binding {
+  ModelWeights weights;
+  std::vector<std::string> warnings;  // unexpected tensors (ignored), lm_head despite tying
+  int64_t total_params = 0;           // every bound weight, the tied head counted once
+  int64_t active_params = 0;          // per token: total minus the experts not routed to
+};
+
+// Throws one Error (where = `where`) that lists every missing, mis-shaped or wrongly typed tensor,
+// with runs of layers and experts folded into ranges.
+Binding bind_weights(const ModelConfig& config, const io::WeightStore& store, const std::string& where);
+
+}  // namespace moerun::model

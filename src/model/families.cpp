@@ -1,0 +1,170 @@
+#include "model/families.h"
+
+#include "moerun/error.h"
+#include "util/strings.h"
+
+namespace moerun::model {
+namespace {
+
+using detail::cat;
+using io::JsonFields;
+
+void all_layers(ModelConfig& c, FfnKind kind) { c.layer_ffn.assign(static_cast<size_t>(c.num_hidden_layers), kind); }
+
+// Qwen2/3-MoE: layer l is MoE iff l is not in mlp_only_layers, experts exist and
+// (l + 1) % decoder_sparse_step == 0 (HF Qwen2MoeDecoderLayer).
+void qwen_layer_kinds(const JsonFields& f, ModelConfig& c) {
+  c.decoder_sparse_step = f.i64_or("decoder_sparse_step", 1);
+  if (c.decoder_sparse_step < 1) f.fail("decoder_sparse_step", cat("must be at least 1, found ", c.decoder_sparse_step));
+  c.mlp_only_layers = f.i64_list_or("mlp_only_layers", {});
+  for (int64_t l : c.mlp_only_layers)
+    if (l < 0 || l >= c.num_hidden_layers)
+      f.fail("mlp_only_layers", cat("layer ", l, " is outside [0, ", c.num_hidden_layers, ")"));
+  c.layer_ffn.clear();
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    bool moe = c.router.n_routed_experts > 0 && (l + 1) % c.decoder_sparse_step == 0;
+    for (int64_t m : c.mlp_only_layers) moe &= (m != l);
+    c.layer_ffn.push_back(moe ? FfnKind::moe : FfnKind::dense);
+  }
+}
+
+void softmax_router(const JsonFields& f, ModelConfig& c, const char* experts_key, bool norm_default) {
+  c.router.score = ScoreFunc::softmax;
+  c.router.method = TopkMethod::greedy;
+  c.router.n_routed_experts = f.i64(experts_key);
+  c.router.num_experts_per_tok = f.i64("num_experts_per_tok");
+  c.router.norm_topk_prob = f.boolean_or("norm_topk_prob", norm_default);
+}
+
+void read_llama(const JsonFields& f, ModelConfig& c) {
+  c.qkv_bias = c.o_bias = f.boolean_or("attention_bias", false);
+  if (f.boolean_or("mlp_bias", false)) f.fail("mlp_bias", "biases on MLP projections are not supported");
+  all_layers(c, FfnKind::dense);
+}
+
+void read_mixtral(const JsonFields& f, ModelConfig& c) {
+  softmax_router(f, c, "num_local_experts", true);
+  c.router.norm_topk_prob = true;  // HF MixtralSparseMoeBlock always renormalises the top-k
+  c.moe_intermediate_size = c.intermediate_size;  // intermediate_size is the per-expert width
+  all_layers(c, FfnKind::moe);
+}
+
+void read_qwen2_moe(const JsonFields& f, ModelConfig& c) {
+  c.qkv_bias = f.boolean_or("qkv_bias", true);  // older configs omit it; the weights always have biases
+  softmax_router(f, c, "num_experts", false);
+  c.moe_intermediate_size = f.i64("moe_intermediate_size");
+  const int64_t shared = f.i64_or("shared_expert_intermediate_size", 0);
+  if (shared > 0) c.shared = {.count = 1, .intermediate_size = shared, .gated = true};
+  qwen_layer_kinds(f, c);
+}
+
+void read_qwen3_moe(const JsonFields& f, ModelConfig& c) {
+  c.qkv_bias = c.o_bias = f.boolean_or("attention_bias", false);
+  c.qk_norm = QkNorm::per_head;
+  softmax_router(f, c, "num_experts", false);
+  c.moe_intermediate_size = f.i64("moe_intermediate_size");
+  qwen_layer_kinds(f, c);
+}
+
+void read_olmoe(const JsonFields& f, ModelConfig& c) {
+  c.qkv_bias = c.o_bias = f.boolean_or("attention_bias", false);
+  c.qk_norm = QkNorm::full;
+  c.clip_qkv = f.opt_f64("clip_qkv");
+  if (c.clip_qkv && !(*c.clip_qkv > 0)) f.fail("clip_qkv", cat("must be positive, found ", *c.clip_qkv));
+  softmax_router(f, c, "num_experts", false);
+  c.moe_intermediate_size = c.intermediate_size;  // per-expert width
+  all_layers(c, FfnKind::moe);
+}
+
+// DeepSeek-V2 and V3 share MLA and most MoE keys (docs/MODELS.md §3.6, §3.7, §4).
+void read_deepseek_common(const JsonFields& f, ModelConfig& c) {
+  c.attention = AttentionKind::mla;
+  c.mla_bias = f.boolean_or("attention_bias", false);
+  c.q_lora_rank = f.opt_i64("q_lora_rank");
+  c.kv_lora_rank = f.i64("kv_lora_rank");
+  c.qk_nope_head_dim = f.i64("qk_nope_head_dim");
+  c.qk_rope_head_dim = f.i64("qk_rope_head_dim");
+  c.v_head_dim = f.i64("v_head_dim");
+  c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
+  c.num_key_value_heads = c.num_attention_heads;  // irrelevant for MLA: every head has its own k, v
+  c.rope.style = RopeStyle::interleaved;
+  c.router.fp32 = true;  // both HF and the authors' code compute DeepSeek router logits in fp32
+
+  // n_routed_experts (aliases: num_experts for V2, num_local_experts for V3); null means dense.
+  std::optional<int64_t> experts = f.opt_i64("n_routed_experts");
+  if (!experts) experts = f.opt_i64("num_experts");
+  if (!experts) experts = f.opt_i64("num_local_experts");
+  c.first_k_dense_replace = f.i64_or("first_k_dense_replace", 0);
+  c.moe_layer_freq = f.i64_or("moe_layer_freq", 1);
+  if (c.moe_layer_freq < 1) f.fail("moe_layer_freq", cat("must be at least 1, found ", c.moe_layer_freq));
+  if (experts && *experts > 0) {
+    c.router.n_routed_experts = *experts;
+    c.router.num_experts_per_tok = f.i64("num_experts_per_tok");
+    c.moe_intermediate_size = f.i64("moe_intermediate_size");
+    c.router.n_group = f.i64_or("n_group", 1);
+    c.router.topk_group = f.i64_or("topk_group", 1);
+    c.router.routed_scaling_factor = f.f64_or("routed_scaling_factor", 1.0);
+    const int64_t n_shared = f.i64_or("n_shared_experts", 0);
+    if (n_shared < 0) f.fail("n_shared_experts", cat("must not be negative, found ", n_shared));
+    if (n_shared > 0) c.shared = {.count = n_shared, .intermediate_size = c.moe_intermediate_size * n_shared, .gated = false};
+  }
+  // Authors' rule (equal to HF's l >= first_k_dense_replace for moe_layer_freq 1).
+  c.layer_ffn.clear();
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const bool moe = c.router.n_routed_experts > 0 && l >= c.first_k_dense_replace && l % c.moe_layer_freq == 0;
+    c.layer_ffn.push_back(moe ? FfnKind::moe : FfnKind::dense);
+  }
+}
+
+void read_deepseek_v2(const JsonFields& f, ModelConfig& c) {
+  read_deepseek_common(f, c);
+  c.router.norm_topk_prob = f.boolean_or("norm_topk_prob", false);
+  const std::string scoring = f.str_or("scoring_func", "softmax");
+  if (scoring != "softmax") f.fail("scoring_func", cat("DeepSeek-V2 supports 'softmax', found '", scoring, "'"));
+  const std::string method = f.str_or("topk_method", "greedy");
+  if (method == "greedy") {
+    c.router.method = TopkMethod::greedy;
+  } else if (method == "group_limited_greedy") {
+    c.router.method = TopkMethod::group_limited_greedy;
+  } else {
+    f.fail("topk_method", cat("DeepSeek-V2 supports 'greedy' and 'group_limited_greedy', found '", method, "'"));
+  }
+}
+
+void read_deepseek_v3(const JsonFields& f, ModelConfig& c) {
+  read_deepseek_common(f, c);
+  c.router.norm_topk_prob = f.boolean_or("norm_topk_prob", true);
+  // HF DeepseekV3TopkRouter ignores topk_method / scoring_func: always sigmoid + noaux_tc.
+  c.router.score = ScoreFunc::sigmoid;
+  c.router.method = TopkMethod::noaux_tc;
+  c.router.e_score_correction_bias = true;
+  if (!f.boolean_or("rope_interleave", true)) c.rope.style = RopeStyle::neox;
+}
+
+constexpr TensorNames kStandardNames{};
+constexpr TensorNames kMixtralNames{.moe_block = "block_sparse_moe", .expert_gate = "w1", .expert_up = "w3",
+                                    .expert_down = "w2", .shared_expert = "shared_experts"};
+constexpr TensorNames kQwen2MoeNames{.shared_expert = "shared_expert"};
+
+}  // namespace
+
+const std::vector<FamilySpec>& family_table() {
+  static const std::vector<FamilySpec> kTable = {
+      {Family::llama, "llama", {"LlamaForCausalLM"}, read_llama, kStandardNames},
+      {Family::mixtral, "mixtral", {"MixtralForCausalLM"}, read_mixtral, kMixtralNames},
+      {Family::qwen2_moe, "qwen2_moe", {"Qwen2MoeForCausalLM"}, read_qwen2_moe, kQwen2MoeNames},
+      {Family::qwen3_moe, "qwen3_moe", {"Qwen3MoeForCausalLM"}, read_qwen3_moe, kStandardNames},
+      {Family::olmoe, "olmoe", {"OlmoeForCausalLM"}, read_olmoe, kStandardNames},
+      {Family::deepseek_v2, "deepseek_v2", {"DeepseekV2ForCausalLM"}, read_deepseek_v2, kStandardNames},
+      {Family::deepseek_v3, "deepseek_v3", {"DeepseekV3ForCausalLM"}, read_deepseek_v3, kStandardNames},
+  };
+  return kTable;
+}
+
+const FamilySpec& family_spec(Family f) {
+  for (const FamilySpec& s : family_table())
+    if (s.family == f) return s;
+  throw Error("family_spec", "unknown family");
+}
+
+}  // namespace moerun::model

@@ -1,0 +1,24 @@
+#pragma once
+// Small string helpers for messages (GCC 12 has no <format>).
+
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace moerun::detail {
+
+template <class... Args>
+std::string cat(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+
+// "a; b; c (and 7 more)": at most `max_items` problems in one message line.
+std::string join_problems(const std::vector<std::string>& items, size_t max_items = 12);
+
+// A string quoted for an error message, shortened and with control bytes escaped.
+std::string quote(std::string_view s, size_t max_len = 80);
+
+}  // namespace moerun::detail
