@@ -1,5 +1,7 @@
 #include "io/json_util.h"
 
+#include <cmath>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 
@@ -36,7 +38,18 @@ Json parse_json_text(const std::string& text, const std::string& file) {
     std::string what = e.what();
     if (const size_t p = what.find("syntax error"); p != std::string::npos) what = what.substr(p);
     throw Error(file, cat("invalid JSON at line ", line, ", column ", col, ": ", what));
+  } catch (const Json::exception& e) {  // e.g. a number too large for a double ("1e400")
+    throw Error(file, cat("invalid JSON: ", e.what()));
   }
+}
+
+std::string brief(const Json& j) {
+  // Never dump() a container: it recurses once per nesting level and may be huge.
+  if (j.is_array()) return cat("a list of ", j.size());
+  if (j.is_object()) return cat("an object of ", j.size(), " keys");
+  std::string s = j.dump();
+  if (s.size() > 60) s = s.substr(0, 57) + "...";
+  return cat(json_type_name(j), " ", s);
 }
 
 const char* json_type_name(const Json& j) {
@@ -66,16 +79,27 @@ const Json* JsonFields::get(const char* key) const {
 
 bool JsonFields::has(const char* key) const { return get(key) != nullptr; }
 
+// An integer, or an integral float as some exporters write them ("intermediate_size": 1408.0).
+std::optional<int64_t> as_integer(const Json& j) {
+  if (j.is_number_unsigned()) {
+    const uint64_t u = j.get<uint64_t>();
+    if (u > static_cast<uint64_t>(INT64_MAX)) return std::nullopt;
+    return static_cast<int64_t>(u);
+  }
+  if (j.is_number_integer()) return j.get<int64_t>();
+  if (j.is_number_float()) {
+    const double d = j.get<double>();
+    // 2^63 as a double is the first value outside int64; the range check comes before the cast.
+    if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == std::trunc(d)) return static_cast<int64_t>(d);
+  }
+  return std::nullopt;
+}
+
 std::optional<int64_t> JsonFields::opt_i64(const char* key) const {
   const Json* j = get(key);
   if (!j) return std::nullopt;
-  if (j->is_number_integer()) return j->get<int64_t>();
-  // Some exporters write integral values as floats ("intermediate_size": 1408.0).
-  if (j->is_number_float()) {
-    const double d = j->get<double>();
-    if (d == static_cast<double>(static_cast<int64_t>(d))) return static_cast<int64_t>(d);
-  }
-  fail(key, cat("expected an integer, found ", json_type_name(*j), " ", j->dump()));
+  if (const auto v = as_integer(*j)) return v;
+  fail(key, cat("expected an integer, found ", brief(*j)));
 }
 
 int64_t JsonFields::i64(const char* key) const {
@@ -88,7 +112,7 @@ int64_t JsonFields::i64_or(const char* key, int64_t fallback) const { return opt
 std::optional<double> JsonFields::opt_f64(const char* key) const {
   const Json* j = get(key);
   if (!j) return std::nullopt;
-  if (!j->is_number()) fail(key, cat("expected a number, found ", json_type_name(*j), " ", j->dump()));
+  if (!j->is_number()) fail(key, cat("expected a number, found ", brief(*j)));
   return j->get<double>();
 }
 
@@ -102,14 +126,14 @@ double JsonFields::f64_or(const char* key, double fallback) const { return opt_f
 bool JsonFields::boolean_or(const char* key, bool fallback) const {
   const Json* j = get(key);
   if (!j) return fallback;
-  if (!j->is_boolean()) fail(key, cat("expected true or false, found ", json_type_name(*j), " ", j->dump()));
+  if (!j->is_boolean()) fail(key, cat("expected true or false, found ", brief(*j)));
   return j->get<bool>();
 }
 
 std::optional<std::string> JsonFields::opt_str(const char* key) const {
   const Json* j = get(key);
   if (!j) return std::nullopt;
-  if (!j->is_string()) fail(key, cat("expected a string, found ", json_type_name(*j), " ", j->dump()));
+  if (!j->is_string()) fail(key, cat("expected a string, found ", brief(*j)));
   return j->get<std::string>();
 }
 
@@ -120,11 +144,12 @@ std::string JsonFields::str_or(const char* key, const std::string& fallback) con
 std::vector<int64_t> JsonFields::i64_list_or(const char* key, std::vector<int64_t> fallback) const {
   const Json* j = get(key);
   if (!j) return fallback;
-  if (!j->is_array()) fail(key, cat("expected a list of integers, found ", json_type_name(*j)));
+  if (!j->is_array()) fail(key, cat("expected a list of integers, found ", brief(*j)));
   std::vector<int64_t> out;
   for (const Json& v : *j) {
-    if (!v.is_number_integer()) fail(key, cat("expected a list of integers, found an entry ", v.dump()));
-    out.push_back(v.get<int64_t>());
+    const auto i = as_integer(v);
+    if (!i) fail(key, cat("expected a list of integers, found an entry ", brief(v)));
+    out.push_back(*i);
   }
   return out;
 }
@@ -132,7 +157,7 @@ std::vector<int64_t> JsonFields::i64_list_or(const char* key, std::vector<int64_
 std::vector<int64_t> JsonFields::i64_or_list(const char* key) const {
   const Json* j = get(key);
   if (!j) return {};
-  if (j->is_number_integer()) return {j->get<int64_t>()};
+  if (j->is_number()) return {i64(key)};
   return i64_list_or(key, {});
 }
 

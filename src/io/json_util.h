@@ -50,5 +50,10 @@ class JsonFields {
 };
 
 const char* json_type_name(const Json& j);  // "string", "integer", "list", ...
+// A short description of a value for messages: `integer 12`, `string "x"`, `a list of 3`. Never
+// serialises a container (deeply nested input would recurse and could be huge).
+std::string brief(const Json& j);
+// The value as an int64 when it is an integer or an integral float in range.
+std::optional<int64_t> as_integer(const Json& j);
 
 }  // namespace moerun::io

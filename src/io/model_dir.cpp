@@ -27,7 +27,7 @@ std::map<std::string, std::string> read_index(const fs::path& index) {
   std::map<std::string, std::string> out;
   for (const auto& [name, shard] : map->items()) {
     if (!shard.is_string())
-      f.fail("weight_map", cat("tensor ", quote(name), ": expected a shard file name, found ", shard.dump()));
+      f.fail("weight_map", cat("tensor ", quote(name), ": expected a shard file name, found ", io::brief(shard)));
     const std::string s = shard.get<std::string>();
     // A shard is a plain file next to the index; anything else could read outside the model.
     if (s.empty() || s.find('/') != std::string::npos || s.find('\\') != std::string::npos || s == "." || s == "..")

@@ -23,16 +23,23 @@ constexpr size_t kMaxNesting = 3;
 constexpr size_t kMaxRank = 16;
 
 // Parses the header JSON, rejecting duplicate keys (the format forbids them and a JSON library
-// would silently keep the last) and nesting deeper than the format uses.
+// would silently keep the last) and nesting deeper than the format uses. Problems inside a tensor's
+// entry name the tensor.
 Json parse_json(std::string_view text, const std::string& file) {
+  // The JSON library stops at a NUL byte and would never look at what follows; no valid header
+  // contains one (padding is spaces), so refuse it outright.
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos)
+    throw Error(file, cat("header contains a NUL byte at offset ", 8 + nul, " (padding must be spaces)"));
   std::vector<std::set<std::string>> keys;  // one key set per open object
   std::vector<bool> is_object;              // the open containers
+  std::string tensor;                       // the top-level key whose value is being parsed
+  auto in_tensor = [&] { return tensor.empty() ? std::string() : cat("tensor ", quote(tensor), ": "); };
   auto callback = [&](int /*depth*/, Json::parse_event_t event, Json& parsed) -> bool {
     switch (event) {
       case Json::parse_event_t::object_start:
       case Json::parse_event_t::array_start:
         if (is_object.size() >= kMaxNesting)
-          throw Error(file, cat("header nests deeper than the format allows (", kMaxNesting, " levels)"));
+          throw Error(file, cat(in_tensor(), "header nests deeper than the format allows (", kMaxNesting, " levels)"));
         is_object.push_back(event == Json::parse_event_t::object_start);
         if (is_object.back()) keys.emplace_back();
         break;
@@ -43,10 +50,12 @@ Json parse_json(std::string_view text, const std::string& file) {
           is_object.pop_back();
         }
         break;
-      case Json::parse_event_t::key:
-        if (!keys.back().insert(parsed.get<std::string>()).second)
-          throw Error(file, cat("header has duplicate key ", quote(parsed.get<std::string>())));
+      case Json::parse_event_t::key: {
+        const std::string key = parsed.get<std::string>();
+        if (!keys.back().insert(key).second) throw Error(file, cat(in_tensor(), "header has duplicate key ", quote(key)));
+        if (is_object.size() == 1) tensor = key;
         break;
+      }
       case Json::parse_event_t::value:
         break;
     }
@@ -62,7 +71,7 @@ Json parse_json(std::string_view text, const std::string& file) {
 const char* json_type(const Json& j) {
   if (j.is_number_unsigned()) return "non-negative integer";
   if (j.is_number_integer()) return "negative integer";
-  if (j.is_number_float()) return "number with a fraction";
+  if (j.is_number_float()) return "non-integer or out-of-range number";
   return j.type_name();
 }
 
@@ -144,12 +153,13 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> bytes, con
   h.header_size = n;
   h.data_size = bytes.size() - 8 - n;
   const std::string_view text(reinterpret_cast<const char*>(bytes.data()) + 8, static_cast<size_t>(n));
-  if (text.front() != '{') throw Error(file, "header does not start with '{'");
+  if (text.front() != '{') throw Error(file, cat("header does not start with '{' but with ", quote(text.substr(0, 1))));
   const Json j = parse_json(text, file);
   if (!j.is_object()) throw Error(file, cat("header: expected a JSON object, found ", json_type(j)));
 
   for (const auto& [name, value] : j.items()) {
     if (name == "__metadata__") {
+      if (value.is_null()) continue;  // the reference reader takes null as "no metadata"
       if (!value.is_object()) throw Error(file, cat("__metadata__: expected an object of strings, found ", json_type(value)));
       for (const auto& [k, v] : value.items()) {
         if (!v.is_string())

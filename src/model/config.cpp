@@ -20,13 +20,13 @@ using io::JsonFields;
 constexpr int64_t kMaxDim = int64_t{1} << 31;  // every size must fit comfortably in 32-bit indexing
 constexpr int64_t kMaxLayers = 4096;
 
-RopeType parse_rope_type(const JsonFields& f, const std::string& name) {
+RopeType parse_rope_type(const JsonFields& f, const char* key, const std::string& name) {
   if (name == "default") return RopeType::none;
   if (name == "linear") return RopeType::linear;
   if (name == "dynamic") return RopeType::dynamic;
   if (name == "llama3") return RopeType::llama3;
   if (name == "yarn") return RopeType::yarn;
-  f.fail("rope_type", cat("unsupported rope type '", name, "' (supported: default, linear, dynamic, llama3, yarn)"));
+  f.fail(key, cat("unsupported rope type '", name, "' (supported: default, linear, dynamic, llama3, yarn)"));
 }
 
 // rope_scaling (legacy, "type" or "rope_type") or rope_parameters (transformers v5, holds rope_theta).
@@ -37,14 +37,14 @@ void read_rope(const JsonFields& top, ModelConfig& c, double default_theta) {
   if (!j) return;
   const JsonFields f(*j, top.file(), cat(key, "."));
   if (f.has("rope_theta")) c.rope.theta = f.f64("rope_theta");
-  std::optional<std::string> type = f.opt_str("rope_type");
-  if (!type) type = f.opt_str("type");
+  const char* type_key = f.has("rope_type") ? "rope_type" : "type";
+  const std::optional<std::string> type = f.opt_str(type_key);
   if (!type) {
     if (std::string(key) == "rope_parameters") return;  // only rope_theta given
     throw Error(top.file(), cat("field '", key, "': has neither 'rope_type' nor 'type'"));
   }
   RopeScaling& s = c.rope.scaling;
-  s.type = parse_rope_type(f, *type);
+  s.type = parse_rope_type(f, type_key, *type);
   switch (s.type) {
     case RopeType::none:
       break;
@@ -57,11 +57,16 @@ void read_rope(const JsonFields& top, ModelConfig& c, double default_theta) {
       s.low_freq_factor = f.f64("low_freq_factor");
       s.high_freq_factor = f.f64("high_freq_factor");
       s.original_max_position_embeddings = f.i64("original_max_position_embeddings");
+      if (s.original_max_position_embeddings < 1)
+        f.fail("original_max_position_embeddings", cat("must be positive, found ", s.original_max_position_embeddings));
+      if (!(s.low_freq_factor > 0)) f.fail("low_freq_factor", cat("must be positive, found ", s.low_freq_factor));
       if (!(s.high_freq_factor > s.low_freq_factor))
         f.fail("high_freq_factor", cat("must exceed low_freq_factor (", s.low_freq_factor, "), found ", s.high_freq_factor));
       break;
     case RopeType::yarn:
       s.original_max_position_embeddings = f.i64_or("original_max_position_embeddings", 0);
+      if (f.has("original_max_position_embeddings") && s.original_max_position_embeddings < 1)
+        f.fail("original_max_position_embeddings", cat("must be positive, found ", s.original_max_position_embeddings));
       if (f.has("factor")) {
         s.factor = f.f64("factor");
       } else if (s.original_max_position_embeddings > 0) {  // v5 falls back to the context ratio
@@ -76,9 +81,12 @@ void read_rope(const JsonFields& top, ModelConfig& c, double default_theta) {
       s.mscale_all_dim = f.f64_or("mscale_all_dim", 0.0);
       s.attention_factor = f.opt_f64("attention_factor");
       s.truncate = f.boolean_or("truncate", true);
+      if (!(s.beta_fast > 0) || !(s.beta_slow > 0))
+        f.fail("beta_fast", cat("beta_fast and beta_slow must be positive, found ", s.beta_fast, " and ", s.beta_slow));
       break;
   }
-  if (s.type != RopeType::none && !(s.factor > 0)) f.fail("factor", cat("must be positive, found ", s.factor));
+  if (s.type != RopeType::none && (!(s.factor > 0) || !std::isfinite(s.factor)))
+    f.fail("factor", cat("must be positive, found ", s.factor));
 }
 
 void read_quantization(const JsonFields& top, ModelConfig& c) {
@@ -142,7 +150,8 @@ void validate_and_derive(const JsonFields& f, ModelConfig& c) {
 
   const bool any_dense = std::find(c.layer_ffn.begin(), c.layer_ffn.end(), FfnKind::dense) != c.layer_ffn.end();
   if (any_dense) check_range(f, "intermediate_size", c.intermediate_size, 1, kMaxDim);
-  if (c.is_moe()) {
+  const bool any_moe = std::find(c.layer_ffn.begin(), c.layer_ffn.end(), FfnKind::moe) != c.layer_ffn.end();
+  if (c.is_moe() || any_moe) {
     RouterSpec& r = c.router;
     const char* experts_key = c.family == Family::mixtral ? "num_local_experts"
                               : c.attention == AttentionKind::mla ? "n_routed_experts" : "num_experts";
@@ -190,7 +199,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   const model::FamilySpec* spec = nullptr;
   if (const Json* arch = f.get("architectures")) {
     if (!arch->is_array() || arch->empty() || !(*arch)[0].is_string())
-      f.fail("architectures", cat("expected a non-empty list of strings, found ", arch->dump()));
+      f.fail("architectures", cat("expected a non-empty list of strings, found ", io::brief(*arch)));
     c.architecture = (*arch)[0].get<std::string>();
     for (const model::FamilySpec& s : model::family_table())
       for (std::string_view a : s.architectures)

@@ -28,10 +28,21 @@ void qwen_layer_kinds(const JsonFields& f, ModelConfig& c) {
   }
 }
 
-void softmax_router(const JsonFields& f, ModelConfig& c, const char* experts_key, bool norm_default) {
+// Expert counts: 0 means "no MoE" where the family allows it (Qwen, DeepSeek), never negative.
+int64_t expert_count(const JsonFields& f, const char* key, int64_t value, bool zero_ok) {
+  if (value < (zero_ok ? 0 : 1)) f.fail(key, cat("must be ", zero_ok ? "0 or more" : "at least 1", ", found ", value));
+  return value;
+}
+
+// HF Qwen2/3-MoE configs keep sliding_window only when use_sliding_window is true.
+void qwen_sliding_window(const JsonFields& f, ModelConfig& c) {
+  if (!f.boolean_or("use_sliding_window", false)) c.sliding_window.reset();
+}
+
+void softmax_router(const JsonFields& f, ModelConfig& c, const char* experts_key, bool norm_default, bool zero_ok) {
   c.router.score = ScoreFunc::softmax;
   c.router.method = TopkMethod::greedy;
-  c.router.n_routed_experts = f.i64(experts_key);
+  c.router.n_routed_experts = expert_count(f, experts_key, f.i64(experts_key), zero_ok);
   c.router.num_experts_per_tok = f.i64("num_experts_per_tok");
   c.router.norm_topk_prob = f.boolean_or("norm_topk_prob", norm_default);
 }
@@ -43,7 +54,7 @@ void read_llama(const JsonFields& f, ModelConfig& c) {
 }
 
 void read_mixtral(const JsonFields& f, ModelConfig& c) {
-  softmax_router(f, c, "num_local_experts", true);
+  softmax_router(f, c, "num_local_experts", true, /*zero_ok=*/false);
   c.router.norm_topk_prob = true;  // HF MixtralSparseMoeBlock always renormalises the top-k
   c.moe_intermediate_size = c.intermediate_size;  // intermediate_size is the per-expert width
   all_layers(c, FfnKind::moe);
@@ -51,18 +62,21 @@ void read_mixtral(const JsonFields& f, ModelConfig& c) {
 
 void read_qwen2_moe(const JsonFields& f, ModelConfig& c) {
   c.qkv_bias = f.boolean_or("qkv_bias", true);  // older configs omit it; the weights always have biases
-  softmax_router(f, c, "num_experts", false);
+  softmax_router(f, c, "num_experts", false, /*zero_ok=*/true);
   c.moe_intermediate_size = f.i64("moe_intermediate_size");
   const int64_t shared = f.i64_or("shared_expert_intermediate_size", 0);
+  if (shared < 0) f.fail("shared_expert_intermediate_size", cat("must be 0 (none) or more, found ", shared));
   if (shared > 0) c.shared = {.count = 1, .intermediate_size = shared, .gated = true};
+  qwen_sliding_window(f, c);
   qwen_layer_kinds(f, c);
 }
 
 void read_qwen3_moe(const JsonFields& f, ModelConfig& c) {
   c.qkv_bias = c.o_bias = f.boolean_or("attention_bias", false);
   c.qk_norm = QkNorm::per_head;
-  softmax_router(f, c, "num_experts", false);
+  softmax_router(f, c, "num_experts", false, /*zero_ok=*/true);
   c.moe_intermediate_size = f.i64("moe_intermediate_size");
+  qwen_sliding_window(f, c);
   qwen_layer_kinds(f, c);
 }
 
@@ -71,13 +85,21 @@ void read_olmoe(const JsonFields& f, ModelConfig& c) {
   c.qk_norm = QkNorm::full;
   c.clip_qkv = f.opt_f64("clip_qkv");
   if (c.clip_qkv && !(*c.clip_qkv > 0)) f.fail("clip_qkv", cat("must be positive, found ", *c.clip_qkv));
-  softmax_router(f, c, "num_experts", false);
+  softmax_router(f, c, "num_experts", false, /*zero_ok=*/false);
   c.moe_intermediate_size = c.intermediate_size;  // per-expert width
   all_layers(c, FfnKind::moe);
 }
 
+// Defaults of the HF config classes for keys a DeepSeek config may omit.
+struct DeepseekDefaults {
+  int64_t n_group, topk_group, first_k_dense_replace;
+  double routed_scaling_factor;
+};
+constexpr DeepseekDefaults kV2Defaults{.n_group = 1, .topk_group = 1, .first_k_dense_replace = 0, .routed_scaling_factor = 1.0};
+constexpr DeepseekDefaults kV3Defaults{.n_group = 8, .topk_group = 4, .first_k_dense_replace = 3, .routed_scaling_factor = 2.5};
+
 // DeepSeek-V2 and V3 share MLA and most MoE keys (docs/MODELS.md §3.6, §3.7, §4).
-void read_deepseek_common(const JsonFields& f, ModelConfig& c) {
+void read_deepseek_common(const JsonFields& f, ModelConfig& c, const DeepseekDefaults& defaults) {
   c.attention = AttentionKind::mla;
   c.mla_bias = f.boolean_or("attention_bias", false);
   c.q_lora_rank = f.opt_i64("q_lora_rank");
@@ -91,19 +113,23 @@ void read_deepseek_common(const JsonFields& f, ModelConfig& c) {
   c.router.fp32 = true;  // both HF and the authors' code compute DeepSeek router logits in fp32
 
   // n_routed_experts (aliases: num_experts for V2, num_local_experts for V3); null means dense.
-  std::optional<int64_t> experts = f.opt_i64("n_routed_experts");
-  if (!experts) experts = f.opt_i64("num_experts");
-  if (!experts) experts = f.opt_i64("num_local_experts");
-  c.first_k_dense_replace = f.i64_or("first_k_dense_replace", 0);
+  const char* experts_key = "n_routed_experts";
+  for (const char* alias : {"num_experts", "num_local_experts"})
+    if (!f.has(experts_key) && f.has(alias)) experts_key = alias;
+  const std::optional<int64_t> experts = f.opt_i64(experts_key);
+  if (experts) expert_count(f, experts_key, *experts, /*zero_ok=*/true);
+  c.first_k_dense_replace = f.i64_or("first_k_dense_replace", defaults.first_k_dense_replace);
+  if (c.first_k_dense_replace < 0)
+    f.fail("first_k_dense_replace", cat("must be 0 or more, found ", c.first_k_dense_replace));
   c.moe_layer_freq = f.i64_or("moe_layer_freq", 1);
   if (c.moe_layer_freq < 1) f.fail("moe_layer_freq", cat("must be at least 1, found ", c.moe_layer_freq));
   if (experts && *experts > 0) {
     c.router.n_routed_experts = *experts;
     c.router.num_experts_per_tok = f.i64("num_experts_per_tok");
     c.moe_intermediate_size = f.i64("moe_intermediate_size");
-    c.router.n_group = f.i64_or("n_group", 1);
-    c.router.topk_group = f.i64_or("topk_group", 1);
-    c.router.routed_scaling_factor = f.f64_or("routed_scaling_factor", 1.0);
+    c.router.n_group = f.i64_or("n_group", defaults.n_group);
+    c.router.topk_group = f.i64_or("topk_group", defaults.topk_group);
+    c.router.routed_scaling_factor = f.f64_or("routed_scaling_factor", defaults.routed_scaling_factor);
     const int64_t n_shared = f.i64_or("n_shared_experts", 0);
     if (n_shared < 0) f.fail("n_shared_experts", cat("must not be negative, found ", n_shared));
     if (n_shared > 0) c.shared = {.count = n_shared, .intermediate_size = c.moe_intermediate_size * n_shared, .gated = false};
@@ -117,7 +143,7 @@ void read_deepseek_common(const JsonFields& f, ModelConfig& c) {
 }
 
 void read_deepseek_v2(const JsonFields& f, ModelConfig& c) {
-  read_deepseek_common(f, c);
+  read_deepseek_common(f, c, kV2Defaults);
   c.router.norm_topk_prob = f.boolean_or("norm_topk_prob", false);
   const std::string scoring = f.str_or("scoring_func", "softmax");
   if (scoring != "softmax") f.fail("scoring_func", cat("DeepSeek-V2 supports 'softmax', found '", scoring, "'"));
@@ -132,7 +158,7 @@ void read_deepseek_v2(const JsonFields& f, ModelConfig& c) {
 }
 
 void read_deepseek_v3(const JsonFields& f, ModelConfig& c) {
-  read_deepseek_common(f, c);
+  read_deepseek_common(f, c, kV3Defaults);
   c.router.norm_topk_prob = f.boolean_or("norm_topk_prob", true);
   // HF DeepseekV3TopkRouter ignores topk_method / scoring_func: always sigmoid + noaux_tc.
   c.router.score = ScoreFunc::sigmoid;

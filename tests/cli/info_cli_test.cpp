@@ -1,1 +1,131 @@
+// `moerun info` as a user runs it: stdout is the answer, errors are one line on stderr, exit codes
+// 0 / 1 / 2, never a signal.
+
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+
+#include "support/writer.h"
+
+namespace moerun {
+namespace {
+
+struct CliRun {
+  int code = -1;
+  std::string out, err;
+};
+
+CliRun run_cli(const std::string& args) {
+  static const auto dir = testing::fresh_dir("cli_output");
+  const auto out = dir / "stdout", err = dir / "stderr";
+  const std::string cmd = std::string("'") + MOERUN_CLI + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "' </dev/null";
+  const int status = std::system(cmd.c_str());
+  CliRun r;
+  EXPECT_TRUE(WIFEXITED(status)) << "moerun " << args << " ended by a signal";
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = testing::read_file(out);
+  r.err = testing::read_file(err);
+  return r;
+}
+
+// An error is exactly one line on stderr that starts with "moerun: " and nothing on stdout.
+void expect_one_line_error(const CliRun& r, const std::string& needle) {
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  ASSERT_FALSE(r.err.empty());
+  EXPECT_EQ(r.err.rfind("moerun: ", 0), 0u) << r.err;
+  EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << "more than one line: " << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
+}
+
+class InfoCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    for (const std::string& name : testing::tiny_config_names())
+      testing::write_model_dir(dir() / name, testing::tiny_config(name), {.shards = name == "deepseek_v3" ? 3 : 1});
+  }
+  static std::filesystem::path dir() {
+    static const auto d = testing::fresh_dir("cli_models");
+    return d;
+  }
+  static std::string quoted(const std::filesystem::path& p) {
+    std::string q = p.string();  // built in place: GCC 12 warns falsely (-Wrestrict) on "'" + s + "'"
+    q.insert(q.begin(), '\'');
+    q.push_back('\'');
+    return q;
+  }
+};
+
+TEST_F(InfoCli, DescribesEveryFamily) {
+  for (const std::string& name : testing::tiny_config_names()) {
+    const testing::Json cfg = testing::tiny_config(name);
+    const CliRun r = run_cli("info " + quoted(dir() / name));
+    EXPECT_EQ(r.code, 0) << name << ": " << r.err;
+    EXPECT_TRUE(r.err.empty()) << name << ": " << r.err;
+    EXPECT_NE(r.out.find(cfg["architectures"][0].get<std::string>()), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("parameters"), std::string::npos) << r.out;
+  }
+}
+
+TEST_F(InfoCli, JsonIsOneObjectOnStdout) {
+  const CliRun r = run_cli("info --json " + quoted(dir() / "deepseek_v3"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const testing::Json j = testing::Json::parse(r.out);
+  EXPECT_EQ(j["model_type"], "deepseek_v3");
+  EXPECT_EQ(j["shards"], 3);
+  EXPECT_EQ(j["moe"]["routed_experts"], 16);
+  EXPECT_FALSE(j.contains("tensors"));
+
+  const CliRun t = run_cli("info --json --tensors " + quoted(dir() / "qwen3_moe"));
+  ASSERT_EQ(t.code, 0) << t.err;
+  const testing::Json jt = testing::Json::parse(t.out);
+  ASSERT_TRUE(jt["tensors"].is_array());
+  EXPECT_EQ(jt["tensors"].size(), jt["num_tensors"].get<size_t>());
+  for (const auto& x : jt["tensors"]) {
+    EXPECT_TRUE(x.contains("name") && x.contains("dtype") && x.contains("shape"));
+    EXPECT_EQ(x["shard"], "model.safetensors");
+  }
+}
+
+TEST_F(InfoCli, TensorsListNameDtypeShapeShard) {
+  const CliRun r = run_cli("info --tensors " + quoted(dir() / "mixtral"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("model.layers.1.block_sparse_moe.experts.3.w2.weight  BF16    [64, 96]  model.safetensors"),
+            std::string::npos)
+      << r.out;
+}
+
+TEST_F(InfoCli, LoneSafetensorsFile) {
+  const auto file = dir() / "lone.safetensors";
+  testing::write_file(file, testing::safetensors_bytes({{"x", DType::f16, {2, 2}, {}}}, {{"format", "pt"}}));
+  const CliRun r = run_cli("info " + quoted(file));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("metadata      format = pt"), std::string::npos) << r.out;
+}
+
+TEST_F(InfoCli, ErrorsAreOneLineNamingTheFile) {
+  expect_one_line_error(run_cli("info /nonexistent/model"), "/nonexistent/model: no such file or directory");
+
+  const auto bad = dir() / "bad.safetensors";
+  testing::write_file(bad, testing::raw_safetensors(R"({"w": {"dtype": "BF16", "shape": [4], "data_offsets": [0, 6]}})", "123456"));
+  expect_one_line_error(run_cli("info " + quoted(bad)), "bad.safetensors: tensor 'w': BF16 [4] needs 8 bytes");
+
+  const auto broken = dir() / "broken_dir";
+  testing::write_model_dir(broken, testing::tiny_config("olmoe"));
+  testing::write_file(broken / "config.json", "{\"model_type\": \"olmoe\",\n  \"hidden_size\": }");
+  expect_one_line_error(run_cli("info --json " + quoted(broken)), "config.json: invalid JSON at line 2");
+}
+
+TEST_F(InfoCli, UsageErrorsExitTwo) {
+  EXPECT_EQ(run_cli("").code, 2);
+  EXPECT_EQ(run_cli("info").code, 2);
+  EXPECT_EQ(run_cli("info --no-such-flag x").code, 2);
+  EXPECT_EQ(run_cli("frobnicate").code, 2);
+  const CliRun help = run_cli("info --help");
+  EXPECT_EQ(help.code, 0);
+  EXPECT_NE(help.out.find("--tensors"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace moerun

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -93,7 +95,8 @@ std::string read_file(const fs::path& path) {
 }
 
 fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::path(::testing::TempDir()) / ("moerun_test_" + name);
+  // ctest runs tests as parallel processes: the pid keeps their directories apart.
+  const fs::path dir = fs::path(::testing::TempDir()) / ("moerun_test_" + std::to_string(::getpid()) + "_" + name);
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build needs (only those missing, so it is cheap to rerun), then
+# configures and builds moerun (Release) into build/.
+#   MOERUN_CMAKE_ARGS   extra CMake arguments, e.g. "-DMOERUN_CUDA=OFF"
+#   MOERUN_BUILD_DIR    build directory (default: build)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+packages=(
+  build-essential cmake ninja-build pkg-config git
+  libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libsentencepiece-dev libonig-dev libutf8proc-dev libedit-dev
+  clang libclang-rt-14-dev          # the libFuzzer target (scripts/fuzz.sh)
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+build_dir="${MOERUN_BUILD_DIR:-build}"
+# shellcheck disable=SC2086  # MOERUN_CMAKE_ARGS is a list of arguments
+cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release ${MOERUN_CMAKE_ARGS:-} >&2
+cmake --build "$build_dir" --target moerun_cli >&2
+echo "setup: built $build_dir/moerun" >&2
