@@ -21,13 +21,17 @@ done
 
 jobs="$(nproc)"
 ./scripts/setup.sh
+# Tests hold our code to "no warnings": -Werror here, not in setup.sh, so a user's build never
+# fails on a warning from a newer compiler.
+cmake -S . -B build -DMOERUN_WERROR=ON >/dev/null
 cmake --build build
 ctest --test-dir build --output-on-failure -j "$jobs"
 
 if ((sanitize)); then
   # CUDA stays off here: the CUDA runtime and ASan's shadow memory do not mix, and no GPU test runs
   # on a machine without a GPU anyway.
-  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMOERUN_SANITIZE=ON -DMOERUN_CUDA=OFF >/dev/null
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMOERUN_SANITIZE=ON -DMOERUN_CUDA=OFF \
+    -DMOERUN_WERROR=ON >/dev/null
   cmake --build build-asan
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build-asan --output-on-failure -j "$jobs"
