@@ -1,27 +1,116 @@
 #pragma once
 // The op set every backend implements. cpu:: ops take host pointers; cuda:: ops take device pointers
 // and a stream. Each op has one params struct so both backends and their tests agree on its meaning.
+// Activations are fp32; weights may be f32, bf16 or f16 ([out, in] as HF nn.Linear stores them).
+// Nothing here knows about model families: ops see capabilities (rope layout, router kind) only.
 // No CUDA header here: the CPU-only build and the CLI never need the toolkit.
 
 #include <cstdint>
+
+#include "moerun/config.h"
+#include "moerun/dtype.h"
 
 struct CUstream_st;  // cudaStream_t is CUstream_st*
 
 namespace moerun {
 
+// y[t, o] = sum_i x[t, i] * W[o, i] + bias[o]   (y = x W^T + b), fp32 accumulation.
+struct MatmulParams {
+  float* out = nullptr;           // [n, out_features], row stride out_stride
+  const float* x = nullptr;       // [n, in_features], row stride x_stride
+  const void* weight = nullptr;   // [out_features, in_features] of weight_dtype, rows contiguous
+  DType weight_dtype = DType::f32;
+  const float* bias = nullptr;    // [out_features] or nullptr
+  int64_t n = 0, in_features = 0, out_features = 0;
+  int64_t x_stride = 0;           // 0: in_features
+  int64_t out_stride = 0;         // 0: out_features
+};
+
 // RMSNorm over the last dimension, as HF's T5-style norm (docs/MODELS.md §2.1):
 // out[r, :] = weight * (x[r, :] / sqrt(mean(x[r, :]^2) + eps)), with the mean taken in fp32.
 struct RmsNormParams {
-  float* out = nullptr;           // [rows, cols]; must not alias x
-  const float* x = nullptr;       // [rows, cols]
+  float* out = nullptr;           // [rows, cols], row stride `stride`; may equal x (in place)
+  const float* x = nullptr;       // [rows, cols], row stride `stride`
   const float* weight = nullptr;  // [cols]
   int64_t rows = 0;
   int64_t cols = 0;
   float eps = 1e-6f;
+  int64_t stride = 0;             // 0: cols
+};
+
+// Rotary position embedding, in place, on dims [rot_offset, rot_offset + rot_dim) of every head.
+// neox: pairs (i, i + d/2); interleaved: pairs (2i, 2i + 1) (docs/MODELS.md §2.4).
+// angle = position * inv_freq[i] in fp32; cos and sin are multiplied by attention_factor (YaRN).
+struct RopeParams {
+  float* x = nullptr;                  // [n_tokens, n_heads, ...]: token stride, head stride below
+  int64_t n_tokens = 0, n_heads = 0;
+  int64_t token_stride = 0, head_stride = 0;  // in floats
+  int64_t rot_offset = 0, rot_dim = 0;
+  const int64_t* positions = nullptr;  // [n_tokens]
+  const float* inv_freq = nullptr;     // [rot_dim / 2]
+  float attention_factor = 1.0f;
+  RopeStyle style = RopeStyle::neox;
+};
+
+// Causal attention of new tokens over a cache (GQA, MQA and MLA's absorbed form alike).
+// Query head h reads KV head h / (n_heads / n_kv_heads). Token t attends to cache rows
+// [0, positions[t]]; scores = scale * q.k, softmax in fp32, out = sum p * v.
+// MLA absorbed: one KV head whose key row is [c, k_rope] (kv_lora_rank + d_r) and whose value is
+// the first kv_lora_rank entries of the same row: k and v point into the same cache.
+struct AttentionParams {
+  float* out = nullptr;        // [n_tokens, n_heads, v_dim]
+  const float* q = nullptr;    // [n_tokens, n_heads, qk_dim], strides below
+  const float* k = nullptr;    // [ctx, n_kv_heads, qk_dim], strides below
+  const float* v = nullptr;    // [ctx, n_kv_heads, v_dim], strides below
+  const int64_t* positions = nullptr;  // [n_tokens]
+  int64_t n_tokens = 0, n_heads = 0, n_kv_heads = 0, qk_dim = 0, v_dim = 0;
+  int64_t q_token_stride = 0, q_head_stride = 0;
+  int64_t k_pos_stride = 0, k_head_stride = 0;
+  int64_t v_pos_stride = 0, v_head_stride = 0;
+  float scale = 1.0f;
+  float* scratch = nullptr;    // [max position + 1] floats
+};
+
+// out = silu(gate) * up, elementwise.
+struct SiluMulParams {
+  float* out = nullptr;         // [n]; may equal gate
+  const float* gate = nullptr;  // [n]
+  const float* up = nullptr;    // [n]
+  int64_t n = 0;
+};
+
+// MoE routing for every variant (docs/MODELS.md §3): scores (softmax or sigmoid), optional
+// selection-only correction bias, group-limited selection (group score = max for
+// group_limited_greedy, sum of the two best for noaux_tc), top-k, optional renormalisation, then
+// the routed scaling factor.
+struct RouteParams {
+  int32_t* expert_ids = nullptr;         // [n_tokens, top_k]
+  float* expert_weights = nullptr;       // [n_tokens, top_k]
+  const float* logits = nullptr;         // [n_tokens, n_experts]
+  const float* correction_bias = nullptr;  // [n_experts] or nullptr
+  int64_t n_tokens = 0, n_experts = 0, top_k = 0;
+  ScoreFunc score = ScoreFunc::softmax;
+  TopkMethod method = TopkMethod::greedy;
+  int64_t n_group = 1, topk_group = 1;
+  bool norm_topk_prob = false;
+  float routed_scaling_factor = 1.0f;
+  float* scratch = nullptr;              // [3 * n_experts + n_group] floats
 };
 
 namespace cpu {
+void matmul(const MatmulParams& p);
 void rms_norm(const RmsNormParams& p);
+void rope(const RopeParams& p);
+void attention(const AttentionParams& p);
+void silu_mul(const SiluMulParams& p);
+void route(const RouteParams& p);
+// Element conversions used by the CPU ops and the loader.
+float bf16_to_f32(uint16_t h) noexcept;
+uint16_t f32_to_bf16(float f) noexcept;  // round to nearest even
+float f16_to_f32(uint16_t h) noexcept;
+float f8_e4m3_to_f32(uint8_t b) noexcept;
+// Reads element i of a weight row of `dtype` (f32, bf16, f16) as fp32.
+float load_f32(const void* data, DType dtype, int64_t i) noexcept;
 }  // namespace cpu
 
 namespace cuda {

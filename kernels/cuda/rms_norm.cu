@@ -17,15 +17,15 @@ __device__ float warp_sum(float v) {
   return v;
 }
 
-// One block per row: each thread accumulates a strided slice of x^2 in fp32, warps reduce with
+// One block per row (rows `stride` floats apart): each thread accumulates a strided slice of x^2 in fp32, warps reduce with
 // shuffles, warp 0 combines the per-warp sums, then every thread scales its slice.
-__global__ void rms_norm_kernel(float* __restrict__ out,           // [rows, cols]
-                                const float* __restrict__ x,       // [rows, cols]
+__global__ void rms_norm_kernel(float* out,                        // [rows, cols]; may equal x
+                                const float* x,                    // [rows, cols]
                                 const float* __restrict__ weight,  // [cols]
-                                int64_t cols, float eps) {
+                                int64_t cols, int64_t stride, float eps) {
   __shared__ float partial[kThreads / 32];
   __shared__ float inv_rms;
-  const float* row = x + blockIdx.x * cols;
+  const float* row = x + blockIdx.x * stride;
   float sum = 0.0f;
   for (int64_t i = threadIdx.x; i < cols; i += kThreads) sum += row[i] * row[i];
   sum = warp_sum(sum);
@@ -37,7 +37,7 @@ __global__ void rms_norm_kernel(float* __restrict__ out,           // [rows, col
     if (threadIdx.x == 0) inv_rms = rsqrtf(s / static_cast<float>(cols) + eps);
   }
   __syncthreads();
-  float* o = out + blockIdx.x * cols;
+  float* o = out + blockIdx.x * stride;
   for (int64_t i = threadIdx.x; i < cols; i += kThreads) o[i] = weight[i] * (row[i] * inv_rms);
 }
 
@@ -47,7 +47,7 @@ void rms_norm(const RmsNormParams& p, CUstream_st* stream) {
   if (p.rows < 0 || p.cols <= 0 || p.rows > 0x7fffffff)
     throw Error("cuda::rms_norm", "rows must be in [0, 2^31) and cols positive");
   if (p.rows == 0) return;
-  rms_norm_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p.out, p.x, p.weight, p.cols, p.eps);
+  rms_norm_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p.out, p.x, p.weight, p.cols, p.stride ? p.stride : p.cols, p.eps);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 

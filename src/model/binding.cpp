@@ -194,7 +194,7 @@ Binding bind_weights(const ModelConfig& c, const io::WeightStore& store, const s
   w.embed_tokens = b.vector("model.embed_tokens.weight", {c.vocab_size, d});
   w.norm = b.vector("model.norm.weight", {d});
   if (b.has("lm_head.weight")) {
-    w.lm_head = b.linear("lm_head", c.vocab_size, d, false).weight;
+    w.lm_head = b.vector("lm_head.weight", {c.vocab_size, d});
     if (c.tie_word_embeddings)
       out.warnings.push_back("lm_head.weight is present although tie_word_embeddings is true; using lm_head.weight");
   } else if (c.tie_word_embeddings) {

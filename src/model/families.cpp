@@ -42,6 +42,9 @@ void qwen_sliding_window(const JsonFields& f, ModelConfig& c) {
 void softmax_router(const JsonFields& f, ModelConfig& c, const char* experts_key, bool norm_default, bool zero_ok) {
   c.router.score = ScoreFunc::softmax;
   c.router.method = TopkMethod::greedy;
+  // transformers v5 writes Qwen3-MoE's expert count as num_local_experts (its attribute_map).
+  const char* alias = std::string_view(experts_key) == "num_experts" ? "num_local_experts" : "num_experts";
+  if (!f.has(experts_key) && f.has(alias)) experts_key = alias;
   c.router.n_routed_experts = expert_count(f, experts_key, f.i64(experts_key), zero_ok);
   c.router.num_experts_per_tok = f.i64("num_experts_per_tok");
   c.router.norm_topk_prob = f.boolean_or("norm_topk_prob", norm_default);
@@ -144,7 +147,11 @@ void read_deepseek_common(const JsonFields& f, ModelConfig& c, const DeepseekDef
 
 void read_deepseek_v2(const JsonFields& f, ModelConfig& c) {
   read_deepseek_common(f, c, kV2Defaults);
-  c.router.norm_topk_prob = f.boolean_or("norm_topk_prob", false);
+  // HF DeepseekV2TopkRouter never renormalises and always applies routed_scaling_factor; the
+  // authors' code renormalises when norm_topk_prob is set. HF is the conformance target (equal for
+  // every released V2 config, which all say false), so the key is read for validation only.
+  (void)f.boolean_or("norm_topk_prob", false);
+  c.router.norm_topk_prob = false;
   const std::string scoring = f.str_or("scoring_func", "softmax");
   if (scoring != "softmax") f.fail("scoring_func", cat("DeepSeek-V2 supports 'softmax', found '", scoring, "'"));
   const std::string method = f.str_or("topk_method", "greedy");

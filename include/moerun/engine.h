@@ -1,0 +1,69 @@
+#pragma once
+// Engine: a loaded model ready to run (weights prepared once at load). Session: one conversation's
+// KV cache and position; feed it token ids, get next-token logits.
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "moerun/config.h"
+#include "moerun/model.h"
+
+namespace moerun {
+
+enum class MlaMode : uint8_t {
+  absorbed,  // attend over the latent cache with the key/value up-projections absorbed (decode form)
+  naive,     // decompress per-head K and V from the latent cache first (HF's formulation)
+};
+
+struct EngineOptions {
+  int64_t context = 0;             // KV-cache positions per session; 0: min(max_position_embeddings, 4096)
+  DType fp8_dequant = DType::bf16;  // FP8 block-scaled weights are dequantized at load to BF16 or F32
+  MlaMode mla = MlaMode::absorbed;
+};
+
+class Engine {
+ public:
+  static Engine load(const std::filesystem::path& dir, const EngineOptions& options = {});
+
+  const Model& model() const noexcept;
+  const ModelConfig& config() const noexcept;
+  const ModelWeights& weights() const noexcept;  // as prepared for the executor
+  const EngineOptions& options() const noexcept;
+  int64_t default_context() const noexcept;
+
+  struct Impl;
+
+ private:
+  explicit Engine(std::shared_ptr<const Impl> impl);
+  std::shared_ptr<const Impl> impl_;
+  friend class Session;
+};
+
+class Session {
+ public:
+  explicit Session(const Engine& engine, int64_t context = 0);  // 0: the engine's default context
+  Session(Session&&) noexcept;
+  Session& operator=(Session&&) noexcept;
+  ~Session();
+
+  // Runs `ids` at positions [position(), position() + ids.size()) and appends them to the cache.
+  // Returns the logits of the last position [V], or of every new position [n, V] when
+  // `all_positions`. Throws Error (and changes nothing) if an id is outside the vocabulary or the
+  // sequence would pass the context.
+  std::vector<float> forward(std::span<const int32_t> ids, bool all_positions = false);
+
+  int64_t position() const noexcept;  // tokens in the cache
+  int64_t context() const noexcept;
+  void truncate(int64_t n);  // keep the first n cached tokens (chat turns reuse a common prefix)
+  void reset() { truncate(0); }
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moerun

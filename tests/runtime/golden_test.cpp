@@ -1,0 +1,237 @@
+// Every family against Hugging Face transformers (tools/golden/make_goldens.py): logits at every
+// position, the greedy continuation, and decoding one token at a time through the cache.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "io/safetensors.h"
+#include "moerun/engine.h"
+#include "moerun/error.h"
+
+namespace moerun {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path golden_dir(const std::string& name) { return fs::path(MOERUN_TEST_DATA) / "golden" / name; }
+
+struct Golden {
+  std::vector<std::vector<int32_t>> ids;     // prompts of lengths 1, 7, 33
+  std::vector<std::vector<float>> logits;    // [n, V] each
+  std::vector<int32_t> greedy;               // 16 tokens after ids[1]
+  std::string transformers;
+};
+
+template <class T>
+std::vector<T> read(const io::SafetensorsFile& f, const std::string& name) {
+  const io::TensorEntry* e = f.find(name);
+  if (!e) throw Error(f.path().string(), "golden tensor '" + name + "' missing");
+  const Tensor t = f.tensor(*e);
+  std::vector<T> out(static_cast<size_t>(t.numel()));
+  std::memcpy(out.data(), t.data(), t.nbytes());
+  return out;
+}
+
+Golden read_golden(const std::string& name) {
+  const auto f = io::SafetensorsFile::open(golden_dir(name) / "golden.safetensors");
+  Golden g;
+  for (int n : {1, 7, 33}) {
+    g.ids.push_back(read<int32_t>(*f, "ids_" + std::to_string(n)));
+    g.logits.push_back(read<float>(*f, "logits_" + std::to_string(n)));
+  }
+  g.greedy = read<int32_t>(*f, "greedy");
+  g.transformers = f->header().metadata.at("transformers");
+  return g;
+}
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  float m = 0.0f;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    m = std::max(m, std::fabs(a[i] - b[i]));
+  }
+  return m;
+}
+
+int32_t argmax(const float* v, int64_t n) { return static_cast<int32_t>(std::max_element(v, v + n) - v); }
+
+struct Case {
+  std::string name;
+  float tol;  // max |logit difference| against HF
+  EngineOptions options;
+};
+
+// fp32 checkpoints: HF and moerun both compute in fp32; only summation order differs, so the spec's
+// 1e-3 budget holds with a wide margin (measured values are printed by each test).
+constexpr float kF32Tol = 1e-3f;
+
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  for (const char* name : {"llama", "llama3_tied", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2_lite",
+                           "deepseek_v2", "deepseek_v3"})
+    out.push_back({name, kF32Tol, {}});
+  // MLA's naive form decompresses K/V like HF does; it must meet the same budget.
+  for (const char* name : {"deepseek_v2_lite", "deepseek_v2", "deepseek_v3"})
+    out.push_back({std::string(name), kF32Tol, {.mla = MlaMode::naive}});
+  // FP8 weights dequantized to f32 are exactly the weights HF ran.
+  out.push_back({"deepseek_v3_fp8", kF32Tol, {.fp8_dequant = DType::f32}});
+  return out;
+}
+
+std::string case_name(const ::testing::TestParamInfo<Case>& p) {
+  return p.param.name + (p.param.options.mla == MlaMode::naive ? "_naive" : "") +
+         (p.param.options.fp8_dequant == DType::f32 ? "_f32" : "");
+}
+
+class GoldenLogits : public ::testing::TestWithParam<Case> {};
+
+TEST_P(GoldenLogits, EveryPositionMatchesTransformers) {
+  const Case& c = GetParam();
+  const Golden g = read_golden(c.name);
+  const Engine engine = Engine::load(golden_dir(c.name), c.options);
+  float worst = 0.0f;
+  for (size_t i = 0; i < g.ids.size(); ++i) {
+    Session s(engine);
+    const std::vector<float> got = s.forward(g.ids[i], /*all_positions=*/true);
+    const float err = max_abs_diff(got, g.logits[i]);
+    worst = std::max(worst, err);
+    EXPECT_LE(err, c.tol) << c.name << " prompt length " << g.ids[i].size();
+  }
+  std::printf("[golden] %-28s max |logit - HF %s| = %.3g\n", case_name({c, 0}).c_str(), g.transformers.c_str(), worst);
+}
+
+TEST_P(GoldenLogits, GreedyContinuationMatchesTransformers) {
+  const Case& c = GetParam();
+  const Golden g = read_golden(c.name);
+  const Engine engine = Engine::load(golden_dir(c.name), c.options);
+  Session s(engine);
+  std::vector<float> logits = s.forward(g.ids[1]);
+  std::vector<int32_t> got;
+  for (size_t i = 0; i < g.greedy.size(); ++i) {
+    got.push_back(argmax(logits.data(), engine.config().vocab_size));
+    logits = s.forward(std::span<const int32_t>(&got.back(), 1));
+  }
+  EXPECT_EQ(got, g.greedy);
+}
+
+TEST_P(GoldenLogits, DecodingTokenByTokenEqualsOneForwardPass) {
+  const Case& c = GetParam();
+  const Golden g = read_golden(c.name);
+  const Engine engine = Engine::load(golden_dir(c.name), c.options);
+  const std::vector<int32_t>& ids = g.ids[2];
+  const int64_t V = engine.config().vocab_size;
+  Session full(engine);
+  const std::vector<float> all = full.forward(ids, true);
+  Session step(engine);
+  float worst = 0.0f;
+  for (size_t t = 0; t < ids.size(); ++t) {
+    const std::vector<float> one = step.forward(std::span<const int32_t>(&ids[t], 1));
+    const std::vector<float> want(all.begin() + static_cast<int64_t>(t) * V, all.begin() + static_cast<int64_t>(t + 1) * V);
+    worst = std::max(worst, max_abs_diff(one, want));
+  }
+  EXPECT_EQ(step.position(), static_cast<int64_t>(ids.size()));
+  // Same fp32 arithmetic on the same cache; only the attention length per call differs.
+  EXPECT_LE(worst, 1e-4f) << c.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Hf, GoldenLogits, ::testing::ValuesIn(cases()), case_name);
+
+TEST(GoldenMla, NaiveAndAbsorbedFormsAgree) {
+  for (const char* name : {"deepseek_v2_lite", "deepseek_v2", "deepseek_v3"}) {
+    const Golden g = read_golden(name);
+    const Engine absorbed = Engine::load(golden_dir(name), {.mla = MlaMode::absorbed});
+    const Engine naive = Engine::load(golden_dir(name), {.mla = MlaMode::naive});
+    Session a(absorbed), n(naive);
+    EXPECT_LE(max_abs_diff(a.forward(g.ids[2], true), n.forward(g.ids[2], true)), 1e-4f) << name;
+  }
+}
+
+// Against HF's own bf16 arithmetic (rounding after every GEMM, norm and residual add, MODELS.md §7)
+// only closeness can be asked: a rounding can flip an expert choice near a tie, which moves that
+// position's logits by O(1). So: at least 80% of positions within 0.1 (a few bf16 ulps of logits
+// of magnitude ~4; the rest are waived as flipped routes), and at those positions the same top
+// token wherever HF's top two are further apart than that.
+struct Closeness {
+  int positions = 0, close = 0, top1_checked = 0, top1_same = 0;
+  float worst_close = 0.0f;
+};
+
+Closeness closeness(const std::vector<float>& got, const std::vector<float>& want, int64_t V) {
+  constexpr float kClose = 0.1f;
+  Closeness c;
+  for (size_t t = 0; t * V < want.size(); ++t) {
+    const float* g = got.data() + t * V;
+    const float* w = want.data() + t * V;
+    float err = 0.0f;
+    for (int64_t i = 0; i < V; ++i) err = std::max(err, std::fabs(g[i] - w[i]));
+    ++c.positions;
+    if (err > kClose) continue;  // waived: a flipped route
+    ++c.close;
+    c.worst_close = std::max(c.worst_close, err);
+    std::vector<float> sorted(w, w + V);
+    std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
+    if (sorted[0] - sorted[1] > kClose) {
+      ++c.top1_checked;
+      c.top1_same += argmax(g, V) == argmax(w, V);
+    }
+  }
+  return c;
+}
+
+void expect_close_to_bf16_reference(const Closeness& c, const char* what) {
+  EXPECT_GE(c.close * 5, c.positions * 4) << what << ": " << c.close << " of " << c.positions << " positions within 0.1";
+  EXPECT_EQ(c.top1_same, c.top1_checked) << what;
+  std::printf("[golden] %s: %d of %d positions within 0.1 (worst of those %.3g), top-1 same at %d of %d decisive positions\n",
+              what, c.close, c.positions, c.worst_close, c.top1_same, c.top1_checked);
+}
+
+TEST(GoldenBf16, Bf16WeightsMatchTransformersInFp32Exactly) {
+  // moerun reads bf16 weights and computes in fp32: HF in fp32 on the same weights is its exact twin.
+  const Engine engine = Engine::load(golden_dir("deepseek_v3_bf16"));
+  const auto f = io::SafetensorsFile::open(golden_dir("deepseek_v3_bf16") / "golden.safetensors");
+  float worst = 0.0f;
+  for (int n : {1, 7, 33}) {
+    Session s(engine);
+    const float err = max_abs_diff(s.forward(read<int32_t>(*f, "ids_" + std::to_string(n)), true),
+                                   read<float>(*f, "f32_logits_" + std::to_string(n)));
+    EXPECT_LE(err, kF32Tol) << "prompt length " << n;
+    worst = std::max(worst, err);
+  }
+  std::printf("[golden] deepseek_v3_bf16 vs HF fp32 on the bf16 weights: max |logit diff| = %.3g\n", worst);
+}
+
+TEST(GoldenBf16, Bf16CheckpointIsCloseToTransformersBf16Arithmetic) {
+  const Golden g = read_golden("deepseek_v3_bf16");
+  const Engine engine = Engine::load(golden_dir("deepseek_v3_bf16"));
+  Closeness total;
+  for (size_t i = 0; i < g.ids.size(); ++i) {
+    Session s(engine);
+    const Closeness c = closeness(s.forward(g.ids[i], true), g.logits[i], engine.config().vocab_size);
+    total.positions += c.positions;
+    total.close += c.close;
+    total.top1_checked += c.top1_checked;
+    total.top1_same += c.top1_same;
+    total.worst_close = std::max(total.worst_close, c.worst_close);
+  }
+  expect_close_to_bf16_reference(total, "deepseek_v3_bf16 vs HF bf16");
+}
+
+TEST(GoldenFp8, DequantizedToBf16StaysClose) {
+  // The default load dequantizes FP8 to bf16: one extra rounding of every weight (relative 2^-9)
+  // against HF on the exact f32 products; like bf16 arithmetic it can flip a near-tied expert.
+  const Golden g = read_golden("deepseek_v3_fp8");
+  const Engine engine = Engine::load(golden_dir("deepseek_v3_fp8"));
+  EXPECT_EQ(engine.weights().layers[0].q_a_proj.weight.dtype(), DType::bf16);
+  EXPECT_EQ(engine.model().weights().layers[0].q_a_proj.weight.dtype(), DType::f8_e4m3);
+  Session s(engine);
+  expect_close_to_bf16_reference(closeness(s.forward(g.ids[2], true), g.logits[2], engine.config().vocab_size),
+                                 "deepseek_v3_fp8 dequantized to bf16 vs HF");
+}
+
+}  // namespace
+}  // namespace moerun
