@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdlib>
 
+#include "moerun/engine.h"
 #include "support/writer.h"
 
 namespace moerun {
@@ -125,6 +127,52 @@ TEST_F(InfoCli, UsageErrorsExitTwo) {
   const CliRun help = run_cli("info --help");
   EXPECT_EQ(help.code, 0);
   EXPECT_NE(help.out.find("--tensors"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace moerun
+
+namespace moerun {
+namespace {
+
+std::filesystem::path golden(const std::string& name) { return std::filesystem::path(MOERUN_TEST_DATA) / "golden" / name; }
+
+TEST(LogitsCli, JsonMatchesTheLibraryForEveryPosition) {
+  const std::string dir = golden("qwen2_moe").string();
+  const CliRun r = run_cli("logits -m '" + dir + "' --ids '3 14 15 92' --all --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const testing::Json j = testing::Json::parse(r.out);
+  ASSERT_TRUE(j.is_array());
+  ASSERT_EQ(j.size(), 4u);
+  const Engine engine = Engine::load(dir);
+  Session s(engine);
+  const std::vector<float> want = s.forward(std::vector<int32_t>{3, 14, 15, 92}, true);
+  for (size_t t = 0; t < 4; ++t) {
+    ASSERT_EQ(j[t].size(), 512u);
+    for (size_t i = 0; i < 512; ++i) ASSERT_EQ(j[t][i].get<float>(), want[t * 512 + i]) << t << "," << i;
+  }
+}
+
+TEST(LogitsCli, TextIsOneLineOfFloatsForTheLastPosition) {
+  const CliRun r = run_cli("logits -m '" + golden("deepseek_v3").string() + "' --ids 1,2,3 --mla naive");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1);
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), ' '), 511);
+}
+
+TEST(LogitsCli, BadIdsAreUsageErrorsAndBadModelsRuntimeErrors) {
+  const std::string m = "logits -m '" + golden("llama").string() + "' ";
+  EXPECT_EQ(run_cli(m + "--ids 'one two'").code, 2);
+  EXPECT_EQ(run_cli(m + "--ids ''").code, 2);
+  EXPECT_EQ(run_cli(m + "--ids '-5'").code, 2);
+  EXPECT_EQ(run_cli("logits --ids 1").code, 2);  // no model
+  const CliRun oov = run_cli(m + "--ids '1 512'");
+  EXPECT_EQ(oov.code, 1);
+  EXPECT_NE(oov.err.find("token id 512 is outside the vocabulary"), std::string::npos) << oov.err;
+  const CliRun ctx = run_cli(m + "--ids '1 2 3' -c 2");
+  EXPECT_EQ(ctx.code, 1);
+  EXPECT_NE(ctx.err.find("exceed the context of 2 tokens"), std::string::npos) << ctx.err;
+  EXPECT_EQ(run_cli("logits -m /nonexistent --ids 1").code, 1);
 }
 
 }  // namespace

@@ -14,5 +14,6 @@ struct Command {
 };
 
 void add_info_command(CLI::App& root, std::vector<Command>& commands);
+void add_logits_command(CLI::App& root, std::vector<Command>& commands);
 
 }  // namespace moerun::cli

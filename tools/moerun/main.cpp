@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::vector<moerun::cli::Command> commands;
   moerun::cli::add_info_command(app, commands);
+  moerun::cli::add_logits_command(app, commands);
 
   try {
     app.parse(argc, argv);

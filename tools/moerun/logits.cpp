@@ -1,0 +1,99 @@
+// moerun logits -m DIR --ids "1 2 3" [--all] [--json]: the forward pass on given token ids, so
+// anyone can check moerun against another implementation of a model.
+
+#include <cstdio>
+#include <sstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "moerun/commands.h"
+#include "moerun/engine.h"
+
+namespace moerun::cli {
+namespace {
+
+// "1 2 3" or "1,2,3" -> ids; anything else is a usage error.
+std::vector<int32_t> parse_ids(const std::string& text) {
+  std::string s = text;
+  for (char& ch : s)
+    if (ch == ',') ch = ' ';
+  std::istringstream in(s);
+  std::vector<int32_t> ids;
+  std::string word;
+  while (in >> word) {
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(word, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != word.size() || v < 0 || v > INT32_MAX)
+      throw CLI::ValidationError("--ids", "'" + word + "' is not a token id (a non-negative integer)");
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  if (ids.empty()) throw CLI::ValidationError("--ids", "no token ids given");
+  return ids;
+}
+
+}  // namespace
+
+void add_logits_command(CLI::App& root, std::vector<Command>& commands) {
+  struct Options {
+    std::string model, ids;
+    bool all = false, json = false;
+    int64_t context = 0;
+    std::string mla = "absorbed", fp8 = "bf16";
+  };
+  auto opt = std::make_shared<Options>();
+  CLI::App* app = root.add_subcommand("logits", "Print next-token logits for given token ids (CPU reference path)");
+  app->add_option("-m,--model", opt->model, "model directory")->required();
+  app->add_option("--ids", opt->ids, "token ids, separated by spaces or commas")->required();
+  app->add_flag("--all", opt->all, "logits of every position, not only the last");
+  app->add_flag("--json", opt->json, "print a JSON array of arrays of floats (one array per position)");
+  app->add_option("-c,--ctx", opt->context, "context length (default: the model's, at most 4096)")->check(CLI::NonNegativeNumber);
+  app->add_option("--mla", opt->mla, "MLA attention form for DeepSeek models")->check(CLI::IsMember({"absorbed", "naive"}));
+  app->add_option("--fp8", opt->fp8, "dtype FP8 weights are dequantized to at load")->check(CLI::IsMember({"bf16", "f32"}));
+  commands.push_back({app, [opt] {
+                        std::vector<int32_t> ids;
+                        try {
+                          ids = parse_ids(opt->ids);
+                        } catch (const CLI::ParseError& e) {
+                          std::fprintf(stderr, "moerun logits: %s\n", e.what());
+                          return 2;
+                        }
+                        EngineOptions eo;
+                        eo.context = opt->context;
+                        eo.mla = opt->mla == "naive" ? MlaMode::naive : MlaMode::absorbed;
+                        eo.fp8_dequant = opt->fp8 == "f32" ? DType::f32 : DType::bf16;
+                        const Engine engine = Engine::load(opt->model, eo);
+                        // Without -c the context grows to fit the ids; with -c a longer input is an error.
+                        const int64_t n = static_cast<int64_t>(ids.size());
+                        Session session(engine, opt->context > 0 ? opt->context : std::max(engine.default_context(), n));
+                        const std::vector<float> logits = session.forward(ids, opt->all);
+                        const size_t V = static_cast<size_t>(engine.config().vocab_size);
+                        const size_t rows = logits.size() / V;
+                        std::string out;
+                        if (opt->json) {
+                          nlohmann::json j = nlohmann::json::array();
+                          for (size_t r = 0; r < rows; ++r)
+                            j.push_back(std::vector<float>(logits.begin() + static_cast<std::ptrdiff_t>(r * V),
+                                                           logits.begin() + static_cast<std::ptrdiff_t>((r + 1) * V)));
+                          out = j.dump() + "\n";
+                        } else {
+                          char buf[32];
+                          for (size_t r = 0; r < rows; ++r) {
+                            for (size_t i = 0; i < V; ++i) {
+                              std::snprintf(buf, sizeof buf, i ? " %.9g" : "%.9g", static_cast<double>(logits[r * V + i]));
+                              out += buf;
+                            }
+                            out += "\n";
+                          }
+                        }
+                        std::fwrite(out.data(), 1, out.size(), stdout);
+                        return 0;
+                      }});
+}
+
+}  // namespace moerun::cli
