@@ -253,7 +253,8 @@ std::string summary_text(const ModelSummary& s, bool with_tensors) {
     }
     if (c.fp8.enabled) line("fp8", cat(c.fp8.fmt, " weights, ", c.fp8.block_out, "x", c.fp8.block_in, " block scales"));
     line("vocabulary", cat(c.vocab_size, c.tie_word_embeddings ? " (tied embeddings)" : ""));
-    line("parameters", cat(human_count(s.total_params), " total, ", human_count(s.active_params), " active per token"));
+    line("parameters", cat(human_count(s.total_params), " bound (", s.total_params, "), ", human_count(s.active_params),
+                           " active per token"));
   } else {
     line("parameters", human_count(s.total_params));
   }
