@@ -1,0 +1,62 @@
+#pragma once
+// Sampler: turns next-token logits into a token. The chain, in HF's order: repetition, presence and
+// frequency penalties over the last N tokens, temperature, top-k, top-p, min-p, then a draw from a
+// seeded RNG (greedy at temperature 0). The RNG lives in the Sampler, so a seed fully determines the
+// tokens (docs/DESIGN.md rule 6).
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace moerun {
+
+struct SamplerParams {
+  float temperature = 1.0f;       // 0: greedy (argmax after penalties)
+  int32_t top_k = 0;              // keep the k most likely; 0: off
+  float top_p = 1.0f;             // keep the smallest most-likely set with probability >= top_p; 1: off
+  float min_p = 0.0f;             // drop tokens below min_p * p(best); 0: off
+  float repeat_penalty = 1.0f;    // HF repetition_penalty: positive logits / r, negative * r; 1: off
+  float presence_penalty = 0.0f;  // subtracted once from every token seen in the window
+  float frequency_penalty = 0.0f; // subtracted per occurrence in the window
+  int32_t penalty_last_n = 64;    // the window: the last N tokens of the history; -1: all of it
+  uint64_t seed = 0;
+};
+
+// xoshiro256** seeded through SplitMix64: the same stream on every platform and standard library.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed);
+  uint64_t next();
+  double uniform();  // [0, 1) with 53 random bits
+
+ private:
+  uint64_t s_[4];
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplerParams& params);
+
+  // `history`: the tokens so far (prompt and generated), for the penalties. Same seed, same logits
+  // and history: same token.
+  int32_t sample(std::span<const float> logits, std::span<const int32_t> history = {});
+
+  // The probability of every token after the whole chain (zero for removed ones): what sample()
+  // draws from. For tests and for `--json` diagnostics.
+  std::vector<float> distribution(std::span<const float> logits, std::span<const int32_t> history = {});
+
+  const SamplerParams& params() const noexcept { return params_; }
+  void set_params(const SamplerParams& p);  // reseeds when the seed changes
+
+ private:
+  void apply_penalties(std::span<const int32_t> history);
+  void warp();  // temperature, top-k, top-p, min-p on work_: removed tokens become -inf
+
+  SamplerParams params_;
+  Rng rng_;
+  std::vector<float> work_;      // the logits being processed
+  std::vector<int32_t> order_;   // token ids sorted by logit, descending
+  std::vector<int32_t> counts_;  // occurrences in the penalty window
+};
+
+}  // namespace moerun

@@ -1,0 +1,155 @@
+#include "moerun/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "moerun/error.h"
+#include "util/strings.h"
+
+namespace moerun {
+
+namespace {
+
+uint64_t splitmix64(uint64_t& x) {
+  uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+void check(const SamplerParams& p) {
+  using detail::cat;
+  if (!(p.temperature >= 0) || !std::isfinite(p.temperature))
+    throw Error("sampler", cat("temperature must be 0 or more, found ", p.temperature));
+  if (p.top_k < 0) throw Error("sampler", cat("top-k must be 0 (off) or more, found ", p.top_k));
+  if (!(p.top_p > 0 && p.top_p <= 1)) throw Error("sampler", cat("top-p must be in (0, 1], found ", p.top_p));
+  if (!(p.min_p >= 0 && p.min_p <= 1)) throw Error("sampler", cat("min-p must be in [0, 1], found ", p.min_p));
+  if (!(p.repeat_penalty > 0) || !std::isfinite(p.repeat_penalty))
+    throw Error("sampler", cat("repeat penalty must be positive, found ", p.repeat_penalty));
+  if (!std::isfinite(p.presence_penalty) || !std::isfinite(p.frequency_penalty))
+    throw Error("sampler", "presence and frequency penalties must be finite");
+  if (p.penalty_last_n < -1) throw Error("sampler", cat("penalty window must be -1 (all) or more, found ", p.penalty_last_n));
+}
+
+}  // namespace
+
+Rng::Rng(uint64_t seed) {
+  for (uint64_t& s : s_) s = splitmix64(seed);
+}
+
+uint64_t Rng::next() {
+  const uint64_t result = rotl(s_[1] * 5, 7) * 9;
+  const uint64_t t = s_[1] << 17;
+  s_[2] ^= s_[0];
+  s_[3] ^= s_[1];
+  s_[1] ^= s_[2];
+  s_[0] ^= s_[3];
+  s_[2] ^= t;
+  s_[3] = rotl(s_[3], 45);
+  return result;
+}
+
+double Rng::uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+
+Sampler::Sampler(const SamplerParams& params) : params_(params), rng_(params.seed) { check(params); }
+
+void Sampler::set_params(const SamplerParams& p) {
+  check(p);
+  if (p.seed != params_.seed) rng_ = Rng(p.seed);
+  params_ = p;
+}
+
+void Sampler::apply_penalties(std::span<const int32_t> history) {
+  const SamplerParams& p = params_;
+  if (p.repeat_penalty == 1.0f && p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f) return;
+  const size_t window = p.penalty_last_n < 0 ? history.size() : std::min(history.size(), static_cast<size_t>(p.penalty_last_n));
+  const auto recent = history.subspan(history.size() - window);
+  counts_.assign(work_.size(), 0);
+  for (int32_t id : recent)
+    if (id >= 0 && static_cast<size_t>(id) < work_.size()) ++counts_[static_cast<size_t>(id)];
+  for (size_t i = 0; i < work_.size(); ++i) {
+    const int32_t n = counts_[i];
+    if (n == 0) continue;
+    float& l = work_[i];
+    l = l > 0 ? l / p.repeat_penalty : l * p.repeat_penalty;  // HF RepetitionPenaltyLogitsProcessor
+    l -= p.presence_penalty + p.frequency_penalty * static_cast<float>(n);
+  }
+}
+
+void Sampler::warp() {
+  const SamplerParams& p = params_;
+  const size_t n = work_.size();
+  for (float& l : work_) l /= p.temperature;
+  order_.resize(n);
+  std::iota(order_.begin(), order_.end(), 0);
+  // Descending by logit, ties by id, so every step is deterministic.
+  std::stable_sort(order_.begin(), order_.end(), [&](int32_t a, int32_t b) { return work_[static_cast<size_t>(a)] > work_[static_cast<size_t>(b)]; });
+  size_t keep = n;
+  if (p.top_k > 0 && static_cast<size_t>(p.top_k) < n) {
+    // HF TopKLogitsWarper: drop everything strictly below the k-th value (ties at the edge stay).
+    const float kth = work_[static_cast<size_t>(order_[static_cast<size_t>(p.top_k - 1)])];
+    while (keep > 0 && work_[static_cast<size_t>(order_[keep - 1])] < kth) --keep;
+  }
+  // Probabilities of the kept tokens, for top-p and min-p.
+  const float top = work_[static_cast<size_t>(order_[0])];
+  std::vector<double> prob(keep);
+  double sum = 0;
+  for (size_t i = 0; i < keep; ++i) sum += prob[i] = std::exp(static_cast<double>(work_[static_cast<size_t>(order_[i])] - top));
+  for (double& q : prob) q /= sum;
+  if (p.top_p < 1.0f) {
+    // The smallest most-likely prefix whose mass reaches top_p (at least one token).
+    double cum = 0;
+    size_t i = 0;
+    while (i < keep) {
+      cum += prob[i++];
+      if (cum >= p.top_p) break;
+    }
+    keep = std::max<size_t>(i, 1);
+  }
+  if (p.min_p > 0.0f) {
+    const double threshold = p.min_p * prob[0];
+    size_t i = 1;
+    while (i < keep && prob[i] >= threshold) ++i;
+    keep = i;
+  }
+  for (size_t i = keep; i < n; ++i) work_[static_cast<size_t>(order_[i])] = -INFINITY;
+}
+
+std::vector<float> Sampler::distribution(std::span<const float> logits, std::span<const int32_t> history) {
+  if (logits.empty()) throw Error("sampler", "no logits");
+  work_.assign(logits.begin(), logits.end());
+  apply_penalties(history);
+  std::vector<float> out(work_.size(), 0.0f);
+  if (params_.temperature == 0.0f) {
+    out[static_cast<size_t>(std::max_element(work_.begin(), work_.end()) - work_.begin())] = 1.0f;
+    return out;
+  }
+  warp();
+  const float top = *std::max_element(work_.begin(), work_.end());
+  double sum = 0;
+  for (float l : work_) sum += std::exp(static_cast<double>(l - top));
+  for (size_t i = 0; i < work_.size(); ++i) out[i] = static_cast<float>(std::exp(static_cast<double>(work_[i] - top)) / sum);
+  return out;
+}
+
+int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {
+  const std::vector<float> probs = distribution(logits, history);
+  if (params_.temperature == 0.0f)
+    return static_cast<int32_t>(std::max_element(probs.begin(), probs.end()) - probs.begin());
+  // Inverse CDF over token ids in order; the last kept token takes any rounding remainder.
+  const double u = rng_.uniform();
+  double cum = 0;
+  int32_t last = 0;
+  for (size_t i = 0; i < probs.size(); ++i) {
+    if (probs[i] <= 0.0f) continue;
+    last = static_cast<int32_t>(i);
+    cum += probs[i];
+    if (u < cum) return last;
+  }
+  return last;
+}
+
+}  // namespace moerun
