@@ -142,6 +142,14 @@ struct ModelConfig {
 ModelConfig parse_model_config(const std::string& json_text, const std::string& file);
 ModelConfig load_model_config(const std::filesystem::path& config_json);
 
+// Changes applied to config.json before parsing, to benchmark a smaller slice of a big architecture
+// (`moerun bench --synthetic CONFIG --layers N --experts N`).
+struct ConfigOverrides {
+  std::optional<int64_t> num_hidden_layers;
+  std::optional<int64_t> max_routed_experts;  // caps the routed experts (and n_group to fit)
+};
+ModelConfig load_model_config(const std::filesystem::path& config_json, const ConfigOverrides& overrides);
+
 // "LlamaForCausalLM (llama), MixtralForCausalLM (mixtral), ..." for error messages and --help.
 std::string supported_architectures();
 

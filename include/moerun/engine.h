@@ -27,6 +27,7 @@ struct EngineOptions {
 class Engine {
  public:
   static Engine load(const std::filesystem::path& dir, const EngineOptions& options = {});
+  static Engine from_model(Model model, const EngineOptions& options = {});
 
   const Model& model() const noexcept;
   const ModelConfig& config() const noexcept;

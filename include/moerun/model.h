@@ -47,6 +47,9 @@ class Model {
   // Maps every shard, validates every header, parses config.json and binds all tensors.
   // Throws one Error listing every missing, mis-shaped or wrongly typed tensor.
   static Model load(const std::filesystem::path& dir);
+  // A model with `config`'s shapes and seeded random weights made in memory (bf16 matrices, f32
+  // vectors), for benchmarking an architecture without its checkpoint.
+  static Model synthetic(const ModelConfig& config, uint64_t seed = 0);
 
   const ModelConfig& config() const noexcept;
   const ModelWeights& weights() const noexcept;

@@ -81,7 +81,8 @@ struct FoldedNames {
 
 class Binder {
  public:
-  Binder(const ModelConfig& c, const io::WeightStore& store) : c_(c), store_(store) {}
+  Binder(const ModelConfig& c, const io::WeightStore& store, const TensorFactory& factory)
+      : c_(c), store_(store), factory_(factory) {}
 
   bool has(const std::string& name) const { return store_.find(name) != nullptr; }
 
@@ -140,6 +141,7 @@ class Binder {
  private:
   Tensor take(const std::string& name, const Shape& want, Kind kind) {
     const io::StoredTensor* t = store_.find(name);
+    if (!t && factory_) return factory_(name, want);
     if (!t) {
       problems_.add(name, cat("missing (expected ", shape_str(want), ")"));
       return Tensor();
@@ -164,6 +166,7 @@ class Binder {
 
   const ModelConfig& c_;
   const io::WeightStore& store_;
+  const TensorFactory& factory_;
   FoldedNames problems_;
   std::set<std::string, std::less<>> used_;
 };
@@ -184,9 +187,10 @@ int64_t layer_params(const LayerWeights& l) {
 
 }  // namespace
 
-Binding bind_weights(const ModelConfig& c, const io::WeightStore& store, const std::string& where) {
+Binding bind_weights(const ModelConfig& c, const io::WeightStore& store, const std::string& where,
+                     const TensorFactory& factory) {
   const TensorNames& names = family_spec(c.family).names;
-  Binder b(c, store);
+  Binder b(c, store, factory);
   Binding out;
   ModelWeights& w = out.weights;
   const int64_t d = c.hidden_size, h = c.num_attention_heads;
@@ -200,7 +204,7 @@ Binding bind_weights(const ModelConfig& c, const io::WeightStore& store, const s
   } else if (c.tie_word_embeddings) {
     w.lm_head = w.embed_tokens;
   } else {
-    b.vector("lm_head.weight", {c.vocab_size, d});  // reports it missing
+    w.lm_head = b.vector("lm_head.weight", {c.vocab_size, d});  // missing: reported, or made by the factory
   }
 
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {

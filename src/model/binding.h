@@ -1,6 +1,7 @@
 #pragma once
 // Binding: every tensor the config implies, by role, checked for presence, dtype and shape.
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -17,8 +18,12 @@ struct Binding {
   int64_t active_params = 0;          // per token: total minus the experts not routed to
 };
 
+// Makes a tensor the store lacks (synthetic models: random weights at the config's shapes).
+using TensorFactory = std::function<Tensor(const std::string& name, const Shape& shape)>;
+
 // Throws one Error (where = `where`) that lists every missing, mis-shaped or wrongly typed tensor,
-// with runs of layers and experts folded into ranges.
-Binding bind_weights(const ModelConfig& config, const io::WeightStore& store, const std::string& where);
+// with runs of layers and experts folded into ranges. With a factory, missing tensors are made.
+Binding bind_weights(const ModelConfig& config, const io::WeightStore& store, const std::string& where,
+                     const TensorFactory& factory = nullptr);
 
 }  // namespace moerun::model

@@ -252,6 +252,36 @@ ModelConfig load_model_config(const std::filesystem::path& config_json) {
   return parse_model_config(io::read_text_file(config_json), config_json.string());
 }
 
+ModelConfig load_model_config(const std::filesystem::path& config_json, const ConfigOverrides& o) {
+  const std::string file = config_json.string();
+  Json j = io::parse_json_text(io::read_text_file(config_json), file);
+  if (!j.is_object()) throw Error(file, "top level: expected a JSON object");
+  if (o.num_hidden_layers) j["num_hidden_layers"] = *o.num_hidden_layers;
+  if (o.max_routed_experts) {
+    const int64_t e = *o.max_routed_experts;
+    auto get = [&](const char* key, int64_t fallback) {
+      return j.contains(key) && j[key].is_number_integer() ? j[key].get<int64_t>() : fallback;
+    };
+    for (const char* key : {"n_routed_experts", "num_experts", "num_local_experts"}) {
+      if (get(key, 0) <= e) continue;
+      j[key] = e;
+      // Keep routing valid: k <= E; groups that divide E with at least two experts each (noaux_tc
+      // scores a group by its best two); enough kept groups to hold k.
+      const int64_t k = std::min(get("num_experts_per_tok", 1), e);
+      j["num_experts_per_tok"] = k;
+      if (j.contains("n_group") && j["n_group"].is_number_integer()) {
+        int64_t g = std::min(get("n_group", 1), e);
+        while (g > 1 && (e % g != 0 || e / g < 2)) --g;
+        j["n_group"] = g;
+        int64_t kept = std::min(get("topk_group", 1), g);
+        while (kept < g && kept * (e / g) < k) ++kept;
+        j["topk_group"] = kept;
+      }
+    }
+  }
+  return parse_model_config(j.dump(), file);
+}
+
 const char* family_name(Family f) noexcept {
   switch (f) {
     case Family::llama: return "llama";

@@ -34,7 +34,10 @@ struct Engine::Impl {
 Engine::Engine(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
 
 Engine Engine::load(const std::filesystem::path& dir, const EngineOptions& options) {
-  Model model = Model::load(dir);
+  return from_model(Model::load(dir), options);
+}
+
+Engine Engine::from_model(Model model, const EngineOptions& options) {
   auto impl = std::make_shared<Impl>(Impl{model, model::prepare_weights(model.weights(), model.config(), options.fp8_dequant),
                                           options, 0});
   const int64_t trained = model.config().max_position_embeddings;

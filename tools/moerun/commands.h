@@ -2,6 +2,7 @@
 // Each subcommand registers itself on the root app and says what to run when it is chosen.
 
 #include <functional>
+#include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -13,7 +14,12 @@ struct Command {
   std::function<int()> run;  // returns the exit code; throws moerun::Error on failure
 };
 
+// $MOERUN_MODEL, else models/default in the working directory, else next to the executable's
+// build directory (build/../models/default).
+std::string default_model_dir();
+
 void add_info_command(CLI::App& root, std::vector<Command>& commands);
+void add_bench_command(CLI::App& root, std::vector<Command>& commands);
 void add_logits_command(CLI::App& root, std::vector<Command>& commands);
 
 }  // namespace moerun::cli

@@ -3,11 +3,30 @@
 // model error, 2 usage error.
 
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <exception>
 #include <string>
 
 #include "moerun/error.h"
 #include "moerun/commands.h"
+
+namespace moerun::cli {
+
+std::string default_model_dir() {
+  namespace fs = std::filesystem;
+  if (const char* env = std::getenv("MOERUN_MODEL"); env && *env) return env;
+  std::error_code ec;
+  if (fs::exists("models/default/config.json", ec)) return "models/default";
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path beside = exe.parent_path().parent_path() / "models" / "default";
+    if (fs::exists(beside / "config.json", ec)) return beside.string();
+  }
+  throw Error("default model", "models/default not found and $MOERUN_MODEL not set (run scripts/setup.sh, or pass -m DIR)");
+}
+
+}  // namespace moerun::cli
 
 namespace {
 
@@ -27,6 +46,7 @@ int main(int argc, char** argv) {
   std::vector<moerun::cli::Command> commands;
   moerun::cli::add_info_command(app, commands);
   moerun::cli::add_logits_command(app, commands);
+  moerun::cli::add_bench_command(app, commands);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,76 @@
+// The bench library: byte counts per decode step, synthetic models, and the measurements' shape.
+// (Speed itself is never asserted.)
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "moerun/bench.h"
+#include "support/writer.h"
+
+namespace moerun {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path golden_dir(const std::string& name) { return fs::path(MOERUN_TEST_DATA) / "golden" / name; }
+
+TEST(Bench, DecodeBytesCountOnlyTheRoutedExpertsAndOneEmbeddingRow) {
+  // qwen3_moe golden: fp32, D 64, V 512, 3 layers (layer 0 dense), 8 experts of width 32, top-2.
+  const Engine engine = Engine::load(golden_dir("qwen3_moe"));
+  const ModelConfig& c = engine.config();
+  const double f = 4;  // fp32 weights
+  const double D = 64, V = 512, H = 4, Hkv = 2, dh = 32, I = 128, Ie = 32, E = 8, k = 2;
+  const double attn = (H * dh * D + 2 * Hkv * dh * D + D * H * dh + 2 * dh) * f;  // q, k, v, o + q/k norms
+  const double norms = 2 * D * f;
+  const double dense = 3 * I * D * f, expert = 3 * Ie * D * f, router = E * D * f;
+  const double want_weights = D * f /* embedding row */ + V * D * f /* lm_head */ + D * f /* final norm */ +
+                              3 * (attn + norms) + dense + 2 * (router + k * expert);
+  EXPECT_DOUBLE_EQ(decode_bytes_per_token(engine, 0), want_weights);
+  // Each cached position adds K and V rows (fp32) in every layer.
+  EXPECT_DOUBLE_EQ(decode_bytes_per_token(engine, 10) - want_weights, 10 * 3 * 2 * Hkv * dh * 4);
+  EXPECT_EQ(c.num_moe_layers(), 2);
+}
+
+TEST(Bench, MlaCachesOneLatentRowPerPosition) {
+  const Engine engine = Engine::load(golden_dir("deepseek_v3"));
+  const double per_position = decode_bytes_per_token(engine, 1) - decode_bytes_per_token(engine, 0);
+  EXPECT_DOUBLE_EQ(per_position, 3 * (32 + 8) * 4.0);  // layers * (kv_lora_rank + qk_rope_head_dim) * fp32
+}
+
+TEST(Bench, SyntheticModelsRunEveryFamily) {
+  for (const std::string& name : testing::tiny_config_names()) {
+    const fs::path dir = testing::fresh_dir("synthetic_" + name);
+    testing::write_file(dir / "config.json", testing::tiny_config(name).dump());
+    const ModelConfig config = load_model_config(dir / "config.json", {.num_hidden_layers = 3, .max_routed_experts = 4});
+    EXPECT_EQ(config.num_hidden_layers, 3);
+    if (config.is_moe()) {
+      EXPECT_LE(config.router.n_routed_experts, 4) << name;
+      EXPECT_EQ(config.router.n_routed_experts % config.router.n_group, 0) << name;
+    }
+    const Engine engine = Engine::from_model(Model::synthetic(config, 7));
+    Session s(engine);
+    const std::vector<float> logits = s.forward(std::vector<int32_t>{1, 2, 3});
+    ASSERT_EQ(logits.size(), static_cast<size_t>(config.vocab_size)) << name;
+    for (float l : logits) ASSERT_TRUE(std::isfinite(l)) << name;
+    EXPECT_GT(engine.model().total_params(), 0);
+  }
+}
+
+TEST(Bench, ResultsHaveOneRatePerRepetition) {
+  const Engine engine = Engine::load(golden_dir("llama"));
+  const BenchResult pp = bench_prefill(engine, 8, 3);
+  EXPECT_EQ(pp.test, "pp8");
+  ASSERT_EQ(pp.tps.size(), 3u);
+  EXPECT_GT(pp.mean, 0);
+  EXPECT_EQ(pp.bytes_per_token, 0);
+  const BenchResult tg = bench_decode(engine, 4, 2);
+  EXPECT_EQ(tg.test, "tg4");
+  ASSERT_EQ(tg.tps.size(), 2u);
+  EXPECT_DOUBLE_EQ(tg.bytes_per_token, decode_bytes_per_token(engine, 2));
+  EXPECT_NEAR(tg.gbps, tg.bytes_per_token * tg.mean / 1e9, 1e-12);
+  EXPECT_GT(measure_read_bandwidth(1, 8 << 20).gbps, 0);
+}
+
+}  // namespace
+}  // namespace moerun

@@ -1,0 +1,141 @@
+// moerun bench: tokens/s in llama-bench's conventions, plus bytes per token, GB/s and the fraction of
+// a read-bandwidth ceiling measured at start-up. Markdown on stdout (or JSON / CSV); notes on stderr.
+
+#include <cstdio>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "moerun/bench.h"
+#include "moerun/commands.h"
+#include "moerun/error.h"
+
+namespace moerun::cli {
+namespace {
+
+std::string human(double v, const char* const units[], double step) {
+  int u = 0;
+  while (v >= step && units[u + 1]) {
+    v /= step;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
+  return buf;
+}
+
+struct Row {
+  std::string model, size, params, backend;
+  int threads;
+  BenchResult r;
+  double ceiling;
+};
+
+std::string md_table(const std::vector<Row>& rows) {
+  static const char* const kBytes[] = {"B", "KB", "MB", "GB", nullptr};
+  std::string out = "| model | size | params | backend | threads | test | t/s | B/token | GB/s | % bw |\n"
+                    "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |\n";
+  for (const Row& x : rows) {
+    const bool tg = x.r.bytes_per_token > 0;
+    char gbps[32] = "-", pct[32] = "-", buf[512];
+    if (tg) {
+      std::snprintf(gbps, sizeof gbps, "%.2f", x.r.gbps);
+      std::snprintf(pct, sizeof pct, "%.1f", 100.0 * x.r.gbps / x.ceiling);
+    }
+    std::snprintf(buf, sizeof buf, "| %s | %s | %s | %s | %d | %s | %.2f ± %.2f | %s | %s | %s |\n", x.model.c_str(),
+                  x.size.c_str(), x.params.c_str(), x.backend.c_str(), x.threads, x.r.test.c_str(), x.r.mean, x.r.sd,
+                  tg ? human(x.r.bytes_per_token, kBytes, 1000).c_str() : "-", gbps, pct);
+    out += buf;
+  }
+  return out;
+}
+
+nlohmann::ordered_json row_json(const Row& x) {
+  return {{"model", x.model}, {"size", x.size}, {"params", x.params}, {"backend", x.backend}, {"threads", x.threads},
+          {"test", x.r.test}, {"tokens", x.r.tokens}, {"tps_mean", x.r.mean}, {"tps_sd", x.r.sd}, {"tps", x.r.tps},
+          {"bytes_per_token", x.r.bytes_per_token}, {"gbps", x.r.gbps}, {"ceiling_gbps", x.ceiling},
+          {"bw_fraction", x.r.gbps > 0 ? x.r.gbps / x.ceiling : 0.0}};
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
+  struct Options {
+    std::string model, synthetic, output = "md";
+    std::vector<int> prompt{512}, gen{128};
+    int reps = 5, threads = 1, layers = 0, experts = 0;
+    uint64_t seed = 0;
+  };
+  auto opt = std::make_shared<Options>();
+  CLI::App* app = root.add_subcommand("bench", "Measure prefill (pp) and decode (tg) tokens/s, llama-bench style");
+  app->add_option("-m,--model", opt->model, "model directory (default: $MOERUN_MODEL or models/default)");
+  app->add_option("-p,--n-prompt", opt->prompt, "prefill test sizes (pp); 0 skips")->delimiter(',');
+  app->add_option("-n,--n-gen", opt->gen, "decode test sizes (tg); 0 skips")->delimiter(',');
+  app->add_option("-r,--repetitions", opt->reps, "timed repetitions per test (after one warm-up)")->check(CLI::Range(1, 1000));
+  app->add_option("-t,--threads", opt->threads, "threads (the CPU reference path runs on one)")->check(CLI::Range(1, 1024));
+  app->add_option("-o,--output", opt->output, "output format")->check(CLI::IsMember({"md", "json", "csv"}));
+  app->add_option("--synthetic", opt->synthetic, "benchmark a config.json's architecture with random weights made in memory");
+  app->add_option("--layers", opt->layers, "with --synthetic: cap num_hidden_layers")->check(CLI::PositiveNumber);
+  app->add_option("--experts", opt->experts, "with --synthetic: cap the routed experts per layer")->check(CLI::PositiveNumber);
+  app->add_option("--seed", opt->seed, "with --synthetic: seed of the random weights");
+  commands.push_back({app, [opt] {
+    Model model = [&] {
+      if (opt->synthetic.empty()) return Model::load(opt->model.empty() ? default_model_dir() : opt->model);
+      ConfigOverrides o;
+      if (opt->layers > 0) o.num_hidden_layers = opt->layers;
+      if (opt->experts > 0) o.max_routed_experts = opt->experts;
+      const ModelConfig config = load_model_config(opt->synthetic, o);
+      std::fprintf(stderr, "# making random weights for %s (%lld layers)\n", opt->synthetic.c_str(),
+                   static_cast<long long>(config.num_hidden_layers));
+      return Model::synthetic(config, opt->seed);
+    }();
+    const Engine engine = Engine::from_model(std::move(model));
+    const ModelConfig& c = engine.config();
+    if (opt->threads != 1)
+      std::fprintf(stderr, "# note: the CPU reference path runs on 1 thread; -t %d applies to the bandwidth probe only\n",
+                   opt->threads);
+    const int threads = 1;
+    const BandwidthCeiling ceiling = measure_read_bandwidth(threads);
+    std::fprintf(stderr, "# read bandwidth ceiling: %.1f GB/s (%d thread%s, %llu MiB buffer, best of 5)\n", ceiling.gbps,
+                 threads, threads == 1 ? "" : "s", static_cast<unsigned long long>(ceiling.bytes >> 20));
+
+    static const char* const kCount[] = {"", "K", "M", "B", nullptr};
+    static const char* const kSize[] = {"B", "KiB", "MiB", "GiB", nullptr};
+    uint64_t weight_bytes = 0;
+    for (const TensorRecord& t : engine.model().tensors()) weight_bytes += t.nbytes;
+    std::string dtype = engine.weights().layers.front().o_proj.weight ? std::string(dtype_name(engine.weights().layers.front().o_proj.weight.dtype())) : "";
+    for (char& ch : dtype) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    Row base{.model = std::string(c.model_type) + " " + human(static_cast<double>(engine.model().total_params()), kCount, 1000) + " " + dtype,
+             .size = weight_bytes ? human(static_cast<double>(weight_bytes), kSize, 1024) : "in memory",
+             .params = human(static_cast<double>(engine.model().total_params()), kCount, 1000) +
+                       (c.is_moe() ? " / " + human(static_cast<double>(engine.model().active_params()), kCount, 1000) : ""),
+             .backend = "CPU", .threads = threads, .r = {}, .ceiling = ceiling.gbps};
+    std::vector<Row> rows;
+    for (int n : opt->prompt)
+      if (n > 0) rows.push_back(base), rows.back().r = bench_prefill(engine, n, opt->reps);
+    for (int n : opt->gen)
+      if (n > 0) rows.push_back(base), rows.back().r = bench_decode(engine, n, opt->reps);
+
+    std::string out;
+    if (opt->output == "md") {
+      out = md_table(rows);
+    } else if (opt->output == "json") {
+      nlohmann::ordered_json j = nlohmann::ordered_json::array();
+      for (const Row& x : rows) j.push_back(row_json(x));
+      out = j.dump(2) + "\n";
+    } else {
+      out = "model,size,params,backend,threads,test,tokens,tps_mean,tps_sd,bytes_per_token,gbps,ceiling_gbps,bw_fraction\n";
+      for (const Row& x : rows) {
+        char buf[512];
+        std::snprintf(buf, sizeof buf, "\"%s\",\"%s\",\"%s\",%s,%d,%s,%d,%.4f,%.4f,%.0f,%.4f,%.4f,%.4f\n", x.model.c_str(),
+                      x.size.c_str(), x.params.c_str(), x.backend.c_str(), x.threads, x.r.test.c_str(), x.r.tokens,
+                      x.r.mean, x.r.sd, x.r.bytes_per_token, x.r.gbps, x.ceiling, x.r.gbps > 0 ? x.r.gbps / x.ceiling : 0.0);
+        out += buf;
+      }
+    }
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    return 0;
+  }});
+}
+
+}  // namespace moerun::cli
