@@ -13,6 +13,9 @@
 struct CUstream_st;  // cudaStream_t is CUstream_st*
 
 namespace moerun {
+namespace cpu {
+class ThreadPool;
+}  // namespace cpu
 
 // y[t, o] = sum_i x[t, i] * W[o, i] + bias[o]   (y = x W^T + b), fp32 accumulation.
 struct MatmulParams {
@@ -24,6 +27,7 @@ struct MatmulParams {
   int64_t n = 0, in_features = 0, out_features = 0;
   int64_t x_stride = 0;           // 0: in_features
   int64_t out_stride = 0;         // 0: out_features
+  cpu::ThreadPool* pool = nullptr;  // CPU: split output rows across it; nullptr: the calling thread
 };
 
 // RMSNorm over the last dimension, as HF's T5-style norm (docs/MODELS.md §2.1):

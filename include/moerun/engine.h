@@ -22,6 +22,7 @@ struct EngineOptions {
   int64_t context = 0;             // KV-cache positions per session; 0: min(max_position_embeddings, 4096)
   DType fp8_dequant = DType::bf16;  // FP8 block-scaled weights are dequantized at load to BF16 or F32
   MlaMode mla = MlaMode::absorbed;
+  int threads = 0;                 // CPU threads per session; 0: one per hardware thread
 };
 
 class Engine {

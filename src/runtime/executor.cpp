@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cpu/thread_pool.h"
 #include "kernels/ops.h"
 #include "model/convert.h"
 #include "moerun/engine.h"
@@ -59,10 +60,10 @@ float* buffer(std::vector<float>& v, int64_t n) {
   return v.data();
 }
 
-void linear(float* out, const float* x, int64_t n, const LinearWeight& w, int64_t x_stride = 0) {
+void linear(float* out, const float* x, int64_t n, const LinearWeight& w, int64_t x_stride, cpu::ThreadPool* pool) {
   cpu::matmul({.out = out, .x = x, .weight = w.weight.data(), .weight_dtype = w.weight.dtype(),
                .bias = w.bias ? w.bias.data_as<float>() : nullptr, .n = n, .in_features = w.weight.dim(1),
-               .out_features = w.weight.dim(0), .x_stride = x_stride});
+               .out_features = w.weight.dim(0), .x_stride = x_stride, .out_stride = 0, .pool = pool});
 }
 
 void rms_norm(float* out, const float* x, int64_t rows, int64_t cols, const Tensor& weight, float eps, int64_t stride = 0) {
@@ -91,9 +92,15 @@ struct Session::Impl {
   std::vector<int64_t> positions;
   runtime::RopeTable rope;
   int64_t rope_seq_len = -1;
+  std::unique_ptr<cpu::ThreadPool> pool;  // this session's workers; forward() runs on them
+
+  void lin(float* dst, const float* src, int64_t n, const LinearWeight& weight, int64_t src_stride = 0) {
+    linear(dst, src, n, weight, src_stride, pool.get());
+  }
 
   Impl(std::shared_ptr<const Engine::Impl> e, int64_t ctx)
-      : engine(e.get()), keep(std::move(e)), c(engine->model.config()), w(engine->weights), context(ctx) {
+      : engine(e.get()), keep(std::move(e)), c(engine->model.config()), w(engine->weights), context(ctx),
+        pool(std::make_unique<cpu::ThreadPool>(engine->options.threads)) {
     const size_t L = static_cast<size_t>(c.num_hidden_layers);
     k_cache.resize(L);
     v_cache.resize(L);
@@ -128,9 +135,9 @@ struct Session::Impl {
     float* qb = buffer(q, n * H * dh);
     float* kb = buffer(k, n * Hkv * dh);
     float* vb = buffer(v, n * Hkv * dh);
-    linear(qb, in, n, L.q_proj);
-    linear(kb, in, n, L.k_proj);
-    linear(vb, in, n, L.v_proj);
+    lin(qb, in, n, L.q_proj);
+    lin(kb, in, n, L.k_proj);
+    lin(vb, in, n, L.v_proj);
     if (c.qk_norm == QkNorm::per_head) {  // Qwen3: each head normed on its own, one weight for all heads
       rms_norm(qb, qb, n * H, dh, L.q_norm, static_cast<float>(c.rms_norm_eps));
       rms_norm(kb, kb, n * Hkv, dh, L.k_norm, static_cast<float>(c.rms_norm_eps));
@@ -157,7 +164,7 @@ struct Session::Impl {
                     .q_token_stride = H * dh, .q_head_stride = dh, .k_pos_stride = row, .k_head_stride = dh,
                     .v_pos_stride = row, .v_head_stride = dh, .scale = static_cast<float>(c.softmax_scale),
                     .scratch = buffer(scores, pos + n)});
-    linear(o, ab, n, L.o_proj);
+    lin(o, ab, n, L.o_proj);
   }
 
   // Multi-head latent attention (docs/MODELS.md §4) into `o` [n, D].
@@ -168,16 +175,16 @@ struct Session::Impl {
     float* qb = buffer(q, n * H * dq);
     if (c.q_lora_rank) {
       float* qa = buffer(tmp, n * *c.q_lora_rank);
-      linear(qa, in, n, L.q_a_proj);
+      lin(qa, in, n, L.q_a_proj);
       rms_norm(qa, qa, n, *c.q_lora_rank, L.q_a_layernorm, kMlaNormEps);
-      linear(qb, qa, n, L.q_b_proj);
+      lin(qb, qa, n, L.q_b_proj);
     } else {
-      linear(qb, in, n, L.q_proj);
+      lin(qb, in, n, L.q_proj);
     }
     // [c_raw, k_rope] = x W_kva^T; the cache keeps the normed latent and the rotated rope key.
     float* cache = k_cache[l].data();
     float* new_rows = cache + pos * row;
-    linear(new_rows, in, n, L.kv_a_proj_with_mqa);
+    lin(new_rows, in, n, L.kv_a_proj_with_mqa);
     rms_norm(new_rows, new_rows, n, r, L.kv_a_layernorm, kMlaNormEps, row);
     apply_rope(new_rows, n, 1, row, row, r);  // one rope key shared by all heads
     apply_rope(qb, n, H, H * dq, dq, dn);
@@ -220,7 +227,7 @@ struct Session::Impl {
     } else {
       // Naive: per-head K = [W_UK c, k_rope] and V = W_UV c for every cached position.
       float* kvf = buffer(kv_full, len * H * (dn + dv));
-      linear(kvf, cache, len, L.kv_b_proj, row);
+      lin(kvf, cache, len, L.kv_b_proj, row);
       float* kf = buffer(k_full, len * H * dq);
       for (int64_t s = 0; s < len; ++s)
         for (int64_t hh = 0; hh < H; ++hh) {
@@ -234,7 +241,7 @@ struct Session::Impl {
                       .v_head_stride = dn + dv, .scale = static_cast<float>(c.softmax_scale),
                       .scratch = buffer(scores, len)});
     }
-    linear(o, ab, n, L.o_proj);
+    lin(o, ab, n, L.o_proj);
   }
 
   // SwiGLU over n rows: out = down(silu(gate x) * up x).
@@ -242,10 +249,10 @@ struct Session::Impl {
     const int64_t I = m.gate_proj.weight.dim(0);
     float* g = buffer(gate, n * I);
     float* u = buffer(up, n * I);
-    linear(g, in, n, m.gate_proj);
-    linear(u, in, n, m.up_proj);
+    lin(g, in, n, m.gate_proj);
+    lin(u, in, n, m.up_proj);
     cpu::silu_mul({.out = g, .gate = g, .up = u, .n = n * I});
-    linear(o, g, n, m.down_proj);
+    lin(o, g, n, m.down_proj);
   }
 
   // The MoE block into `o` [n, D]: route every token, then run each selected expert once over all
@@ -255,7 +262,7 @@ struct Session::Impl {
     const RouterSpec& rs = c.router;
     const int64_t D = c.hidden_size, E = rs.n_routed_experts, K = rs.num_experts_per_tok;
     float* z = buffer(router, n * E);
-    linear(z, in, n, {L.router, {}, {}});
+    lin(z, in, n, {L.router, {}, {}});
     expert_ids.resize(static_cast<size_t>(n * K));
     expert_weights.resize(static_cast<size_t>(n * K));
     cpu::route({.expert_ids = expert_ids.data(), .expert_weights = expert_weights.data(), .logits = z,
@@ -291,7 +298,7 @@ struct Session::Impl {
       for (int64_t t = 0; t < n; ++t) {
         if (c.shared.gated) {  // Qwen2-MoE: sigmoid(x . w_sg) scales the shared expert per token
           float dot = 0.0f;
-          linear(&dot, in + t * D, 1, {L.shared_expert_gate, {}, {}});
+          lin(&dot, in + t * D, 1, {L.shared_expert_gate, {}, {}});
           gamma = 1.0f / (1.0f + std::exp(-dot));
         }
         for (int64_t d = 0; d < D; ++d) o[t * D + d] += gamma * s[t * D + d];
@@ -336,7 +343,7 @@ struct Session::Impl {
     float* hb = buffer(h, rows * D);
     rms_norm(hb, xb + first * D, rows, D, w.norm, eps);
     std::vector<float> result(static_cast<size_t>(rows * c.vocab_size));
-    linear(result.data(), hb, rows, {w.lm_head, {}, {}});
+    lin(result.data(), hb, rows, {w.lm_head, {}, {}});
     return result;
   }
 };

@@ -1,0 +1,74 @@
+// The CPU thread pool and the threaded matmul: every row computed exactly once, results identical to
+// the single-threaded op (each output row is one thread's fixed-order dot product).
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/ops.h"
+
+namespace moerun {
+namespace {
+
+TEST(ThreadPool, CoversEveryIndexOnceWithAlignedSlices) {
+  for (int threads : {1, 2, 3, 7}) {
+    cpu::ThreadPool pool(threads);
+    EXPECT_EQ(pool.size(), threads);
+    for (int64_t n : {0, 1, 5, 16, 17, 100, 1001}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      pool.parallel_for(
+          n,
+          [&](int64_t b, int64_t e) {
+            EXPECT_EQ(b % 16, 0) << "slices start on the alignment";
+            for (int64_t i = b; i < e; ++i) ++hits[static_cast<size_t>(i)];
+          },
+          16);
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "threads " << threads << " n " << n;
+    }
+  }
+}
+
+TEST(ThreadPool, RunsManyCallsInARow) {
+  cpu::ThreadPool pool(2);
+  std::atomic<int64_t> total{0};
+  for (int call = 0; call < 2000; ++call)
+    pool.parallel_for(10, [&](int64_t b, int64_t e) { total += e - b; });
+  EXPECT_EQ(total.load(), 20000);
+}
+
+TEST(MatmulThreaded, EqualsSingleThreadedBitForBit) {
+  // Random (never zero) bf16 and f32 weights, sizes that are not multiples of 16.
+  uint64_t state = 12345;
+  auto next = [&] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<float>((state >> 40) & 0xffff) / 65536.0f - 0.49f;
+  };
+  for (DType dt : {DType::f32, DType::bf16}) {
+    for (int64_t n : {1, 3, 9}) {
+      const int64_t in = 67, out = 131;
+      std::vector<float> x(static_cast<size_t>(n * in)), bias(static_cast<size_t>(out));
+      for (float& v : x) v = next();
+      for (float& v : bias) v = next();
+      std::vector<float> wf(static_cast<size_t>(out * in));
+      std::vector<uint16_t> wb(wf.size());
+      for (size_t i = 0; i < wf.size(); ++i) {
+        wb[i] = cpu::f32_to_bf16(next());
+        wf[i] = cpu::bf16_to_f32(wb[i]);
+      }
+      const void* w = dt == DType::f32 ? static_cast<const void*>(wf.data()) : static_cast<const void*>(wb.data());
+      std::vector<float> one(static_cast<size_t>(n * out)), many(one.size());
+      cpu::matmul({.out = one.data(), .x = x.data(), .weight = w, .weight_dtype = dt, .bias = bias.data(), .n = n,
+                   .in_features = in, .out_features = out});
+      cpu::ThreadPool pool(3);
+      cpu::matmul({.out = many.data(), .x = x.data(), .weight = w, .weight_dtype = dt, .bias = bias.data(), .n = n,
+                   .in_features = in, .out_features = out, .pool = &pool});
+      EXPECT_EQ(std::memcmp(one.data(), many.data(), one.size() * sizeof(float)), 0) << dtype_name(dt) << " n=" << n;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moerun
