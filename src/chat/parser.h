@@ -1,0 +1,25 @@
+#pragma once
+// Parses tokens into the AST with jinja2's grammar (jinja2/parser.py, function for function, so
+// precedence and the odd corners match: filters bind tighter than unary minus, `is` tests sit at the
+// unary level, chained comparisons, implicit string concatenation). Statements: if/elif/else, for
+// (with if-filter and else), set (name, tuple, ns.attr, block form), macro, call, filter, with,
+// print, break/continue and {% generation %}. Syntax errors and unsupported tags throw Error naming
+// the template and line.
+
+#include <string>
+
+#include "chat/ast.h"
+
+namespace moerun::chat {
+
+struct Program {
+  std::string name;
+  Body body;
+};
+
+// Nesting bound for statements and expressions: deeper templates are rejected, not a stack overflow.
+constexpr int kMaxParseDepth = 100;
+
+Program parse_template(const std::string& source, const std::string& name);
+
+}  // namespace moerun::chat

@@ -1,0 +1,32 @@
+#pragma once
+// Python str semantics over UTF-8: jinja2 runs on Python strings, so lengths, indices and slices count
+// code points, and whitespace, case mapping and printability follow CPython 3.11 (Unicode data from
+// utf8proc, plus CPython's full case mappings that expand one character into several).
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace moerun::chat {
+
+bool is_valid_utf8(std::string_view s);
+// Code points of valid UTF-8 (checked where strings enter: the template source and the context).
+std::u32string decode_utf8(std::string_view s);
+void append_utf8(std::string& out, char32_t c);
+std::string encode_utf8(std::u32string_view cps);
+size_t code_point_count(std::string_view s);
+
+bool py_isspace(char32_t c);      // str.isspace: the characters str.split() and str.strip() remove
+bool py_isprintable(char32_t c);  // str.isprintable: repr() escapes the others
+bool py_iscased(char32_t c);
+bool py_islower(char32_t c);
+bool py_isupper(char32_t c);
+bool py_isalpha(char32_t c);
+bool py_isdecimal(char32_t c);
+
+std::string py_upper(std::string_view s);
+std::string py_lower(std::string_view s);
+std::string py_title(std::string_view s);       // str.title(), not jinja's |title filter
+std::string py_capitalize(std::string_view s);  // str.capitalize(): first character titlecased
+
+}  // namespace moerun::chat

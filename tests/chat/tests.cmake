@@ -1,0 +1,2 @@
+# Chat-template renderer (src/chat): goldens from transformers, plus focused unit tests.
+moerun_add_test(chat_tests chat/golden_test.cpp chat/template_test.cpp)
