@@ -3,7 +3,7 @@
 #   scripts/test.sh [--sanitize] [--fuzz SECONDS]
 #     --sanitize       also build Debug with AddressSanitizer + UndefinedBehaviorSanitizer into
 #                      build-asan/ and run the whole suite there
-#     --fuzz SECONDS   also run the safetensors libFuzzer target for SECONDS (scripts/fuzz.sh)
+#     --fuzz SECONDS   also run each libFuzzer target (safetensors, tokenizer) for SECONDS (scripts/fuzz.sh)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -20,6 +20,10 @@ std::string default_model_dir();
 
 void add_info_command(CLI::App& root, std::vector<Command>& commands);
 void add_bench_command(CLI::App& root, std::vector<Command>& commands);
+void add_run_command(CLI::App& root, std::vector<Command>& commands);
+void add_chat_command(CLI::App& root, std::vector<Command>& commands);
+void add_tokenize_command(CLI::App& root, std::vector<Command>& commands);
+void add_template_command(CLI::App& root, std::vector<Command>& commands);
 void add_logits_command(CLI::App& root, std::vector<Command>& commands);
 
 }  // namespace moerun::cli

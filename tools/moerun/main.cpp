@@ -46,7 +46,11 @@ int main(int argc, char** argv) {
   std::vector<moerun::cli::Command> commands;
   moerun::cli::add_info_command(app, commands);
   moerun::cli::add_logits_command(app, commands);
+  moerun::cli::add_chat_command(app, commands);
+  moerun::cli::add_run_command(app, commands);
   moerun::cli::add_bench_command(app, commands);
+  moerun::cli::add_tokenize_command(app, commands);
+  moerun::cli::add_template_command(app, commands);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,50 @@
+#pragma once
+// Generation: prompt ids -> streamed text, through a Session, a Sampler and the UTF-8-safe
+// StreamDecoder. Stops on any EOS id, on a stop string (matched on the text across token
+// boundaries and never emitted), or after max_tokens.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "moerun/engine.h"
+#include "moerun/sampler.h"
+#include "moerun/tokenizer.h"
+
+namespace moerun {
+
+struct GenerateOptions {
+  int64_t max_tokens = 512;
+  std::vector<std::string> stop;    // stop strings
+  std::vector<int32_t> eos_ids;     // token ids that end generation (not emitted)
+  bool skip_special_tokens = true;  // in the emitted text
+};
+
+struct GenerateResult {
+  std::string text;                // everything emitted
+  std::string finish_reason;       // "eos", "stop" or "length"; "cancelled" when on_text returned false
+  int64_t prompt_tokens = 0;       // prefilled by this call (a reused cache prefix is not counted)
+  int64_t generated_tokens = 0;    // sampled tokens, EOS included
+  std::vector<int32_t> tokens;     // the sampled ids, EOS included
+  double prompt_seconds = 0, gen_seconds = 0;
+  double prompt_tps() const { return prompt_seconds > 0 ? prompt_tokens / prompt_seconds : 0; }
+  double gen_tps() const { return gen_seconds > 0 ? generated_tokens / gen_seconds : 0; }
+};
+
+// Sampling defaults from generation_config.json (do_sample false: greedy; temperature, top_k,
+// top_p, min_p, repetition_penalty), or SamplerParams{} when the file is absent.
+SamplerParams sampling_defaults(const std::filesystem::path& model_dir);
+
+// Runs `prompt` through `session` (which may already hold a prefix of it: only the tokens past
+// session.position() are prefilled, and the prompt must start with what the session holds when
+// `reuse_prefix`), then samples until a stop condition. `on_text` receives each piece of text as
+// it becomes final; returning false cancels. Throws Error before any work when the prompt does
+// not fit the context.
+GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& sampler, std::span<const int32_t> prompt,
+                        const GenerateOptions& options, const std::function<bool(std::string_view)>& on_text);
+
+}  // namespace moerun

@@ -1,0 +1,144 @@
+#include "moerun/generate.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "io/json_util.h"
+#include "moerun/error.h"
+#include "util/strings.h"
+
+namespace moerun {
+
+using detail::cat;
+
+SamplerParams sampling_defaults(const std::filesystem::path& model_dir) {
+  SamplerParams p;
+  const auto file = model_dir / "generation_config.json";
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(file, ec)) return p;
+  const io::Json j = io::parse_json_text(io::read_text_file(file), file.string());
+  const io::JsonFields f(j, file.string());
+  p.temperature = static_cast<float>(f.f64_or("temperature", 1.0));
+  p.top_k = static_cast<int32_t>(f.i64_or("top_k", 0));
+  p.top_p = static_cast<float>(f.f64_or("top_p", 1.0));
+  p.min_p = static_cast<float>(f.f64_or("min_p", 0.0));
+  p.repeat_penalty = static_cast<float>(f.f64_or("repetition_penalty", 1.0));
+  // HF generates greedily unless do_sample is set, whatever the temperature says.
+  if (!f.boolean_or("do_sample", false)) p.temperature = 0.0f;
+  return p;
+}
+
+namespace {
+
+// Holds back text that might be the start of a stop string, so a stop string split across tokens
+// is found and never emitted.
+class StopMatcher {
+ public:
+  explicit StopMatcher(const std::vector<std::string>& stops) : stops_(stops) {}
+
+  // Appends `piece`; returns the text now safe to emit. Sets `stopped` when a stop string appears
+  // (the text before it is returned, the stop string and anything after are dropped).
+  std::string push(std::string_view piece, bool& stopped) {
+    pending_ += piece;
+    size_t first = std::string::npos;
+    for (const std::string& s : stops_)
+      if (!s.empty()) first = std::min(first, pending_.find(s));
+    if (first != std::string::npos) {
+      stopped = true;
+      std::string out = pending_.substr(0, first);
+      pending_.clear();
+      return out;
+    }
+    // Keep the longest tail that is a proper prefix of some stop string.
+    size_t keep = 0;
+    for (const std::string& s : stops_)
+      for (size_t len = std::min(s.size() - 1, pending_.size()); len > keep; --len)
+        if (pending_.compare(pending_.size() - len, len, s, 0, len) == 0) {
+          keep = len;
+          break;
+        }
+    std::string out = pending_.substr(0, pending_.size() - keep);
+    pending_.erase(0, pending_.size() - keep);
+    return out;
+  }
+
+  std::string flush() { return std::exchange(pending_, std::string()); }
+
+ private:
+  const std::vector<std::string>& stops_;
+  std::string pending_;
+};
+
+double seconds(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int32_t argmax(const std::vector<float>& v) { return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin()); }
+
+}  // namespace
+
+GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& sampler, std::span<const int32_t> prompt,
+                        const GenerateOptions& options, const std::function<bool(std::string_view)>& on_text) {
+  const int64_t cached = session.position();
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  if (n == 0) throw Error("generate", "empty prompt");
+  if (cached > n) throw Error("generate", cat("the session holds ", cached, " tokens but the prompt has only ", n));
+  if (n > session.context())
+    throw Error("generate", cat("the prompt is ", n, " tokens but the context holds ", session.context(),
+                                " (use a larger --ctx or a shorter prompt)"));
+  if (n == cached) session.truncate(n - 1);  // the last prompt token must run to give the next logits
+
+  GenerateResult r;
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::span<const int32_t> fresh = prompt.subspan(static_cast<size_t>(session.position()));
+  r.prompt_tokens = static_cast<int64_t>(fresh.size());
+  std::vector<float> logits = session.forward(fresh);
+  r.prompt_seconds = seconds(t0);
+
+  std::vector<int32_t> history(prompt.begin(), prompt.end());
+  StreamDecoder decoder(tokenizer, options.skip_special_tokens);
+  StopMatcher stops(options.stop);
+  auto emit = [&](const std::string& text) {
+    if (text.empty()) return true;
+    r.text += text;
+    return on_text(text);
+  };
+  const auto t1 = std::chrono::steady_clock::now();
+  r.finish_reason = "length";
+  while (r.generated_tokens < options.max_tokens) {
+    const int32_t id = sampler.params().temperature == 0.0f ? argmax(logits) : sampler.sample(logits, history);
+    ++r.generated_tokens;
+    r.tokens.push_back(id);
+    history.push_back(id);
+    if (std::find(options.eos_ids.begin(), options.eos_ids.end(), id) != options.eos_ids.end()) {
+      r.finish_reason = "eos";
+      break;
+    }
+    bool stopped = false;
+    if (!emit(stops.push(decoder.push(id), stopped))) {
+      r.finish_reason = "cancelled";
+      break;
+    }
+    if (stopped) {
+      r.finish_reason = "stop";
+      break;
+    }
+    if (r.generated_tokens == options.max_tokens) break;
+    if (session.position() >= session.context()) {
+      r.finish_reason = "context";
+      break;
+    }
+    logits = session.forward(std::span<const int32_t>(&id, 1));
+  }
+  if (r.finish_reason != "stop" && r.finish_reason != "cancelled") {
+    bool stopped = false;
+    std::string tail = stops.push(decoder.flush(), stopped);
+    if (stopped) r.finish_reason = "stop";
+    else tail += stops.flush();
+    emit(tail);
+  }
+  r.gen_seconds = seconds(t1);
+  return r;
+}
+
+}  // namespace moerun

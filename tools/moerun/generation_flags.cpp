@@ -1,0 +1,67 @@
+#include "generation_flags.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+
+#include "moerun/commands.h"
+
+namespace moerun::cli {
+
+void GenerationFlags::add_to(CLI::App* a) {
+  app = a;
+  a->add_option("-m,--model", model, "model directory (default: $MOERUN_MODEL or models/default)");
+  a->add_option("-n,--n-predict", max_tokens, "most tokens to generate")->check(CLI::PositiveNumber);
+  a->add_option("-t,--threads", threads, "CPU threads (default: one per hardware thread)")->check(CLI::Range(1, 1024));
+  a->add_option("-c,--ctx", context, "context length in tokens (default: the model's, at most 4096)")->check(CLI::PositiveNumber);
+  a->add_option("--temp", temp, "temperature; 0 is greedy (default: generation_config.json)")->check(CLI::Range(0.0, 100.0));
+  a->add_option("--top-k", top_k, "keep the k most likely tokens; 0: off")->check(CLI::NonNegativeNumber);
+  a->add_option("--top-p", top_p, "nucleus sampling mass; 1: off")->check(CLI::Range(0.0, 1.0));
+  a->add_option("--min-p", min_p, "drop tokens below min-p times the best; 0: off")->check(CLI::Range(0.0, 1.0));
+  a->add_option("--repeat-penalty", repeat_penalty, "penalise repeated tokens (HF repetition_penalty); 1: off")->check(CLI::PositiveNumber);
+  a->add_option("--presence-penalty", presence_penalty, "subtract from tokens already present");
+  a->add_option("--frequency-penalty", frequency_penalty, "subtract per earlier occurrence");
+  a->add_option("--repeat-last-n", repeat_last_n, "penalty window in tokens; -1: all")->check(CLI::Range(-1, 1 << 30));
+  a->add_option("--seed", seed, "sampling seed (default: random); the same seed gives the same text");
+  a->add_option("--stop", stop, "stop when this text appears (not printed); may be repeated");
+  a->add_option("--system", system, "system prompt");
+}
+
+SamplerParams GenerationFlags::sampler_params(const std::string& model_dir) const {
+  SamplerParams p = sampling_defaults(model_dir);
+  if (app->count("--temp")) p.temperature = temp;
+  if (app->count("--top-k")) p.top_k = top_k;
+  if (app->count("--top-p")) p.top_p = top_p;
+  if (app->count("--min-p")) p.min_p = min_p;
+  if (app->count("--repeat-penalty")) p.repeat_penalty = repeat_penalty;
+  if (app->count("--presence-penalty")) p.presence_penalty = presence_penalty;
+  if (app->count("--frequency-penalty")) p.frequency_penalty = frequency_penalty;
+  p.penalty_last_n = repeat_last_n;
+  p.seed = app->count("--seed") ? seed : std::random_device{}();
+  return p;
+}
+
+LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
+  const std::string dir = flags.model.empty() ? default_model_dir() : flags.model;
+  const auto t0 = std::chrono::steady_clock::now();
+  if (!quiet) std::fprintf(stderr, "# loading %s ...", dir.c_str());
+  EngineOptions eo;
+  eo.threads = flags.threads;
+  eo.context = flags.context;
+  LoadedModel m{dir, Engine::load(dir, eo), Tokenizer::load(dir), nullptr, {}};
+  const ModelFiles& files = m.engine.model().files();
+  if (files.has_chat_template) m.chat_template = std::make_unique<ChatTemplate>(ChatTemplate::load(dir));
+  m.eos_ids = m.tokenizer.eos_ids();
+  for (int64_t id : m.engine.config().eos_token_ids)
+    if (std::find(m.eos_ids.begin(), m.eos_ids.end(), id) == m.eos_ids.end()) m.eos_ids.push_back(static_cast<int32_t>(id));
+  if (!quiet)
+    std::fprintf(stderr, " done in %.2f s (%s, %lld-token context)\n",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                 m.engine.config().architecture.c_str(), static_cast<long long>(m.engine.default_context()));
+  return m;
+}
+
+}  // namespace moerun::cli

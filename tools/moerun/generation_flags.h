@@ -1,0 +1,48 @@
+#pragma once
+// Flags shared by `run` and `chat`: the model, threads, context and the sampling knobs (flags given
+// on the command line override generation_config.json's defaults).
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "moerun/chat_template.h"
+#include "moerun/engine.h"
+#include "moerun/generate.h"
+#include "moerun/sampler.h"
+#include "moerun/tokenizer.h"
+
+namespace moerun::cli {
+
+struct GenerationFlags {
+  std::string model;
+  int threads = 0;
+  int64_t context = 0;
+  int64_t max_tokens = 512;
+  float temp = 0, top_p = 0, min_p = 0, repeat_penalty = 0, presence_penalty = 0, frequency_penalty = 0;
+  int top_k = 0, repeat_last_n = 64;
+  uint64_t seed = 0;
+  std::vector<std::string> stop;
+  std::string system;
+  CLI::App* app = nullptr;
+
+  void add_to(CLI::App* app);
+  // generation_config.json's defaults with every flag the user gave on top. Seed: --seed, else random.
+  SamplerParams sampler_params(const std::string& model_dir) const;
+};
+
+// What run and chat load: the engine, its tokenizer and (when the model has one) its chat template.
+struct LoadedModel {
+  std::string dir;
+  Engine engine;
+  Tokenizer tokenizer;
+  std::unique_ptr<ChatTemplate> chat_template;  // null when the model has none
+  std::vector<int32_t> eos_ids;                 // tokenizer's and config.json's
+};
+
+// Loads with a progress line on stderr unless `quiet`.
+LoadedModel load_model(const GenerationFlags& flags, bool quiet);
+
+}  // namespace moerun::cli

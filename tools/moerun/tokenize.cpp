@@ -1,0 +1,135 @@
+// moerun tokenize: text to ids (or ids to text with --decode) with a model's tokenizer; and
+// moerun template: the prompt a conversation renders to with the model's chat template.
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <sstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "moerun/chat_template.h"
+#include "moerun/commands.h"
+#include "moerun/error.h"
+#include "moerun/tokenizer.h"
+
+namespace moerun::cli {
+namespace {
+
+std::string read_all(std::istream& in) { return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()}; }
+
+std::string ids_line(const std::vector<int32_t>& ids, bool json) {
+  if (json) return nlohmann::json(ids).dump() + "\n";
+  std::string out;
+  for (size_t i = 0; i < ids.size(); ++i) out += (i ? " " : "") + std::to_string(ids[i]);
+  return out + "\n";
+}
+
+std::vector<int32_t> parse_ids(const std::string& text) {
+  std::string s = text;
+  for (char& ch : s)
+    if (ch == ',' || ch == '[' || ch == ']') ch = ' ';
+  std::istringstream in(s);
+  std::vector<int32_t> ids;
+  std::string word;
+  while (in >> word) {
+    size_t used = 0;
+    long long v = -1;
+    try {
+      v = std::stoll(word, &used);
+    } catch (const std::exception&) {
+    }
+    if (used != word.size() || v < 0 || v > INT32_MAX) throw Error("--decode", "'" + word + "' is not a token id");
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  return ids;
+}
+
+}  // namespace
+
+void add_tokenize_command(CLI::App& root, std::vector<Command>& commands) {
+  struct Options {
+    std::string model, prompt;
+    bool json = false, no_special = false, no_bos = false, decode = false, jsonl = false;
+  };
+  auto opt = std::make_shared<Options>();
+  CLI::App* app = root.add_subcommand("tokenize", "Encode text to token ids (or decode ids with --decode)");
+  app->add_option("-m,--model", opt->model, "model directory, tokenizer.json or tokenizer.model")->required();
+  app->add_option("-p,--prompt", opt->prompt, "the text (default: all of stdin)");
+  app->add_flag("--json", opt->json, "print a JSON array");
+  app->add_flag("--no-special", opt->no_special, "encode special-token text (\"<|im_start|>\") as plain text");
+  app->add_flag("--no-bos", opt->no_bos, "add no BOS/EOS (no post-processor template)");
+  app->add_flag("--decode", opt->decode, "read token ids and print their text");
+  app->add_flag("--jsonl", opt->jsonl, "each stdin line is a JSON string: print one JSON array of ids per line");
+  commands.push_back({app, [opt, app] {
+    const Tokenizer tok = Tokenizer::load(opt->model);
+    const EncodeOptions eo{.add_special_tokens = !opt->no_bos, .parse_special = !opt->no_special};
+    std::string out;
+    if (opt->jsonl) {
+      std::string line;
+      for (size_t n = 1; std::getline(std::cin, line); ++n) {
+        nlohmann::json j;
+        try {
+          j = nlohmann::json::parse(line);
+        } catch (const nlohmann::json::exception& e) {
+          throw Error("stdin line " + std::to_string(n), std::string("not JSON: ") + e.what());
+        }
+        if (!j.is_string()) throw Error("stdin line " + std::to_string(n), "expected a JSON string");
+        const std::string s = ids_line(tok.encode(j.get<std::string>(), eo), true);
+        std::fwrite(s.data(), 1, s.size(), stdout);
+      }
+      return 0;
+    }
+    const std::string text = app->count("--prompt") ? opt->prompt : read_all(std::cin);
+    if (opt->decode) {
+      out = tok.decode(parse_ids(text));
+      if (opt->json) out = nlohmann::json(out).dump();
+      out += "\n";
+    } else {
+      out = ids_line(tok.encode(text, eo), opt->json);
+    }
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    return 0;
+  }});
+}
+
+void add_template_command(CLI::App& root, std::vector<Command>& commands) {
+  struct Options {
+    std::string model, messages;
+    bool no_generation_prompt = false;
+  };
+  auto opt = std::make_shared<Options>();
+  CLI::App* app = root.add_subcommand("template", "Print the prompt a conversation renders to with the chat template");
+  app->add_option("-m,--model", opt->model, "model directory (default: $MOERUN_MODEL or models/default)");
+  app->add_option("--messages", opt->messages, "JSON file: a list of {role, content} (default: stdin)");
+  app->add_flag("--no-generation-prompt", opt->no_generation_prompt, "do not open the assistant's turn");
+  commands.push_back({app, [opt] {
+    const ChatTemplate t = ChatTemplate::load(opt->model.empty() ? default_model_dir() : opt->model);
+    std::string text;
+    std::string where = opt->messages.empty() ? "stdin" : opt->messages;
+    if (opt->messages.empty()) {
+      text = read_all(std::cin);
+    } else {
+      std::ifstream in(opt->messages);
+      if (!in) throw Error(opt->messages, "cannot open");
+      text = read_all(in);
+    }
+    ChatJson messages;
+    try {
+      messages = ChatJson::parse(text);
+    } catch (const ChatJson::exception& e) {
+      throw Error(where, std::string("not JSON: ") + e.what());
+    }
+    if (messages.is_object() && messages.contains("messages")) messages = messages["messages"];
+    if (!messages.is_array()) throw Error(where, "expected a JSON list of messages");
+    ChatOptions co;
+    co.add_generation_prompt = !opt->no_generation_prompt;
+    const std::string out = t.apply(messages, co);
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    return 0;
+  }});
+}
+
+}  // namespace moerun::cli
