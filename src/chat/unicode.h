@@ -7,12 +7,14 @@
 #include <string>
 #include <string_view>
 
+#include "util/utf8.h"
+
 namespace moerun::chat {
 
 bool is_valid_utf8(std::string_view s);
 // Code points of valid UTF-8 (checked where strings enter: the template source and the context).
 std::u32string decode_utf8(std::string_view s);
-void append_utf8(std::string& out, char32_t c);
+using detail::append_utf8;  // src/util/utf8.h
 std::string encode_utf8(std::u32string_view cps);
 size_t code_point_count(std::string_view s);
 

@@ -129,15 +129,7 @@ std::vector<AddedToken> config_added_tokens(const io::Json& cfg, const std::stri
     }
     if (id < 0 || id > INT32_MAX) json::fail(file, f, "expected a non-negative integer id as the key");
     json::object(t, file, f);
-    AddedToken a;
-    a.id = static_cast<int32_t>(id);
-    a.content = json::string_at(t, "content", file, f);
-    a.special = json::bool_or(t, "special", false, file, f);
-    a.single_word = json::bool_or(t, "single_word", false, file, f);
-    a.lstrip = json::bool_or(t, "lstrip", false, file, f);
-    a.rstrip = json::bool_or(t, "rstrip", false, file, f);
-    a.normalized = json::bool_or(t, "normalized", !a.special, file, f);
-    out.push_back(std::move(a));
+    out.push_back(read_added_token(t, static_cast<int32_t>(id), file, f));
   }
   std::sort(out.begin(), out.end(), [](const AddedToken& a, const AddedToken& b) { return a.id < b.id; });
   return out;

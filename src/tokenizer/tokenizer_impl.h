@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "io/json_util.h"
 #include "tokenizer/added_tokens.h"
 #include "tokenizer/decoders.h"
 #include "tokenizer/model.h"
@@ -55,5 +56,9 @@ struct TokenizerImpl {
 // Builders (tokenizer_json.cpp, tokenizer.cpp).
 std::unique_ptr<TokenizerImpl> tokenizer_from_json_text(const std::string& text, const std::string& file);
 std::unique_ptr<TokenizerImpl> tokenizer_from_sentencepiece(const std::string& path);
+// One added token's fields ({content, special, single_word, lstrip, rstrip, normalized}) as both
+// tokenizer.json's added_tokens and tokenizer_config.json's added_tokens_decoder write them; `f`
+// names the entry in errors.
+AddedToken read_added_token(const io::Json& t, int32_t id, const std::string& file, const std::string& f);
 
 }  // namespace moerun::tok

@@ -11,6 +11,18 @@ namespace moerun::tok {
 
 using detail::cat;
 
+AddedToken read_added_token(const io::Json& t, int32_t id, const std::string& file, const std::string& f) {
+  AddedToken a;
+  a.id = id;
+  a.content = json::string_at(t, "content", file, f);
+  a.special = json::bool_or(t, "special", false, file, f);
+  a.single_word = json::bool_or(t, "single_word", false, file, f);
+  a.lstrip = json::bool_or(t, "lstrip", false, file, f);
+  a.rstrip = json::bool_or(t, "rstrip", false, file, f);
+  a.normalized = json::bool_or(t, "normalized", !a.special, file, f);  // tokenizers' default
+  return a;
+}
+
 namespace {
 
 std::vector<AddedToken> parse_added_tokens(const io::Json& root, const std::string& file) {
@@ -21,17 +33,9 @@ std::vector<AddedToken> parse_added_tokens(const io::Json& root, const std::stri
   for (size_t i = 0; i < list->size(); ++i) {
     const std::string f = json::index("added_tokens", i);
     const io::Json& t = json::object((*list)[i], file, f);
-    AddedToken a;
     const int64_t id = json::int_at(t, "id", file, f);
     if (id < 0 || id > INT32_MAX) json::fail(file, json::sub(f, "id"), cat("expected a non-negative id, found ", id));
-    a.id = static_cast<int32_t>(id);
-    a.content = json::string_at(t, "content", file, f);
-    a.special = json::bool_or(t, "special", false, file, f);
-    a.single_word = json::bool_or(t, "single_word", false, file, f);
-    a.lstrip = json::bool_or(t, "lstrip", false, file, f);
-    a.rstrip = json::bool_or(t, "rstrip", false, file, f);
-    a.normalized = json::bool_or(t, "normalized", !a.special, file, f);
-    out.push_back(std::move(a));
+    out.push_back(read_added_token(t, static_cast<int32_t>(id), file, f));
   }
   return out;
 }

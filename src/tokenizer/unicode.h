@@ -9,6 +9,8 @@
 #include <string>
 #include <string_view>
 
+#include "util/utf8.h"
+
 namespace moerun::tok {
 
 // --- UTF-8 ----------------------------------------------------------------------------------
@@ -21,7 +23,7 @@ std::optional<size_t> find_invalid_utf8(std::string_view s);
 size_t decode_utf8(std::string_view s, size_t i, char32_t& cp);
 // Length in bytes of the character starting at lead byte `c` of valid UTF-8.
 inline size_t utf8_len(unsigned char c) { return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4; }
-void append_utf8(std::string& out, char32_t cp);
+using detail::append_utf8;  // src/util/utf8.h
 
 // String::from_utf8_lossy as Rust defines it: every maximal ill-formed subpart becomes one U+FFFD.
 std::string utf8_lossy(std::string_view bytes);
