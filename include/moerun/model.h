@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -50,6 +51,10 @@ class Model {
   // A model with `config`'s shapes and seeded random weights made in memory (bf16 matrices, f32
   // vectors), for benchmarking an architecture without its checkpoint.
   static Model synthetic(const ModelConfig& config, uint64_t seed = 0);
+
+  // Reads every mapped page once, so the first forward pass does not wait on the disk; `progress`
+  // is called with bytes done and the total (about every 1%).
+  void prefetch(const std::function<void(uint64_t done, uint64_t total)>& progress) const;
 
   const ModelConfig& config() const noexcept;
   const ModelWeights& weights() const noexcept;

@@ -42,6 +42,7 @@ class SafetensorsFile : public std::enable_shared_from_this<SafetensorsFile> {
 
   const std::filesystem::path& path() const noexcept { return path_; }
   const SafetensorsHeader& header() const noexcept { return header_; }
+  std::span<const std::byte> bytes() const noexcept { return map_.bytes(); }  // the whole mapped file
   const TensorEntry* find(std::string_view name) const noexcept;
   Tensor tensor(const TensorEntry& entry) const;  // zero-copy view that keeps this file mapped
 

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 
 #include "io/weight_store.h"
@@ -74,6 +75,26 @@ Model Model::synthetic(const ModelConfig& config, uint64_t seed) {
   impl->binding = model::bind_weights(config, impl->store, impl->files.dir.string(),
                                       [seed](const std::string& name, const Shape& shape) { return random_tensor(name, shape, seed); });
   return Model(std::move(impl));
+}
+
+void Model::prefetch(const std::function<void(uint64_t, uint64_t)>& progress) const {
+  uint64_t total = 0, done = 0;
+  for (const auto& shard : impl_->store.shards()) total += shard->bytes().size();
+  const uint64_t step = std::max<uint64_t>(total / 100, 1);
+  uint64_t next_report = 0;
+  volatile unsigned char sink = 0;
+  for (const auto& shard : impl_->store.shards()) {
+    const std::span<const std::byte> b = shard->bytes();
+    for (size_t i = 0; i < b.size(); i += 4096) {  // one byte per page faults the page in
+      sink = sink ^ static_cast<unsigned char>(b[i]);
+      done = std::min<uint64_t>(done + 4096, total);
+      if (progress && done >= next_report) {
+        progress(done, total);
+        next_report = done + step;
+      }
+    }
+  }
+  if (progress) progress(total, total);
 }
 
 const ModelConfig& Model::config() const noexcept { return impl_->config; }

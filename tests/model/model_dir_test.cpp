@@ -361,3 +361,23 @@ TEST(ModelSummary, LoneSafetensorsFile) {
 
 }  // namespace
 }  // namespace moerun
+
+namespace moerun {
+namespace {
+
+TEST(ModelDir, PrefetchReportsProgressUpToTheTotal) {
+  const auto dir = testing::fresh_dir("prefetch");
+  testing::write_model_dir(dir, testing::tiny_config("qwen3_moe"), {.shards = 2});
+  const Model m = Model::load(dir);
+  uint64_t total_bytes = 0;
+  for (const auto& shard : m.files().shards) total_bytes += std::filesystem::file_size(shard);
+  std::vector<std::pair<uint64_t, uint64_t>> calls;
+  m.prefetch([&](uint64_t done, uint64_t total) { calls.emplace_back(done, total); });
+  ASSERT_GE(calls.size(), 2u);
+  for (size_t i = 1; i < calls.size(); ++i) EXPECT_LE(calls[i - 1].first, calls[i].first);
+  EXPECT_EQ(calls.back().first, total_bytes);
+  EXPECT_EQ(calls.back().second, total_bytes);
+}
+
+}  // namespace
+}  // namespace moerun

@@ -47,11 +47,22 @@ SamplerParams GenerationFlags::sampler_params(const std::string& model_dir) cons
 LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
   const std::string dir = flags.model.empty() ? default_model_dir() : flags.model;
   const auto t0 = std::chrono::steady_clock::now();
-  if (!quiet) std::fprintf(stderr, "# loading %s ...", dir.c_str());
   EngineOptions eo;
   eo.threads = flags.threads;
   eo.context = flags.context;
-  LoadedModel m{dir, Engine::load(dir, eo), Tokenizer::load(dir), nullptr, {}};
+  Model model = Model::load(dir);
+  if (!quiet && isatty(STDERR_FILENO)) {
+    // A progress bar while the weights are read from disk (the mmap is otherwise faulted in by
+    // the first tokens).
+    model.prefetch([&](uint64_t done, uint64_t total) {
+      const int width = 30, filled = static_cast<int>(width * done / std::max<uint64_t>(total, 1));
+      std::fprintf(stderr, "\r# loading %s [%.*s%*s] %3d%%", dir.c_str(), filled, "##############################",
+                   width - filled, "", static_cast<int>(100 * done / std::max<uint64_t>(total, 1)));
+    });
+    std::fprintf(stderr, "\r\033[K");
+  }
+  if (!quiet) std::fprintf(stderr, "# loading %s ...", dir.c_str());
+  LoadedModel m{dir, Engine::from_model(std::move(model), eo), Tokenizer::load(dir), nullptr, {}};
   const ModelFiles& files = m.engine.model().files();
   if (files.has_chat_template) m.chat_template = std::make_unique<ChatTemplate>(ChatTemplate::load(dir));
   m.eos_ids = m.tokenizer.eos_ids();
