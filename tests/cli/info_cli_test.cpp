@@ -177,3 +177,25 @@ TEST(LogitsCli, BadIdsAreUsageErrorsAndBadModelsRuntimeErrors) {
 
 }  // namespace
 }  // namespace moerun
+
+namespace moerun {
+namespace {
+
+TEST(TokenizeFilesCli, TokenizerJsonAndSentencePieceFilesDirectly) {
+  const std::string data = std::string(MOERUN_TEST_DATA) + "/tokenizers/";
+  const CliRun ds = run_cli("tokenize -m '" + data + "deepseek_v3/tokenizer.json' --json -p 'Hello, world'");
+  ASSERT_EQ(ds.code, 0) << ds.err;
+  EXPECT_EQ(ds.out.front(), '[');
+  const CliRun round = run_cli("tokenize -m '" + data + "mistral' --decode --json -p \"$(" + MOERUN_CLI + " tokenize -m '" +
+                               data + "mistral' --no-bos -p 'Grüße, 世界')\"");
+  EXPECT_EQ(round.out, "\"Grüße, 世界\"\n") << round.err;
+  const CliRun spm = run_cli("tokenize -m '" + data + "spm_unigram/spm_unigram.model' -p 'Hello world'");
+  EXPECT_EQ(spm.code, 0) << spm.err;
+  EXPECT_FALSE(spm.out.empty());
+  const CliRun bad = run_cli("tokenize -m '" + data + "mistral' -p \"$(printf '\\377')\"");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.err.find("not valid UTF-8"), std::string::npos) << bad.err;
+}
+
+}  // namespace
+}  // namespace moerun
