@@ -1144,6 +1144,11 @@ TEST(ConfigErrors, NumberOverflowIsAnError) {
 std::string nested_lists(size_t depth) { return std::string(depth, '[') + std::string(depth, ']'); }
 
 TEST(ConfigDeathTest, DeeplyNestedValueIsAnErrorNotACrash) {
+#ifdef MOERUN_SANITIZED
+  // Under ASan the forked death-test child of a process holding a 200k-level JSON tree hangs in the
+  // sanitizer's fork handling (seen with GCC 12's libasan); the Release suite runs this test.
+  GTEST_SKIP() << "fork-based death test with a huge heap hangs under ASan; runs in the Release suite";
+#endif
   for (const char* key : {"architectures", "hidden_size", "eos_token_id"}) {
     SCOPED_TRACE(key);
     Json j = real("llama3_1_8b.json");
