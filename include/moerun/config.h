@@ -150,6 +150,10 @@ struct ConfigOverrides {
 };
 ModelConfig load_model_config(const std::filesystem::path& config_json, const ConfigOverrides& overrides);
 
+// YaRN's m(F, mu) = 0.1 * mu * ln F + 1 (1 when F <= 1): the attention factor on cos/sin and
+// DeepSeek's softmax-scale correction are built from it (docs/MODELS.md §2.5).
+double yarn_mscale(double factor, double mscale) noexcept;
+
 // "LlamaForCausalLM (llama), MixtralForCausalLM (mixtral), ..." for error messages and --help.
 std::string supported_architectures();
 

@@ -111,8 +111,6 @@ void check_range(const JsonFields& f, const char* key, int64_t v, int64_t lo, in
   if (v < lo || v > hi) f.fail(key, cat("must be in [", lo, ", ", hi, "], found ", v));
 }
 
-double yarn_mscale(double factor, double mscale) { return factor <= 1.0 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0; }
-
 void validate_and_derive(const JsonFields& f, ModelConfig& c) {
   check_range(f, "vocab_size", c.vocab_size, 1, kMaxDim);
   check_range(f, "hidden_size", c.hidden_size, 1, kMaxDim);
@@ -176,6 +174,10 @@ void validate_and_derive(const JsonFields& f, ModelConfig& c) {
 }
 
 }  // namespace
+
+double yarn_mscale(double factor, double mscale) noexcept {
+  return factor <= 1.0 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0;
+}
 
 int64_t ModelConfig::num_moe_layers() const noexcept {
   int64_t n = 0;

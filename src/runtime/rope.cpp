@@ -14,8 +14,6 @@ std::vector<float> default_inv_freq(double base, int64_t dim) {
   return f;
 }
 
-double yarn_mscale(double factor, double mscale) { return factor <= 1.0 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0; }
-
 }  // namespace
 
 RopeTable rope_table(const RopeSpec& rope, int64_t max_position_embeddings, int64_t seq_len) {
