@@ -10,8 +10,6 @@
 #include "moerun/config.h"
 #include "moerun/dtype.h"
 
-struct CUstream_st;  // cudaStream_t is CUstream_st*
-
 namespace moerun {
 namespace cpu {
 class ThreadPool;
@@ -27,6 +25,10 @@ struct MatmulParams {
   int64_t n = 0, in_features = 0, out_features = 0;
   int64_t x_stride = 0;           // 0: in_features
   int64_t out_stride = 0;         // 0: out_features
+  // FP8 (f8_e4m3) weights only: block scales [ceil(out/block_out), ceil(in/block_in)] (DeepSeek's
+  // weight_scale_inv); element (o, i) is w * scale[o / block_out, i / block_in].
+  const float* weight_scale = nullptr;
+  int64_t block_out = 128, block_in = 128;
   cpu::ThreadPool* pool = nullptr;  // CPU: split output rows across it; nullptr: the calling thread
 };
 
@@ -72,7 +74,12 @@ struct AttentionParams {
   int64_t k_pos_stride = 0, k_head_stride = 0;
   int64_t v_pos_stride = 0, v_head_stride = 0;
   float scale = 1.0f;
-  float* scratch = nullptr;    // [max position + 1] floats
+  float* scratch = nullptr;    // CPU: [max position + 1] floats (per thread when pooled); CUDA: unused
+  // Cache rows any token may attend (the session's context). CUDA sizes its split-K grid by it so a
+  // captured decode graph stays valid as positions grow; 0: positions[n_tokens - 1] + 1 (read on the
+  // host, CPU only).
+  int64_t max_len = 0;
+  cpu::ThreadPool* pool = nullptr;  // CPU: split (token, head) pairs across it
 };
 
 // out = silu(gate) * up, elementwise.
@@ -101,6 +108,86 @@ struct RouteParams {
   float* scratch = nullptr;              // [3 * n_experts + n_group] floats
 };
 
+// out[t, :] = table[ids[t], :] widened to fp32 (the token embedding).
+struct EmbedParams {
+  float* out = nullptr;          // [n_tokens, dim]
+  const void* table = nullptr;   // [vocab, dim] of dtype
+  DType dtype = DType::f32;
+  const int32_t* ids = nullptr;  // [n_tokens], in range (the executor checks)
+  int64_t n_tokens = 0, dim = 0;
+};
+
+// out[r, :] += x[r, :], or out[r, :] += sigmoid(gate[r]) * x[r, :] when gate is set (Qwen2-MoE's
+// gated shared expert).
+struct AddParams {
+  float* out = nullptr;         // [rows, cols]
+  const float* x = nullptr;     // [rows, cols]
+  const float* gate = nullptr;  // [rows] or nullptr
+  int64_t rows = 0, cols = 0;
+};
+
+// x = clamp(x, -limit, limit) elementwise (OLMoE's clip_qkv).
+struct ClampParams {
+  float* x = nullptr;
+  int64_t n = 0;
+  float limit = 0.0f;
+};
+
+// Writes new rows into a cache at their positions: cache[positions[t] * cache_stride + j] =
+// src[t * src_stride + j] for j < cols. Positions are read where the op runs, so a captured decode
+// step stays valid.
+struct StoreRowsParams {
+  float* cache = nullptr;
+  const float* src = nullptr;
+  const int64_t* positions = nullptr;  // [n]
+  int64_t n = 0, cols = 0, src_stride = 0, cache_stride = 0;
+};
+
+// Strided 2-D copy: dst[r * dst_stride + j] = src[r * src_stride + j] for r < rows, j < cols.
+struct CopyParams {
+  float* dst = nullptr;
+  const float* src = nullptr;
+  int64_t rows = 0, cols = 0, dst_stride = 0, src_stride = 0;
+};
+
+// One small matrix per head, taken from a shared weight (MLA's absorption, docs/MODELS.md §4).
+// Head h uses rows [h * head_rows + row_offset, ...) of weight W (row length `row_len`):
+//   transposed = false: out[t, h, o] = sum_i W[h * head_rows + row_offset + o, i] * x[t, h, i]
+//                       (o < out_dim, i < in_dim = row_len)
+//   transposed = true:  out[t, h, o] = sum_i W[h * head_rows + row_offset + i, o] * x[t, h, i]
+//                       (i < in_dim, o < out_dim = row_len)
+struct HeadMatmulParams {
+  float* out = nullptr;
+  const float* x = nullptr;
+  const void* weight = nullptr;
+  DType weight_dtype = DType::f32;
+  int64_t n_tokens = 0, n_heads = 0, in_dim = 0, out_dim = 0;
+  int64_t head_rows = 0, row_offset = 0, row_len = 0;
+  int64_t x_token_stride = 0, x_head_stride = 0;
+  int64_t out_token_stride = 0, out_head_stride = 0;
+  bool transposed = false;
+  cpu::ThreadPool* pool = nullptr;
+};
+
+// The routed experts of one MoE layer (docs/MODELS.md §3), after routing:
+//   out[t, :] = sum_k weights[t, k] * down_e(silu(gate_e x[t]) * up_e x[t]),  e = ids[t, k]
+// Expert e's matrices are gate[e], up[e] ([intermediate, hidden]) and down[e] ([hidden,
+// intermediate]), all of weight_dtype. The pointer tables and ids live where the op runs (host for
+// cpu::, device for cuda::). Each selected expert runs once over all of its tokens; experts nobody
+// selected are not read. out is overwritten.
+struct MoeParams {
+  float* out = nullptr;                // [n_tokens, hidden]
+  const float* x = nullptr;            // [n_tokens, hidden]
+  const int32_t* expert_ids = nullptr;     // [n_tokens, top_k]
+  const float* expert_weights = nullptr;   // [n_tokens, top_k]
+  const void* const* gate = nullptr;   // [n_experts]
+  const void* const* up = nullptr;     // [n_experts]
+  const void* const* down = nullptr;   // [n_experts]
+  DType weight_dtype = DType::f32;
+  int64_t n_tokens = 0, top_k = 0, n_experts = 0, hidden = 0, intermediate = 0;
+  cpu::ThreadPool* pool = nullptr;
+};
+
 namespace cpu {
 void matmul(const MatmulParams& p);
 void rms_norm(const RmsNormParams& p);
@@ -108,6 +195,13 @@ void rope(const RopeParams& p);
 void attention(const AttentionParams& p);
 void silu_mul(const SiluMulParams& p);
 void route(const RouteParams& p);
+void embed(const EmbedParams& p);
+void add(const AddParams& p);
+void clamp(const ClampParams& p);
+void store_rows(const StoreRowsParams& p);
+void copy(const CopyParams& p);
+void head_matmul(const HeadMatmulParams& p);
+void moe(const MoeParams& p);
 // Element conversions used by the CPU ops and the loader.
 float bf16_to_f32(uint16_t h) noexcept;
 uint16_t f32_to_bf16(float f) noexcept;  // round to nearest even
@@ -117,10 +211,26 @@ float f8_e4m3_to_f32(uint8_t b) noexcept;
 float load_f32(const void* data, DType dtype, int64_t i) noexcept;
 }  // namespace cpu
 
+// CUDA ops: device pointers, enqueued on the context's stream (asynchronous; nothing syncs unless
+// it says so). Scratch comes from the context's workspace, never from the params, and is sized on
+// first use so that a later captured decode step allocates nothing.
 namespace cuda {
+class Context;  // kernels/cuda/context.h: one device, one stream, a cuBLAS handle, a workspace
 // True when a CUDA device can be used; any error from the driver (none installed, too old) is false.
 bool available() noexcept;
-void rms_norm(const RmsNormParams& p, CUstream_st* stream);
+void matmul(const MatmulParams& p, Context& ctx);   // GEMV for few tokens, cuBLAS GEMM for many
+void rms_norm(const RmsNormParams& p, Context& ctx);
+void rope(const RopeParams& p, Context& ctx);
+void attention(const AttentionParams& p, Context& ctx);  // flash-decoding / tiled prefill
+void silu_mul(const SiluMulParams& p, Context& ctx);
+void route(const RouteParams& p, Context& ctx);
+void embed(const EmbedParams& p, Context& ctx);
+void add(const AddParams& p, Context& ctx);
+void clamp(const ClampParams& p, Context& ctx);
+void store_rows(const StoreRowsParams& p, Context& ctx);
+void copy(const CopyParams& p, Context& ctx);
+void head_matmul(const HeadMatmulParams& p, Context& ctx);
+void moe(const MoeParams& p, Context& ctx);  // decode: device-side ids; prefill: grouped GEMMs
 }  // namespace cuda
 
 }  // namespace moerun

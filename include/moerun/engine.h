@@ -18,11 +18,21 @@ enum class MlaMode : uint8_t {
   naive,     // decompress per-head K and V from the latent cache first (HF's formulation)
 };
 
+// Where the executor runs. auto: CUDA when the build has it and a device is usable, else CPU.
+enum class BackendKind : uint8_t { automatic, cpu, cuda };
+
+// Weight quantization applied once at load (CPU backend): q8 = int8 in blocks of 32 with one scale
+// per block, q4 = 4-bit in blocks of 32 with one scale per block. Norms, router and embeddings
+// stay as they are.
+enum class WeightQuant : uint8_t { none, q8, q4 };
+
 struct EngineOptions {
   int64_t context = 0;             // KV-cache positions per session; 0: min(max_position_embeddings, 4096)
   DType fp8_dequant = DType::bf16;  // FP8 block-scaled weights are dequantized at load to BF16 or F32
   MlaMode mla = MlaMode::absorbed;
   int threads = 0;                 // CPU threads per session; 0: one per hardware thread
+  BackendKind backend = BackendKind::automatic;
+  WeightQuant quant = WeightQuant::none;
 };
 
 class Engine {

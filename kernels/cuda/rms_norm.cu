@@ -2,7 +2,7 @@
 
 #include <cuda_runtime.h>
 
-#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/context.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
 
@@ -43,11 +43,11 @@ __global__ void rms_norm_kernel(float* out,                        // [rows, col
 
 }  // namespace
 
-void rms_norm(const RmsNormParams& p, CUstream_st* stream) {
+void rms_norm(const RmsNormParams& p, Context& ctx) {
   if (p.rows < 0 || p.cols <= 0 || p.rows > 0x7fffffff)
     throw Error("cuda::rms_norm", "rows must be in [0, 2^31) and cols positive");
   if (p.rows == 0) return;
-  rms_norm_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p.out, p.x, p.weight, p.cols, p.stride ? p.stride : p.cols, p.eps);
+  rms_norm_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, ctx.stream()>>>(p.out, p.x, p.weight, p.cols, p.stride ? p.stride : p.cols, p.eps);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/cuda/context.h"
 #include "kernels/ops.h"
 
 namespace moerun {
@@ -50,8 +51,9 @@ TEST(RmsNormCuda, MatchesCpu) {
     cpu::rms_norm({.out = want.data(), .x = x.data(), .weight = w.data(), .rows = rows, .cols = cols, .eps = 1e-6f});
 
     DeviceFloats dx(x), dw(w), dout(got);
-    cuda::rms_norm({.out = dout.ptr, .x = dx.ptr, .weight = dw.ptr, .rows = rows, .cols = cols, .eps = 1e-6f}, nullptr);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    cuda::Context ctx;
+    cuda::rms_norm({.out = dout.ptr, .x = dx.ptr, .weight = dw.ptr, .rows = rows, .cols = cols, .eps = 1e-6f}, ctx);
+    ctx.synchronize();
     ASSERT_EQ(cudaMemcpy(got.data(), dout.ptr, got.size() * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
 
     float max_diff = 0.0f;

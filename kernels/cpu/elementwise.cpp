@@ -1,0 +1,52 @@
+// Data movement and elementwise ops of the executor: embedding lookup, residual add (optionally
+// sigmoid-gated), clamp, cache stores and strided copies.
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/ops.h"
+
+namespace moerun::cpu {
+
+void embed(const EmbedParams& p) {
+  for (int64_t t = 0; t < p.n_tokens; ++t) {
+    float* dst = p.out + t * p.dim;
+    const int64_t base = static_cast<int64_t>(p.ids[t]) * p.dim;
+    if (p.dtype == DType::f32) {
+      std::memcpy(dst, static_cast<const float*>(p.table) + base, static_cast<size_t>(p.dim) * sizeof(float));
+    } else {
+      for (int64_t d = 0; d < p.dim; ++d) dst[d] = load_f32(p.table, p.dtype, base + d);
+    }
+  }
+}
+
+void add(const AddParams& p) {
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const float g = p.gate ? 1.0f / (1.0f + std::exp(-p.gate[r])) : 1.0f;
+    float* o = p.out + r * p.cols;
+    const float* x = p.x + r * p.cols;
+    if (p.gate) {
+      for (int64_t j = 0; j < p.cols; ++j) o[j] += g * x[j];
+    } else {
+      for (int64_t j = 0; j < p.cols; ++j) o[j] += x[j];
+    }
+  }
+}
+
+void clamp(const ClampParams& p) {
+  for (int64_t i = 0; i < p.n; ++i) p.x[i] = std::clamp(p.x[i], -p.limit, p.limit);
+}
+
+void store_rows(const StoreRowsParams& p) {
+  for (int64_t t = 0; t < p.n; ++t)
+    std::memcpy(p.cache + p.positions[t] * p.cache_stride, p.src + t * p.src_stride,
+                static_cast<size_t>(p.cols) * sizeof(float));
+}
+
+void copy(const CopyParams& p) {
+  for (int64_t r = 0; r < p.rows; ++r)
+    std::memmove(p.dst + r * p.dst_stride, p.src + r * p.src_stride, static_cast<size_t>(p.cols) * sizeof(float));
+}
+
+}  // namespace moerun::cpu

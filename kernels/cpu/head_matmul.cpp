@@ -1,0 +1,50 @@
+// Per-head matmuls over one shared weight (MLA's absorbed query and output projections). Heads are
+// split across the pool; each reads only its own block of weight rows.
+
+#include <algorithm>
+
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/ops.h"
+
+namespace moerun::cpu {
+
+void head_matmul(const HeadMatmulParams& p) {
+  auto heads = [&](int64_t h0, int64_t h1) {
+    thread_local std::vector<float> row;
+    if (static_cast<int64_t>(row.size()) < p.row_len) row.resize(static_cast<size_t>(p.row_len));
+    for (int64_t h = h0; h < h1; ++h) {
+      const int64_t first = h * p.head_rows + p.row_offset;
+      for (int64_t t = 0; t < p.n_tokens; ++t) {
+        const float* x = p.x + t * p.x_token_stride + h * p.x_head_stride;
+        float* out = p.out + t * p.out_token_stride + h * p.out_head_stride;
+        if (!p.transposed) {
+          // out[o] = W[first + o, :] . x: one matmul row per output.
+          matmul({.out = out, .x = x, .weight = static_cast<const char*>(p.weight) +
+                                            first * p.row_len * static_cast<int64_t>(dtype_size(p.weight_dtype)),
+                  .weight_dtype = p.weight_dtype, .n = 1, .in_features = p.in_dim, .out_features = p.out_dim});
+        } else {
+          // out = sum_i x[i] * W[first + i, :]: accumulate weight rows.
+          std::fill(out, out + p.out_dim, 0.0f);
+          for (int64_t i = 0; i < p.in_dim; ++i) {
+            const float xi = x[i];
+            const int64_t base = (first + i) * p.row_len;
+            if (p.weight_dtype == DType::f32) {
+              const float* w = static_cast<const float*>(p.weight) + base;
+              for (int64_t o = 0; o < p.out_dim; ++o) out[o] += xi * w[o];
+            } else {
+              for (int64_t o = 0; o < p.out_dim; ++o) row[static_cast<size_t>(o)] = load_f32(p.weight, p.weight_dtype, base + o);
+              for (int64_t o = 0; o < p.out_dim; ++o) out[o] += xi * row[static_cast<size_t>(o)];
+            }
+          }
+        }
+      }
+    }
+  };
+  if (p.pool && p.n_heads > 1) {
+    p.pool->parallel_for(p.n_heads, heads);
+  } else {
+    heads(0, p.n_heads);
+  }
+}
+
+}  // namespace moerun::cpu
