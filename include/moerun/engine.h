@@ -45,6 +45,7 @@ class Engine {
   const ModelWeights& weights() const noexcept;  // as prepared for the executor
   const EngineOptions& options() const noexcept;
   int64_t default_context() const noexcept;
+  BackendKind backend() const noexcept;  // the backend sessions run on (automatic resolved)
 
   struct Impl;
 

@@ -85,6 +85,7 @@ void* Context::workspace(size_t bytes) {
   MOERUN_CUDA_CHECK(cudaStreamSynchronize(stream_));  // work in flight may still read the old area
   workspace_ = DeviceBuffer();
   workspace_ = DeviceBuffer(bytes + bytes / 4, "the op workspace");
+  ++workspace_generation_;
   return workspace_.data();
 }
 

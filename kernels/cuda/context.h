@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "kernels/cuda/cuda_check.h"
@@ -63,6 +64,7 @@ class Context {
   // areas ask once for their sum. Growing reallocates (the old contents are lost) and is refused
   // while a graph is being captured: run a step uncaptured first to size it.
   void* workspace(size_t bytes);
+  uint64_t workspace_generation() const noexcept { return workspace_generation_; }  // bumps on regrow
 
   void synchronize();  // waits for the stream; errors of earlier async work surface here
 
@@ -83,6 +85,7 @@ class Context {
   cudaGraph_t graph_ = nullptr;
   cudaGraphExec_t exec_ = nullptr;
   bool capturing_ = false;
+  uint64_t workspace_generation_ = 0;
 };
 
 }  // namespace moerun::cuda

@@ -88,7 +88,8 @@ Tensor dequantize_fp8(const Tensor& q, const Tensor& s, int64_t block_out, int64
   });
 }
 
-ModelWeights prepare_weights(const ModelWeights& w, const ModelConfig& c, DType fp8_to) {
+ModelWeights prepare_weights(const ModelWeights& w, const ModelConfig& c, DType fp8_to, WeightQuant quant) {
+  if (quant != WeightQuant::none) throw Error("prepare_weights", "weight quantization is not available in this build yet");
   const Preparer p{c, fp8_to};
   ModelWeights out;
   out.embed_tokens = prepare_matrix(w.embed_tokens);

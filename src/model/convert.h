@@ -4,6 +4,7 @@
 // not aligned for its dtype copied to aligned memory. Everything else stays a view of the mmap.
 
 #include "moerun/config.h"
+#include "moerun/engine.h"
 #include "moerun/weights.h"
 
 namespace moerun::model {
@@ -11,6 +12,6 @@ namespace moerun::model {
 // W[i, j] = fp8(Q[i, j]) * S[i / block_out, j / block_in], products in fp32 (docs/MODELS.md §6).
 Tensor dequantize_fp8(const Tensor& q, const Tensor& scale_inv, int64_t block_out, int64_t block_in, DType to);
 
-ModelWeights prepare_weights(const ModelWeights& w, const ModelConfig& c, DType fp8_to);
+ModelWeights prepare_weights(const ModelWeights& w, const ModelConfig& c, DType fp8_to, WeightQuant quant = WeightQuant::none);
 
 }  // namespace moerun::model

@@ -1,0 +1,82 @@
+#pragma once
+// Backend: the op set of kernels/ops.h plus the memory the ops run on (docs/DESIGN.md). The executor
+// is written once against it; `cpu` runs ops on the session's thread pool over host memory, `cuda`
+// enqueues them on one stream over device memory with the weights uploaded once per engine.
+// Pointers in the params an executor passes are backend pointers (from buffers and weight()).
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "moerun/engine.h"
+#include "moerun/weights.h"
+
+namespace moerun::runtime {
+
+// Memory that lives where the ops run. Grows on demand and keeps its capacity, so a decode step
+// after the first allocates nothing.
+struct Buffer {
+  void* data = nullptr;
+  size_t bytes = 0;
+  std::shared_ptr<void> holder;  // frees with the backend's deallocator
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual BackendKind kind() const noexcept = 0;
+
+  // Makes `b` at least `bytes` large (its old contents are lost when it grows).
+  virtual void reserve(Buffer& b, size_t bytes) = 0;
+  template <class T>
+  T* get(Buffer& b, int64_t count) {
+    reserve(b, static_cast<size_t>(count) * sizeof(T));
+    return static_cast<T*>(b.data);
+  }
+  virtual void upload(void* dst, const void* src, size_t bytes) = 0;    // host -> backend, stream-ordered
+  virtual void download(void* dst, const void* src, size_t bytes) = 0;  // backend -> host; waits for it
+  // Where the ops read a prepared weight tensor (the tensor itself on the CPU, its device copy on CUDA).
+  virtual const void* weight(const Tensor& t) const = 0;
+
+  virtual void matmul(const MatmulParams& p) = 0;
+  virtual void rms_norm(const RmsNormParams& p) = 0;
+  virtual void rope(const RopeParams& p) = 0;
+  virtual void attention(const AttentionParams& p) = 0;
+  virtual void silu_mul(const SiluMulParams& p) = 0;
+  virtual void route(const RouteParams& p) = 0;
+  virtual void embed(const EmbedParams& p) = 0;
+  virtual void add(const AddParams& p) = 0;
+  virtual void clamp(const ClampParams& p) = 0;
+  virtual void store_rows(const StoreRowsParams& p) = 0;
+  virtual void copy(const CopyParams& p) = 0;
+  virtual void head_matmul(const HeadMatmulParams& p) = 0;
+  virtual void moe(const MoeParams& p) = 0;
+
+  // A recorded decode step (CUDA graphs). generation() changes whenever memory a recorded step
+  // points into was reallocated, which makes the recording stale.
+  virtual bool can_record() const noexcept { return false; }
+  virtual void begin_record() {}
+  virtual void end_record() {}
+  virtual bool has_record() const noexcept { return false; }
+  virtual void replay() {}
+  virtual void drop_record() {}
+  virtual uint64_t generation() const noexcept { return 0; }
+};
+
+// The engine-wide state of a backend: for CUDA the uploaded weights (shared by all sessions).
+struct BackendState;
+
+// Resolves `automatic` and checks that the chosen backend can run here (throws Error otherwise).
+BackendKind resolve_backend(BackendKind requested);
+std::shared_ptr<const BackendState> prepare_backend(BackendKind kind, const ModelWeights& weights, const EngineOptions& options);
+std::unique_ptr<Backend> make_backend(BackendKind kind, const std::shared_ptr<const BackendState>& state, int threads);
+
+std::unique_ptr<Backend> make_cpu_backend(int threads);
+#if MOERUN_HAVE_CUDA
+std::shared_ptr<const BackendState> upload_weights(const ModelWeights& weights);
+std::unique_ptr<Backend> make_cuda_backend(const std::shared_ptr<const BackendState>& state);
+#endif
+
+}  // namespace moerun::runtime

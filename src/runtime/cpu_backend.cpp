@@ -1,0 +1,118 @@
+// The CPU backend: host memory (64-byte aligned for the vector kernels) and the cpu:: ops, each run
+// on this session's thread pool.
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "kernels/cpu/thread_pool.h"
+#include "moerun/error.h"
+#include "runtime/backend.h"
+#include "util/strings.h"
+
+namespace moerun::runtime {
+namespace {
+
+constexpr size_t kAlign = 64;
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) : pool_(threads) {}
+
+  BackendKind kind() const noexcept override { return BackendKind::cpu; }
+
+  void reserve(Buffer& b, size_t bytes) override {
+    if (bytes <= b.bytes && b.data) return;
+    const size_t size = (bytes + kAlign - 1) / kAlign * kAlign + kAlign;
+    void* p = std::aligned_alloc(kAlign, size);
+    if (!p) throw Error("CPU backend", detail::cat("cannot allocate ", size, " bytes of scratch"));
+    b.holder = std::shared_ptr<void>(p, std::free);
+    b.data = p;
+    b.bytes = size;
+  }
+  void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  const void* weight(const Tensor& t) const override { return t.data(); }
+
+  void matmul(const MatmulParams& p) override {
+    MatmulParams q = p;
+    q.pool = &pool_;
+    cpu::matmul(q);
+  }
+  void rms_norm(const RmsNormParams& p) override { cpu::rms_norm(p); }
+  void rope(const RopeParams& p) override { cpu::rope(p); }
+  void attention(const AttentionParams& p) override {
+    AttentionParams q = p;
+    q.pool = &pool_;
+    cpu::attention(q);
+  }
+  void silu_mul(const SiluMulParams& p) override { cpu::silu_mul(p); }
+  void route(const RouteParams& p) override { cpu::route(p); }
+  void embed(const EmbedParams& p) override { cpu::embed(p); }
+  void add(const AddParams& p) override { cpu::add(p); }
+  void clamp(const ClampParams& p) override { cpu::clamp(p); }
+  void store_rows(const StoreRowsParams& p) override { cpu::store_rows(p); }
+  void copy(const CopyParams& p) override { cpu::copy(p); }
+  void head_matmul(const HeadMatmulParams& p) override {
+    HeadMatmulParams q = p;
+    q.pool = &pool_;
+    cpu::head_matmul(q);
+  }
+  void moe(const MoeParams& p) override {
+    MoeParams q = p;
+    q.pool = &pool_;
+    cpu::moe(q);
+  }
+
+ private:
+  cpu::ThreadPool pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+
+BackendKind resolve_backend(BackendKind requested) {
+  switch (requested) {
+    case BackendKind::cpu: return BackendKind::cpu;
+    case BackendKind::cuda:
+#if MOERUN_HAVE_CUDA
+      if (!cuda::available()) throw Error("backend cuda", "no usable CUDA device (no GPU, or the driver is missing or too old)");
+      return BackendKind::cuda;
+#else
+      throw Error("backend cuda", "this build of moerun has no CUDA support (configure with -DMOERUN_CUDA=ON)");
+#endif
+    case BackendKind::automatic:
+#if MOERUN_HAVE_CUDA
+      return cuda::available() ? BackendKind::cuda : BackendKind::cpu;
+#else
+      return BackendKind::cpu;
+#endif
+  }
+  return BackendKind::cpu;
+}
+
+std::shared_ptr<const BackendState> prepare_backend(BackendKind kind, const ModelWeights& weights, const EngineOptions& options) {
+  if (kind != BackendKind::cuda) return nullptr;
+#if MOERUN_HAVE_CUDA
+  if (options.quant != WeightQuant::none)
+    throw Error("backend cuda", "--quant q8/q4 is a CPU-backend option; the CUDA backend runs the checkpoint's BF16/F32 weights");
+  return upload_weights(weights);
+#else
+  (void)weights;
+  (void)options;
+  throw Error("backend cuda", "this build of moerun has no CUDA support");
+#endif
+}
+
+std::unique_ptr<Backend> make_backend(BackendKind kind, const std::shared_ptr<const BackendState>& state, int threads) {
+#if MOERUN_HAVE_CUDA
+  if (kind == BackendKind::cuda) return make_cuda_backend(state);
+#else
+  (void)state;
+#endif
+  (void)kind;
+  return make_cpu_backend(threads);
+}
+
+}  // namespace moerun::runtime

@@ -1,0 +1,148 @@
+// The CUDA backend: weights uploaded once per engine into one device allocation, and per session a
+// cuda::Context (stream, cuBLAS, workspace, the decode graph) on which every op is enqueued.
+
+#include <cuda_runtime.h>
+
+#include <unordered_map>
+
+#include "kernels/cuda/context.h"
+#include "moerun/error.h"
+#include "runtime/backend.h"
+#include "util/strings.h"
+
+namespace moerun::runtime {
+
+using detail::cat;
+
+// The engine's device copy of its prepared weights: one allocation, each tensor at a 256-byte
+// aligned offset, looked up by the host tensor's data pointer.
+struct BackendState {
+  cuda::DeviceBuffer memory;
+  std::unordered_map<const void*, const void*> device_of;
+};
+
+namespace {
+
+constexpr size_t kTensorAlign = 256;
+constexpr double kMiB = 1024.0 * 1024.0;
+
+template <class Fn>
+void for_each_tensor(const ModelWeights& w, Fn&& fn) {
+  auto lin = [&](const LinearWeight& l) {
+    fn(l.weight);
+    fn(l.weight_scale_inv);
+    fn(l.bias);
+  };
+  auto mlp = [&](const MlpWeights& m) {
+    lin(m.gate_proj);
+    lin(m.up_proj);
+    lin(m.down_proj);
+  };
+  fn(w.embed_tokens);
+  fn(w.norm);
+  fn(w.lm_head);
+  for (const LayerWeights& L : w.layers) {
+    for (const Tensor* t : {&L.input_layernorm, &L.post_attention_layernorm, &L.q_norm, &L.k_norm, &L.q_a_layernorm,
+                            &L.kv_a_layernorm, &L.router, &L.e_score_correction_bias, &L.shared_expert_gate})
+      fn(*t);
+    for (const LinearWeight* l : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.q_a_proj, &L.q_b_proj,
+                                  &L.kv_a_proj_with_mqa, &L.kv_b_proj})
+      lin(*l);
+    mlp(L.mlp);
+    for (const MlpWeights& e : L.experts) mlp(e);
+    mlp(L.shared_expert);
+  }
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(std::shared_ptr<const BackendState> state) : state_(std::move(state)) {}
+
+  BackendKind kind() const noexcept override { return BackendKind::cuda; }
+
+  void reserve(Buffer& b, size_t bytes) override {
+    if (bytes <= b.bytes && b.data) return;
+    if (ctx_.capturing())
+      throw Error("CUDA backend", cat("a buffer grew to ", bytes, " bytes while the decode step was being recorded"));
+    auto mem = std::make_shared<cuda::DeviceBuffer>(bytes + bytes / 8 + 256, "session scratch");
+    b.data = mem->data();
+    b.bytes = mem->bytes();
+    b.holder = std::move(mem);  // the old buffer is freed here (cudaFree waits for work using it)
+    ++generation_;
+  }
+  void upload(void* dst, const void* src, size_t bytes) override {
+    MOERUN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ctx_.stream()));
+  }
+  void download(void* dst, const void* src, size_t bytes) override {
+    MOERUN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream()));
+    ctx_.synchronize();
+  }
+  const void* weight(const Tensor& t) const override {
+    if (!t) return nullptr;
+    const auto it = state_->device_of.find(t.data());
+    if (it == state_->device_of.end()) throw Error("CUDA backend", "a weight tensor was not uploaded to the device");
+    return it->second;
+  }
+
+  void matmul(const MatmulParams& p) override { cuda::matmul(p, ctx_); }
+  void rms_norm(const RmsNormParams& p) override { cuda::rms_norm(p, ctx_); }
+  void rope(const RopeParams& p) override { cuda::rope(p, ctx_); }
+  void attention(const AttentionParams& p) override { cuda::attention(p, ctx_); }
+  void silu_mul(const SiluMulParams& p) override { cuda::silu_mul(p, ctx_); }
+  void route(const RouteParams& p) override { cuda::route(p, ctx_); }
+  void embed(const EmbedParams& p) override { cuda::embed(p, ctx_); }
+  void add(const AddParams& p) override { cuda::add(p, ctx_); }
+  void clamp(const ClampParams& p) override { cuda::clamp(p, ctx_); }
+  void store_rows(const StoreRowsParams& p) override { cuda::store_rows(p, ctx_); }
+  void copy(const CopyParams& p) override { cuda::copy(p, ctx_); }
+  void head_matmul(const HeadMatmulParams& p) override { cuda::head_matmul(p, ctx_); }
+  void moe(const MoeParams& p) override { cuda::moe(p, ctx_); }
+
+  bool can_record() const noexcept override { return true; }
+  void begin_record() override { ctx_.begin_capture(); }
+  void end_record() override { ctx_.end_capture(); }
+  bool has_record() const noexcept override { return ctx_.has_graph(); }
+  void replay() override { ctx_.replay(); }
+  void drop_record() override { ctx_.drop_graph(); }
+  uint64_t generation() const noexcept override { return generation_ + ctx_.workspace_generation(); }
+
+ private:
+  std::shared_ptr<const BackendState> state_;
+  cuda::Context ctx_;
+  uint64_t generation_ = 0;
+};
+
+}  // namespace
+
+std::shared_ptr<const BackendState> upload_weights(const ModelWeights& weights) {
+  auto state = std::make_shared<BackendState>();
+  std::unordered_map<const void*, size_t> offset_of;
+  std::vector<const Tensor*> order;
+  size_t total = 0;
+  for_each_tensor(weights, [&](const Tensor& t) {
+    if (!t || offset_of.count(t.data())) return;  // tied weights are uploaded once
+    offset_of.emplace(t.data(), total);
+    order.push_back(&t);
+    total += (t.nbytes() + kTensorAlign - 1) / kTensorAlign * kTensorAlign;
+  });
+  const cuda::MemoryInfo mem = cuda::memory_info();
+  if (total > mem.free)
+    throw Error("CUDA backend", cat("the model's weights need ", static_cast<double>(total) / kMiB, " MiB of device memory but only ",
+                                    static_cast<double>(mem.free) / kMiB, " MiB of ", static_cast<double>(mem.total) / kMiB,
+                                    " MiB are free; use --backend cpu or a smaller model"));
+  state->memory = cuda::DeviceBuffer(total, "the model's weights");
+  auto* base = state->memory.as<std::byte>();
+  for (const Tensor* t : order) {
+    std::byte* dst = base + offset_of.at(t->data());
+    MOERUN_CUDA_CHECK(cudaMemcpy(dst, t->data(), t->nbytes(), cudaMemcpyHostToDevice));
+    state->device_of.emplace(t->data(), dst);
+  }
+  return state;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(const std::shared_ptr<const BackendState>& state) {
+  if (!state) throw Error("CUDA backend", "the engine's weights were not uploaded");
+  return std::make_unique<CudaBackend>(state);
+}
+
+}  // namespace moerun::runtime
