@@ -20,10 +20,21 @@ struct BandwidthCeiling {
 // A STREAM-like read: threads sum disjoint slices of a buffer much larger than the last-level cache.
 BandwidthCeiling measure_read_bandwidth(int threads, uint64_t bytes = uint64_t{512} << 20);
 
+// The GPU's ceiling: a device-to-device copy, counting the bytes read and written (CUDA builds with
+// a usable device; throws Error otherwise).
+BandwidthCeiling measure_device_bandwidth();
+// The GPU's dense-math ceiling: a large cuBLAS bf16 GEMM with fp32 accumulation, in TFLOP/s.
+double measure_device_gemm_tflops();
+
 // Bytes one decode step reads at `context` cached positions: every weight except the embedding
 // table (one row) and the routed experts (only top-k per MoE layer, at the average expert size),
 // plus the KV cache rows attention reads.
 double decode_bytes_per_token(const Engine& engine, double context);
+
+// Dense-projection FLOPs of one prefill token: 2 x the active parameters that are multiplied (every
+// projection, the routed experts at top-k, the LM head; not the embedding lookup; attention's
+// score/value products not counted). What the GEMM ceiling is compared with.
+double prefill_flops_per_token(const Engine& engine);
 
 struct BenchResult {
   std::string test;         // "pp512", "tg128"
@@ -34,10 +45,11 @@ struct BenchResult {
   double gbps = 0;             // tg only: bytes_per_token * mean
 };
 
-// pp: prefill `tokens` random ids into an empty session; tg: decode `tokens` steps from an empty
-// session. One warm-up run, then `reps` timed ones. Token ids are seeded random (no tokenizer or
-// sampler in the timing).
-BenchResult bench_prefill(const Engine& engine, int tokens, int reps);
-BenchResult bench_decode(const Engine& engine, int tokens, int reps);
+// pp: prefill `tokens` random ids into a session holding `depth` cached tokens; tg: decode `tokens`
+// steps after `depth` cached tokens (llama-bench's -d; the filling is not timed). One warm-up run,
+// then `reps` timed ones. Token ids are seeded random (no tokenizer or sampler in the timing).
+// Tests are named as llama-bench does: "pp512", "tg128", "tg128 @ d8192".
+BenchResult bench_prefill(const Engine& engine, int tokens, int reps, int depth = 0);
+BenchResult bench_decode(const Engine& engine, int tokens, int reps, int depth = 0);
 
 }  // namespace moerun

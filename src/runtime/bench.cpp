@@ -1,5 +1,10 @@
 #include "moerun/bench.h"
 
+#if MOERUN_HAVE_CUDA
+#include "kernels/cuda/ceilings.h"
+#include "kernels/cuda/context.h"
+#endif
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -7,6 +12,7 @@
 #include <memory>
 #include <thread>
 
+#include "moerun/error.h"
 #include "moerun/sampler.h"
 
 namespace moerun {
@@ -72,6 +78,32 @@ BandwidthCeiling measure_read_bandwidth(int threads, uint64_t size) {
   return best;
 }
 
+BandwidthCeiling measure_device_bandwidth() {
+#if MOERUN_HAVE_CUDA
+  cuda::Context ctx;
+  return BandwidthCeiling{cuda::measure_copy_bandwidth_gbs(ctx), 1, 0};
+#else
+  throw Error("bench", "this build has no CUDA support, so there is no device bandwidth to measure");
+#endif
+}
+
+double measure_device_gemm_tflops() {
+#if MOERUN_HAVE_CUDA
+  cuda::Context ctx;
+  return cuda::measure_gemm_tflops(ctx);
+#else
+  throw Error("bench", "this build has no CUDA support, so there is no device GEMM rate to measure");
+#endif
+}
+
+double prefill_flops_per_token(const Engine& engine) {
+  const ModelConfig& c = engine.config();
+  const bool tied = engine.weights().lm_head.data() == engine.weights().embed_tokens.data();
+  const double multiplied = static_cast<double>(engine.model().active_params()) -
+                            (tied ? 0.0 : static_cast<double>(c.vocab_size) * static_cast<double>(c.hidden_size));
+  return 2.0 * multiplied;
+}
+
 double decode_bytes_per_token(const Engine& engine, double context) {
   const ModelConfig& c = engine.config();
   const ModelWeights& w = engine.weights();
@@ -98,13 +130,32 @@ double decode_bytes_per_token(const Engine& engine, double context) {
   return total;
 }
 
-BenchResult bench_prefill(const Engine& engine, int tokens, int reps) {
+namespace {
+
+std::string test_name(const char* kind, int tokens, int depth) {
+  return kind + std::to_string(tokens) + (depth > 0 ? " @ d" + std::to_string(depth) : "");
+}
+
+// A session with room for depth + tokens, holding `depth` cached tokens.
+Session filled_session(const Engine& engine, int tokens, int depth) {
+  Session s(engine, std::max<int64_t>(engine.default_context(), int64_t{depth} + tokens));
+  if (depth > 0) {
+    const std::vector<int32_t> fill = random_ids(engine, depth, 3);
+    for (int at = 0; at < depth; at += 2048)  // in chunks, as a long prompt would be fed
+      s.forward(std::span<const int32_t>(fill.data() + at, static_cast<size_t>(std::min(2048, depth - at))));
+  }
+  return s;
+}
+
+}  // namespace
+
+BenchResult bench_prefill(const Engine& engine, int tokens, int reps, int depth) {
   BenchResult r;
-  r.test = "pp" + std::to_string(tokens);
+  r.test = test_name("pp", tokens, depth);
   r.tokens = tokens;
   const std::vector<int32_t> ids = random_ids(engine, tokens, 1);
   for (int rep = -1; rep < reps; ++rep) {  // rep -1: warm-up
-    Session s(engine, std::max<int64_t>(engine.default_context(), tokens));
+    Session s = filled_session(engine, tokens, depth);
     const auto t0 = Clock::now();
     s.forward(ids);
     const double secs = seconds_since(t0);
@@ -114,20 +165,20 @@ BenchResult bench_prefill(const Engine& engine, int tokens, int reps) {
   return r;
 }
 
-BenchResult bench_decode(const Engine& engine, int tokens, int reps) {
+BenchResult bench_decode(const Engine& engine, int tokens, int reps, int depth) {
   BenchResult r;
-  r.test = "tg" + std::to_string(tokens);
+  r.test = test_name("tg", tokens, depth);
   r.tokens = tokens;
   const std::vector<int32_t> ids = random_ids(engine, tokens, 2);
   for (int rep = -1; rep < reps; ++rep) {
-    Session s(engine, std::max<int64_t>(engine.default_context(), tokens));
+    Session s = filled_session(engine, tokens, depth);
     const auto t0 = Clock::now();
     for (int i = 0; i < tokens; ++i) s.forward(std::span<const int32_t>(&ids[static_cast<size_t>(i)], 1));
     const double secs = seconds_since(t0);
     if (rep >= 0) r.tps.push_back(tokens / secs);
   }
   finish(r);
-  r.bytes_per_token = decode_bytes_per_token(engine, tokens / 2.0);  // mean cached length during the run
+  r.bytes_per_token = decode_bytes_per_token(engine, depth + tokens / 2.0);  // mean cached length during the run
   r.gbps = r.bytes_per_token * r.mean / 1e9;
   return r;
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "moerun/bench.h"
+#include "support/golden.h"
 #include "support/writer.h"
 
 namespace moerun {
@@ -13,7 +14,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-fs::path golden_dir(const std::string& name) { return fs::path(MOERUN_TEST_DATA) / "golden" / name; }
+using testing::golden_dir;
 
 TEST(Bench, DecodeBytesCountOnlyTheRoutedExpertsAndOneEmbeddingRow) {
   // qwen3_moe golden: fp32, D 64, V 512, 3 layers (layer 0 dense), 8 experts of width 32, top-2.

@@ -7,6 +7,7 @@
 
 #include "moerun/engine.h"
 #include "moerun/error.h"
+#include "support/golden.h"
 #include "support/writer.h"
 
 namespace moerun {
@@ -14,14 +15,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-fs::path golden_dir(const std::string& name) { return fs::path(MOERUN_TEST_DATA) / "golden" / name; }
+using testing::golden_dir;
 
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  float m = 0.0f;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
+using testing::max_abs_diff;
 
 std::string error_of(const std::function<void()>& f) {
   try {

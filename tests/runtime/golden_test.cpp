@@ -9,56 +9,21 @@
 #include <cstring>
 
 #include "io/safetensors.h"
+#include "support/golden.h"
 #include "moerun/engine.h"
 #include "moerun/error.h"
 
 namespace moerun {
 namespace {
 
-namespace fs = std::filesystem;
-
-fs::path golden_dir(const std::string& name) { return fs::path(MOERUN_TEST_DATA) / "golden" / name; }
-
-struct Golden {
-  std::vector<std::vector<int32_t>> ids;     // prompts of lengths 1, 7, 33
-  std::vector<std::vector<float>> logits;    // [n, V] each
-  std::vector<int32_t> greedy;               // 16 tokens after ids[1]
-  std::string transformers;
-};
-
+using testing::argmax;
+using testing::golden_dir;
+using testing::max_abs_diff;
+using testing::read_golden;
 template <class T>
 std::vector<T> read(const io::SafetensorsFile& f, const std::string& name) {
-  const io::TensorEntry* e = f.find(name);
-  if (!e) throw Error(f.path().string(), "golden tensor '" + name + "' missing");
-  const Tensor t = f.tensor(*e);
-  std::vector<T> out(static_cast<size_t>(t.numel()));
-  std::memcpy(out.data(), t.data(), t.nbytes());
-  return out;
+  return testing::read_tensor<T>(f, name);
 }
-
-Golden read_golden(const std::string& name) {
-  const auto f = io::SafetensorsFile::open(golden_dir(name) / "golden.safetensors");
-  Golden g;
-  for (int n : {1, 7, 33}) {
-    g.ids.push_back(read<int32_t>(*f, "ids_" + std::to_string(n)));
-    g.logits.push_back(read<float>(*f, "logits_" + std::to_string(n)));
-  }
-  g.greedy = read<int32_t>(*f, "greedy");
-  g.transformers = f->header().metadata.at("transformers");
-  return g;
-}
-
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  float m = 0.0f;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    m = std::max(m, std::fabs(a[i] - b[i]));
-  }
-  return m;
-}
-
-int32_t argmax(const float* v, int64_t n) { return static_cast<int32_t>(std::max_element(v, v + n) - v); }
 
 struct Case {
   std::string name;
@@ -74,12 +39,12 @@ std::vector<Case> cases() {
   std::vector<Case> out;
   for (const char* name : {"llama", "llama3_tied", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2_lite",
                            "deepseek_v2", "deepseek_v3"})
-    out.push_back({name, kF32Tol, {}});
+    out.push_back({name, kF32Tol, {.backend = BackendKind::cpu}});
   // MLA's naive form decompresses K/V like HF does; it must meet the same budget.
   for (const char* name : {"deepseek_v2_lite", "deepseek_v2", "deepseek_v3"})
-    out.push_back({std::string(name), kF32Tol, {.mla = MlaMode::naive}});
+    out.push_back({std::string(name), kF32Tol, {.mla = MlaMode::naive, .backend = BackendKind::cpu}});
   // FP8 weights dequantized to f32 are exactly the weights HF ran.
-  out.push_back({"deepseek_v3_fp8", kF32Tol, {.fp8_dequant = DType::f32}});
+  out.push_back({"deepseek_v3_fp8", kF32Tol, {.fp8_dequant = DType::f32, .backend = BackendKind::cpu}});
   return out;
 }
 
@@ -92,7 +57,7 @@ class GoldenLogits : public ::testing::TestWithParam<Case> {};
 
 TEST_P(GoldenLogits, EveryPositionMatchesTransformers) {
   const Case& c = GetParam();
-  const Golden g = read_golden(c.name);
+  const testing::Golden g = read_golden(c.name);
   const Engine engine = Engine::load(golden_dir(c.name), c.options);
   float worst = 0.0f;
   for (size_t i = 0; i < g.ids.size(); ++i) {
@@ -107,7 +72,7 @@ TEST_P(GoldenLogits, EveryPositionMatchesTransformers) {
 
 TEST_P(GoldenLogits, GreedyContinuationMatchesTransformers) {
   const Case& c = GetParam();
-  const Golden g = read_golden(c.name);
+  const testing::Golden g = read_golden(c.name);
   const Engine engine = Engine::load(golden_dir(c.name), c.options);
   Session s(engine);
   std::vector<float> logits = s.forward(g.ids[1]);
@@ -121,7 +86,7 @@ TEST_P(GoldenLogits, GreedyContinuationMatchesTransformers) {
 
 TEST_P(GoldenLogits, DecodingTokenByTokenEqualsOneForwardPass) {
   const Case& c = GetParam();
-  const Golden g = read_golden(c.name);
+  const testing::Golden g = read_golden(c.name);
   const Engine engine = Engine::load(golden_dir(c.name), c.options);
   const std::vector<int32_t>& ids = g.ids[2];
   const int64_t V = engine.config().vocab_size;
@@ -143,45 +108,17 @@ INSTANTIATE_TEST_SUITE_P(Hf, GoldenLogits, ::testing::ValuesIn(cases()), case_na
 
 TEST(GoldenMla, NaiveAndAbsorbedFormsAgree) {
   for (const char* name : {"deepseek_v2_lite", "deepseek_v2", "deepseek_v3"}) {
-    const Golden g = read_golden(name);
-    const Engine absorbed = Engine::load(golden_dir(name), {.mla = MlaMode::absorbed});
-    const Engine naive = Engine::load(golden_dir(name), {.mla = MlaMode::naive});
+    const testing::Golden g = read_golden(name);
+    const Engine absorbed = Engine::load(golden_dir(name), {.mla = MlaMode::absorbed, .backend = BackendKind::cpu});
+    const Engine naive = Engine::load(golden_dir(name), {.mla = MlaMode::naive, .backend = BackendKind::cpu});
     Session a(absorbed), n(naive);
     EXPECT_LE(max_abs_diff(a.forward(g.ids[2], true), n.forward(g.ids[2], true)), 1e-4f) << name;
   }
 }
 
-// Against HF's own bf16 arithmetic (rounding after every GEMM, norm and residual add, MODELS.md §7)
-// only closeness can be asked: a rounding can flip an expert choice near a tie, which moves that
-// position's logits by O(1). So: at least 80% of positions within 0.1 (a few bf16 ulps of logits
-// of magnitude ~4; the rest are waived as flipped routes), and at those positions the same top
-// token wherever HF's top two are further apart than that.
-struct Closeness {
-  int positions = 0, close = 0, top1_checked = 0, top1_same = 0;
-  float worst_close = 0.0f;
-};
-
-Closeness closeness(const std::vector<float>& got, const std::vector<float>& want, int64_t V) {
-  constexpr float kClose = 0.1f;
-  Closeness c;
-  for (size_t t = 0; t * V < want.size(); ++t) {
-    const float* g = got.data() + t * V;
-    const float* w = want.data() + t * V;
-    float err = 0.0f;
-    for (int64_t i = 0; i < V; ++i) err = std::max(err, std::fabs(g[i] - w[i]));
-    ++c.positions;
-    if (err > kClose) continue;  // waived: a flipped route
-    ++c.close;
-    c.worst_close = std::max(c.worst_close, err);
-    std::vector<float> sorted(w, w + V);
-    std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
-    if (sorted[0] - sorted[1] > kClose) {
-      ++c.top1_checked;
-      c.top1_same += argmax(g, V) == argmax(w, V);
-    }
-  }
-  return c;
-}
+// Against HF's own bf16 arithmetic only closeness can be asked (support/golden.h explains).
+using testing::Closeness;
+using testing::closeness;
 
 void expect_close_to_bf16_reference(const Closeness& c, const char* what) {
   EXPECT_GE(c.close * 5, c.positions * 4) << what << ": " << c.close << " of " << c.positions << " positions within 0.1";
@@ -192,7 +129,7 @@ void expect_close_to_bf16_reference(const Closeness& c, const char* what) {
 
 TEST(GoldenBf16, Bf16WeightsMatchTransformersInFp32Exactly) {
   // moerun reads bf16 weights and computes in fp32: HF in fp32 on the same weights is its exact twin.
-  const Engine engine = Engine::load(golden_dir("deepseek_v3_bf16"));
+  const Engine engine = Engine::load(golden_dir("deepseek_v3_bf16"), {.backend = BackendKind::cpu});
   const auto f = io::SafetensorsFile::open(golden_dir("deepseek_v3_bf16") / "golden.safetensors");
   float worst = 0.0f;
   for (int n : {1, 7, 33}) {
@@ -206,8 +143,8 @@ TEST(GoldenBf16, Bf16WeightsMatchTransformersInFp32Exactly) {
 }
 
 TEST(GoldenBf16, Bf16CheckpointIsCloseToTransformersBf16Arithmetic) {
-  const Golden g = read_golden("deepseek_v3_bf16");
-  const Engine engine = Engine::load(golden_dir("deepseek_v3_bf16"));
+  const testing::Golden g = read_golden("deepseek_v3_bf16");
+  const Engine engine = Engine::load(golden_dir("deepseek_v3_bf16"), {.backend = BackendKind::cpu});
   Closeness total;
   for (size_t i = 0; i < g.ids.size(); ++i) {
     Session s(engine);
@@ -224,8 +161,8 @@ TEST(GoldenBf16, Bf16CheckpointIsCloseToTransformersBf16Arithmetic) {
 TEST(GoldenFp8, DequantizedToBf16StaysClose) {
   // The default load dequantizes FP8 to bf16: one extra rounding of every weight (relative 2^-9)
   // against HF on the exact f32 products; like bf16 arithmetic it can flip a near-tied expert.
-  const Golden g = read_golden("deepseek_v3_fp8");
-  const Engine engine = Engine::load(golden_dir("deepseek_v3_fp8"));
+  const testing::Golden g = read_golden("deepseek_v3_fp8");
+  const Engine engine = Engine::load(golden_dir("deepseek_v3_fp8"), {.backend = BackendKind::cpu});
   EXPECT_EQ(engine.weights().layers[0].q_a_proj.weight.dtype(), DType::bf16);
   EXPECT_EQ(engine.model().weights().layers[0].q_a_proj.weight.dtype(), DType::f8_e4m3);
   Session s(engine);

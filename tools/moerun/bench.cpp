@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "moerun/bench.h"
+#include "engine_flags.h"
 #include "moerun/commands.h"
 #include "moerun/error.h"
 
@@ -31,23 +32,32 @@ struct Row {
   int threads;
   BenchResult r;
   double ceiling;
+  double gemm_ceiling = 0;  // TFLOP/s (CUDA only)
+  double tflops = 0;        // pp rows: dense-projection TFLOP/s achieved
 };
 
 std::string md_table(const std::vector<Row>& rows) {
   static const char* const kBytes[] = {"B", "KB", "MB", "GB", nullptr};
-  std::string out = "| model | size | params | backend | threads | test | t/s | B/token | GB/s | % bw |\n"
-                    "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |\n";
+  const bool gemm = std::any_of(rows.begin(), rows.end(), [](const Row& x) { return x.gemm_ceiling > 0; });
+  std::string out = std::string("| model | size | params | backend | threads | test | t/s | B/token | GB/s | % bw |") +
+                    (gemm ? " TFLOP/s | % gemm |" : "") + "\n| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |" +
+                    (gemm ? " ---: | ---: |" : "") + "\n";
   for (const Row& x : rows) {
     const bool tg = x.r.bytes_per_token > 0;
-    char gbps[32] = "-", pct[32] = "-", buf[512];
+    char gbps[32] = "-", pct[32] = "-", tf[32] = "-", tfp[32] = "-", buf[640];
     if (tg) {
       std::snprintf(gbps, sizeof gbps, "%.2f", x.r.gbps);
       std::snprintf(pct, sizeof pct, "%.1f", 100.0 * x.r.gbps / x.ceiling);
+    } else if (x.gemm_ceiling > 0) {
+      std::snprintf(tf, sizeof tf, "%.1f", x.tflops);
+      std::snprintf(tfp, sizeof tfp, "%.1f", 100.0 * x.tflops / x.gemm_ceiling);
     }
-    std::snprintf(buf, sizeof buf, "| %s | %s | %s | %s | %d | %s | %.2f ± %.2f | %s | %s | %s |\n", x.model.c_str(),
+    std::snprintf(buf, sizeof buf, "| %s | %s | %s | %s | %d | %s | %.2f ± %.2f | %s | %s | %s |", x.model.c_str(),
                   x.size.c_str(), x.params.c_str(), x.backend.c_str(), x.threads, x.r.test.c_str(), x.r.mean, x.r.sd,
                   tg ? human(x.r.bytes_per_token, kBytes, 1000).c_str() : "-", gbps, pct);
     out += buf;
+    if (gemm) out += std::string(" ") + tf + " | " + tfp + " |";
+    out += "\n";
   }
   return out;
 }
@@ -56,7 +66,8 @@ nlohmann::ordered_json row_json(const Row& x) {
   return {{"model", x.model}, {"size", x.size}, {"params", x.params}, {"backend", x.backend}, {"threads", x.threads},
           {"test", x.r.test}, {"tokens", x.r.tokens}, {"tps_mean", x.r.mean}, {"tps_sd", x.r.sd}, {"tps", x.r.tps},
           {"bytes_per_token", x.r.bytes_per_token}, {"gbps", x.r.gbps}, {"ceiling_gbps", x.ceiling},
-          {"bw_fraction", x.r.gbps > 0 ? x.r.gbps / x.ceiling : 0.0}};
+          {"bw_fraction", x.r.gbps > 0 ? x.r.gbps / x.ceiling : 0.0}, {"tflops", x.tflops},
+          {"gemm_ceiling_tflops", x.gemm_ceiling}, {"gemm_fraction", x.gemm_ceiling > 0 ? x.tflops / x.gemm_ceiling : 0.0}};
 }
 
 }  // namespace
@@ -64,15 +75,17 @@ nlohmann::ordered_json row_json(const Row& x) {
 void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
   struct Options {
     std::string model, synthetic, output = "md";
-    std::vector<int> prompt{512}, gen{128};
+    std::vector<int> prompt{512}, gen{128}, depth{0};
     int reps = 5, threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency())), layers = 0, experts = 0;
     uint64_t seed = 0;
+    EngineFlags engine;
   };
   auto opt = std::make_shared<Options>();
   CLI::App* app = root.add_subcommand("bench", "Measure prefill (pp) and decode (tg) tokens/s, llama-bench style");
   app->add_option("-m,--model", opt->model, "model directory (default: $MOERUN_MODEL or models/default)");
   app->add_option("-p,--n-prompt", opt->prompt, "prefill test sizes (pp); 0 skips")->delimiter(',');
   app->add_option("-n,--n-gen", opt->gen, "decode test sizes (tg); 0 skips")->delimiter(',');
+  app->add_option("-d,--n-depth", opt->depth, "cached tokens before each test (llama-bench's -d)")->delimiter(',')->check(CLI::NonNegativeNumber);
   app->add_option("-r,--repetitions", opt->reps, "timed repetitions per test (after one warm-up)")->check(CLI::Range(1, 1000));
   app->add_option("-t,--threads", opt->threads, "CPU threads (default: one per hardware thread)")->check(CLI::Range(1, 1024));
   app->add_option("-o,--output", opt->output, "output format")->check(CLI::IsMember({"md", "json", "csv"}));
@@ -80,6 +93,7 @@ void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
   app->add_option("--layers", opt->layers, "with --synthetic: cap num_hidden_layers")->check(CLI::PositiveNumber);
   app->add_option("--experts", opt->experts, "with --synthetic: cap the routed experts per layer")->check(CLI::PositiveNumber);
   app->add_option("--seed", opt->seed, "with --synthetic: seed of the random weights");
+  opt->engine.add_to(app);
   commands.push_back({app, [opt] {
     Model model = [&] {
       if (opt->synthetic.empty()) return Model::load(opt->model.empty() ? default_model_dir() : opt->model);
@@ -93,12 +107,20 @@ void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
     }();
     EngineOptions eo;
     eo.threads = opt->threads;
+    opt->engine.apply(eo);
     const Engine engine = Engine::from_model(std::move(model), eo);
     const ModelConfig& c = engine.config();
     const int threads = opt->threads;
-    const BandwidthCeiling ceiling = measure_read_bandwidth(threads);
-    std::fprintf(stderr, "# read bandwidth ceiling: %.1f GB/s (%d thread%s, %llu MiB buffer, best of 5)\n", ceiling.gbps,
-                 threads, threads == 1 ? "" : "s", static_cast<unsigned long long>(ceiling.bytes >> 20));
+    const bool on_gpu = engine.backend() == BackendKind::cuda;
+    const BandwidthCeiling ceiling = on_gpu ? measure_device_bandwidth() : measure_read_bandwidth(threads);
+    const double gemm_ceiling = on_gpu ? measure_device_gemm_tflops() : 0.0;
+    if (on_gpu) {
+      std::fprintf(stderr, "# device bandwidth ceiling: %.1f GB/s (device-to-device copy, read + write bytes, best of 5)\n", ceiling.gbps);
+      std::fprintf(stderr, "# device GEMM ceiling: %.1f TFLOP/s (cuBLAS bf16, fp32 accumulation)\n", gemm_ceiling);
+    } else {
+      std::fprintf(stderr, "# read bandwidth ceiling: %.1f GB/s (%d thread%s, %llu MiB buffer, best of 5)\n", ceiling.gbps,
+                   threads, threads == 1 ? "" : "s", static_cast<unsigned long long>(ceiling.bytes >> 20));
+    }
 
     static const char* const kCount[] = {"", "K", "M", "B", nullptr};
     static const char* const kSize[] = {"B", "KiB", "MiB", "GiB", nullptr};
@@ -110,12 +132,20 @@ void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
              .size = weight_bytes ? human(static_cast<double>(weight_bytes), kSize, 1024) : "in memory",
              .params = human(static_cast<double>(engine.model().total_params()), kCount, 1000) +
                        (c.is_moe() ? " / " + human(static_cast<double>(engine.model().active_params()), kCount, 1000) : ""),
-             .backend = "CPU", .threads = threads, .r = {}, .ceiling = ceiling.gbps};
+             .backend = on_gpu ? "CUDA" : "CPU", .threads = on_gpu ? 1 : threads, .r = {}, .ceiling = ceiling.gbps,
+             .gemm_ceiling = gemm_ceiling};
+    const double flops = prefill_flops_per_token(engine);
     std::vector<Row> rows;
-    for (int n : opt->prompt)
-      if (n > 0) rows.push_back(base), rows.back().r = bench_prefill(engine, n, opt->reps);
-    for (int n : opt->gen)
-      if (n > 0) rows.push_back(base), rows.back().r = bench_decode(engine, n, opt->reps);
+    for (int d : opt->depth) {
+      for (int n : opt->prompt)
+        if (n > 0) {
+          rows.push_back(base);
+          rows.back().r = bench_prefill(engine, n, opt->reps, d);
+          rows.back().tflops = flops * rows.back().r.mean / 1e12;
+        }
+      for (int n : opt->gen)
+        if (n > 0) rows.push_back(base), rows.back().r = bench_decode(engine, n, opt->reps, d);
+    }
 
     std::string out;
     if (opt->output == "md") {
@@ -125,12 +155,13 @@ void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
       for (const Row& x : rows) j.push_back(row_json(x));
       out = j.dump(2) + "\n";
     } else {
-      out = "model,size,params,backend,threads,test,tokens,tps_mean,tps_sd,bytes_per_token,gbps,ceiling_gbps,bw_fraction\n";
+      out = "model,size,params,backend,threads,test,tokens,tps_mean,tps_sd,bytes_per_token,gbps,ceiling_gbps,bw_fraction,tflops,gemm_fraction\n";
       for (const Row& x : rows) {
         char buf[512];
-        std::snprintf(buf, sizeof buf, "\"%s\",\"%s\",\"%s\",%s,%d,%s,%d,%.4f,%.4f,%.0f,%.4f,%.4f,%.4f\n", x.model.c_str(),
+        std::snprintf(buf, sizeof buf, "\"%s\",\"%s\",\"%s\",%s,%d,\"%s\",%d,%.4f,%.4f,%.0f,%.4f,%.4f,%.4f,%.4f,%.4f\n", x.model.c_str(),
                       x.size.c_str(), x.params.c_str(), x.backend.c_str(), x.threads, x.r.test.c_str(), x.r.tokens,
-                      x.r.mean, x.r.sd, x.r.bytes_per_token, x.r.gbps, x.ceiling, x.r.gbps > 0 ? x.r.gbps / x.ceiling : 0.0);
+                      x.r.mean, x.r.sd, x.r.bytes_per_token, x.r.gbps, x.ceiling, x.r.gbps > 0 ? x.r.gbps / x.ceiling : 0.0,
+                      x.tflops, x.gemm_ceiling > 0 ? x.tflops / x.gemm_ceiling : 0.0);
         out += buf;
       }
     }

@@ -28,6 +28,7 @@ void GenerationFlags::add_to(CLI::App* a) {
   a->add_option("--seed", seed, "sampling seed (default: random); the same seed gives the same text");
   a->add_option("--stop", stop, "stop when this text appears (not printed); may be repeated");
   a->add_option("--system", system, "system prompt");
+  engine.add_to(a);
 }
 
 SamplerParams GenerationFlags::sampler_params(const std::string& model_dir) const {
@@ -50,6 +51,7 @@ LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
   EngineOptions eo;
   eo.threads = flags.threads;
   eo.context = flags.context;
+  flags.engine.apply(eo);
   Model model = Model::load(dir);
   if (!quiet && isatty(STDERR_FILENO)) {
     // A progress bar while the weights are read from disk (the mmap is otherwise faulted in by
@@ -69,9 +71,10 @@ LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
   for (int64_t id : m.engine.config().eos_token_ids)
     if (std::find(m.eos_ids.begin(), m.eos_ids.end(), id) == m.eos_ids.end()) m.eos_ids.push_back(static_cast<int32_t>(id));
   if (!quiet)
-    std::fprintf(stderr, " done in %.2f s (%s, %lld-token context)\n",
+    std::fprintf(stderr, " done in %.2f s (%s, %lld-token context, %s)\n",
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-                 m.engine.config().architecture.c_str(), static_cast<long long>(m.engine.default_context()));
+                 m.engine.config().architecture.c_str(), static_cast<long long>(m.engine.default_context()),
+                 m.engine.backend() == BackendKind::cuda ? "CUDA" : "CPU");
   return m;
 }
 

@@ -8,6 +8,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "engine_flags.h"
 #include "moerun/chat_template.h"
 #include "moerun/engine.h"
 #include "moerun/generate.h"
@@ -26,6 +27,7 @@ struct GenerationFlags {
   uint64_t seed = 0;
   std::vector<std::string> stop;
   std::string system;
+  EngineFlags engine;
   CLI::App* app = nullptr;
 
   void add_to(CLI::App* app);

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine_flags.h"
 #include "moerun/commands.h"
 #include "moerun/engine.h"
 
@@ -45,9 +46,10 @@ void add_logits_command(CLI::App& root, std::vector<Command>& commands) {
     bool all = false, json = false;
     int64_t context = 0;
     std::string mla = "absorbed", fp8 = "bf16";
+    EngineFlags engine{.backend = "cpu"};  // the reference path unless asked
   };
   auto opt = std::make_shared<Options>();
-  CLI::App* app = root.add_subcommand("logits", "Print next-token logits for given token ids (CPU reference path)");
+  CLI::App* app = root.add_subcommand("logits", "Print next-token logits for given token ids (CPU reference path unless --backend)");
   app->add_option("-m,--model", opt->model, "model directory")->required();
   app->add_option("--ids", opt->ids, "token ids, separated by spaces or commas")->required();
   app->add_flag("--all", opt->all, "logits of every position, not only the last");
@@ -55,6 +57,7 @@ void add_logits_command(CLI::App& root, std::vector<Command>& commands) {
   app->add_option("-c,--ctx", opt->context, "context length (default: the model's, at most 4096)")->check(CLI::NonNegativeNumber);
   app->add_option("--mla", opt->mla, "MLA attention form for DeepSeek models")->check(CLI::IsMember({"absorbed", "naive"}));
   app->add_option("--fp8", opt->fp8, "dtype FP8 weights are dequantized to at load")->check(CLI::IsMember({"bf16", "f32"}));
+  opt->engine.add_to(app);
   commands.push_back({app, [opt] {
                         std::vector<int32_t> ids;
                         try {
@@ -67,6 +70,7 @@ void add_logits_command(CLI::App& root, std::vector<Command>& commands) {
                         eo.context = opt->context;
                         eo.mla = opt->mla == "naive" ? MlaMode::naive : MlaMode::absorbed;
                         eo.fp8_dequant = opt->fp8 == "f32" ? DType::f32 : DType::bf16;
+                        opt->engine.apply(eo);
                         const Engine engine = Engine::load(opt->model, eo);
                         // Without -c the context grows to fit the ids; with -c a longer input is an error.
                         const int64_t n = static_cast<int64_t>(ids.size());
