@@ -1,0 +1,288 @@
+// Elementwise and data-movement ops on the GPU: silu_mul, embed, add (optionally sigmoid-gated), clamp,
+// store_rows and copy. CPU twins: kernels/cpu/activations.cpp and kernels/cpu/elementwise.cpp.
+// All of them are memory-bound: each thread moves 16 bytes per access (float4, or 8 halves for a bf16/f16
+// embedding row) when every pointer and stride involved is 16-byte aligned, and one element otherwise.
+// Row ops use grid (rows, column blocks); the column blocks loop so a single long row still spreads over
+// many multiprocessors. Everything position- or id-dependent is read on the device (graph-safe).
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/cuda/context.h"
+#include "kernels/ops.h"
+#include "moerun/error.h"
+
+namespace moerun::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 65535;  // grid.y limit; also plenty of blocks for a 1-D grid-stride loop
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// Blocks for n work items of one thread each, capped (the kernels loop).
+unsigned blocks_for(int64_t n) {
+  return static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
+}
+
+void check_rows(const char* op, int64_t rows) {
+  if (rows > 0x7fffffff) throw Error(op, "more than 2^31 - 1 rows for one launch");
+}
+
+__device__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+
+// ------------------------------------------------------------------------------------------------
+// silu_mul: out = silu(gate) * up. expf, not __expf, to stay within a few ulps of the CPU's std::exp.
+
+__device__ float silu_mul1(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+// 1-D grid-stride; V floats per step. out may equal gate, so no __restrict__ on those two.
+template <int V>
+__global__ void silu_mul_kernel(float* out, const float* gate, const float* __restrict__ up, int64_t n) {
+  const int64_t nv = n / V;
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < nv; i += int64_t{gridDim.x} * kThreads) {
+    if constexpr (V == 4) {
+      const float4 g = load4(gate + 4 * i), u = load4(up + 4 * i);
+      store4(out + 4 * i,
+             make_float4(silu_mul1(g.x, u.x), silu_mul1(g.y, u.y), silu_mul1(g.z, u.z), silu_mul1(g.w, u.w)));
+    } else {
+      out[i] = silu_mul1(gate[i], up[i]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// embed: out[t, :] = table[ids[t], :] widened to fp32.
+
+template <DType D>
+__device__ float widen(const void* table, int64_t i) {
+  if constexpr (D == DType::f32)
+    return static_cast<const float*>(table)[i];
+  else if constexpr (D == DType::bf16)
+    return __uint_as_float(static_cast<uint32_t>(static_cast<const uint16_t*>(table)[i]) << 16);
+  else
+    return __half2float(static_cast<const __half*>(table)[i]);
+}
+
+// Eight 16-bit values of one 16-byte load, widened.
+template <DType D>
+__device__ void widen8(uint4 raw, float* o) {
+  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if constexpr (D == DType::bf16) {
+      o[2 * k] = __uint_as_float(w[k] << 16);
+      o[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+    } else {
+      o[2 * k] = __half2float(__ushort_as_half(static_cast<unsigned short>(w[k] & 0xffffu)));
+      o[2 * k + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(w[k] >> 16)));
+    }
+  }
+}
+
+// Grid (n_tokens, column blocks). kVec: each thread moves one 16-byte chunk of the table row (4 floats
+// or 8 halves); otherwise one element.
+template <DType D, bool kVec>
+__global__ void embed_kernel(float* __restrict__ out,          // [n_tokens, dim]
+                             const void* __restrict__ table,   // [vocab, dim] of D
+                             const int32_t* __restrict__ ids,  // [n_tokens]
+                             int64_t dim) {
+  const int64_t t = blockIdx.x;
+  const int64_t row = static_cast<int64_t>(ids[t]) * dim;
+  float* o = out + t * dim;
+  constexpr int kPer = !kVec ? 1 : (D == DType::f32 ? 4 : 8);
+  const int64_t nv = dim / kPer;
+  for (int64_t j = blockIdx.y * int64_t{kThreads} + threadIdx.x; j < nv; j += int64_t{gridDim.y} * kThreads) {
+    if constexpr (!kVec) {
+      o[j] = widen<D>(table, row + j);
+    } else if constexpr (D == DType::f32) {
+      store4(o + 4 * j, load4(static_cast<const float*>(table) + row + 4 * j));
+    } else {
+      const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(table) + row + 8 * j);
+      float v[8];
+      widen8<D>(raw, v);
+      store4(o + 8 * j, make_float4(v[0], v[1], v[2], v[3]));
+      store4(o + 8 * j + 4, make_float4(v[4], v[5], v[6], v[7]));
+    }
+  }
+}
+
+template <DType D>
+void launch_embed(const EmbedParams& p, cudaStream_t stream) {
+  constexpr int64_t kPer = D == DType::f32 ? 4 : 8;
+  const size_t bytes = D == DType::f32 ? 4 : 2;
+  const bool vec = p.dim % kPer == 0 && aligned16(p.table) && aligned16(p.out) && (p.dim * bytes) % 16 == 0;
+  const dim3 grid(static_cast<unsigned>(p.n_tokens), blocks_for(vec ? p.dim / kPer : p.dim));
+  if (vec)
+    embed_kernel<D, true><<<grid, kThreads, 0, stream>>>(p.out, p.table, p.ids, p.dim);
+  else
+    embed_kernel<D, false><<<grid, kThreads, 0, stream>>>(p.out, p.table, p.ids, p.dim);
+}
+
+// ------------------------------------------------------------------------------------------------
+// add: out[r, :] += x[r, :], or += sigmoid(gate[r]) * x[r, :].
+
+template <bool kVec>
+__global__ void add_kernel(float* __restrict__ out,         // [rows, cols]
+                           const float* __restrict__ x,     // [rows, cols]
+                           const float* __restrict__ gate,  // [rows] or nullptr
+                           int64_t cols) {
+  const int64_t r = blockIdx.x;
+  const float g = gate ? 1.0f / (1.0f + expf(-gate[r])) : 1.0f;
+  const bool gated = gate != nullptr;
+  float* o = out + r * cols;
+  const float* xr = x + r * cols;
+  constexpr int kPer = kVec ? 4 : 1;
+  const int64_t nv = cols / kPer;
+  for (int64_t j = blockIdx.y * int64_t{kThreads} + threadIdx.x; j < nv; j += int64_t{gridDim.y} * kThreads) {
+    if constexpr (kVec) {
+      float4 a = load4(o + 4 * j);
+      const float4 b = load4(xr + 4 * j);
+      if (gated) {
+        a.x += g * b.x, a.y += g * b.y, a.z += g * b.z, a.w += g * b.w;
+      } else {
+        a.x += b.x, a.y += b.y, a.z += b.z, a.w += b.w;
+      }
+      store4(o + 4 * j, a);
+    } else {
+      o[j] += gated ? g * xr[j] : xr[j];
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// clamp: x = min(max(x, -limit), limit), 1-D grid-stride.
+
+template <int V>
+__global__ void clamp_kernel(float* __restrict__ x, int64_t n, float limit) {
+  const int64_t nv = n / V;
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < nv; i += int64_t{gridDim.x} * kThreads) {
+    if constexpr (V == 4) {
+      float4 v = load4(x + 4 * i);
+      v.x = fminf(fmaxf(v.x, -limit), limit);
+      v.y = fminf(fmaxf(v.y, -limit), limit);
+      v.z = fminf(fmaxf(v.z, -limit), limit);
+      v.w = fminf(fmaxf(v.w, -limit), limit);
+      store4(x + 4 * i, v);
+    } else {
+      x[i] = fminf(fmaxf(x[i], -limit), limit);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// store_rows and copy: strided row moves. dst row r is dst + dst_row(r) * dst_stride; for store_rows the
+// destination row is positions[r], read here on the device.
+
+template <bool kVec>
+__global__ void move_rows_kernel(float* __restrict__ dst, const float* __restrict__ src,
+                                 const int64_t* __restrict__ dst_rows,  // [rows] or nullptr: row r
+                                 int64_t cols, int64_t dst_stride, int64_t src_stride) {
+  const int64_t r = blockIdx.x;
+  float* d = dst + (dst_rows ? dst_rows[r] : r) * dst_stride;
+  const float* s = src + r * src_stride;
+  constexpr int kPer = kVec ? 4 : 1;
+  const int64_t nv = cols / kPer;
+  for (int64_t j = blockIdx.y * int64_t{kThreads} + threadIdx.x; j < nv; j += int64_t{gridDim.y} * kThreads) {
+    if constexpr (kVec)
+      store4(d + 4 * j, load4(s + 4 * j));
+    else
+      d[j] = s[j];
+  }
+}
+
+void launch_move_rows(float* dst, const float* src, const int64_t* dst_rows, int64_t rows, int64_t cols,
+                      int64_t dst_stride, int64_t src_stride, cudaStream_t stream) {
+  const bool vec = cols % 4 == 0 && dst_stride % 4 == 0 && src_stride % 4 == 0 && aligned16(dst) && aligned16(src);
+  const dim3 grid(static_cast<unsigned>(rows), blocks_for(vec ? cols / 4 : cols));
+  if (vec)
+    move_rows_kernel<true><<<grid, kThreads, 0, stream>>>(dst, src, dst_rows, cols, dst_stride, src_stride);
+  else
+    move_rows_kernel<false><<<grid, kThreads, 0, stream>>>(dst, src, dst_rows, cols, dst_stride, src_stride);
+}
+
+}  // namespace
+
+void silu_mul(const SiluMulParams& p, Context& ctx) {
+  if (p.n < 0) throw Error("cuda::silu_mul", "n must be >= 0");
+  if (p.n == 0) return;
+  // The float4 body covers n rounded down to 4; the scalar launch takes the tail (at most 3 elements).
+  const bool vec = aligned16(p.out) && aligned16(p.gate) && aligned16(p.up);
+  const int64_t body = vec ? p.n / 4 * 4 : 0;
+  if (body > 0) silu_mul_kernel<4><<<blocks_for(body / 4), kThreads, 0, ctx.stream()>>>(p.out, p.gate, p.up, body);
+  if (p.n > body)
+    silu_mul_kernel<1>
+        <<<blocks_for(p.n - body), kThreads, 0, ctx.stream()>>>(p.out + body, p.gate + body, p.up + body, p.n - body);
+  MOERUN_CUDA_CHECK(cudaGetLastError());
+}
+
+void embed(const EmbedParams& p, Context& ctx) {
+  if (p.n_tokens < 0 || p.dim < 0) throw Error("cuda::embed", "n_tokens and dim must be >= 0");
+  check_rows("cuda::embed", p.n_tokens);
+  if (p.n_tokens == 0 || p.dim == 0) return;
+  switch (p.dtype) {
+    case DType::f32:
+      launch_embed<DType::f32>(p, ctx.stream());
+      break;
+    case DType::bf16:
+      launch_embed<DType::bf16>(p, ctx.stream());
+      break;
+    case DType::f16:
+      launch_embed<DType::f16>(p, ctx.stream());
+      break;
+    default:
+      throw Error("cuda::embed", "table dtype must be f32, bf16 or f16");
+  }
+  MOERUN_CUDA_CHECK(cudaGetLastError());
+}
+
+void add(const AddParams& p, Context& ctx) {
+  if (p.rows < 0 || p.cols < 0) throw Error("cuda::add", "rows and cols must be >= 0");
+  check_rows("cuda::add", p.rows);
+  if (p.rows == 0 || p.cols == 0) return;
+  const bool vec = p.cols % 4 == 0 && aligned16(p.out) && aligned16(p.x);
+  const dim3 grid(static_cast<unsigned>(p.rows), blocks_for(vec ? p.cols / 4 : p.cols));
+  if (vec)
+    add_kernel<true><<<grid, kThreads, 0, ctx.stream()>>>(p.out, p.x, p.gate, p.cols);
+  else
+    add_kernel<false><<<grid, kThreads, 0, ctx.stream()>>>(p.out, p.x, p.gate, p.cols);
+  MOERUN_CUDA_CHECK(cudaGetLastError());
+}
+
+void clamp(const ClampParams& p, Context& ctx) {
+  if (p.n < 0) throw Error("cuda::clamp", "n must be >= 0");
+  if (p.n == 0) return;
+  const int64_t body = aligned16(p.x) ? p.n / 4 * 4 : 0;
+  if (body > 0) clamp_kernel<4><<<blocks_for(body / 4), kThreads, 0, ctx.stream()>>>(p.x, body, p.limit);
+  if (p.n > body)
+    clamp_kernel<1><<<blocks_for(p.n - body), kThreads, 0, ctx.stream()>>>(p.x + body, p.n - body, p.limit);
+  MOERUN_CUDA_CHECK(cudaGetLastError());
+}
+
+void store_rows(const StoreRowsParams& p, Context& ctx) {
+  if (p.n < 0 || p.cols < 0) throw Error("cuda::store_rows", "n and cols must be >= 0");
+  check_rows("cuda::store_rows", p.n);
+  if (p.n == 0 || p.cols == 0) return;
+  launch_move_rows(p.cache, p.src, p.positions, p.n, p.cols, p.cache_stride, p.src_stride, ctx.stream());
+  MOERUN_CUDA_CHECK(cudaGetLastError());
+}
+
+void copy(const CopyParams& p, Context& ctx) {
+  if (p.rows < 0 || p.cols < 0) throw Error("cuda::copy", "rows and cols must be >= 0");
+  check_rows("cuda::copy", p.rows);
+  if (p.rows == 0 || p.cols == 0) return;
+  // The CPU twin is memmove per row; here rows run in parallel, so overlapping source and destination
+  // ranges would race. Refuse them (compared as addresses only, nothing is read).
+  const auto lo_d = reinterpret_cast<uintptr_t>(p.dst), lo_s = reinterpret_cast<uintptr_t>(p.src);
+  const auto hi_d = lo_d + static_cast<uintptr_t>(((p.rows - 1) * p.dst_stride + p.cols) * 4);
+  const auto hi_s = lo_s + static_cast<uintptr_t>(((p.rows - 1) * p.src_stride + p.cols) * 4);
+  if (lo_d < hi_s && lo_s < hi_d) throw Error("cuda::copy", "source and destination overlap");
+  launch_move_rows(p.dst, p.src, nullptr, p.rows, p.cols, p.dst_stride, p.src_stride, ctx.stream());
+  MOERUN_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace moerun::cuda

@@ -1,0 +1,229 @@
+// CUDA elementwise and data-movement ops against their CPU twins: silu_mul, embed (f32, bf16, f16 tables),
+// add (plain and sigmoid-gated), clamp, store_rows and copy. Sizes are odd and even, and pointers are offset
+// by one float so both the 16-byte and the one-element paths run. Skips without a GPU.
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "kernels/cuda/context.h"
+#include "kernels/ops.h"
+
+namespace moerun {
+namespace {
+
+using namespace cuda::testing;
+
+// silu_mul and gated add: expf vs std::exp (a few ulps) and FMA contraction; outputs are at most ~20 in
+// magnitude, so a few ulps of 20.
+constexpr float kTolTranscendental = 2e-5f;
+// Pure moves, widening (bf16 and f16 are exact in fp32), clamp and a single fp32 add: bit-exact.
+constexpr float kTolExact = 0.0f;
+
+TEST(ElementwiseCuda, SiluMulMatchesCpu) {
+  MOERUN_SKIP_WITHOUT_CUDA();
+  for (int64_t n : {1, 3, 31, 4096, 14343}) {
+    for (int64_t offset : {0, 1}) {  // 1: no operand is 16-byte aligned, the scalar path runs
+      const uint64_t seed = static_cast<uint64_t>(n * 2 + offset);
+      auto gate = uniform(static_cast<size_t>(n + offset), -20.0f, 20.0f, seed);
+      auto up = uniform(static_cast<size_t>(n + offset), -1.0f, 1.0f, seed + 1);
+      std::vector<float> want(static_cast<size_t>(n));
+      cpu::silu_mul({.out = want.data(), .gate = gate.data() + offset, .up = up.data() + offset, .n = n});
+
+      DeviceBuffer dg = upload(gate), du = upload(up), dout = output_with_guard(static_cast<size_t>(n + offset));
+      cuda::Context ctx;
+      cuda::silu_mul(
+          {.out = dout.as<float>() + offset, .gate = dg.as<float>() + offset, .up = du.as<float>() + offset, .n = n},
+          ctx);
+      const auto got_all = download(dout);
+      const std::vector<float> got(got_all.begin() + offset, got_all.begin() + offset + n);
+      EXPECT_LE(max_abs_diff(got, want), kTolTranscendental) << "n=" << n << " offset=" << offset << " seed=" << seed;
+      EXPECT_EQ(first_bad_guard(got_all, static_cast<size_t>(n + offset)), -1) << "n=" << n;
+
+      // In place: out == gate.
+      cuda::silu_mul(
+          {.out = dg.as<float>() + offset, .gate = dg.as<float>() + offset, .up = du.as<float>() + offset, .n = n},
+          ctx);
+      const auto inplace_all = download(dg);
+      const std::vector<float> inplace(inplace_all.begin() + offset, inplace_all.end());
+      EXPECT_LE(max_abs_diff(inplace, want), kTolTranscendental) << "in place, n=" << n;
+    }
+  }
+}
+
+TEST(ElementwiseCuda, EmbedMatchesCpuEveryDtype) {
+  MOERUN_SKIP_WITHOUT_CUDA();
+  const int64_t vocab = 37;
+  for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
+    for (int64_t dim : {1, 7, 64, 4101, 7168}) {
+      const uint64_t seed = static_cast<uint64_t>(dim) * 3 + static_cast<uint64_t>(dtype);
+      const HostWeights table = to_dtype(uniform(static_cast<size_t>(vocab * dim), -2.0f, 2.0f, seed), dtype);
+      const std::vector<int32_t> ids = {0, 36, 5, 5, 17};  // first, last, a repeat
+      const auto n_tokens = static_cast<int64_t>(ids.size());
+      std::vector<float> want(static_cast<size_t>(n_tokens * dim));
+      cpu::embed({.out = want.data(),
+                  .table = table.bytes.data(),
+                  .dtype = dtype,
+                  .ids = ids.data(),
+                  .n_tokens = n_tokens,
+                  .dim = dim});
+
+      DeviceBuffer dt = upload(table.bytes), di = upload(ids), dout = output_with_guard(want.size());
+      cuda::Context ctx;
+      cuda::embed({.out = dout.as<float>(),
+                   .table = dt.data(),
+                   .dtype = dtype,
+                   .ids = di.as<int32_t>(),
+                   .n_tokens = n_tokens,
+                   .dim = dim},
+                  ctx);
+      const auto got = download(dout);
+      EXPECT_LE(max_abs_diff(got, want), kTolExact) << dtype_name(dtype) << " dim=" << dim;
+      EXPECT_EQ(first_bad_guard(got, want.size()), -1) << dtype_name(dtype) << " dim=" << dim;
+    }
+  }
+}
+
+TEST(ElementwiseCuda, AddMatchesCpuPlainAndGated) {
+  MOERUN_SKIP_WITHOUT_CUDA();
+  for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {3, 31}, {5, 4096}, {2, 7171}}) {
+    for (bool gated : {false, true}) {
+      const uint64_t seed = static_cast<uint64_t>(rows * 10007 + cols) + (gated ? 1 : 0);
+      const auto out0 = uniform(static_cast<size_t>(rows * cols), -2.0f, 2.0f, seed);
+      const auto x = uniform(static_cast<size_t>(rows * cols), -2.0f, 2.0f, seed + 1);
+      const auto gate = uniform(static_cast<size_t>(rows), -6.0f, 6.0f, seed + 2);
+      std::vector<float> want = out0;
+      cpu::add({.out = want.data(), .x = x.data(), .gate = gated ? gate.data() : nullptr, .rows = rows, .cols = cols});
+
+      std::vector<float> dev_out = out0;
+      dev_out.resize(out0.size() + kGuardCount, kGuard);
+      DeviceBuffer dout = upload(dev_out), dx = upload(x), dgate = upload(gate);
+      cuda::Context ctx;
+      cuda::add({.out = dout.as<float>(),
+                 .x = dx.as<float>(),
+                 .gate = gated ? dgate.as<float>() : nullptr,
+                 .rows = rows,
+                 .cols = cols},
+                ctx);
+      const auto got = download(dout);
+      EXPECT_LE(max_abs_diff(got, want), gated ? kTolTranscendental : kTolExact)
+          << "rows=" << rows << " cols=" << cols << " gated=" << gated << " seed=" << seed;
+      EXPECT_EQ(first_bad_guard(got, want.size()), -1);
+    }
+  }
+}
+
+TEST(ElementwiseCuda, ClampMatchesCpu) {
+  MOERUN_SKIP_WITHOUT_CUDA();
+  for (int64_t n : {1, 5, 1023, 100003}) {
+    for (int64_t offset : {0, 1}) {
+      const auto x = uniform(static_cast<size_t>(n + offset), -10.0f, 10.0f, static_cast<uint64_t>(n + offset));
+      std::vector<float> want(x.begin() + offset, x.end());
+      cpu::clamp({.x = want.data(), .n = n, .limit = 8.0f});
+
+      std::vector<float> dev_x = x;
+      dev_x.resize(x.size() + kGuardCount, kGuard);
+      DeviceBuffer dx = upload(dev_x);
+      cuda::Context ctx;
+      cuda::clamp({.x = dx.as<float>() + offset, .n = n, .limit = 8.0f}, ctx);
+      const auto all = download(dx);
+      const std::vector<float> got(all.begin() + offset, all.begin() + offset + n);
+      EXPECT_LE(max_abs_diff(got, want), kTolExact) << "n=" << n << " offset=" << offset;
+      EXPECT_EQ(first_bad_guard(all, x.size()), -1);
+      if (offset) {
+        EXPECT_EQ(all[0], x[0]) << "the element before the range was touched";
+      }
+    }
+  }
+}
+
+TEST(ElementwiseCuda, StoreRowsWritesAtDevicePositions) {
+  MOERUN_SKIP_WITHOUT_CUDA();
+  struct Case {
+    int64_t n, cols, src_stride, cache_stride, capacity;
+  };
+  for (const Case& c :
+       std::vector<Case>{{1, 1, 1, 1, 4}, {3, 576, 576, 576, 50}, {5, 130, 131, 260, 40}, {4, 127, 128, 129, 9}}) {
+    const uint64_t seed = static_cast<uint64_t>(c.n * 1000 + c.cols);
+    const auto cache0 = uniform(static_cast<size_t>(c.capacity * c.cache_stride), -1.0f, 1.0f, seed);
+    const auto src = uniform(static_cast<size_t>(c.n * c.src_stride), -1.0f, 1.0f, seed + 1);
+    std::vector<int64_t> positions;
+    for (int64_t t = 0; t < c.n; ++t) positions.push_back((t * 7 + 3) % c.capacity);  // distinct, unordered
+    std::vector<float> want = cache0;
+    cpu::store_rows({.cache = want.data(),
+                     .src = src.data(),
+                     .positions = positions.data(),
+                     .n = c.n,
+                     .cols = c.cols,
+                     .src_stride = c.src_stride,
+                     .cache_stride = c.cache_stride});
+
+    std::vector<float> dev_cache = cache0;
+    dev_cache.resize(cache0.size() + kGuardCount, kGuard);
+    DeviceBuffer dcache = upload(dev_cache), dsrc = upload(src), dpos = upload(positions);
+    cuda::Context ctx;
+    cuda::store_rows({.cache = dcache.as<float>(),
+                      .src = dsrc.as<float>(),
+                      .positions = dpos.as<int64_t>(),
+                      .n = c.n,
+                      .cols = c.cols,
+                      .src_stride = c.src_stride,
+                      .cache_stride = c.cache_stride},
+                     ctx);
+    const auto got = download(dcache);
+    EXPECT_LE(max_abs_diff(got, want), kTolExact) << "n=" << c.n << " cols=" << c.cols;
+    EXPECT_EQ(first_bad_guard(got, want.size()), -1);
+  }
+}
+
+TEST(ElementwiseCuda, CopyStrided) {
+  MOERUN_SKIP_WITHOUT_CUDA();
+  struct Case {
+    int64_t rows, cols, dst_stride, src_stride;
+  };
+  for (const Case& c : std::vector<Case>{
+           {1, 1, 1, 1}, {1, 100000, 100000, 100000}, {7, 64, 128, 64}, {9, 33, 35, 40}, {3, 512, 576, 512}}) {
+    const uint64_t seed = static_cast<uint64_t>(c.rows * 100 + c.cols);
+    const auto src = uniform(static_cast<size_t>(c.rows * c.src_stride), -1.0f, 1.0f, seed);
+    const auto dst0 = uniform(static_cast<size_t>(c.rows * c.dst_stride), -1.0f, 1.0f, seed + 1);
+    std::vector<float> want = dst0;
+    cpu::copy({.dst = want.data(),
+               .src = src.data(),
+               .rows = c.rows,
+               .cols = c.cols,
+               .dst_stride = c.dst_stride,
+               .src_stride = c.src_stride});
+
+    std::vector<float> dev_dst = dst0;
+    dev_dst.resize(dst0.size() + kGuardCount, kGuard);
+    DeviceBuffer ddst = upload(dev_dst), dsrc = upload(src);
+    cuda::Context ctx;
+    cuda::copy({.dst = ddst.as<float>(),
+                .src = dsrc.as<float>(),
+                .rows = c.rows,
+                .cols = c.cols,
+                .dst_stride = c.dst_stride,
+                .src_stride = c.src_stride},
+               ctx);
+    const auto got = download(ddst);
+    EXPECT_LE(max_abs_diff(got, want), kTolExact) << "rows=" << c.rows << " cols=" << c.cols;
+    EXPECT_EQ(first_bad_guard(got, want.size()), -1);
+  }
+}
+
+TEST(ElementwiseCuda, CopyRefusesOverlap) {
+  MOERUN_SKIP_WITHOUT_CUDA();
+  DeviceBuffer d = upload(uniform(100, -1.0f, 1.0f, 5));
+  cuda::Context ctx;
+  EXPECT_THROW(
+      cuda::copy(
+          {.dst = d.as<float>() + 1, .src = d.as<float>(), .rows = 2, .cols = 10, .dst_stride = 10, .src_stride = 10},
+          ctx),
+      std::runtime_error);
+}
+
+}  // namespace
+}  // namespace moerun
