@@ -33,7 +33,7 @@ class Tensor {
   int rank() const noexcept { return static_cast<int>(shape_.size()); }
   int64_t dim(int i) const { return shape_.at(static_cast<size_t>(i)); }
   int64_t numel() const noexcept;
-  size_t nbytes() const noexcept { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
+  size_t nbytes() const noexcept { return dtype_bytes(dtype_, numel()); }  // block types: whole blocks
   Device device() const noexcept { return device_; }
   bool is_contiguous() const noexcept;
 

@@ -1,12 +1,14 @@
 // The reference causal attention over a cache: for each new token and query head, scores against
 // every cached position up to the token's own, fp32 softmax, weighted sum of values. With a pool,
-// (token, head) pairs are split across threads, each with its own score row.
+// (token, head) pairs are split across threads, each with its own score row. The dot products and the
+// value accumulation are vector loops (kernels/cpu/vec.h).
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/cpu/vec.h"
 #include "kernels/ops.h"
 
 namespace moerun::cpu {
@@ -21,9 +23,7 @@ void attend(const AttentionParams& p, int64_t t, int64_t h, float* scores) {
   float max_score = -INFINITY;
   for (int64_t s = 0; s < len; ++s) {
     const float* k = p.k + s * p.k_pos_stride + kvh * p.k_head_stride;
-    float dot = 0.0f;
-    for (int64_t i = 0; i < p.qk_dim; ++i) dot += q[i] * k[i];
-    scores[s] = dot * p.scale;
+    scores[s] = vec::dot(q, k, p.qk_dim) * p.scale;
     max_score = std::max(max_score, scores[s]);
   }
   float sum = 0.0f;
@@ -36,7 +36,7 @@ void attend(const AttentionParams& p, int64_t t, int64_t h, float* scores) {
   for (int64_t s = 0; s < len; ++s) {
     const float w = scores[s] / sum;
     const float* v = p.v + s * p.v_pos_stride + kvh * p.v_head_stride;
-    for (int64_t i = 0; i < p.v_dim; ++i) out[i] += w * v[i];
+    vec::axpy(out, w, v, p.v_dim);
   }
 }
 

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cpu/vec.h"
 #include "kernels/ops.h"
 
 namespace moerun::cpu {
@@ -27,9 +28,9 @@ void add(const AddParams& p) {
     float* o = p.out + r * p.cols;
     const float* x = p.x + r * p.cols;
     if (p.gate) {
-      for (int64_t j = 0; j < p.cols; ++j) o[j] += g * x[j];
+      vec::axpy(o, g, x, p.cols);
     } else {
-      for (int64_t j = 0; j < p.cols; ++j) o[j] += x[j];
+      vec::add(o, x, p.cols);
     }
   }
 }

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/cpu/vec.h"
 #include "kernels/ops.h"
 
 namespace moerun::cpu {
@@ -29,8 +30,9 @@ void head_matmul(const HeadMatmulParams& p) {
             const float xi = x[i];
             const int64_t base = (first + i) * p.row_len;
             if (p.weight_dtype == DType::f32) {
-              const float* w = static_cast<const float*>(p.weight) + base;
-              for (int64_t o = 0; o < p.out_dim; ++o) out[o] += xi * w[o];
+              vec::axpy(out, xi, static_cast<const float*>(p.weight) + base, p.out_dim);
+            } else if (p.weight_dtype == DType::bf16) {
+              vec::axpy_bf16(out, xi, static_cast<const uint16_t*>(p.weight) + base, p.out_dim);  // widened in registers
             } else {
               for (int64_t o = 0; o < p.out_dim; ++o) row[static_cast<size_t>(o)] = load_f32(p.weight, p.weight_dtype, base + o);
               for (int64_t o = 0; o < p.out_dim; ++o) out[o] += xi * row[static_cast<size_t>(o)];

@@ -1,83 +1,253 @@
-// y = x W^T + b on the CPU: output rows split across the thread pool, fp32 accumulation in sixteen
-// fixed lanes. Weights are read in their stored dtype; bf16 rows are widened inside the dot product
-// for a few tokens (decode reads each weight once) and once per row for many tokens (prefill reuses
-// the widened row for every token). The dot products are compiled for AVX-512, AVX2+FMA and plain
-// x86-64 and picked at run time (GCC target_clones).
+// y = x W^T + b on the CPU: the dispatcher and the scalar kernels. The call's activations are
+// prepared once by the calling thread (padded and reordered for float weights, quantized per
+// 32-block for q8_0 / q4_0), then output rows are split across the pool in slices of 16 so each
+// thread streams its own contiguous weight rows. The kernels themselves live per instruction set
+// (matmul_avx512.cpp, matmul_avx2.cpp) and are picked at run time; this file's scalar kernels are
+// the fallback and the readable reference. Accumulation is fp32 everywhere; activations stay fp32
+// for float weights (bf16 weights are widened, never the activations narrowed).
 
-#include <bit>
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
 #include <vector>
 
+#include "kernels/cpu/matmul_impl.h"
+#include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
-#include "kernels/ops.h"
+#include "moerun/error.h"
 
 namespace moerun::cpu {
+namespace detail {
 namespace {
 
-constexpr int kLanes = 16;
-// Up to this many tokens, bf16 weights are widened inside the dot product; beyond it, once per row.
-constexpr int64_t kFusedMaxTokens = 4;
-
-#define MOERUN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-
-float reduce(const float* acc, float tail) {
-  float s = 0.0f;
-  for (int j = 0; j < kLanes / 2; ++j) s += acc[j] + acc[j + kLanes / 2];
-  return s + tail;
+Isa detect_isa() noexcept {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  Isa best = Isa::scalar;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) best = Isa::avx2;
+  if (best == Isa::avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vnni"))
+    best = Isa::avx512;
+  // A cap for measuring the fallbacks on a newer CPU (it can only lower the choice).
+  if (const char* cap = std::getenv("MOERUN_CPU_ISA")) {
+    const std::string_view s(cap);
+    if (s == "scalar") best = Isa::scalar;
+    else if (s == "avx2" && best == Isa::avx512) best = Isa::avx2;
+  }
+  return best;
+#else
+  return Isa::scalar;
+#endif
 }
 
-MOERUN_CPU_CLONES float dot_f32(const float* a, const float* b, int64_t n) {
-  float acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
-  float tail = 0.0f;
-  for (; i < n; ++i) tail += a[i] * b[i];
-  return reduce(acc, tail);
+// Scratch of the calling thread: grows, keeps its capacity (a decode step allocates nothing).
+struct Scratch {
+  std::vector<float> xp, xd, xdp;
+  std::vector<int8_t> xq;
+  std::vector<int32_t> xsum, xcorr;
+};
+
+template <class T>
+T* grow(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
 }
 
-float widen(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+bool quantized(DType t) { return t == DType::q8_0 || t == DType::q4_0; }
 
-MOERUN_CPU_CLONES float dot_bf16(const float* x, const uint16_t* w, int64_t n) {
-  float acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j] * widen(w[i + j]);
-  float tail = 0.0f;
-  for (; i < n; ++i) tail += x[i] * widen(w[i]);
-  return reduce(acc, tail);
+void check(const MatmulParams& p) {
+  switch (p.weight_dtype) {
+    case DType::f32: case DType::bf16: case DType::f16: return;
+    case DType::f8_e4m3:
+      if (!p.weight_scale) throw Error("cpu::matmul", "F8_E4M3 weights need their block scales");
+      return;
+    case DType::q8_0: case DType::q4_0:
+      if (p.in_features % kQuantBlock != 0)
+        throw Error("cpu::matmul", "quantized weights need in_features to be a multiple of 32");
+      return;
+    default:
+      throw Error("cpu::matmul", std::string("unsupported weight dtype ") + std::string(dtype_name(p.weight_dtype)));
+  }
 }
 
-MOERUN_CPU_CLONES void widen_row(float* dst, const uint16_t* w, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = widen(w[i]);
+// Scalar dot of a quantized row with token t's quantized activations: exact int32 per block.
+float dot_quant(const MatmulCall& c, const uint8_t* row, int64_t t) {
+  const DType dt = c.p->weight_dtype;
+  const int64_t qb = quant_block_bytes(dt);
+  const int8_t* a = c.xq + t * c.kp;
+  float acc = 0.0f;
+  for (int64_t g = 0; g * kQuantGroupBlocks < c.nb; ++g) {
+    const int64_t first = g * kQuantGroupBlocks, count = std::min(kQuantGroupBlocks, c.nb - first);
+    const uint8_t* quants = row + quant_group_offset(dt, g);
+    for (int64_t j = 0; j < count; ++j) {
+      const int64_t b = first + j;
+      const uint8_t* q = quants + j * qb;
+      const int8_t* ab = a + b * kQuantBlock;
+      int32_t dot = 0;
+      if (dt == DType::q8_0) {
+        for (int i = 0; i < kQuantBlock; ++i) dot += (static_cast<int32_t>(q[i]) - 128) * ab[i];
+      } else {
+        for (int i = 0; i < kQuantBlock / 2; ++i)
+          dot += (static_cast<int32_t>(q[i] & 15) - 8) * ab[i] + (static_cast<int32_t>(q[i] >> 4) - 8) * ab[i + 16];
+      }
+      uint16_t h;
+      std::memcpy(&h, quants + count * qb + 2 * j, 2);
+      acc += static_cast<float>(dot) * (f16_to_f32(h) * c.xd[t * c.nb + b]);
+    }
+  }
+  return acc;
 }
 
 }  // namespace
 
-void matmul(const MatmulParams& p) {
-  const int64_t xs = p.x_stride ? p.x_stride : p.in_features;
-  const int64_t os = p.out_stride ? p.out_stride : p.out_features;
+Isa best_isa() noexcept {
+  static const Isa isa = detect_isa();
+  return isa;
+}
+
+const char* isa_name(Isa isa) noexcept {
+  switch (isa) {
+    case Isa::avx512: return "avx512";
+    case Isa::avx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+void widen_row(const MatmulParams& p, int64_t o, float* dst) {
   const int64_t in = p.in_features;
-  auto rows = [&](int64_t o0, int64_t o1) {
-    thread_local std::vector<float> row;  // one widened weight row per thread, reused across calls
-    for (int64_t o = o0; o < o1; ++o) {
-      const float b = p.bias ? p.bias[o] : 0.0f;
-      const float* w = nullptr;
-      if (p.weight_dtype == DType::f32) {
-        w = static_cast<const float*>(p.weight) + o * in;
-      } else if (p.weight_dtype == DType::bf16 && p.n <= kFusedMaxTokens) {
-        const uint16_t* wb = static_cast<const uint16_t*>(p.weight) + o * in;
-        for (int64_t t = 0; t < p.n; ++t) p.out[t * os + o] = dot_bf16(p.x + t * xs, wb, in) + b;
-        continue;
-      } else {
-        if (static_cast<int64_t>(row.size()) < in) row.resize(static_cast<size_t>(in));
-        if (p.weight_dtype == DType::bf16) {
-          widen_row(row.data(), static_cast<const uint16_t*>(p.weight) + o * in, in);
-        } else {
-          for (int64_t i = 0; i < in; ++i) row[static_cast<size_t>(i)] = load_f32(p.weight, p.weight_dtype, o * in + i);
-        }
-        w = row.data();
+  switch (p.weight_dtype) {
+    case DType::f32:
+      std::memcpy(dst, static_cast<const float*>(p.weight) + o * in, static_cast<size_t>(in) * sizeof(float));
+      return;
+    case DType::f8_e4m3: {
+      // Element (o, i) is fp8 * scale[o / block_out, i / block_in] (DeepSeek's weight_scale_inv).
+      const auto* q = static_cast<const uint8_t*>(p.weight) + o * in;
+      const int64_t scale_cols = (in + p.block_in - 1) / p.block_in;
+      const float* s = p.weight_scale + (o / p.block_out) * scale_cols;
+      for (int64_t i = 0; i < in; ++i) dst[i] = f8_e4m3_to_f32(q[i]) * s[i / p.block_in];
+      return;
+    }
+    default:
+      for (int64_t i = 0; i < in; ++i) dst[i] = load_f32(p.weight, p.weight_dtype, o * in + i);
+  }
+}
+
+void quantize_acts_scalar(const float* x, int64_t xs, int64_t n, int64_t k, int64_t kp, int8_t* q, float* d,
+                          int32_t* sum) {
+  const int64_t nb = k / kQuantBlock;
+  for (int64_t t = 0; t < n; ++t) {
+    std::fill(q + t * kp + k, q + (t + 1) * kp, int8_t{0});
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xb = x + t * xs + b * kQuantBlock;
+      float amax = 0.0f;
+      for (int i = 0; i < kQuantBlock; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      int32_t s = 0;
+      for (int i = 0; i < kQuantBlock; ++i) {
+        const auto v = static_cast<int8_t>(std::nearbyint(xb[i] * inv));
+        q[t * kp + b * kQuantBlock + i] = v;
+        s += v;
       }
-      for (int64_t t = 0; t < p.n; ++t) p.out[t * os + o] = dot_f32(p.x + t * xs, w, in) + b;
+      d[t * nb + b] = amax / 127.0f;
+      sum[t * nb + b] = s;
+    }
+  }
+}
+
+void rows_scalar(const MatmulCall& c, int64_t o0, int64_t o1) {
+  const MatmulParams& p = *c.p;
+  const int64_t in = p.in_features;
+  if (quantized(p.weight_dtype)) {
+    const size_t row_bytes = dtype_bytes(p.weight_dtype, in);
+    for (int64_t o = o0; o < o1; ++o) {
+      const auto* row = static_cast<const uint8_t*>(p.weight) + static_cast<size_t>(o) * row_bytes;
+      for (int64_t t = 0; t < p.n; ++t) p.out[t * c.os + o] = dot_quant(c, row, t) + (p.bias ? p.bias[o] : 0.0f);
+    }
+    return;
+  }
+  thread_local std::vector<float> row;
+  float* w = grow(row, in);
+  for (int64_t o = o0; o < o1; ++o) {
+    widen_row(p, o, w);
+    for (int64_t t = 0; t < p.n; ++t) {
+      const float* x = p.x + t * c.xs;
+      float acc = 0.0f;
+      for (int64_t i = 0; i < in; ++i) acc += x[i] * w[i];
+      p.out[t * c.os + o] = acc + (p.bias ? p.bias[o] : 0.0f);
+    }
+  }
+}
+
+void matmul_isa(const MatmulParams& p, Isa isa) {
+  check(p);
+  if (p.n <= 0 || p.out_features <= 0) return;
+  thread_local Scratch s;
+  MatmulCall c;
+  c.p = &p;
+  c.xs = p.x_stride ? p.x_stride : p.in_features;
+  c.os = p.out_stride ? p.out_stride : p.out_features;
+  const int64_t in = p.in_features;
+  if (quantized(p.weight_dtype)) {
+    c.nb = in / kQuantBlock;
+    c.kp = (in + 63) / 64 * 64;
+    c.xq = grow(s.xq, p.n * c.kp);
+    c.xd = grow(s.xd, p.n * c.nb);
+    c.xsum = grow(s.xsum, p.n * c.nb);
+    auto* q = const_cast<int8_t*>(c.xq);
+    auto* d = const_cast<float*>(c.xd);
+    auto* sum = const_cast<int32_t*>(c.xsum);
+    if (isa == Isa::avx512) {
+      quantize_acts_avx512(p.x, c.xs, p.n, in, c.kp, q, d, sum);
+      // The VNNI kernel takes the weights as the unsigned operand (quants stored + offset), so each
+      // block's dot starts from -offset * sum(a); and it scales 8 lanes per block.
+      const int32_t offset = p.weight_dtype == DType::q8_0 ? 128 : 8;
+      c.np = (c.nb + 1) / 2;
+      int32_t* corr = grow(s.xcorr, p.n * c.np * 16);
+      float* dp = grow(s.xdp, p.n * c.np * 16);
+      for (int64_t t = 0; t < p.n; ++t)
+        for (int64_t j = 0; j < c.np; ++j) {
+          int32_t* cv = corr + (t * c.np + j) * 16;
+          float* dv = dp + (t * c.np + j) * 16;
+          std::fill(cv, cv + 16, 0);
+          for (int64_t h = 0; h < 2; ++h) {
+            const int64_t b = 2 * j + h;
+            const bool real = b < c.nb;
+            cv[8 * h] = real ? -offset * sum[t * c.nb + b] : 0;
+            std::fill(dv + 8 * h, dv + 8 * h + 8, real ? d[t * c.nb + b] : 0.0f);
+          }
+        }
+      c.xcorr = corr;
+      c.xdp = dp;
+    } else {
+      quantize_acts_scalar(p.x, c.xs, p.n, in, c.kp, q, d, sum);
+    }
+  } else if (isa != Isa::scalar && p.n <= kGemvMaxTokens && p.weight_dtype != DType::f8_e4m3) {
+    const int64_t chunk = isa == Isa::avx512 ? 32 : 16;
+    c.kp = (in + chunk - 1) / chunk * chunk;
+    float* xp = grow(s.xp, p.n * c.kp);
+    for (int64_t t = 0; t < p.n; ++t) {
+      float* dst = xp + t * c.kp;
+      const float* x = p.x + t * c.xs;
+      std::fill(dst + in, dst + c.kp, 0.0f);
+      if (p.weight_dtype == DType::bf16) {
+        // A vector of bf16 widens as its even elements (shifted left) and its odd ones (masked):
+        // reorder x to match once here instead of shuffling every weight vector.
+        for (int64_t base = 0; base < in; base += chunk)
+          for (int64_t j = 0; j < chunk && base + j < in; ++j) dst[base + (j & 1) * (chunk / 2) + j / 2] = x[base + j];
+      } else {
+        std::memcpy(dst, x, static_cast<size_t>(in) * sizeof(float));
+      }
+    }
+    c.xp = xp;
+  }
+  auto rows = [&](int64_t o0, int64_t o1) {
+    switch (isa) {
+      case Isa::avx512: rows_avx512(c, o0, o1); break;
+      case Isa::avx2: rows_avx2(c, o0, o1); break;
+      default: rows_scalar(c, o0, o1);
     }
   };
   if (p.pool) {
@@ -86,5 +256,9 @@ void matmul(const MatmulParams& p) {
     rows(0, p.out_features);
   }
 }
+
+}  // namespace detail
+
+void matmul(const MatmulParams& p) { detail::matmul_isa(p, detail::best_isa()); }
 
 }  // namespace moerun::cpu

@@ -1,7 +1,8 @@
-// The reference RMSNorm: a plain loop with the sum of squares accumulated in fp32, as HF does.
+// RMSNorm with the sum of squares accumulated in fp32, as HF does (in sixteen lanes, kernels/cpu/vec.h).
 
 #include <cmath>
 
+#include "kernels/cpu/vec.h"
 #include "kernels/ops.h"
 
 namespace moerun::cpu {
@@ -11,10 +12,9 @@ void rms_norm(const RmsNormParams& p) {
   for (int64_t r = 0; r < p.rows; ++r) {
     const float* x = p.x + r * stride;
     float* out = p.out + r * stride;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < p.cols; ++i) sum += x[i] * x[i];
+    const float sum = vec::sum_squares(x, p.cols);
     const float inv = 1.0f / std::sqrt(sum / static_cast<float>(p.cols) + p.eps);
-    for (int64_t i = 0; i < p.cols; ++i) out[i] = p.weight[i] * (x[i] * inv);
+    vec::scale_mul(out, x, inv, p.weight, p.cols);
   }
 }
 

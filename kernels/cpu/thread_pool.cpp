@@ -1,8 +1,29 @@
+// The pool's dispatch: a generation counter that workers poll, then sleep on (see thread_pool.h).
+
 #include "kernels/cpu/thread_pool.h"
 
 #include <algorithm>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace moerun::cpu {
+namespace {
+
+// About 50-100 us of polling (pause is tens of cycles): longer than the gap between the ops of one
+// decode step, short enough that an idle session stops burning a core almost at once.
+constexpr int kSpinPauses = 1 << 12;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+}  // namespace
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -10,15 +31,13 @@ ThreadPool::ThreadPool(int threads) {
 }
 
 ThreadPool::~ThreadPool() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
-  }
-  start_.notify_all();
+  stop_.store(true);
+  generation_.fetch_add(1);
+  generation_.notify_all();
   for (std::thread& t : workers_) t.join();
 }
 
-void ThreadPool::run_slice(int index) {
+void ThreadPool::run_slice(int index) const {
   const int64_t parts = size();
   const int64_t chunks = (n_ + align_ - 1) / align_;
   const int64_t begin = std::min(n_, chunks * index / parts * align_);
@@ -29,37 +48,47 @@ void ThreadPool::run_slice(int index) {
 void ThreadPool::work(int index) {
   uint64_t seen = 0;
   for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      start_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
+    uint64_t g;
+    int spins = 0;
+    while ((g = generation_.load(std::memory_order_acquire)) == seen) {
+      if (++spins < kSpinPauses) {
+        cpu_relax();
+        continue;
+      }
+      // Sleep. sleepers_ is raised before the value is re-checked inside wait(), and the caller bumps
+      // the generation before reading sleepers_ (both seq_cst): either it sees a sleeper and
+      // notifies, or wait() sees the new generation and returns at once.
+      sleepers_.fetch_add(1);
+      generation_.wait(seen);
+      sleepers_.fetch_sub(1);
+      spins = 0;
     }
+    seen = g;
+    if (stop_.load(std::memory_order_acquire)) return;
     run_slice(index);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_ == 0) done_.notify_one();
-    }
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
-void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t align) {
+void ThreadPool::parallel_for(int64_t n, FunctionRef fn, int64_t align) {
+  align = std::max<int64_t>(align, 1);
   if (workers_.empty() || n <= align) {
     if (n > 0) fn(0, n);
     return;
   }
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    fn_ = &fn;
-    n_ = n;
-    align_ = std::max<int64_t>(align, 1);
-    pending_ = static_cast<int>(workers_.size());
-    ++generation_;
-  }
-  start_.notify_all();
+  fn_ = &fn;
+  n_ = n;
+  align_ = align;
+  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  generation_.fetch_add(1);  // seq_cst: publishes the call, ordered before the sleepers_ read
+  if (sleepers_.load() > 0) generation_.notify_all();
   run_slice(0);
-  std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [&] { return pending_ == 0; });
+  // Workers normally finish within microseconds of us; on an oversubscribed machine one may have
+  // been descheduled, so stop hogging the core after a while.
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < kSpinPauses) cpu_relax();
+    else std::this_thread::yield();
+  }
 }
 
 }  // namespace moerun::cpu

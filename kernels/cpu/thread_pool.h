@@ -1,15 +1,37 @@
 #pragma once
 // ThreadPool: the CPU backend's workers (docs/DESIGN.md: one pool sized by -t; ops split rows across
 // it). The calling thread takes part, so a pool of 1 runs everything inline.
+//
+// Decode issues a few hundred parallel_for calls per token, each only tens of microseconds long, so
+// dispatch latency matters more than anything else here: a call publishes (fn, n, align) and bumps a
+// generation counter; workers spin on that counter (with pause) for a while before sleeping on it
+// (futex via std::atomic::wait), and the caller spins on a pending count. No lock, no allocation:
+// the callable is passed by reference (FunctionRef), never copied into a std::function.
 
-#include <condition_variable>
+#include <atomic>
 #include <cstdint>
-#include <functional>
-#include <mutex>
+#include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace moerun::cpu {
+
+// A non-owning reference to a callable taking (begin, end): two pointers, no allocation. The callable
+// must outlive the call (a lambda argument lives until the end of the full expression).
+class FunctionRef {
+ public:
+  template <class F>
+    requires(!std::is_same_v<std::remove_cvref_t<F>, FunctionRef> && std::is_invocable_v<F&, int64_t, int64_t>)
+  FunctionRef(F&& f) noexcept  // NOLINT(google-explicit-constructor): converts like std::function
+      : obj_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
+        call_([](void* o, int64_t b, int64_t e) { (*static_cast<std::remove_reference_t<F>*>(o))(b, e); }) {}
+  void operator()(int64_t begin, int64_t end) const { call_(obj_, begin, end); }
+
+ private:
+  void* obj_;
+  void (*call_)(void*, int64_t, int64_t);
+};
 
 class ThreadPool {
  public:
@@ -21,21 +43,23 @@ class ThreadPool {
   int size() const noexcept { return static_cast<int>(workers_.size()) + 1; }
 
   // Calls fn(begin, end) on contiguous slices covering [0, n), one slice per thread (slice starts
-  // are multiples of `align`), and returns when all are done. Not reentrant.
-  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t align = 1);
+  // are multiples of `align`; thread i gets the i-th slice, so a thread streams the same rows every
+  // call), and returns when all are done. n <= align runs inline. Not reentrant.
+  void parallel_for(int64_t n, FunctionRef fn, int64_t align = 1);
 
  private:
   void work(int index);
-  void run_slice(int index);
+  void run_slice(int index) const;
 
   std::vector<std::thread> workers_;
-  std::mutex mutex_;
-  std::condition_variable start_, done_;
-  const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
+  // The published call; written before generation_ is bumped (release), read after it is seen.
+  const FunctionRef* fn_ = nullptr;
   int64_t n_ = 0, align_ = 1;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  // Each on its own cache line: workers poll generation_ while the caller counts pending_ down.
+  alignas(64) std::atomic<uint64_t> generation_{0};
+  alignas(64) std::atomic<int> pending_{0};
+  alignas(64) std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace moerun::cpu

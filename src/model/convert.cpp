@@ -3,7 +3,9 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <vector>
 
+#include "kernels/cpu/quant.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
 #include "util/strings.h"
@@ -18,7 +20,7 @@ template <class Fill>
 Tensor owned(DType dtype, const Shape& shape, Fill fill) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
-  auto buf = std::shared_ptr<std::byte[]>(new std::byte[static_cast<size_t>(n) * dtype_size(dtype) + 1]);
+  auto buf = std::shared_ptr<std::byte[]>(new std::byte[dtype_bytes(dtype, n) + 1]);
   fill(buf.get(), n);
   return Tensor(dtype, shape, buf.get(), std::shared_ptr<const void>(buf, buf.get()));
 }
@@ -51,10 +53,16 @@ Tensor prepare_matrix(const Tensor& t) {
 struct Preparer {
   const ModelConfig& c;
   DType fp8_to;
+  WeightQuant quant;
 
-  LinearWeight linear(const LinearWeight& w) const {
+  // quantize: whether this projection may be quantized (kv_b_proj may not).
+  LinearWeight linear(const LinearWeight& w, bool quantize = true) const {
     LinearWeight out;
-    if (w.weight && w.weight.dtype() == DType::f8_e4m3) {
+    if (quantize && quant != WeightQuant::none && w.weight && w.weight.rank() == 2 && w.weight.dim(1) % 32 == 0 &&
+        is_float(w.weight.dtype())) {
+      out.weight = quantize_matrix(w.weight, w.weight_scale_inv, c.fp8.block_out, c.fp8.block_in,
+                                   quant == WeightQuant::q8 ? DType::q8_0 : DType::q4_0);
+    } else if (w.weight && w.weight.dtype() == DType::f8_e4m3) {
       out.weight = dequantize_fp8(w.weight, w.weight_scale_inv, c.fp8.block_out, c.fp8.block_in, fp8_to);
     } else {
       out.weight = prepare_matrix(w.weight);
@@ -88,9 +96,25 @@ Tensor dequantize_fp8(const Tensor& q, const Tensor& s, int64_t block_out, int64
   });
 }
 
+Tensor quantize_matrix(const Tensor& w, const Tensor& scale_inv, int64_t block_out, int64_t block_in, DType to) {
+  if (to != DType::q8_0 && to != DType::q4_0) throw Error("quantize_matrix", "target dtype must be Q8_0 or Q4_0");
+  if (w.rank() != 2 || w.dim(1) % cpu::kQuantBlock != 0)
+    throw Error("quantize_matrix", cat("need [out, in] with in a multiple of 32, got ", shape_str(w.shape())));
+  // FP8 goes through its exact f32 dequantization; other dtypes are read row by row.
+  const Tensor src = w.dtype() == DType::f8_e4m3 ? dequantize_fp8(w, scale_inv, block_out, block_in, DType::f32) : w;
+  const int64_t rows = src.dim(0), cols = src.dim(1);
+  const size_t row_bytes = dtype_bytes(to, cols);
+  return owned(to, src.shape(), [&](std::byte* dst, int64_t) {
+    std::vector<float> row(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; j < cols; ++j) row[static_cast<size_t>(j)] = element(src, r * cols + j);
+      cpu::quantize_row(to, row.data(), cols, dst + static_cast<size_t>(r) * row_bytes);
+    }
+  });
+}
+
 ModelWeights prepare_weights(const ModelWeights& w, const ModelConfig& c, DType fp8_to, WeightQuant quant) {
-  if (quant != WeightQuant::none) throw Error("prepare_weights", "weight quantization is not available in this build yet");
-  const Preparer p{c, fp8_to};
+  const Preparer p{c, fp8_to, quant};
   ModelWeights out;
   out.embed_tokens = prepare_matrix(w.embed_tokens);
   out.norm = to_f32(w.norm);
@@ -110,7 +134,7 @@ ModelWeights prepare_weights(const ModelWeights& w, const ModelConfig& c, DType 
     o.q_b_proj = p.linear(L.q_b_proj);
     o.kv_a_proj_with_mqa = p.linear(L.kv_a_proj_with_mqa);
     o.kv_a_layernorm = to_f32(L.kv_a_layernorm);
-    o.kv_b_proj = p.linear(L.kv_b_proj);
+    o.kv_b_proj = p.linear(L.kv_b_proj, /*quantize=*/false);  // read per head, element by element
     o.mlp = p.mlp(L.mlp);
     o.router = prepare_matrix(L.router);
     o.e_score_correction_bias = to_f32(L.e_score_correction_bias);

@@ -46,8 +46,8 @@ Tensor Tensor::narrow(int64_t start, int64_t length) const {
                                               shape_str(shape_)));
   Tensor t = *this;
   t.shape_[0] = length;
-  t.data_ = static_cast<const char*>(data_) +
-            static_cast<size_t>(start * strides_[0]) * dtype_size(dtype_);
+  // Block types: a row (strides_[0] elements) is a whole number of blocks, so this is exact.
+  t.data_ = static_cast<const char*>(data_) + dtype_bytes(dtype_, start * strides_[0]);
   return t;
 }
 

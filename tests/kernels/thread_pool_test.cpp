@@ -4,7 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
+#include <functional>
+#include <mutex>
+#include <set>
+#include <thread>
 #include <vector>
 
 #include "kernels/cpu/thread_pool.h"
@@ -37,6 +42,50 @@ TEST(ThreadPool, RunsManyCallsInARow) {
   for (int call = 0; call < 2000; ++call)
     pool.parallel_for(10, [&](int64_t b, int64_t e) { total += e - b; });
   EXPECT_EQ(total.load(), 20000);
+}
+
+TEST(ThreadPool, WakesWorkersThatWentToSleep) {
+  // Gaps longer than the workers' spin: every call after the first finds them asleep on the futex.
+  cpu::ThreadPool pool(3);
+  for (int call = 0; call < 5; ++call) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::atomic<int64_t> total{0};
+    pool.parallel_for(300, [&](int64_t b, int64_t e) { total += e - b; }, 16);
+    ASSERT_EQ(total.load(), 300) << "call " << call;
+  }
+}
+
+TEST(ThreadPool, EachThreadKeepsItsSliceAcrossCalls) {
+  // Thread i always gets slice i, so a weight row is streamed by the same core every decode step.
+  cpu::ThreadPool pool(2);
+  std::mutex m;
+  std::vector<std::set<std::thread::id>> owners(2);
+  for (int call = 0; call < 200; ++call)
+    pool.parallel_for(64, [&](int64_t b, int64_t) {
+      std::lock_guard<std::mutex> lock(m);
+      owners[b == 0 ? 0 : 1].insert(std::this_thread::get_id());
+    }, 16);
+  EXPECT_EQ(owners[0].size(), 1u);
+  EXPECT_EQ(owners[1].size(), 1u);
+  EXPECT_NE(*owners[0].begin(), *owners[1].begin());
+  EXPECT_EQ(*owners[0].begin(), std::this_thread::get_id()) << "the caller runs slice 0";
+}
+
+TEST(ThreadPool, TakesAnyCallableByReference) {
+  cpu::ThreadPool pool(2);
+  int64_t sum_lo = 0, sum_hi = 0;
+  const std::function<void(int64_t, int64_t)> fn = [&](int64_t b, int64_t e) { (b == 0 ? sum_lo : sum_hi) = e - b; };
+  pool.parallel_for(100, fn, 1);  // a std::function still works (passed by reference, not copied)
+  EXPECT_EQ(sum_lo + sum_hi, 100);
+  struct Functor {
+    std::atomic<int>* calls;
+    void operator()(int64_t, int64_t) const { ++*calls; }
+  };
+  std::atomic<int> calls{0};
+  pool.parallel_for(100, Functor{&calls}, 1);
+  EXPECT_EQ(calls.load(), 2);
+  pool.parallel_for(0, Functor{&calls}, 1);  // nothing to do: fn is not called
+  EXPECT_EQ(calls.load(), 2);
 }
 
 TEST(MatmulThreaded, EqualsSingleThreadedBitForBit) {

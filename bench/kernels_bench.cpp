@@ -1,0 +1,210 @@
+// Microbenchmarks of the CPU kernels: GEMV per weight dtype (the decode roofline: bytes/s of weight
+// streamed, compare with the machine's read bandwidth), GEMM prefill, attention decode over a long
+// cache (GQA and MLA absorbed shapes) and routing. Run e.g.
+//   build/bench/moerun_kernel_bench --benchmark_filter=Gemv --benchmark_repetitions=5
+// GEMV cycles through copies of the weight totalling kStreamBytes (more than the last-level cache), so
+// every iteration reads its weights from memory as decode does.
+
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "kernels/cpu/quant.h"
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/ops.h"
+
+namespace moerun {
+namespace {
+
+constexpr size_t kStreamBytes = size_t{768} << 20;  // > a 260 MiB L3
+
+class Rng {  // SplitMix64
+ public:
+  explicit Rng(uint64_t seed) : s_(seed) {}
+  float uniform() {
+    uint64_t z = (s_ += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return static_cast<float>(static_cast<double>(z >> 40) * 0x1p-24) * 2.0f - 1.0f;
+  }
+
+ private:
+  uint64_t s_;
+};
+
+std::vector<float> random_floats(int64_t n, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& f : v) f = rng.uniform();
+  return v;
+}
+
+// One [out, in] weight of `dtype` as bytes.
+std::vector<unsigned char> make_weight(DType dtype, int64_t out, int64_t in, uint64_t seed) {
+  const std::vector<float> f = random_floats(out * in, seed);
+  std::vector<unsigned char> raw(dtype_bytes(dtype, out * in));
+  for (int64_t o = 0; o < out; ++o) {
+    const float* src = f.data() + o * in;
+    unsigned char* dst = raw.data() + dtype_bytes(dtype, o * in);
+    switch (dtype) {
+      case DType::f32: std::memcpy(dst, src, static_cast<size_t>(in) * 4); break;
+      case DType::bf16:
+      case DType::f16:
+        for (int64_t i = 0; i < in; ++i) {
+          const uint16_t h = dtype == DType::bf16 ? cpu::f32_to_bf16(src[i]) : cpu::f32_to_f16(src[i]);
+          std::memcpy(dst + 2 * i, &h, 2);
+        }
+        break;
+      default: cpu::quantize_row(dtype, src, in, dst);
+    }
+  }
+  return raw;
+}
+
+std::unique_ptr<cpu::ThreadPool> pool_for(int threads) {
+  return threads > 1 ? std::make_unique<cpu::ThreadPool>(threads) : nullptr;
+}
+
+// The roofline for BM_Gemv: a plain read of the same kStreamBytes, split across threads like the
+// matmul's rows. args: threads.
+void BM_ReadBandwidth(benchmark::State& state) {
+  const auto pool = pool_for(static_cast<int>(state.range(0)));
+  const size_t chunk = size_t{8} << 20, chunks = kStreamBytes / chunk;
+  std::vector<uint64_t> buf(kStreamBytes / 8, 1);
+  size_t c = 0;
+  for (auto _ : state) {
+    const uint64_t* p = buf.data() + c * (chunk / 8);
+    uint64_t sums[2][8] = {};
+    auto read = [&](int64_t b, int64_t e) {
+      uint64_t s[8] = {};  // eight independent chains: the loop is bound by loads, not additions
+      for (int64_t i = b; i < e; i += 8)
+        for (int j = 0; j < 8; ++j) s[j] += p[i + j];
+      std::memcpy(sums[b == 0 ? 0 : 1], s, sizeof(s));
+    };
+    const int64_t words = static_cast<int64_t>(chunk / 8);
+    if (pool) pool->parallel_for(words, read, 1024);
+    else read(0, words);
+    benchmark::DoNotOptimize(sums);
+    c = (c + 1) % chunks;
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(chunk));
+}
+BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime();
+
+// args: dtype, out_features, in_features, threads[, hot]. hot = 1: one copy of the weight that stays
+// in cache (the kernel's compute ceiling rather than the memory's).
+void BM_Gemv(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const int64_t out = state.range(1), in = state.range(2);
+  const auto pool = pool_for(static_cast<int>(state.range(3)));
+  const bool hot = state.range(4) != 0;
+  const std::vector<unsigned char> one = make_weight(dtype, out, in, 1);
+  const size_t copies = hot ? 1 : std::max<size_t>(1, kStreamBytes / one.size());
+  std::vector<unsigned char> all(one.size() * copies);
+  for (size_t c = 0; c < copies; ++c) std::memcpy(all.data() + c * one.size(), one.data(), one.size());
+  const std::vector<float> x = random_floats(in, 2);
+  std::vector<float> y(static_cast<size_t>(out));
+  size_t c = 0;
+  for (auto _ : state) {
+    cpu::matmul({.out = y.data(), .x = x.data(), .weight = all.data() + c * one.size(), .weight_dtype = dtype, .n = 1,
+                 .in_features = in, .out_features = out, .pool = pool.get()});
+    benchmark::DoNotOptimize(y.data());
+    c = (c + 1) % copies;
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(one.size()));
+  state.SetLabel(std::string(dtype_name(dtype)));
+}
+
+void gemv_args(benchmark::internal::Benchmark* b) {
+  for (DType d : {DType::f32, DType::bf16, DType::f16, DType::q8_0, DType::q4_0})
+    for (auto [out, in] : {std::pair<int64_t, int64_t>{2048, 2048}, {768, 2048}, {2048, 768}})
+      for (int threads : {1, 2}) b->Args({static_cast<int64_t>(d), out, in, threads, 0});
+  for (DType d : {DType::f32, DType::bf16, DType::f16, DType::q8_0, DType::q4_0}) b->Args({static_cast<int64_t>(d), 256, 2048, 1, 1});
+  b->ArgNames({"dtype", "out", "in", "threads", "hot"})->UseRealTime();
+}
+BENCHMARK(BM_Gemv)->Apply(gemv_args);
+
+// args: dtype, tokens, threads; a 2048 x 2048 projection.
+void BM_Gemm(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const int64_t n = state.range(1), out = 2048, in = 2048;
+  const auto pool = pool_for(static_cast<int>(state.range(2)));
+  const std::vector<unsigned char> w = make_weight(dtype, out, in, 3);
+  const std::vector<float> x = random_floats(n * in, 4);
+  std::vector<float> y(static_cast<size_t>(n * out));
+  for (auto _ : state) {
+    cpu::matmul({.out = y.data(), .x = x.data(), .weight = w.data(), .weight_dtype = dtype, .n = n,
+                 .in_features = in, .out_features = out, .pool = pool.get()});
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);  // tokens/s
+  state.counters["GFLOP/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * 2.0 * n * out * in * 1e-9,
+                                                 benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(dtype_name(dtype)));
+}
+BENCHMARK(BM_Gemm)
+    ->ArgsProduct({{static_cast<int64_t>(DType::bf16), static_cast<int64_t>(DType::f32), static_cast<int64_t>(DType::q8_0),
+                    static_cast<int64_t>(DType::q4_0)},
+                   {64, 512},
+                   {1, 2}})
+    ->ArgNames({"dtype", "tokens", "threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// args: context, mla (0: GQA 32 q / 4 kv heads of 128, Qwen3-30B-A3B; 1: MLA absorbed, 16 heads over
+// one 512 + 64 latent row, DeepSeek-V2-Lite), threads. One decode token at the last position.
+void BM_AttentionDecode(benchmark::State& state) {
+  const int64_t ctx = state.range(0);
+  const bool mla = state.range(1) != 0;
+  const auto pool = pool_for(static_cast<int>(state.range(2)));
+  const int64_t H = mla ? 16 : 32, Hkv = mla ? 1 : 4, qk = mla ? 576 : 128, vd = mla ? 512 : 128;
+  const int64_t k_row = Hkv * qk, v_row = mla ? qk : Hkv * vd;
+  const std::vector<float> q = random_floats(H * qk, 5), k = random_floats(ctx * k_row, 6);
+  const std::vector<float> v = mla ? std::vector<float>() : random_floats(ctx * v_row, 7);
+  std::vector<float> out(static_cast<size_t>(H * vd)), scratch(static_cast<size_t>(ctx));
+  const int64_t pos = ctx - 1;
+  for (auto _ : state) {
+    cpu::attention({.out = out.data(), .q = q.data(), .k = k.data(), .v = mla ? k.data() : v.data(), .positions = &pos,
+                    .n_tokens = 1, .n_heads = H, .n_kv_heads = Hkv, .qk_dim = qk, .v_dim = vd,
+                    .q_token_stride = H * qk, .q_head_stride = qk, .k_pos_stride = k_row, .k_head_stride = mla ? 0 : qk,
+                    .v_pos_stride = v_row, .v_head_stride = mla ? 0 : vd, .scale = 0.08f, .scratch = scratch.data(),
+                    .pool = pool.get()});
+    benchmark::DoNotOptimize(out.data());
+  }
+  const int64_t cache_bytes = ctx * (k_row + (mla ? 0 : v_row)) * 4;
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * cache_bytes);
+}
+BENCHMARK(BM_AttentionDecode)
+    ->ArgsProduct({{512, 4096}, {0, 1}, {1, 2}})
+    ->ArgNames({"ctx", "mla", "threads"})
+    ->UseRealTime();
+
+// args: experts, top_k, noaux_tc (0: softmax greedy, Qwen3-MoE/OLMoE; 1: sigmoid + bias + 8 groups,
+// DeepSeek-V3), tokens.
+void BM_Route(benchmark::State& state) {
+  const int64_t E = state.range(0), K = state.range(1), n = state.range(3);
+  const bool v3 = state.range(2) != 0;
+  const std::vector<float> logits = random_floats(n * E, 8), bias = random_floats(E, 9);
+  std::vector<int32_t> ids(static_cast<size_t>(n * K));
+  std::vector<float> weights(static_cast<size_t>(n * K)), scratch(static_cast<size_t>(3 * E + 8));
+  for (auto _ : state) {
+    cpu::route({.expert_ids = ids.data(), .expert_weights = weights.data(), .logits = logits.data(),
+                .correction_bias = v3 ? bias.data() : nullptr, .n_tokens = n, .n_experts = E, .top_k = K,
+                .score = v3 ? ScoreFunc::sigmoid : ScoreFunc::softmax,
+                .method = v3 ? TopkMethod::noaux_tc : TopkMethod::greedy, .n_group = v3 ? 8 : 1,
+                .topk_group = v3 ? 4 : 1, .norm_topk_prob = true, .routed_scaling_factor = v3 ? 2.5f : 1.0f,
+                .scratch = scratch.data()});
+    benchmark::DoNotOptimize(ids.data());
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
+}
+BENCHMARK(BM_Route)->Args({64, 8, 0, 1})->Args({256, 8, 1, 1})->Args({64, 8, 0, 512})->Args({256, 8, 1, 512})
+    ->ArgNames({"experts", "top_k", "noaux_tc", "tokens"});
+
+}  // namespace
+}  // namespace moerun
+
+BENCHMARK_MAIN();

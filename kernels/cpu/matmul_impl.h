@@ -1,0 +1,66 @@
+#pragma once
+// Internals of cpu::matmul shared by its per-instruction-set files (matmul.cpp dispatches,
+// matmul_avx512.cpp and matmul_avx2.cpp hold the vector kernels) and by the tests, which run every
+// path this CPU supports against the scalar one.
+//
+// A call is prepared once by the calling thread (activations padded, reordered or quantized into
+// scratch that all workers read), then output rows [o0, o1) are computed per thread.
+
+#include <cstdint>
+
+#include "kernels/ops.h"
+
+namespace moerun::cpu::detail {
+
+// The instruction sets with their own kernels. avx512 needs F, BW, VL, DQ and VNNI (Ice Lake, Zen 4
+// and later); avx2 needs AVX2, FMA and F16C (Haswell and later).
+enum class Isa : uint8_t { scalar, avx2, avx512 };
+
+Isa best_isa() noexcept;  // the best this CPU has; MOERUN_CPU_ISA=scalar|avx2 in the environment caps it
+const char* isa_name(Isa isa) noexcept;
+
+// Few tokens (decode) read each weight straight from its storage for all of them; more tokens go
+// through widened fp32 rows reused across a cache-sized tile of tokens.
+inline constexpr int64_t kGemvMaxTokens = 4;
+
+// One prepared call.
+struct MatmulCall {
+  const MatmulParams* p = nullptr;
+  int64_t xs = 0, os = 0;  // resolved row strides of x and out
+  // Float weights, n <= kGemvMaxTokens: token t's x at xp + t * kp, zero padded to kp (a multiple of
+  // the chunk: 32 floats for avx512, 16 for avx2). For bf16 weights each chunk is reordered as its
+  // even elements then its odd elements, matching how a vector of bf16 widens (see the kernels).
+  const float* xp = nullptr;
+  int64_t kp = 0;
+  // Quantized weights (q8_0, q4_0): token t's activations as int8 per 32-block, xq + t * kp (kp a
+  // multiple of 64, zero padded), with per-block scales xd[t * nb + b] and sums xsum[t * nb + b].
+  const int8_t* xq = nullptr;
+  const float* xd = nullptr;
+  const int32_t* xsum = nullptr;
+  int64_t nb = 0;
+  // avx512 only, per token and pair of blocks (np pairs): 16 int32 lanes starting the VNNI dot
+  // (-offset * sum in lanes 0 and 8) and 16 float lanes of the activation scales (8 per block).
+  const int32_t* xcorr = nullptr;
+  const float* xdp = nullptr;
+  int64_t np = 0;
+};
+
+// Output rows [o0, o1) on each instruction set.
+void rows_scalar(const MatmulCall& c, int64_t o0, int64_t o1);
+void rows_avx2(const MatmulCall& c, int64_t o0, int64_t o1);
+void rows_avx512(const MatmulCall& c, int64_t o0, int64_t o1);
+
+// Activations for quantized weights: per token and 32-block, d = max|x| / 127 and
+// q = round(x * 127 / max|x|) (nearest even), the same bits on every instruction set.
+void quantize_acts_scalar(const float* x, int64_t xs, int64_t n, int64_t k, int64_t kp, int8_t* q, float* d,
+                          int32_t* sum);
+void quantize_acts_avx512(const float* x, int64_t xs, int64_t n, int64_t k, int64_t kp, int8_t* q, float* d,
+                          int32_t* sum);
+
+// Weight row o of any float dtype (f32, bf16, f16, f8_e4m3 with its block scales) as k floats.
+void widen_row(const MatmulParams& p, int64_t o, float* dst);
+
+// The matmul on a chosen instruction set (which this CPU must support).
+void matmul_isa(const MatmulParams& p, Isa isa);
+
+}  // namespace moerun::cpu::detail
