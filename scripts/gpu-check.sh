@@ -15,7 +15,8 @@
 # tests once under compute-sanitizer memcheck and the attention/MLA/routing/MoE tests under racecheck;
 # `moerun bench --backend cuda` (pp512, tg128; plus tg128 at depth 8192 on the MLA model) on the default
 # model's shape, a Qwen3-30B-A3B shape and a DeepSeek-V3 shape with layers and experts capped to fit;
-# bench itself measures the device copy bandwidth and a cuBLAS bf16 GEMM rate as the ceilings.
+# bench itself measures the device copy bandwidth and a cuBLAS bf16 GEMM rate as the ceilings; the kernel
+# microbenchmarks (bench/cuda_kernels_bench.cpp) put the decode GEMV and MLA attention against them.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root="$(pwd)"
@@ -38,9 +39,9 @@ configure_and_build() {
   local nvcc
   nvcc="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOERUN_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" \
-    -DCMAKE_CUDA_ARCHITECTURES=90 -DMOERUN_BUILD_BENCH=OFF \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DMOERUN_BUILD_BENCH=ON \
     -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >/dev/null || return 1
-  cmake --build "$build" --target moerun_cli cuda_tests runtime_tests || return 1
+  cmake --build "$build" --target moerun_cli cuda_tests runtime_tests moerun_cuda_bench || return 1
 }
 
 if [[ $mode == bundle ]]; then
@@ -49,7 +50,7 @@ if [[ $mode == bundle ]]; then
   # Shared libraries the GPU machine has no package for: everything outside glibc and the CUDA
   # driver/libraries (cuBLAS and the runtime come from its Python wheels; libcudart is small, so it
   # travels too in case the wheel's is older).
-  for exe in "$build/moerun" "$build/tests/cuda_tests" "$build/tests/runtime_tests"; do
+  for exe in "$build/moerun" "$build/tests/cuda_tests" "$build/tests/runtime_tests" "$build/bench/moerun_cuda_bench"; do
     ldd "$exe" | awk '/=> \//{print $3}' | while read -r lib; do
       case "$(basename "$lib")" in
         libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libcublas*|libnvidia*) ;;
@@ -105,7 +106,11 @@ if ((sanitizer)) && [[ -n $sanitizer_bin ]]; then
     --gtest_filter='*Attention*:*Route*:*Moe*:*HeadMatmul*' >"$out/racecheck.log" 2>&1 || true
 fi
 
-# 3. Bench. Models are made in memory from config.json shapes (random weights; speed depends only on
+# 3. Kernel ceilings: decode GEMV (bf16, FP8) and MLA/GQA decode attention against the copy bandwidth.
+"$build/bench/moerun_cuda_bench" --benchmark_format=json --benchmark_out="$out/kernels.json" \
+  --benchmark_out_format=json >"$out/kernels.log" 2>&1 || echo "gpu-check: moerun_cuda_bench failed: $(tail -1 "$out/kernels.log")"
+
+# 4. Bench. Models are made in memory from config.json shapes (random weights; speed depends only on
 # shapes): the default model's own config when it is here, else its copy in tests/data/configs.
 bench() {  # name, args...
   local name="$1"; shift
@@ -123,7 +128,7 @@ if ((!quick)); then
   bench deepseek_v3 --synthetic tests/data/configs/deepseek_v3.json --layers 5 --experts 64 -p 512 -n 128 -d 0,8192
 fi
 
-# 4. The table.
+# 5. The table.
 python3 - "$out" <<'EOF'
 import glob, json, os, re, sys
 out = sys.argv[1]
@@ -154,6 +159,17 @@ for name in ("cuda_tests", "backend_tests"):
     print(f"{name}: " + ("no result" if r is None else f"{r[0]} passed, {r[1]} failed, {r[2]} skipped"))
 print(f"compute-sanitizer memcheck findings: {findings(os.path.join(out, 'memcheck.log'))}; "
       f"racecheck findings: {findings(os.path.join(out, 'racecheck.log'))}")
+try:
+    kernels = json.load(open(os.path.join(out, "kernels.json")))["benchmarks"]
+except Exception:
+    kernels = []
+if kernels:
+    print("| kernel | time (us) | GB/s | % of copy bw |")
+    print("| --- | ---: | ---: | ---: |")
+    for b in kernels:
+        if "gbps" in b:
+            print(f"| {b['name']} | {b['real_time'] * {'ns': 1e-3, 'us': 1, 'ms': 1e3}.get(b.get('time_unit', 'ns'), 1):.1f} | "
+                  f"{b['gbps']:.0f} | {100 * b['gbps'] / b['copy_gbps']:.1f} |")
 rows = []
 for path in sorted(glob.glob(os.path.join(out, "bench_*.json"))):
     try:
