@@ -2,11 +2,12 @@
 # Every GPU check in one call, ending with one table.
 #
 #   scripts/gpu-check.sh --bundle      here (no GPU needed): build build-gpu/ for sm_90 with libstdc++ and
-#                                      GoogleTest linked statically, and copy into build-gpu/lib the shared
-#                                      libraries a bare GPU machine lacks (not cuBLAS: it comes from the
-#                                      machine's Python wheels). Carry build-gpu/ to the GPU machine.
-#   scripts/gpu-check.sh [options]     on the GPU machine: run everything with build-gpu/ (builds it first
-#                                      when it is missing and a full toolchain is present)
+#                                      GoogleTest linked statically, then gather the stripped executables and
+#                                      the shared libraries a bare GPU machine lacks (not cuBLAS: it comes from
+#                                      the machine's Python wheels) into build-gpu-bundle/ (~25 MB). Carry
+#                                      build-gpu-bundle/ to the GPU machine.
+#   scripts/gpu-check.sh [options]     on the GPU machine: run everything with build-gpu-bundle/ (or build-gpu/;
+#                                      builds that first when neither is there and a full toolchain is)
 #     --quick            op tests and one bench model only
 #     --no-sanitizer     skip the compute-sanitizer passes
 #     --out DIR          where logs and JSON go (default: $OUT if set, else build-gpu/gpu-check)
@@ -44,9 +45,14 @@ configure_and_build() {
   cmake --build "$build" --target moerun_cli cuda_tests runtime_tests moerun_cuda_bench || return 1
 }
 
+bundle="${build}-bundle"
 if [[ $mode == bundle ]]; then
   configure_and_build || exit 1
-  mkdir -p "$build/lib"
+  rm -rf "$bundle"
+  mkdir -p "$bundle/lib" "$bundle/tests" "$bundle/bench"
+  for exe in moerun tests/cuda_tests tests/runtime_tests bench/moerun_cuda_bench; do
+    cp "$build/$exe" "$bundle/$exe" && strip "$bundle/$exe"
+  done
   # Shared libraries the GPU machine has no package for: everything outside glibc and the CUDA
   # driver/libraries (cuBLAS and the runtime come from its Python wheels; libcudart is small, so it
   # travels too in case the wheel's is older).
@@ -54,14 +60,15 @@ if [[ $mode == bundle ]]; then
     ldd "$exe" | awk '/=> \//{print $3}' | while read -r lib; do
       case "$(basename "$lib")" in
         libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libcublas*|libnvidia*) ;;
-        *) cp -Lu "$lib" "$build/lib/" ;;
+        *) cp -Lu "$lib" "$bundle/lib/" ;;
       esac
     done
   done
-  du -sh "$build/lib" "$build/moerun" "$build/tests/cuda_tests" "$build/tests/runtime_tests"
-  echo "bundle ready: carry '$build' (strip it if it is near the 64 MiB limit: strip $build/moerun $build/tests/*_tests)"
+  du -sh "$bundle"
+  echo "bundle ready: carry '$bundle'"
   exit 0
 fi
+[[ -x $bundle/moerun ]] && build="$bundle"
 
 # --- on the GPU machine ---------------------------------------------------------------------------
 out="${out:-$build/gpu-check}"
