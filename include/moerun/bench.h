@@ -17,8 +17,9 @@ struct BandwidthCeiling {
   uint64_t bytes = 0;  // buffer size read per pass
 };
 
-// A STREAM-like read: threads sum disjoint slices of a buffer much larger than the last-level cache.
-BandwidthCeiling measure_read_bandwidth(int threads, uint64_t bytes = uint64_t{512} << 20);
+// A STREAM-like read: threads sum disjoint slices of a buffer larger than the last-level cache
+// (1 GiB; some servers have 256+ MiB of L3) with wide vector loads; best of 5 passes.
+BandwidthCeiling measure_read_bandwidth(int threads, uint64_t bytes = uint64_t{1} << 30);
 
 // The GPU's ceiling: a device-to-device copy, counting the bytes read and written (CUDA builds with
 // a usable device; throws Error otherwise).

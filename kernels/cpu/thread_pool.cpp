@@ -37,12 +37,12 @@ ThreadPool::~ThreadPool() {
   for (std::thread& t : workers_) t.join();
 }
 
-void ThreadPool::run_slice(int index) const {
-  const int64_t parts = size();
-  const int64_t chunks = (n_ + align_ - 1) / align_;
-  const int64_t begin = std::min(n_, chunks * index / parts * align_);
-  const int64_t end = std::min(n_, chunks * (index + 1) / parts * align_);
-  if (begin < end) (*fn_)(begin, end);
+void ThreadPool::run_slice(int) {
+  for (;;) {
+    const int64_t begin = cursor_.fetch_add(chunk_, std::memory_order_relaxed);
+    if (begin >= n_) return;
+    (*fn_)(begin, std::min(n_, begin + chunk_));
+  }
 }
 
 void ThreadPool::work(int index) {
@@ -79,6 +79,11 @@ void ThreadPool::parallel_for(int64_t n, FunctionRef fn, int64_t align) {
   fn_ = &fn;
   n_ = n;
   align_ = align;
+  // About eight chunks per thread: enough to even out cores that run at different speeds, few
+  // enough that claiming them costs nothing next to the work.
+  const int64_t per = (n + 8 * size() - 1) / (8 * size());
+  chunk_ = std::max<int64_t>(align, (per + align - 1) / align * align);
+  cursor_.store(0, std::memory_order_relaxed);
   pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
   generation_.fetch_add(1);  // seq_cst: publishes the call, ordered before the sleepers_ read
   if (sleepers_.load() > 0) generation_.notify_all();

@@ -42,23 +42,25 @@ class ThreadPool {
 
   int size() const noexcept { return static_cast<int>(workers_.size()) + 1; }
 
-  // Calls fn(begin, end) on contiguous slices covering [0, n), one slice per thread (slice starts
-  // are multiples of `align`; thread i gets the i-th slice, so a thread streams the same rows every
-  // call), and returns when all are done. n <= align runs inline. Not reentrant.
+  // Calls fn(begin, end) on contiguous chunks covering [0, n) exactly once (chunk starts are
+  // multiples of `align`) and returns when all are done. Threads claim chunks from a shared cursor,
+  // about eight per thread, so a core slowed by the other's traffic or by a neighbour on the host
+  // does less instead of holding everyone up. n <= align runs inline. Not reentrant.
   void parallel_for(int64_t n, FunctionRef fn, int64_t align = 1);
 
  private:
   void work(int index);
-  void run_slice(int index) const;
+  void run_slice(int index);
 
   std::vector<std::thread> workers_;
   // The published call; written before generation_ is bumped (release), read after it is seen.
   const FunctionRef* fn_ = nullptr;
-  int64_t n_ = 0, align_ = 1;
+  int64_t n_ = 0, align_ = 1, chunk_ = 1;
   // Each on its own cache line: workers poll generation_ while the caller counts pending_ down.
   alignas(64) std::atomic<uint64_t> generation_{0};
   alignas(64) std::atomic<int> pending_{0};
   alignas(64) std::atomic<int> sleepers_{0};
+  alignas(64) std::atomic<int64_t> cursor_{0};  // next unclaimed index of the call
   std::atomic<bool> stop_{false};
 };
 
