@@ -6,6 +6,7 @@
 // No CUDA header here: the CPU-only build and the CLI never need the toolkit.
 
 #include <cstdint>
+#include <span>
 
 #include "moerun/config.h"
 #include "moerun/dtype.h"
@@ -190,6 +191,10 @@ struct MoeParams {
 
 namespace cpu {
 void matmul(const MatmulParams& p);
+// Up to four matmuls (e.g. the q/k/v or gate/up projections of the same rows) in one pass over the
+// pool: their output rows are split together, so the group costs one dispatch and the threads stay
+// balanced. Each entry's results are exactly matmul()'s; the entries' own pool fields are ignored.
+void matmul_group(std::span<const MatmulParams> ps, ThreadPool* pool);
 void rms_norm(const RmsNormParams& p);
 void rope(const RopeParams& p);
 void attention(const AttentionParams& p);

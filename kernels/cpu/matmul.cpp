@@ -7,6 +7,7 @@
 // for float weights (bf16 weights are widened, never the activations narrowed).
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -181,10 +182,11 @@ void rows_scalar(const MatmulCall& c, int64_t o0, int64_t o1) {
   }
 }
 
-void matmul_isa(const MatmulParams& p, Isa isa) {
-  check(p);
-  if (p.n <= 0 || p.out_features <= 0) return;
-  thread_local Scratch s;
+namespace {
+
+// Everything a call does once before its rows are split: x reordered, padded or quantized into the
+// scratch `s` (which must live until the rows are done).
+MatmulCall prepare_call(const MatmulParams& p, Isa isa, Scratch& s) {
   MatmulCall c;
   c.p = &p;
   c.xs = p.x_stride ? p.x_stride : p.in_features;
@@ -243,13 +245,25 @@ void matmul_isa(const MatmulParams& p, Isa isa) {
     }
     c.xp = xp;
   }
-  auto rows = [&](int64_t o0, int64_t o1) {
-    switch (isa) {
-      case Isa::avx512: rows_avx512(c, o0, o1); break;
-      case Isa::avx2: rows_avx2(c, o0, o1); break;
-      default: rows_scalar(c, o0, o1);
-    }
-  };
+  return c;
+}
+
+void run_rows(const MatmulCall& c, Isa isa, int64_t o0, int64_t o1) {
+  switch (isa) {
+    case Isa::avx512: rows_avx512(c, o0, o1); break;
+    case Isa::avx2: rows_avx2(c, o0, o1); break;
+    default: rows_scalar(c, o0, o1);
+  }
+}
+
+}  // namespace
+
+void matmul_isa(const MatmulParams& p, Isa isa) {
+  check(p);
+  if (p.n <= 0 || p.out_features <= 0) return;
+  thread_local Scratch s;
+  const MatmulCall c = prepare_call(p, isa, s);
+  auto rows = [&](int64_t o0, int64_t o1) { run_rows(c, isa, o0, o1); };
   if (p.pool) {
     p.pool->parallel_for(p.out_features, rows, /*align=*/16);
   } else {
@@ -257,8 +271,38 @@ void matmul_isa(const MatmulParams& p, Isa isa) {
   }
 }
 
+void matmul_group_isa(std::span<const MatmulParams> ps, ThreadPool* pool, Isa isa) {
+  constexpr size_t kMax = 4;
+  if (ps.size() > kMax) throw Error("matmul_group", "at most 4 matmuls per group");
+  thread_local std::array<Scratch, kMax> scratch;
+  std::array<MatmulCall, kMax> calls;
+  std::array<int64_t, kMax + 1> first{};  // entry i owns rows [first[i], first[i + 1]) of the union
+  for (size_t i = 0; i < ps.size(); ++i) {
+    check(ps[i]);
+    const bool empty = ps[i].n <= 0 || ps[i].out_features <= 0;
+    if (!empty) calls[i] = prepare_call(ps[i], isa, scratch[i]);
+    first[i + 1] = first[i] + (empty ? 0 : ps[i].out_features);
+  }
+  auto rows = [&](int64_t g0, int64_t g1) {
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const int64_t lo = std::max(g0, first[i]), hi = std::min(g1, first[i + 1]);
+      if (lo < hi) run_rows(calls[i], isa, lo - first[i], hi - first[i]);
+    }
+  };
+  const int64_t total = first[ps.size()];
+  if (pool) {
+    pool->parallel_for(total, rows, /*align=*/16);
+  } else {
+    rows(0, total);
+  }
+}
+
 }  // namespace detail
 
 void matmul(const MatmulParams& p) { detail::matmul_isa(p, detail::best_isa()); }
+
+void matmul_group(std::span<const MatmulParams> ps, ThreadPool* pool) {
+  detail::matmul_group_isa(ps, pool, detail::best_isa());
+}
 
 }  // namespace moerun::cpu

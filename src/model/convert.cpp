@@ -118,7 +118,10 @@ ModelWeights prepare_weights(const ModelWeights& w, const ModelConfig& c, DType 
   ModelWeights out;
   out.embed_tokens = prepare_matrix(w.embed_tokens);
   out.norm = to_f32(w.norm);
-  out.lm_head = w.lm_head.data() == w.embed_tokens.data() ? out.embed_tokens : p.linear({w.lm_head, {}, {}}).weight;
+  // A tied LM head shares the embedding, except under quantization: the head is the largest matrix a
+  // decode step reads, so it gets its own quantized copy while lookups keep the exact table.
+  const bool tied = w.lm_head.data() == w.embed_tokens.data();
+  out.lm_head = tied && quant == WeightQuant::none ? out.embed_tokens : p.linear({w.lm_head, {}, {}}).weight;
   for (const LayerWeights& L : w.layers) {
     LayerWeights& o = out.layers.emplace_back();
     o.input_layernorm = to_f32(L.input_layernorm);

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -41,6 +42,10 @@ class Backend {
   virtual const void* weight(const Tensor& t) const = 0;
 
   virtual void matmul(const MatmulParams& p) = 0;
+  // Several matmuls of the same rows (q/k/v, gate/up); a backend may run them as one pass.
+  virtual void matmul_group(std::span<const MatmulParams> ps) {
+    for (const MatmulParams& p : ps) matmul(p);
+  }
   virtual void rms_norm(const RmsNormParams& p) = 0;
   virtual void rope(const RopeParams& p) = 0;
   virtual void attention(const AttentionParams& p) = 0;

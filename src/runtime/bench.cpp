@@ -164,7 +164,7 @@ double measure_device_gemm_tflops() {
 
 double prefill_flops_per_token(const Engine& engine) {
   const ModelConfig& c = engine.config();
-  const bool tied = engine.weights().lm_head.data() == engine.weights().embed_tokens.data();
+  const bool tied = c.tie_word_embeddings;  // active_params counts a tied head once, as the embedding
   const double multiplied = static_cast<double>(engine.model().active_params()) -
                             (tied ? 0.0 : static_cast<double>(c.vocab_size) * static_cast<double>(c.hidden_size));
   return 2.0 * multiplied;

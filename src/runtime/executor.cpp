@@ -89,10 +89,13 @@ struct Session::Impl {
   const void* wp(const Tensor& t) const { return be->weight(t); }
   float* fbuf(runtime::Buffer& b, int64_t n) { return be->get<float>(b, n); }
 
+  MatmulParams lin_params(float* dst, const float* src, int64_t n, const LinearWeight& weight, int64_t src_stride = 0) {
+    return {.out = dst, .x = src, .weight = wp(weight.weight), .weight_dtype = weight.weight.dtype(),
+            .bias = weight.bias ? static_cast<const float*>(wp(weight.bias)) : nullptr, .n = n,
+            .in_features = weight.weight.dim(1), .out_features = weight.weight.dim(0), .x_stride = src_stride};
+  }
   void lin(float* dst, const float* src, int64_t n, const LinearWeight& weight, int64_t src_stride = 0) {
-    be->matmul({.out = dst, .x = src, .weight = wp(weight.weight), .weight_dtype = weight.weight.dtype(),
-                .bias = weight.bias ? static_cast<const float*>(wp(weight.bias)) : nullptr, .n = n,
-                .in_features = weight.weight.dim(1), .out_features = weight.weight.dim(0), .x_stride = src_stride});
+    be->matmul(lin_params(dst, src, n, weight, src_stride));
   }
   void lin(float* dst, const float* src, int64_t n, const Tensor& weight) { lin(dst, src, n, LinearWeight{weight, {}, {}}); }
 
@@ -161,9 +164,8 @@ struct Session::Impl {
     float* qb = fbuf(q, n * H * dh);
     float* kb = fbuf(k, n * Hkv * dh);
     float* vb = fbuf(v, n * Hkv * dh);
-    lin(qb, in, n, L.q_proj);
-    lin(kb, in, n, L.k_proj);
-    lin(vb, in, n, L.v_proj);
+    const MatmulParams qkv[] = {lin_params(qb, in, n, L.q_proj), lin_params(kb, in, n, L.k_proj), lin_params(vb, in, n, L.v_proj)};
+    be->matmul_group(qkv);
     const float eps = static_cast<float>(c.rms_norm_eps);
     if (c.qk_norm == QkNorm::per_head) {  // Qwen3: each head normed on its own, one weight for all heads
       norm(qb, qb, n * H, dh, L.q_norm, eps);
@@ -200,17 +202,19 @@ struct Session::Impl {
     const int64_t H = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
     const int64_t r = c.kv_lora_rank, dq = dn + dr, row = r + dr;
     float* qb = fbuf(q, n * H * dq);
+    // [c_raw, k_rope] = x W_kva^T (the cache keeps the normed latent and the rotated rope key), in one
+    // pass with the query's first projection of the same rows.
+    float* new_rows = fbuf(kv_row, n * row);
     if (c.q_lora_rank) {
       float* qa = fbuf(tmp, n * *c.q_lora_rank);
-      lin(qa, in, n, L.q_a_proj);
+      const MatmulParams first[] = {lin_params(qa, in, n, L.q_a_proj), lin_params(new_rows, in, n, L.kv_a_proj_with_mqa)};
+      be->matmul_group(first);
       norm(qa, qa, n, *c.q_lora_rank, L.q_a_layernorm, kMlaNormEps);
       lin(qb, qa, n, L.q_b_proj);
     } else {
-      lin(qb, in, n, L.q_proj);
+      const MatmulParams first[] = {lin_params(qb, in, n, L.q_proj), lin_params(new_rows, in, n, L.kv_a_proj_with_mqa)};
+      be->matmul_group(first);
     }
-    // [c_raw, k_rope] = x W_kva^T; the cache keeps the normed latent and the rotated rope key.
-    float* new_rows = fbuf(kv_row, n * row);
-    lin(new_rows, in, n, L.kv_a_proj_with_mqa);
     norm(new_rows, new_rows, n, r, L.kv_a_layernorm, kMlaNormEps, row);
     apply_rope(new_rows, n, 1, row, row, r);  // one rope key shared by all heads
     apply_rope(qb, n, H, H * dq, dq, dn);
@@ -260,8 +264,8 @@ struct Session::Impl {
     const int64_t I = m.gate_proj.weight.dim(0);
     float* g = fbuf(gate, n * I);
     float* u = fbuf(up, n * I);
-    lin(g, in, n, m.gate_proj);
-    lin(u, in, n, m.up_proj);
+    const MatmulParams gate_up[] = {lin_params(g, in, n, m.gate_proj), lin_params(u, in, n, m.up_proj)};
+    be->matmul_group(gate_up);
     be->silu_mul({.out = g, .gate = g, .up = u, .n = n * I});
     lin(o, g, n, m.down_proj);
   }
