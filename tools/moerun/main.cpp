@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
   moerun::cli::add_bench_command(app, commands);
   moerun::cli::add_tokenize_command(app, commands);
   moerun::cli::add_template_command(app, commands);
+  moerun::cli::add_perplexity_command(app, commands);
 
   try {
     app.parse(argc, argv);
