@@ -7,6 +7,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/ops.h"
+#include "moerun/bench.h"
 
 namespace moerun {
 namespace {
@@ -68,31 +70,14 @@ std::unique_ptr<cpu::ThreadPool> pool_for(int threads) {
   return threads > 1 ? std::make_unique<cpu::ThreadPool>(threads) : nullptr;
 }
 
-// The roofline for BM_Gemv: a plain read of the same kStreamBytes, split across threads like the
-// matmul's rows. args: threads.
+// The roofline for BM_Gemv: the same read-bandwidth ceiling `moerun bench` measures (1 GiB, wide
+// loads, best of 5 passes), as the counter ceiling_bytes_per_second. args: threads.
 void BM_ReadBandwidth(benchmark::State& state) {
-  const auto pool = pool_for(static_cast<int>(state.range(0)));
-  const size_t chunk = size_t{8} << 20, chunks = kStreamBytes / chunk;
-  std::vector<uint64_t> buf(kStreamBytes / 8, 1);
-  size_t c = 0;
-  for (auto _ : state) {
-    const uint64_t* p = buf.data() + c * (chunk / 8);
-    uint64_t sums[2][8] = {};
-    auto read = [&](int64_t b, int64_t e) {
-      uint64_t s[8] = {};  // eight independent chains: the loop is bound by loads, not additions
-      for (int64_t i = b; i < e; i += 8)
-        for (int j = 0; j < 8; ++j) s[j] += p[i + j];
-      std::memcpy(sums[b == 0 ? 0 : 1], s, sizeof(s));
-    };
-    const int64_t words = static_cast<int64_t>(chunk / 8);
-    if (pool) pool->parallel_for(words, read, 1024);
-    else read(0, words);
-    benchmark::DoNotOptimize(sums);
-    c = (c + 1) % chunks;
-  }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(chunk));
+  double gbps = 0;
+  for (auto _ : state) gbps = std::max(gbps, measure_read_bandwidth(static_cast<int>(state.range(0))).gbps);
+  state.counters["ceiling_bytes_per_second"] = gbps * 1e9;
 }
-BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime();
+BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->ArgName("threads")->Iterations(1)->UseRealTime();
 
 // args: dtype, out_features, in_features, threads[, hot]. hot = 1: one copy of the weight that stays
 // in cache (the kernel's compute ceiling rather than the memory's).
