@@ -3,10 +3,11 @@
 // and a stream. Each op has one params struct so both backends and their tests agree on its meaning.
 // Activations are fp32; weights may be f32, bf16 or f16 ([out, in] as HF nn.Linear stores them).
 // Nothing here knows about model families: ops see capabilities (rope layout, router kind) only.
-// No CUDA header here: the CPU-only build and the CLI never need the toolkit.
+// No CUDA header here: the CPU-only build and the CLI never need the toolkit. nvcc compiles this
+// header as C++17 (no std::span).
 
+#include <cstddef>
 #include <cstdint>
-#include <span>
 
 #include "moerun/config.h"
 #include "moerun/dtype.h"
@@ -194,7 +195,7 @@ void matmul(const MatmulParams& p);
 // Up to four matmuls (e.g. the q/k/v or gate/up projections of the same rows) in one pass over the
 // pool: their output rows are split together, so the group costs one dispatch and the threads stay
 // balanced. Each entry's results are exactly matmul()'s; the entries' own pool fields are ignored.
-void matmul_group(std::span<const MatmulParams> ps, ThreadPool* pool);
+void matmul_group(const MatmulParams* ps, size_t count, ThreadPool* pool);
 void rms_norm(const RmsNormParams& p);
 void rope(const RopeParams& p);
 void attention(const AttentionParams& p);

@@ -271,25 +271,25 @@ void matmul_isa(const MatmulParams& p, Isa isa) {
   }
 }
 
-void matmul_group_isa(std::span<const MatmulParams> ps, ThreadPool* pool, Isa isa) {
+void matmul_group_isa(const MatmulParams* ps, size_t count, ThreadPool* pool, Isa isa) {
   constexpr size_t kMax = 4;
-  if (ps.size() > kMax) throw Error("matmul_group", "at most 4 matmuls per group");
+  if (count > kMax) throw Error("matmul_group", "at most 4 matmuls per group");
   thread_local std::array<Scratch, kMax> scratch;
   std::array<MatmulCall, kMax> calls;
   std::array<int64_t, kMax + 1> first{};  // entry i owns rows [first[i], first[i + 1]) of the union
-  for (size_t i = 0; i < ps.size(); ++i) {
+  for (size_t i = 0; i < count; ++i) {
     check(ps[i]);
     const bool empty = ps[i].n <= 0 || ps[i].out_features <= 0;
     if (!empty) calls[i] = prepare_call(ps[i], isa, scratch[i]);
     first[i + 1] = first[i] + (empty ? 0 : ps[i].out_features);
   }
   auto rows = [&](int64_t g0, int64_t g1) {
-    for (size_t i = 0; i < ps.size(); ++i) {
+    for (size_t i = 0; i < count; ++i) {
       const int64_t lo = std::max(g0, first[i]), hi = std::min(g1, first[i + 1]);
       if (lo < hi) run_rows(calls[i], isa, lo - first[i], hi - first[i]);
     }
   };
-  const int64_t total = first[ps.size()];
+  const int64_t total = first[count];
   if (pool) {
     pool->parallel_for(total, rows, /*align=*/16);
   } else {
@@ -301,8 +301,8 @@ void matmul_group_isa(std::span<const MatmulParams> ps, ThreadPool* pool, Isa is
 
 void matmul(const MatmulParams& p) { detail::matmul_isa(p, detail::best_isa()); }
 
-void matmul_group(std::span<const MatmulParams> ps, ThreadPool* pool) {
-  detail::matmul_group_isa(ps, pool, detail::best_isa());
+void matmul_group(const MatmulParams* ps, size_t count, ThreadPool* pool) {
+  detail::matmul_group_isa(ps, count, pool, detail::best_isa());
 }
 
 }  // namespace moerun::cpu

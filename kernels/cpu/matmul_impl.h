@@ -62,6 +62,6 @@ void widen_row(const MatmulParams& p, int64_t o, float* dst);
 
 // The matmul on a chosen instruction set (which this CPU must support).
 void matmul_isa(const MatmulParams& p, Isa isa);
-void matmul_group_isa(std::span<const MatmulParams> ps, ThreadPool* pool, Isa isa);
+void matmul_group_isa(const MatmulParams* ps, size_t count, ThreadPool* pool, Isa isa);
 
 }  // namespace moerun::cpu::detail

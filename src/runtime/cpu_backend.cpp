@@ -39,7 +39,7 @@ class CpuBackend final : public Backend {
     q.pool = &pool_;
     cpu::matmul(q);
   }
-  void matmul_group(std::span<const MatmulParams> ps) override { cpu::matmul_group(ps, &pool_); }
+  void matmul_group(std::span<const MatmulParams> ps) override { cpu::matmul_group(ps.data(), ps.size(), &pool_); }
   void rms_norm(const RmsNormParams& p) override { cpu::rms_norm(p); }
   void rope(const RopeParams& p) override { cpu::rope(p); }
   void attention(const AttentionParams& p) override {

@@ -64,7 +64,7 @@ TEST(MatmulGroup, EqualsEachMatmulAloneBitForBit) {
     }
     for (int threads : {1, 2, 3}) {
       cpu::ThreadPool pool(threads);
-      cpu::matmul_group(ps, threads == 1 ? nullptr : &pool);
+      cpu::matmul_group(ps.data(), ps.size(), threads == 1 ? nullptr : &pool);
       for (size_t i = 0; i < 4; ++i) EXPECT_EQ(grouped[i], alone[i]) << "entry " << i << " n " << n << " threads " << threads;
     }
   }
@@ -78,10 +78,10 @@ TEST(MatmulGroup, EmptyEntriesAndTooManyEntries) {
   MatmulParams none = ok;
   none.n = 0;  // nothing to compute: skipped
   const MatmulParams two[] = {none, ok};
-  cpu::matmul_group(two, nullptr);
+  cpu::matmul_group(two, 2, nullptr);
   EXPECT_NE(out[7], -1.0f);
   const MatmulParams five[] = {ok, ok, ok, ok, ok};
-  EXPECT_THROW(cpu::matmul_group(five, nullptr), Error);
+  EXPECT_THROW(cpu::matmul_group(five, 5, nullptr), Error);
 }
 
 }  // namespace
