@@ -7,30 +7,25 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/moe_plan.h"
 #include "kernels/ops.h"
 
 namespace moerun::cpu {
 
 void moe(const MoeParams& p) {
   const int64_t D = p.hidden, I = p.intermediate, pairs = p.n_tokens * p.top_k;
-  thread_local std::vector<int64_t> order, start, next;
+  thread_local MoePlan plan;
   thread_local std::vector<float> xin, g, u, y;
-  // Counting sort of the (token, k) pairs by expert.
-  start.assign(static_cast<size_t>(p.n_experts + 1), 0);
-  for (int64_t i = 0; i < pairs; ++i) ++start[static_cast<size_t>(p.expert_ids[i]) + 1];
-  for (int64_t e = 0; e < p.n_experts; ++e) start[static_cast<size_t>(e + 1)] += start[static_cast<size_t>(e)];
-  order.resize(static_cast<size_t>(pairs));
-  next.assign(start.begin(), start.end() - 1);
-  for (int64_t i = 0; i < pairs; ++i) order[static_cast<size_t>(next[static_cast<size_t>(p.expert_ids[i])]++)] = i;
+  plan_moe(p.expert_ids, pairs, p.n_experts, plan);
   std::fill(p.out, p.out + p.n_tokens * D, 0.0f);
   for (int64_t e = 0; e < p.n_experts; ++e) {
-    const int64_t b = start[static_cast<size_t>(e)], count = start[static_cast<size_t>(e + 1)] - b;
+    const int64_t b = plan.offsets[static_cast<size_t>(e)], count = plan.rows(e);
     if (count == 0) continue;
     const float* in = p.x;
     if (p.n_tokens > 1) {  // gather this expert's tokens (decode reads x in place)
       if (static_cast<int64_t>(xin.size()) < count * D) xin.resize(static_cast<size_t>(count * D));
       for (int64_t j = 0; j < count; ++j)
-        std::memcpy(xin.data() + j * D, p.x + (order[static_cast<size_t>(b + j)] / p.top_k) * D,
+        std::memcpy(xin.data() + j * D, p.x + (plan.order[static_cast<size_t>(b + j)] / p.top_k) * D,
                     static_cast<size_t>(D) * sizeof(float));
       in = xin.data();
     }
@@ -47,7 +42,7 @@ void moe(const MoeParams& p) {
     matmul({.out = y.data(), .x = g.data(), .weight = p.down[e], .weight_dtype = p.weight_dtype, .n = count,
             .in_features = I, .out_features = D, .pool = p.pool});
     for (int64_t j = 0; j < count; ++j) {
-      const int64_t pair = order[static_cast<size_t>(b + j)];
+      const int64_t pair = plan.order[static_cast<size_t>(b + j)];
       const float wgt = p.expert_weights[pair];
       float* dst = p.out + (pair / p.top_k) * D;
       const float* src = y.data() + j * D;

@@ -12,7 +12,7 @@
 // cannot report it); the prefill path checks ids and throws.
 //
 // Prefill (more tokens; never captured): the ids come to the host (one stream sync), the pairs are
-// counting-sorted by expert (kernels/cuda/moe_plan.h, the CPU twin's order), each expert's tokens are
+// counting-sorted by expert (kernels/moe_plan.h, shared with the CPU twin), each expert's tokens are
 // gathered into contiguous rows already rounded to the weights' dtype, every selected expert runs its
 // gate and up GEMMs (cuBLAS, fp32 accumulation) over all its rows at once, one kernel applies
 // silu * up for all rows, each expert runs its down GEMM, and a combine kernel sums every token's k
@@ -29,7 +29,7 @@
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/gemv.cuh"
-#include "kernels/cuda/moe_plan.h"
+#include "kernels/moe_plan.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
 #include "util/strings.h"

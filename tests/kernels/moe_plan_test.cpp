@@ -1,8 +1,8 @@
-// The MoE prefill dispatch plan (kernels/cuda/moe_plan.h) on the CPU: the counting sort of (token, k)
+// The MoE prefill dispatch plan (kernels/moe_plan.h) on the CPU: the counting sort of (token, k)
 // pairs by expert must give the CPU twin's order (expert by expert, pairs in index order within an
 // expert), per-expert offsets that skip experts nobody selected, and an exact inverse.
 
-#include "kernels/cuda/moe_plan.h"
+#include "kernels/moe_plan.h"
 
 #include <gtest/gtest.h>
 
@@ -19,8 +19,6 @@
 namespace moerun {
 namespace {
 
-using cuda::MoePlan;
-using cuda::plan_moe;
 
 // Every invariant a plan must satisfy, whatever the ids.
 void expect_consistent(const MoePlan& plan, const std::vector<int32_t>& ids, int64_t n_experts) {
