@@ -119,13 +119,8 @@ TEST(GoldenMla, NaiveAndAbsorbedFormsAgree) {
 // Against HF's own bf16 arithmetic only closeness can be asked (support/golden.h explains).
 using testing::Closeness;
 using testing::closeness;
+using testing::expect_close_to_bf16_reference;
 
-void expect_close_to_bf16_reference(const Closeness& c, const char* what) {
-  EXPECT_GE(c.close * 5, c.positions * 4) << what << ": " << c.close << " of " << c.positions << " positions within 0.1";
-  EXPECT_EQ(c.top1_same, c.top1_checked) << what;
-  std::printf("[golden] %s: %d of %d positions within 0.1 (worst of those %.3g), top-1 same at %d of %d decisive positions\n",
-              what, c.close, c.positions, c.worst_close, c.top1_same, c.top1_checked);
-}
 
 TEST(GoldenBf16, Bf16WeightsMatchTransformersInFp32Exactly) {
   // moerun reads bf16 weights and computes in fp32: HF in fp32 on the same weights is its exact twin.
@@ -148,12 +143,7 @@ TEST(GoldenBf16, Bf16CheckpointIsCloseToTransformersBf16Arithmetic) {
   Closeness total;
   for (size_t i = 0; i < g.ids.size(); ++i) {
     Session s(engine);
-    const Closeness c = closeness(s.forward(g.ids[i], true), g.logits[i], engine.config().vocab_size);
-    total.positions += c.positions;
-    total.close += c.close;
-    total.top1_checked += c.top1_checked;
-    total.top1_same += c.top1_same;
-    total.worst_close = std::max(total.worst_close, c.worst_close);
+    total += closeness(s.forward(g.ids[i], true), g.logits[i], engine.config().vocab_size);
   }
   expect_close_to_bf16_reference(total, "deepseek_v3_bf16 vs HF bf16");
 }

@@ -3,7 +3,10 @@
 // transformers): where they are, how their expected logits are read, and the comparisons every
 // suite that checks logits uses. Header-only: MOERUN_TEST_DATA is defined per test target.
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -77,6 +80,15 @@ inline int32_t argmax(const float* v, int64_t n) { return static_cast<int32_t>(s
 struct Closeness {
   int positions = 0, close = 0, top1_checked = 0, top1_same = 0;
   float worst_close = 0.0f;
+
+  Closeness& operator+=(const Closeness& o) {  // counts over several prompts
+    positions += o.positions;
+    close += o.close;
+    top1_checked += o.top1_checked;
+    top1_same += o.top1_same;
+    worst_close = std::max(worst_close, o.worst_close);
+    return *this;
+  }
 };
 
 inline Closeness closeness(const std::vector<float>& got, const std::vector<float>& want, int64_t V) {
@@ -99,6 +111,15 @@ inline Closeness closeness(const std::vector<float>& got, const std::vector<floa
     }
   }
   return c;
+}
+
+// The bf16 closeness rule: at least 80% of positions within 0.1 and the same top token at every
+// decisive one; prints the counts.
+inline void expect_close_to_bf16_reference(const Closeness& c, const char* what) {
+  EXPECT_GE(c.close * 5, c.positions * 4) << what << ": " << c.close << " of " << c.positions << " positions within 0.1";
+  EXPECT_EQ(c.top1_same, c.top1_checked) << what;
+  std::printf("[golden] %s: %d of %d positions within 0.1 (worst of those %.3g), top-1 same at %d of %d decisive positions\n",
+              what, c.close, c.positions, c.worst_close, c.top1_same, c.top1_checked);
 }
 
 }  // namespace moerun::testing
