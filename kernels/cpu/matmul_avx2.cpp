@@ -73,6 +73,7 @@ MOERUN_AVX2 void gemv(const MatmulCall& c, int64_t o, int64_t t0) {
   constexpr int64_t kBytes = D == DType::f32 ? 4 : 2;
   const char* w[R];
   for (int r = 0; r < R; ++r) w[r] = static_cast<const char*>(p.weight) + (o + r) * in * kBytes;
+  const int64_t far = prefetch_far_offset(R * in * kBytes);
   __m256 acc[R][T];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -87,6 +88,10 @@ MOERUN_AVX2 void gemv(const MatmulCall& c, int64_t o, int64_t t0) {
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
+      if ((i & 31) == 0) {  // once per 64 bytes of bf16 / f16 (twice for f32)
+        _mm_prefetch(w[r] + i * kBytes + kPrefetchNear, _MM_HINT_T0);
+        _mm_prefetch(w[r] + i * kBytes + far, _MM_HINT_T1);
+      }
       __m256 a, b;
       load16<D>(w[r], i, in, a, b);
 #pragma GCC unroll 8

@@ -2,7 +2,7 @@
 // the rest of the library stays baseline x86-64 and this file is only entered when the CPU has them).
 //
 // Few tokens (decode): kR = 4 weight rows stream side by side (four independent loads in flight,
-// hardware prefetch plus a software prefetch ahead) and each 64-byte weight vector is used for every
+// hardware prefetch plus software prefetch near and whole passes ahead, see matmul_impl.h) and each 64-byte weight vector is used for every
 // token before moving on, so each weight is read exactly once per call. bf16 widens in registers:
 // a 32-element vector shifted left by 16 is its even elements as fp32, masked with 0xffff0000 its
 // odd ones; x was reordered to match (matmul.cpp), so a bf16 vector costs two integer ops.
@@ -33,7 +33,6 @@ namespace {
 
 constexpr int kR = 4;                  // weight rows per kernel pass
 constexpr int kTileTokens = 6;         // tokens per prefill register tile (4 x 6 = 24 accumulators)
-constexpr int64_t kPrefetch = 1024;    // bytes ahead on each weight row stream
 constexpr int64_t kTileBytes = 192 << 10;  // x of a token tile stays in L2 while the rows pass over it
 
 // 32 weights at element i of a row as two fp32 vectors, in the order matmul.cpp prepared x for.
@@ -77,6 +76,7 @@ MOERUN_AVX512 void gemv(const MatmulCall& c, int64_t o) {
   const int64_t in = p.in_features;
   const char* w[R];
   for (int r = 0; r < R; ++r) w[r] = static_cast<const char*>(p.weight) + (o + r) * in * W32<D>::kBytes;
+  const int64_t far = prefetch_far_offset(R * in * W32<D>::kBytes);
   __m512 acc[R][T];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
@@ -93,7 +93,8 @@ MOERUN_AVX512 void gemv(const MatmulCall& c, int64_t o) {
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch(w[r] + i * W32<D>::kBytes + kPrefetch, _MM_HINT_T0);
+      _mm_prefetch(w[r] + i * W32<D>::kBytes + kPrefetchNear, _MM_HINT_T0);
+      _mm_prefetch(w[r] + i * W32<D>::kBytes + far, _MM_HINT_T1);
       __m512 a, b;
       W32<D>::load(w[r], i, m, a, b);
 #pragma GCC unroll 16
@@ -242,6 +243,7 @@ MOERUN_AVX512 void gemv_quant(const MatmulCall& c, int64_t o, int64_t t0) {
   const size_t row_bytes = dtype_bytes(D, p.in_features);
   const uint8_t* w[R];
   for (int r = 0; r < R; ++r) w[r] = static_cast<const uint8_t*>(p.weight) + static_cast<size_t>(o + r) * row_bytes;
+  const int64_t far = prefetch_far_offset(R * static_cast<int64_t>(row_bytes));
   __m512 acc[R][T];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
@@ -277,7 +279,8 @@ MOERUN_AVX512 void gemv_quant(const MatmulCall& c, int64_t o, int64_t t0) {
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         const uint8_t* q = w[r] + base + 2 * k * qb;
-        _mm_prefetch(reinterpret_cast<const char*>(q) + kPrefetch, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(q) + kPrefetchNear, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(q) + far, _MM_HINT_T1);
         const __m512i wv = load_pair<D>(q, full);
         const __m512 s = _mm512_permutexvar_ps(idx, sw[r]);
 #pragma GCC unroll 16

@@ -23,6 +23,19 @@ const char* isa_name(Isa isa) noexcept;
 // through widened fp32 rows reused across a cache-sized tile of tokens.
 inline constexpr int64_t kGemvMaxTokens = 4;
 
+// Software prefetch of the decode kernels, which stream R weight rows side by side: each row is
+// prefetched kPrefetchNear bytes ahead into L1, and the same offset in the rows whole passes ahead
+// (at least kPrefetchFar bytes) into L2. The far one is for short rows: the hardware's L2 streamer
+// learns each 4 KiB page anew and cannot guess the next pass's rows, so without it every pass began
+// with R cold misses (measured on q8_0 2048 x 2048, 1 thread: 9.2 -> 12 GB/s of a 14.5 GB/s ceiling).
+inline constexpr int64_t kPrefetchNear = 1024;
+inline constexpr int64_t kPrefetchFar = 8192;
+// Bytes from a row's position to the same position whole passes (of pass_bytes) ahead.
+constexpr int64_t prefetch_far_offset(int64_t pass_bytes) noexcept {
+  const int64_t passes = (kPrefetchFar + pass_bytes - 1) / pass_bytes;
+  return (passes > 0 ? passes : 1) * pass_bytes;
+}
+
 // One prepared call.
 struct MatmulCall {
   const MatmulParams* p = nullptr;
