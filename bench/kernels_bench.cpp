@@ -133,7 +133,7 @@ void BM_Gemm(benchmark::State& state) {
 BENCHMARK(BM_Gemm)
     ->ArgsProduct({{static_cast<int64_t>(DType::bf16), static_cast<int64_t>(DType::f32), static_cast<int64_t>(DType::q8_0),
                     static_cast<int64_t>(DType::q4_0)},
-                   {64, 512},
+                   {5, 8, 16, 64, 512},
                    {1, 2}})
     ->ArgNames({"dtype", "tokens", "threads"})
     ->UseRealTime()
