@@ -2,17 +2,19 @@
 // the rest of the library stays baseline x86-64 and this file is only entered when the CPU has them).
 //
 // Few tokens (decode): kR = 4 weight rows stream side by side (four independent loads in flight,
-// hardware prefetch plus software prefetch near and whole passes ahead, see matmul_impl.h) and each 64-byte weight vector is used for every
-// token before moving on, so each weight is read exactly once per call. bf16 widens in registers:
-// a 32-element vector shifted left by 16 is its even elements as fp32, masked with 0xffff0000 its
-// odd ones; x was reordered to match (matmul.cpp), so a bf16 vector costs two integer ops.
-// Many tokens (prefill): per tile of tokens whose x fits in L2, four weight rows are widened to fp32
-// once into an L1 buffer and a 4-row x 6-token register tile (24 accumulators) runs over them, so one
-// weight load and one x load feed four or six FMAs.
+// hardware prefetch plus software prefetch near and whole passes ahead, see matmul_impl.h) and each
+// 64-byte weight vector is used for every token before moving on, so each weight is read exactly
+// once per call. bf16 widens in registers: a 32-element vector shifted left by 16 is its even
+// elements as fp32, masked with 0xffff0000 its odd ones; x was reordered to match (matmul.cpp), so
+// a bf16 vector costs two integer ops.
+// Many tokens (prefill): outer products on packed panels of 48 rows (gemm_rows and quant_gemm_rows):
+// the rows are packed once per call into vectors of 16 rows at one k (or 4 k for int8), and each
+// tile multiplies them by broadcast activations of several tokens, so no horizontal sums are needed
+// and one weight load feeds 4 to 8 FMAs or vpdpbusds.
 // q8_0 / q4_0: activations are quantized per 32-block once per call; VNNI's vpdpbusd multiplies the
 // stored unsigned quants (q + offset) by the int8 activations, the dot starting from
-// -offset * sum(a), which makes it exactly sum(q * a); per pair of blocks the int32 lanes go to fp32
-// and are scaled by weight scale x activation scale (8 lanes per block).
+// -offset * sum(a), which makes it exactly sum(q * a); in decode per pair of blocks the int32 lanes
+// go to fp32 and are scaled by weight scale x activation scale (8 lanes per block).
 
 // GCC 12's AVX-512 headers build their "undefined" vectors as self-initialised variables, which
 // -Wuninitialized reports once inlined into a target-attributed function (GCC PR 105593).
@@ -33,11 +35,16 @@ namespace moerun::cpu::detail {
 namespace {
 
 constexpr int kR = 4;                  // weight rows per kernel pass
-constexpr int kTileTokens = 6;         // tokens per prefill register tile (4 x 6 = 24 accumulators)
-constexpr int64_t kTileBytes = 192 << 10;  // x of a token tile stays in L2 while the rows pass over it
 // From this many tokens quantized weights are repacked per call for outer products (see quant_panel).
 // (Measured on 2048 x 2048: even at 5 tokens repacking costs no more than it saves.)
 constexpr int64_t kQuantGemmMinTokens = 6;
+constexpr int kPanelVecs = 3;  // prefill panels of 3 x 16 = 48 rows
+
+// The first min(count, 16) lanes, and the lane numbers 0..15.
+MOERUN_AVX512 __mmask16 first_lanes(int64_t count) {
+  return static_cast<__mmask16>(_bzhi_u32(0xffffu, static_cast<unsigned>(std::clamp<int64_t>(count, 0, 16))));
+}
+MOERUN_AVX512 __m512i lane_numbers() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
 
 // 32 weights at element i of a row as two fp32 vectors, in the order matmul.cpp prepared x for.
 template <DType D>
@@ -132,89 +139,207 @@ MOERUN_AVX512 void gemv_dispatch(const MatmulCall& c, int64_t o0, int64_t o1) {
   }
 }
 
-// Prefill register tile: R widened rows w[r] (k floats) against T token rows of x (stride xs).
-template <int R, int T>
-MOERUN_AVX512 void tile(const float* const* w, const float* x, int64_t xs, int64_t k, float* out, int64_t os,
-                        const float* bias, int64_t o) {
-  __m512 acc[R][T];
-#pragma GCC unroll 32
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 32
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (int64_t i = 0; i < k; i += 16) {
-    const __mmask16 m = k - i >= 16 ? 0xffff : static_cast<__mmask16>(_bzhi_u32(0xffffu, static_cast<unsigned>(k - i)));
-    __m512 wv[R];
-#pragma GCC unroll 32
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_ps(m, w[r] + i);
-#pragma GCC unroll 32
-    for (int t = 0; t < T; ++t) {
-      const __m512 xv = _mm512_maskz_loadu_ps(m, x + t * xs + i);
-#pragma GCC unroll 32
-      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+// Prefill on float weights, the same outer-product shape as the quantized one below: per panel of up
+// to 48 rows and block of kKc weights, the rows are packed once into vectors of 16 rows at one k
+// (transposed in registers; bf16 kept as pairs and widened in the kernel, f16 widened on the way,
+// f8_e4m3 widened per row first), and a tile of 48 rows x 8 tokens (24 accumulators) takes one
+// 16-row vector and one broadcast of x[t][k] per 3 x 8 FMAs. The panel block (at most 96 KiB) stays
+// in L2 while every token passes over it; out holds the partial sums between blocks. The per-row
+// arithmetic is the same in every lane, panel and thread split.
+constexpr int64_t kKc = 512;        // weights per panel block along k
+constexpr int kFloatTokens = 8;     // tokens per register tile
+
+// In place: r[i] lane j <- r[j] lane i, a 16 x 16 transpose of 32-bit lanes.
+MOERUN_AVX512 void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {  // pairs of rows interleaved per 32 bits
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // then per 64 bits: each 128-bit lane holds one column of 4 rows
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // r[4 g + c] now holds, in 128-bit lane L, column 4 L + c of rows 4 g .. 4 g + 3: gather the four
+  // row groups' lanes of each column with two rounds of 128-bit shuffles.
+  for (int c = 0; c < 4; ++c) {
+    const __m512i a = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88), b = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xdd);
+    const __m512i e = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88), f = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xdd);
+    t[c] = _mm512_shuffle_i32x4(a, e, 0x88);       // column c
+    t[8 + c] = _mm512_shuffle_i32x4(a, e, 0xdd);   // column 8 + c
+    t[4 + c] = _mm512_shuffle_i32x4(b, f, 0x88);   // column 4 + c
+    t[12 + c] = _mm512_shuffle_i32x4(b, f, 0xdd);  // column 12 + c
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// Rows [0, rows) (row stride in bytes) x k in [k0, k0 + kc) of an f32, bf16 or f16 matrix into
+// dst[k - k0][vec][16 lanes] as fp32, except bf16: dst[(k - k0) / 2][vec][16 lanes x 2] as bf16
+// pairs (half the bytes to write and read; widening a pair is two integer ops in the kernel). Lanes
+// past `rows` are zero. Each 16 rows x 64 bytes are loaded as vectors and transposed in registers.
+MOERUN_AVX512 void pack_panel(const char* base, DType dtype, int64_t stride, int rows, int64_t k0, int64_t kc,
+                              float* dst) {
+  const int vecs = (rows + 15) / 16;
+  const int64_t size = dtype == DType::f32 ? 4 : 2, per = 64 / size;  // weights per 64 bytes
+  for (int v = 0; v < vecs; ++v) {
+    const int real = std::min(16, rows - 16 * v);
+    for (int64_t c0 = 0; c0 < kc; c0 += per) {
+      const int64_t e = std::min(per, kc - c0);
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) {
+        const char* src = base + (16 * v + i) * stride + (k0 + c0) * size;
+        if (i >= real) r[i] = _mm512_setzero_si512();
+        else if (size == 4) r[i] = _mm512_maskz_loadu_epi32(first_lanes(e), src);
+        else r[i] = _mm512_maskz_loadu_epi16(_bzhi_u32(0xffffffffu, static_cast<unsigned>(e)), src);
+      }
+      transpose16(r);
+      float* out = dst + (c0 * vecs + v) * 16;
+      if (dtype == DType::bf16) {  // kept as pairs (k, k + 1) per lane: the kernel widens them
+        auto* pairs = reinterpret_cast<uint16_t*>(dst) + (c0 / 2 * vecs + v) * 32;
+        for (int64_t j = 0; 2 * j < e; ++j) _mm512_storeu_si512(pairs + j * vecs * 32, r[j]);
+        continue;
+      }
+      if (size == 4) {
+        for (int64_t j = 0; j < e; ++j) _mm512_storeu_si512(out + j * vecs * 16, r[j]);
+        continue;
+      }
+      for (int64_t j = 0; 2 * j < e; ++j) {  // r[j]: weights 2 j (low halves) and 2 j + 1 (high)
+        __m512 lo, hi;
+        if (dtype == DType::bf16) {
+          lo = _mm512_castsi512_ps(_mm512_slli_epi32(r[j], 16));
+          hi = _mm512_castsi512_ps(_mm512_and_si512(r[j], _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+        } else {
+          lo = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(r[j]));
+          hi = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(r[j], 16)));
+        }
+        _mm512_storeu_ps(out + 2 * j * vecs * 16, lo);
+        if (2 * j + 1 < e) _mm512_storeu_ps(out + (2 * j + 1) * vecs * 16, hi);
+      }
     }
   }
-#pragma GCC unroll 32
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 32
-    for (int t = 0; t < T; ++t) out[t * os + o + r] = _mm512_reduce_add_ps(acc[r][t]) + (bias ? bias[o + r] : 0.0f);
 }
 
-template <int R>
-MOERUN_AVX512 void tile_dispatch(int tokens, const float* const* w, const float* x, int64_t xs, int64_t k, float* out,
-                                 int64_t os, const float* bias, int64_t o) {
-  switch (tokens) {
-    case 1: tile<R, 1>(w, x, xs, k, out, os, bias, o); break;
-    case 2: tile<R, 2>(w, x, xs, k, out, os, bias, o); break;
-    case 3: tile<R, 3>(w, x, xs, k, out, os, bias, o); break;
-    case 4: tile<R, 4>(w, x, xs, k, out, os, bias, o); break;
-    case 5: tile<R, 5>(w, x, xs, k, out, os, bias, o); break;
-    default: tile<R, 6>(w, x, xs, k, out, os, bias, o); break;
+// V vectors of 16 rows from row o (rows of them real) x T tokens from t0, over k in [k0, k0 + kc):
+// starts from out (or zero for the first block), adds the bias after the last block.
+template <int V, int T, bool Pairs>
+MOERUN_AVX512 void float_panel_tile(const MatmulCall& c, const float* w, int64_t o, int rows, int64_t t0, int64_t k0,
+                                    int64_t kc, bool first, bool last) {
+  const MatmulParams& p = *c.p;
+  __mmask16 m[V];
+#pragma GCC unroll 16
+  for (int v = 0; v < V; ++v) m[v] = first_lanes(rows - 16 * v);
+  __m512 acc[V][T];
+#pragma GCC unroll 32
+  for (int v = 0; v < V; ++v)
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t)
+      acc[v][t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m[v], p.out + (t0 + t) * c.os + o + 16 * v);
+  const float* x[T];
+#pragma GCC unroll 32
+  for (int t = 0; t < T; ++t) x[t] = p.x + (t0 + t) * c.xs + k0;
+  int64_t k = 0;
+  if constexpr (Pairs) {
+    const auto* w16 = reinterpret_cast<const uint16_t*>(w);
+    const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+    for (; k < kc; k += 2) {
+      __m512 lo[V], hi[V];
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) {
+        const __m512i pair = _mm512_loadu_si512(w16 + (k / 2 * V + v) * 32);
+        lo[v] = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
+        hi[v] = _mm512_castsi512_ps(_mm512_and_si512(pair, high));
+      }
+      const bool odd = k + 1 == kc;  // the block's last weight has no partner (zero) and x has no k + 1
+#pragma GCC unroll 32
+      for (int t = 0; t < T; ++t) {
+        const __m512 xa = _mm512_set1_ps(x[t][k]);
+#pragma GCC unroll 16
+        for (int v = 0; v < V; ++v) acc[v][t] = _mm512_fmadd_ps(lo[v], xa, acc[v][t]);
+        if (!odd) {
+          const __m512 xb = _mm512_set1_ps(x[t][k + 1]);
+#pragma GCC unroll 16
+          for (int v = 0; v < V; ++v) acc[v][t] = _mm512_fmadd_ps(hi[v], xb, acc[v][t]);
+        }
+      }
+    }
+  }
+  for (; k < kc; ++k) {
+    __m512 wv[V];
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_ps(w + (k * V + v) * 16);
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) {
+      const __m512 xv = _mm512_set1_ps(x[t][k]);
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) acc[v][t] = _mm512_fmadd_ps(wv[v], xv, acc[v][t]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int v = 0; v < V; ++v) {
+    const __m512 bias = last && p.bias ? _mm512_maskz_loadu_ps(m[v], p.bias + o + 16 * v) : _mm512_setzero_ps();
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t)
+      _mm512_mask_storeu_ps(p.out + (t0 + t) * c.os + o + 16 * v, m[v], _mm512_add_ps(acc[v][t], bias));
   }
 }
 
-// Row o of a 16-bit float dtype widened to fp32 (natural order).
-MOERUN_AVX512 void widen16(const MatmulParams& p, int64_t o, float* dst) {
-  const int64_t k = p.in_features;
-  const uint16_t* src = static_cast<const uint16_t*>(p.weight) + o * k;
-  for (int64_t i = 0; i < k; i += 16) {
-    const __mmask16 m = k - i >= 16 ? 0xffff : static_cast<__mmask16>(_bzhi_u32(0xffffu, static_cast<unsigned>(k - i)));
-    const __m256i h = _mm256_maskz_loadu_epi16(m, src + i);
-    const __m512 f = p.weight_dtype == DType::bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-                                                   : _mm512_cvtph_ps(h);
-    _mm512_mask_storeu_ps(dst + i, m, f);
+template <int V, bool Pairs>
+MOERUN_AVX512 void float_panel(const MatmulCall& c, const float* w, int64_t o, int rows, int64_t k0, int64_t kc,
+                               bool first, bool last) {
+  const int64_t n = c.p->n;
+  int64_t t = 0;
+  for (; t + kFloatTokens <= n; t += kFloatTokens)
+    float_panel_tile<V, kFloatTokens, Pairs>(c, w, o, rows, t, k0, kc, first, last);
+  switch (n - t) {
+    case 1: float_panel_tile<V, 1, Pairs>(c, w, o, rows, t, k0, kc, first, last); break;
+    case 2: float_panel_tile<V, 2, Pairs>(c, w, o, rows, t, k0, kc, first, last); break;
+    case 3: float_panel_tile<V, 3, Pairs>(c, w, o, rows, t, k0, kc, first, last); break;
+    case 4: float_panel_tile<V, 4, Pairs>(c, w, o, rows, t, k0, kc, first, last); break;
+    case 5: float_panel_tile<V, 5, Pairs>(c, w, o, rows, t, k0, kc, first, last); break;
+    case 6: float_panel_tile<V, 6, Pairs>(c, w, o, rows, t, k0, kc, first, last); break;
+    case 7: float_panel_tile<V, 7, Pairs>(c, w, o, rows, t, k0, kc, first, last); break;
+    default: break;
   }
 }
 
 MOERUN_AVX512 void gemm_rows(const MatmulCall& c, int64_t o0, int64_t o1) {
   const MatmulParams& p = *c.p;
-  const int64_t k = p.in_features, n = p.n;
-  thread_local std::vector<float> buf;  // kR widened rows, reused across calls
-  if (p.weight_dtype != DType::f32 && static_cast<int64_t>(buf.size()) < kR * k) buf.resize(static_cast<size_t>(kR * k));
-  const int64_t tile_tokens =
-      std::max<int64_t>(kTileTokens, kTileBytes / (k * static_cast<int64_t>(sizeof(float))) / kTileTokens * kTileTokens);
-  for (int64_t t0 = 0; t0 < n; t0 += tile_tokens) {
-    const int64_t tn = std::min(tile_tokens, n - t0);
-    for (int64_t o = o0; o < o1; o += kR) {
-      const int rows = static_cast<int>(std::min<int64_t>(kR, o1 - o));
-      const float* w[kR];
-      for (int r = 0; r < rows; ++r) {
-        if (p.weight_dtype == DType::f32) {
-          w[r] = static_cast<const float*>(p.weight) + (o + r) * k;
-          continue;
+  const int64_t k = p.in_features;
+  thread_local std::vector<float> panel, rowbuf;  // reused across calls
+  constexpr int kRows = kPanelVecs * 16;
+  if (static_cast<int64_t>(panel.size()) < kRows * kKc) panel.resize(static_cast<size_t>(kRows * kKc));
+  const bool f8 = p.weight_dtype == DType::f8_e4m3;
+  if (f8 && static_cast<int64_t>(rowbuf.size()) < kRows * k) rowbuf.resize(static_cast<size_t>(kRows * k));
+  for (int64_t o = o0; o < o1; o += kRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kRows, o1 - o));
+    const char* base = static_cast<const char*>(p.weight) + static_cast<size_t>(o) * dtype_bytes(p.weight_dtype, k);
+    DType dtype = p.weight_dtype;
+    int64_t stride = static_cast<int64_t>(dtype_bytes(p.weight_dtype, k));
+    if (f8) {  // no vector fp8 conversion here: widen the panel's rows once, then gather those
+      for (int r = 0; r < rows; ++r) widen_row(p, o + r, rowbuf.data() + r * k);
+      base = reinterpret_cast<const char*>(rowbuf.data());
+      dtype = DType::f32;
+      stride = k * static_cast<int64_t>(sizeof(float));
+    }
+    const int vecs = (rows + 15) / 16;
+    for (int64_t k0 = 0; k0 < k; k0 += kKc) {
+      const int64_t kc = std::min(kKc, k - k0);
+      pack_panel(base, dtype, stride, rows, k0, kc, panel.data());
+      const bool first = k0 == 0, last = k0 + kc == k;
+      const float* w = panel.data();
+      if (dtype == DType::bf16) {
+        switch (vecs) {
+          case 1: float_panel<1, true>(c, w, o, rows, k0, kc, first, last); break;
+          case 2: float_panel<2, true>(c, w, o, rows, k0, kc, first, last); break;
+          default: float_panel<3, true>(c, w, o, rows, k0, kc, first, last); break;
         }
-        float* dst = buf.data() + r * k;
-        if (p.weight_dtype == DType::f8_e4m3) widen_row(p, o + r, dst);
-        else widen16(p, o + r, dst);
-        w[r] = dst;
-      }
-      for (int64_t t = t0; t < t0 + tn; t += kTileTokens) {
-        const int tokens = static_cast<int>(std::min<int64_t>(kTileTokens, t0 + tn - t));
-        const float* x = p.x + t * c.xs;
-        float* out = p.out + t * c.os;
-        if (rows == kR) {
-          tile_dispatch<kR>(tokens, w, x, c.xs, k, out, c.os, p.bias, o);
-        } else {
-          for (int r = 0; r < rows; ++r) tile_dispatch<1>(tokens, w + r, x, c.xs, k, out, c.os, p.bias, o + r);
+      } else {
+        switch (vecs) {
+          case 1: float_panel<1, false>(c, w, o, rows, k0, kc, first, last); break;
+          case 2: float_panel<2, false>(c, w, o, rows, k0, kc, first, last); break;
+          default: float_panel<3, false>(c, w, o, rows, k0, kc, first, last); break;
         }
       }
     }
@@ -265,8 +390,7 @@ MOERUN_AVX512 void gemv_quant(const MatmulCall& c, int64_t o, int64_t t0) {
       _mm_prefetch(reinterpret_cast<const char*>(scales) + kQuantGroupBlocks * (qb + 2), _MM_HINT_T0);
       sw[r] = _mm512_cvtph_ps(count == kQuantGroupBlocks
                                   ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales))
-                                  : _mm256_maskz_loadu_epi16(static_cast<__mmask16>(_bzhi_u32(0xffffu, static_cast<unsigned>(count))),
-                                                             scales));
+                                  : _mm256_maskz_loadu_epi16(first_lanes(count), scales));
     }
     for (int64_t k = 0; 2 * k < count; ++k) {
       const bool full = 2 * k + 1 < count;
@@ -310,7 +434,6 @@ MOERUN_AVX512 void gemv_quant(const MatmulCall& c, int64_t o, int64_t t0) {
 // (exactly sum(q * a)) and are scaled once per block (16 weight scales x the token's activation scale),
 // not once per 64-byte product as in the decode kernel. The per-row arithmetic is the same in every
 // lane and panel, so a row's result does not depend on how rows are split across threads.
-constexpr int kPanelVecs = 3;   // 48 rows x up to 4 tokens: 12 int32 + 12 fp32 accumulators
 constexpr int kPanelTokens = 4;
 
 struct QuantPanel {
@@ -332,9 +455,9 @@ MOERUN_AVX512 QuantPanel repack_panel(const MatmulCall& c, int64_t o, int rows, 
   const auto* panel = static_cast<const uint8_t*>(p.weight) + static_cast<size_t>(o) * static_cast<size_t>(row_bytes);
   for (int v = 0; v < vecs; ++v) {
     // Lane j gathers from row 16 v + j; lanes past the panel's rows stay zero (weights and scales).
-    const __mmask16 m = static_cast<__mmask16>(_bzhi_u32(0xffffu, static_cast<unsigned>(std::min(16, rows - 16 * v))));
-    const __m512i rowoff = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(16 * v), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
-                                              _mm512_set1_epi32(row_bytes));
+    const __mmask16 m = first_lanes(rows - 16 * v);
+    const __m512i rowoff =
+        _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(16 * v), lane_numbers()), _mm512_set1_epi32(row_bytes));
     for (int64_t g = 0; g * kQuantGroupBlocks < nb; ++g) {
       const int64_t first = g * kQuantGroupBlocks, count = std::min(kQuantGroupBlocks, nb - first);
       const uint8_t* quants = panel + quant_group_offset(D, g);
@@ -357,8 +480,10 @@ MOERUN_AVX512 QuantPanel repack_panel(const MatmulCall& c, int64_t o, int rows, 
         }
         // The fp16 scale is the high half of the 4 bytes ending at it (the bytes before it are the
         // group's quants, so the read stays inside the row).
-        const __m512i sc = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, rowoff, quants + count * qb + 2 * j - 2, 1);
-        _mm512_storeu_ps(sbuf.data() + (b * vecs + v) * 16, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(sc, 16))));
+        const __m512i sc =
+            _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, rowoff, quants + count * qb + 2 * j - 2, 1);
+        _mm512_storeu_ps(sbuf.data() + (b * vecs + v) * 16,
+                         _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(sc, 16))));
       }
     }
   }
@@ -412,11 +537,11 @@ MOERUN_AVX512 void quant_panel_tile(const MatmulCall& c, const QuantPanel& w, in
   }
 #pragma GCC unroll 16
   for (int v = 0; v < V; ++v) {
-    const int real = std::min(16, rows - 16 * v);
-    const __mmask16 m = static_cast<__mmask16>(_bzhi_u32(0xffffu, static_cast<unsigned>(real)));
+    const __mmask16 m = first_lanes(rows - 16 * v);
     const __m512 bias = p.bias ? _mm512_maskz_loadu_ps(m, p.bias + o + 16 * v) : _mm512_setzero_ps();
 #pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(p.out + (t0 + t) * c.os + o + 16 * v, m, _mm512_add_ps(acc[v][t], bias));
+    for (int t = 0; t < T; ++t)
+      _mm512_mask_storeu_ps(p.out + (t0 + t) * c.os + o + 16 * v, m, _mm512_add_ps(acc[v][t], bias));
   }
 }
 
