@@ -47,7 +47,7 @@ Isa detect_isa() noexcept {
 // Scratch of the calling thread: grows, keeps its capacity (a decode step allocates nothing).
 struct Scratch {
   std::vector<float> xp, xd, xdp;
-  std::vector<int8_t> xq;
+  std::vector<int8_t> xq, xq4;
   std::vector<int32_t> xsum, xcorr;
 };
 
@@ -204,23 +204,43 @@ MatmulCall prepare_call(const MatmulParams& p, Isa isa, Scratch& s) {
     if (isa == Isa::avx512) {
       quantize_acts_avx512(p.x, c.xs, p.n, in, c.kp, q, d, sum);
       // The VNNI kernel takes the weights as the unsigned operand (quants stored + offset), so each
-      // block's dot starts from -offset * sum(a); and it scales 8 lanes per block.
-      const int32_t offset = p.weight_dtype == DType::q8_0 ? 128 : 8;
-      c.np = (c.nb + 1) / 2;
-      int32_t* corr = grow(s.xcorr, p.n * c.np * 16);
-      float* dp = grow(s.xdp, p.n * c.np * 16);
+      // block's dot starts from -offset * sum(a); and it loads a unit of 2 (q8_0) or 4 (q4_0)
+      // blocks at a time, whose lanes it scales per block.
+      const bool q8 = p.weight_dtype == DType::q8_0;
+      const int32_t offset = q8 ? 128 : 8;
+      const int64_t unit = q8 ? 2 : 4, lanes = 16 / unit;
+      c.nu = (c.nb + unit - 1) / unit;
+      int32_t* corr = grow(s.xcorr, p.n * c.nu * 16);
+      float* dp = grow(s.xdp, p.n * c.nu * 16);
       for (int64_t t = 0; t < p.n; ++t)
-        for (int64_t j = 0; j < c.np; ++j) {
-          int32_t* cv = corr + (t * c.np + j) * 16;
-          float* dv = dp + (t * c.np + j) * 16;
+        for (int64_t j = 0; j < c.nu; ++j) {
+          int32_t* cv = corr + (t * c.nu + j) * 16;
+          float* dv = dp + (t * c.nu + j) * 16;
           std::fill(cv, cv + 16, 0);
-          for (int64_t h = 0; h < 2; ++h) {
-            const int64_t b = 2 * j + h;
+          for (int64_t h = 0; h < unit; ++h) {
+            const int64_t b = unit * j + h;
             const bool real = b < c.nb;
-            cv[8 * h] = real ? -offset * sum[t * c.nb + b] : 0;
-            std::fill(dv + 8 * h, dv + 8 * h + 8, real ? d[t * c.nb + b] : 0.0f);
+            cv[lanes * h] = real ? -offset * sum[t * c.nb + b] : 0;
+            std::fill(dv + lanes * h, dv + lanes * (h + 1), real ? d[t * c.nb + b] : 0.0f);
           }
         }
+      if (!q8) {  // first halves of the unit's 4 blocks, then their second halves
+        int8_t* q4 = grow(s.xq4, p.n * c.nu * 128);
+        for (int64_t t = 0; t < p.n; ++t)
+          for (int64_t j = 0; j < c.nu; ++j)
+            for (int64_t h = 0; h < unit; ++h) {
+              const int64_t b = unit * j + h;
+              int8_t* dst = q4 + (t * c.nu + j) * 128 + 16 * h;
+              if (b < c.nb) {
+                std::memcpy(dst, q + t * c.kp + b * kQuantBlock, 16);
+                std::memcpy(dst + 64, q + t * c.kp + b * kQuantBlock + 16, 16);
+              } else {
+                std::fill(dst, dst + 16, int8_t{0});
+                std::fill(dst + 64, dst + 80, int8_t{0});
+              }
+            }
+        c.xq4 = q4;
+      }
       c.xcorr = corr;
       c.xdp = dp;
     } else {

@@ -348,25 +348,15 @@ MOERUN_AVX512 void gemm_rows(const MatmulCall& c, int64_t o0, int64_t o1) {
 
 // ---- q8_0 / q4_0 --------------------------------------------------------------------------------
 
-// The quants of a pair of blocks (or one, the last of an odd group) as 64 unsigned bytes in element
-// order: lanes 0-31 block 2k, 32-63 block 2k + 1.
-template <DType D>
-MOERUN_AVX512 __m512i load_pair(const uint8_t* q, bool full) {
-  if constexpr (D == DType::q8_0) {
-    return full ? _mm512_loadu_si512(q) : _mm512_maskz_loadu_epi8(0xffffffffull, q);
-  } else {
-    // 16 bytes per block, low nibbles = first half, high nibbles = second half: put each block's
-    // bytes in two 128-bit lanes, shift the second lane of each right by 4, keep 4 bits.
-    const __m256i v = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)) : _mm256_maskz_loadu_epi8(0xffff, q);
-    const __m512i dup = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), _mm512_castsi256_si512(v));
-    const long long four = 0x0004000400040004ll;
-    const __m512i shifted = _mm512_srlv_epi16(dup, _mm512_setr_epi64(0, 0, four, four, 0, 0, four, four));
-    return _mm512_and_si512(shifted, _mm512_set1_epi8(0x0f));
-  }
-}
-
+// Decode on quantized weights: one 64-byte load is a unit of blocks, two for q8_0 and four for q4_0
+// (16 bytes each: the low nibbles are the blocks' first halves, the high nibbles their second halves,
+// and matmul.cpp reordered q4 activations per unit to match, so unpacking is a mask and a shift).
+// The int32 lanes of a unit's vpdpbusd belong to its blocks (8 or 4 lanes each) and are scaled by
+// weight scale x activation scale per lane.
 template <DType D, int R, int T>
 MOERUN_AVX512 void gemv_quant(const MatmulCall& c, int64_t o, int64_t t0) {
+  constexpr bool kQ8 = D == DType::q8_0;
+  constexpr int64_t kUnit = kQ8 ? 2 : 4;  // blocks per 64-byte load
   const MatmulParams& p = *c.p;
   const int64_t qb = quant_block_bytes(D);
   const size_t row_bytes = dtype_bytes(D, p.in_features);
@@ -378,7 +368,10 @@ MOERUN_AVX512 void gemv_quant(const MatmulCall& c, int64_t o, int64_t t0) {
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  const __m512i second = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  // Lane -> block within the unit.
+  const __m512i lane_block = kQ8 ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+                                 : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i nibble = _mm512_set1_epi8(0x0f);
   for (int64_t g = 0; g * kQuantGroupBlocks < c.nb; ++g) {
     const int64_t first = g * kQuantGroupBlocks, count = std::min(kQuantGroupBlocks, c.nb - first);
     const int64_t base = quant_group_offset(D, g);
@@ -392,28 +385,40 @@ MOERUN_AVX512 void gemv_quant(const MatmulCall& c, int64_t o, int64_t t0) {
                                   ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales))
                                   : _mm256_maskz_loadu_epi16(first_lanes(count), scales));
     }
-    for (int64_t k = 0; 2 * k < count; ++k) {
-      const bool full = 2 * k + 1 < count;
-      const int64_t pair = first / 2 + k;
-      __m512i a[T], corr[T];
+    for (int64_t k = 0; kUnit * k < count; ++k) {
+      const int64_t blocks = std::min(kUnit, count - kUnit * k);
+      const int64_t unit = first / kUnit + k;
+      const __mmask64 bytes = blocks == kUnit ? ~0ull : _bzhi_u64(~0ull, static_cast<unsigned>(blocks * qb));
+      __m512i a[T], a2[T], corr[T];
       __m512 da[T];
 #pragma GCC unroll 16
       for (int t = 0; t < T; ++t) {
-        a[t] = _mm512_loadu_si512(c.xq + (t0 + t) * c.kp + (first + 2 * k) * kQuantBlock);
-        corr[t] = _mm512_loadu_si512(c.xcorr + ((t0 + t) * c.np + pair) * 16);
-        da[t] = _mm512_loadu_ps(c.xdp + ((t0 + t) * c.np + pair) * 16);
+        if constexpr (kQ8) {
+          a[t] = _mm512_loadu_si512(c.xq + (t0 + t) * c.kp + (first + 2 * k) * kQuantBlock);
+        } else {
+          a[t] = _mm512_loadu_si512(c.xq4 + ((t0 + t) * c.nu + unit) * 128);        // first halves
+          a2[t] = _mm512_loadu_si512(c.xq4 + ((t0 + t) * c.nu + unit) * 128 + 64);  // second halves
+        }
+        corr[t] = _mm512_loadu_si512(c.xcorr + ((t0 + t) * c.nu + unit) * 16);
+        da[t] = _mm512_loadu_ps(c.xdp + ((t0 + t) * c.nu + unit) * 16);
       }
-      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(2 * k)), second);
+      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(kUnit * k)), lane_block);
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
-        const uint8_t* q = w[r] + base + 2 * k * qb;
+        const uint8_t* q = w[r] + base + kUnit * k * qb;
         _mm_prefetch(reinterpret_cast<const char*>(q) + kPrefetchNear, _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(q) + far, _MM_HINT_T1);
-        const __m512i wv = load_pair<D>(q, full);
+        const __m512i wv = _mm512_maskz_loadu_epi8(bytes, q);
         const __m512 s = _mm512_permutexvar_ps(idx, sw[r]);
+        __m512i lo = wv, hi = wv;
+        if constexpr (!kQ8) {
+          lo = _mm512_and_si512(wv, nibble);
+          hi = _mm512_and_si512(_mm512_srli_epi16(wv, 4), nibble);
+        }
 #pragma GCC unroll 16
         for (int t = 0; t < T; ++t) {
-          const __m512i dot = _mm512_dpbusd_epi32(corr[t], wv, a[t]);
+          __m512i dot = _mm512_dpbusd_epi32(corr[t], lo, a[t]);
+          if constexpr (!kQ8) dot = _mm512_dpbusd_epi32(dot, hi, a2[t]);
           acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s, da[t]), acc[r][t]);
         }
       }

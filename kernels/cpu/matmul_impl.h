@@ -51,11 +51,15 @@ struct MatmulCall {
   const float* xd = nullptr;
   const int32_t* xsum = nullptr;
   int64_t nb = 0;
-  // avx512 only, per token and pair of blocks (np pairs): 16 int32 lanes starting the VNNI dot
-  // (-offset * sum in lanes 0 and 8) and 16 float lanes of the activation scales (8 per block).
+  // avx512 only, per token and unit of blocks that one 64-byte weight load covers (nu units of 2
+  // blocks for q8_0, 4 for q4_0): 16 int32 lanes starting the VNNI dot (-offset * sum in each
+  // block's first lane) and 16 float lanes of the activation scales (16 / unit lanes per block).
   const int32_t* xcorr = nullptr;
   const float* xdp = nullptr;
-  int64_t np = 0;
+  int64_t nu = 0;
+  // avx512 q4_0 only: per token and unit of 4 blocks, the blocks' first halves (16 activations
+  // each) then their second halves, 128 bytes, to match how the weights unpack: xq4 + (t * nu + u) * 128.
+  const int8_t* xq4 = nullptr;
 };
 
 // Output rows [o0, o1) on each instruction set.
