@@ -76,7 +76,8 @@ struct AttentionParams {
   int64_t k_pos_stride = 0, k_head_stride = 0;
   int64_t v_pos_stride = 0, v_head_stride = 0;
   float scale = 1.0f;
-  float* scratch = nullptr;    // CPU: [max position + 1] floats (per thread when pooled); CUDA: unused
+  float* scratch = nullptr;    // CPU without a pool: [max position + 1] floats (a pool's threads, and
+                               // the AVX-512 path, keep their own); CUDA: unused
   // Cache rows any token may attend (the session's context). CUDA sizes its split-K grid by it so a
   // captured decode graph stays valid as positions grow; 0: positions[n_tokens - 1] + 1 (read on the
   // host, CPU only).

@@ -1,12 +1,14 @@
-// The reference causal attention over a cache: for each new token and query head, scores against
-// every cached position up to the token's own, fp32 softmax, weighted sum of values. With a pool,
-// (token, head) pairs are split across threads, each with its own score row. The dot products and the
-// value accumulation are vector loops (kernels/cpu/vec.h).
+// Causal attention over a cache: for each new token and query head, scores against every cached
+// position up to the token's own, fp32 softmax, weighted sum of values. The portable loop below
+// takes one (token, head) at a time with the vector loops of kernels/cpu/vec.h; on AVX-512 the heads
+// that share a KV head go together (attention_avx512.cpp), so each cache row is read once for the
+// group. With a pool the items are split across threads, each with its own score rows.
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/attention_impl.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/cpu/vec.h"
 #include "kernels/ops.h"
@@ -42,7 +44,48 @@ void attend(const AttentionParams& p, int64_t t, int64_t h, float* scores) {
 
 }  // namespace
 
-void attention(const AttentionParams& p) {
+namespace detail {
+namespace {
+
+// AVX-512: items are (block of tokens, chunk of a KV head's query heads), about 12 queries each so
+// a block of keys serves them all from L1. Whole groups and up to 12 / group tokens; fewer tokens
+// while that leaves under 4 items per thread, and halved groups while there are fewer items than
+// threads (decode on few KV heads, e.g. MLA's one latent head; each chunk reads the whole cache, so
+// chunks are kept as large as the threads allow).
+void attention_grouped(const AttentionParams& p) {
+  constexpr int64_t kTileQueries = 12;
+  const int64_t group = p.n_heads / p.n_kv_heads;
+  const int64_t threads = p.pool ? p.pool->size() : 1;
+  int64_t chunk = group, tokens = std::clamp<int64_t>(kTileQueries / group, 1, p.n_tokens);
+  auto per_kv = [&] { return (group + chunk - 1) / chunk; };
+  auto items = [&] { return (p.n_tokens + tokens - 1) / tokens * p.n_kv_heads * per_kv(); };
+  while (tokens > 1 && items() < 4 * threads) tokens = (tokens + 1) / 2;
+  while (chunk > 1 && items() < threads) chunk = (chunk + 1) / 2;
+  int64_t longest = 0;
+  for (int64_t t = 0; t < p.n_tokens; ++t) longest = std::max(longest, p.positions[t] + 1);
+  const int64_t kv_items = p.n_kv_heads * per_kv();
+  auto run = [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> scores;  // grows to the longest context seen, then stays
+    const auto need = static_cast<size_t>(tokens * chunk * longest);
+    if (scores.size() < need) scores.resize(need);
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t t0 = i / kv_items * tokens, rest = i % kv_items;
+      const int64_t h0 = rest / per_kv() * group + rest % per_kv() * chunk;
+      const int64_t heads = std::min(chunk, (rest / per_kv() + 1) * group - h0);
+      attend_avx512(p, t0, std::min(tokens, p.n_tokens - t0), h0, heads, scores.data());
+    }
+  };
+  if (p.pool) p.pool->parallel_for(items(), run);
+  else run(0, items());
+}
+
+}  // namespace
+
+void attention_isa(const AttentionParams& p, Isa isa) {
+  if (isa == Isa::avx512) {
+    attention_grouped(p);
+    return;
+  }
   if (!p.pool) {
     for (int64_t t = 0; t < p.n_tokens; ++t)
       for (int64_t h = 0; h < p.n_heads; ++h) attend(p, t, h, p.scratch);
@@ -56,5 +99,9 @@ void attention(const AttentionParams& p) {
     for (int64_t i = b; i < e; ++i) attend(p, i / p.n_heads, i % p.n_heads, scores.data());
   });
 }
+
+}  // namespace detail
+
+void attention(const AttentionParams& p) { detail::attention_isa(p, detail::best_isa()); }
 
 }  // namespace moerun::cpu

@@ -8,16 +8,10 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/isa.h"
 #include "kernels/ops.h"
 
 namespace moerun::cpu::detail {
-
-// The instruction sets with their own kernels. avx512 needs F, BW, VL, DQ and VNNI (Ice Lake, Zen 4
-// and later); avx2 needs AVX2, FMA and F16C (Haswell and later).
-enum class Isa : uint8_t { scalar, avx2, avx512 };
-
-Isa best_isa() noexcept;  // the best this CPU has; MOERUN_CPU_ISA=scalar|avx2 in the environment caps it
-const char* isa_name(Isa isa) noexcept;
 
 // Few tokens (decode) read each weight straight from its storage for all of them; more tokens go
 // through widened fp32 rows reused across a cache-sized tile of tokens.

@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cpu/attention_impl.h"
+#include "kernels/cpu/thread_pool.h"
 #include "kernels/ops.h"
 
 namespace moerun {
@@ -981,6 +983,57 @@ TEST(AttentionCpu, MlaKeysAndValuesShareCacheRows) {
   const std::vector<float> out = c.run();
   for (float f : out) ASSERT_TRUE(std::isfinite(f));
   expect_matches_reference(c, out);
+}
+
+// The shapes of the models at their real sizes (16-key blocks with tails, groups of 3 to 16 heads,
+// MLA's 576-dim latent rows, a few hundred cached rows), on every instruction set this CPU has and
+// with and without a pool (the AVX-512 path splits a group when there are few items per thread).
+TEST(AttentionCpu, EveryIsaMatchesDoubleReferenceAtModelShapes) {
+  using cpu::detail::Isa;
+  std::vector<Isa> isas = {Isa::scalar};
+  if (cpu::detail::best_isa() == Isa::avx512) isas.push_back(Isa::avx512);
+  std::vector<int64_t> prefill(40);
+  for (int64_t t = 0; t < 40; ++t) prefill[static_cast<size_t>(t)] = t;
+  std::vector<AttentionCase> cases = {
+      random_gqa(40, 9, 3, 64, 64, prefill, 1800),          // SmolLM2: prefill, group 3
+      random_gqa(2, 8, 1, 128, 128, {299, 300}, 1801),      // Qwen3-MoE's group of 8, long decode
+      random_gqa(3, 16, 16, 192, 128, {17, 18, 19}, 1802),  // DeepSeek MLA without absorption (MHA)
+      random_gqa(1, 7, 7, 17, 33, {0}, 1803),               // odd dims, one row
+  };
+  {  // MLA absorbed: 16 heads over one latent row [c (512), k_rope (64)], v = c; 301 rows are
+     // three of the AVX-512 path's value blocks (128 rows of 512 floats)
+    AttentionCase c;
+    c.n_tokens = 2;
+    c.n_heads = 16;
+    c.n_kv_heads = 1;
+    c.qk_dim = 576;
+    c.v_dim = 512;
+    c.positions = {299, 300};
+    c.ctx = 301;
+    c.q_hs = c.qk_dim;
+    c.q_ts = c.n_heads * c.q_hs;
+    c.k_ps = c.v_ps = c.qk_dim;
+    c.k_hs = c.v_hs = 0;
+    c.scale = 0.0722f;
+    c.shared_kv = true;
+    c.q = uniform(static_cast<size_t>(c.n_tokens * c.q_ts), -1.0f, 1.0f, 1804);
+    c.k = uniform(static_cast<size_t>(c.ctx * c.k_ps), -1.0f, 1.0f, 1805);
+    cases.push_back(c);
+  }
+  cpu::ThreadPool pool(2);
+  for (const AttentionCase& c : cases)
+    for (Isa isa : isas)
+      for (bool pooled : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "isa " << cpu::detail::isa_name(isa) << " pool " << pooled << " heads "
+                                          << c.n_heads << "/" << c.n_kv_heads << " dims " << c.qk_dim << "/" << c.v_dim
+                                          << " tokens " << c.n_tokens);
+        std::vector<float> out(static_cast<size_t>(c.n_tokens * c.n_heads * c.v_dim), kGuard);
+        std::vector<float> scratch(static_cast<size_t>(c.ctx), kNaN);
+        AttentionParams p = c.params(out, scratch);
+        p.pool = pooled ? &pool : nullptr;
+        cpu::detail::attention_isa(p, isa);
+        expect_matches_reference(c, out);
+      }
 }
 
 // ---------------------------------------------------------------------------------------------
