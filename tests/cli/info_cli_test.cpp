@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "moerun/engine.h"
 #include "support/writer.h"
@@ -195,6 +198,31 @@ TEST(TokenizeFilesCli, TokenizerJsonAndSentencePieceFilesDirectly) {
   const CliRun bad = run_cli("tokenize -m '" + data + "mistral' -p \"$(printf '\\377')\"");
   EXPECT_EQ(bad.code, 1);
   EXPECT_NE(bad.err.find("not valid UTF-8"), std::string::npos) << bad.err;
+}
+
+}  // namespace
+}  // namespace moerun
+
+namespace moerun {
+namespace {
+
+TEST(BenchCli, ThreadListGivesEveryTestPerThreadCount) {
+  // llama-bench's -t 1,2: one engine per thread count, each test once per count, in order.
+  const CliRun r = run_cli("bench -m '" + (std::filesystem::path(MOERUN_TEST_DATA) / "golden" / "llama").string() +
+                           "' -p 8 -n 4 -r 1 -t 1,2 -o csv");
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::vector<std::string> threads_and_test;
+  std::istringstream lines(r.out);
+  std::string line;
+  std::getline(lines, line);  // header
+  while (std::getline(lines, line)) {
+    const size_t a = line.find("\",CPU,");
+    ASSERT_NE(a, std::string::npos) << line;
+    const size_t b = line.find(',', a + 6), c = line.find(',', b + 1);
+    threads_and_test.push_back(line.substr(a + 6, b - a - 6) + " " + line.substr(b + 1, c - b - 1));
+  }
+  EXPECT_EQ(threads_and_test, (std::vector<std::string>{"1 \"pp8\"", "1 \"tg4\"", "2 \"pp8\"", "2 \"tg4\""})) << r.out;
+  EXPECT_EQ(run_cli("bench -t 0").code, 2);
 }
 
 }  // namespace

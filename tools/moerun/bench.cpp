@@ -70,24 +70,67 @@ nlohmann::ordered_json row_json(const Row& x) {
           {"gemm_ceiling_tflops", x.gemm_ceiling}, {"gemm_fraction", x.gemm_ceiling > 0 ? x.tflops / x.gemm_ceiling : 0.0}};
 }
 
+struct BenchOptions {
+  std::string model, synthetic, output = "md";
+  std::vector<int> prompt{512}, gen{128}, depth{0};
+  std::vector<int> threads{static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))};
+  int reps = 5, layers = 0, experts = 0;
+  uint64_t seed = 0;
+  EngineFlags engine;
+};
+
+// The rows of every test for one engine (one thread count), after measuring its ceilings.
+void append_rows(const Engine& engine, const BenchOptions& opt, int threads, std::vector<Row>& rows) {
+  const ModelConfig& c = engine.config();
+  const bool on_gpu = engine.backend() == BackendKind::cuda;
+  const BandwidthCeiling ceiling = on_gpu ? measure_device_bandwidth() : measure_read_bandwidth(threads);
+  const double gemm_ceiling = on_gpu ? measure_device_gemm_tflops() : 0.0;
+  if (on_gpu) {
+    std::fprintf(stderr, "# device bandwidth ceiling: %.1f GB/s (device-to-device copy, read + write bytes, best of 5)\n", ceiling.gbps);
+    std::fprintf(stderr, "# device GEMM ceiling: %.1f TFLOP/s (cuBLAS bf16, fp32 accumulation)\n", gemm_ceiling);
+  } else {
+    std::fprintf(stderr, "# read bandwidth ceiling: %.1f GB/s (%d thread%s, %llu MiB buffer, best of 5)\n", ceiling.gbps,
+                 threads, threads == 1 ? "" : "s", static_cast<unsigned long long>(ceiling.bytes >> 20));
+  }
+
+  static const char* const kCount[] = {"", "K", "M", "B", nullptr};
+  static const char* const kSize[] = {"B", "KiB", "MiB", "GiB", nullptr};
+  uint64_t weight_bytes = 0;
+  for (const TensorRecord& t : engine.model().tensors()) weight_bytes += t.nbytes;
+  std::string dtype = engine.weights().layers.front().o_proj.weight ? std::string(dtype_name(engine.weights().layers.front().o_proj.weight.dtype())) : "";
+  for (char& ch : dtype) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  Row base{.model = std::string(c.model_type) + " " + human(static_cast<double>(engine.model().total_params()), kCount, 1000) + " " + dtype,
+           .size = weight_bytes ? human(static_cast<double>(weight_bytes), kSize, 1024) : "in memory",
+           .params = human(static_cast<double>(engine.model().total_params()), kCount, 1000) +
+                     (c.is_moe() ? " / " + human(static_cast<double>(engine.model().active_params()), kCount, 1000) : ""),
+           .backend = on_gpu ? "CUDA" : "CPU", .threads = on_gpu ? 1 : threads, .r = {}, .ceiling = ceiling.gbps,
+           .gemm_ceiling = gemm_ceiling};
+  const double flops = prefill_flops_per_token(engine);
+  for (int d : opt.depth) {
+    for (int n : opt.prompt)
+      if (n > 0) {
+        rows.push_back(base);
+        rows.back().r = bench_prefill(engine, n, opt.reps, d);
+        rows.back().tflops = flops * rows.back().r.mean / 1e12;
+      }
+    for (int n : opt.gen)
+      if (n > 0) rows.push_back(base), rows.back().r = bench_decode(engine, n, opt.reps, d);
+  }
+}
+
 }  // namespace
 
 void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
-  struct Options {
-    std::string model, synthetic, output = "md";
-    std::vector<int> prompt{512}, gen{128}, depth{0};
-    int reps = 5, threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency())), layers = 0, experts = 0;
-    uint64_t seed = 0;
-    EngineFlags engine;
-  };
-  auto opt = std::make_shared<Options>();
+  auto opt = std::make_shared<BenchOptions>();
   CLI::App* app = root.add_subcommand("bench", "Measure prefill (pp) and decode (tg) tokens/s, llama-bench style");
   app->add_option("-m,--model", opt->model, "model directory (default: $MOERUN_MODEL or models/default)");
   app->add_option("-p,--n-prompt", opt->prompt, "prefill test sizes (pp); 0 skips")->delimiter(',');
   app->add_option("-n,--n-gen", opt->gen, "decode test sizes (tg); 0 skips")->delimiter(',');
   app->add_option("-d,--n-depth", opt->depth, "cached tokens before each test (llama-bench's -d)")->delimiter(',')->check(CLI::NonNegativeNumber);
   app->add_option("-r,--repetitions", opt->reps, "timed repetitions per test (after one warm-up)")->check(CLI::Range(1, 1000));
-  app->add_option("-t,--threads", opt->threads, "CPU threads (default: one per hardware thread)")->check(CLI::Range(1, 1024));
+  app->add_option("-t,--threads", opt->threads, "CPU thread counts, e.g. 1,2 (default: one per hardware thread)")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 1024));
   app->add_option("-o,--output", opt->output, "output format")->check(CLI::IsMember({"md", "json", "csv"}));
   app->add_option("--synthetic", opt->synthetic, "benchmark a config.json's architecture with random weights made in memory");
   app->add_option("--layers", opt->layers, "with --synthetic: cap num_hidden_layers")->check(CLI::PositiveNumber);
@@ -95,58 +138,26 @@ void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
   app->add_option("--seed", opt->seed, "with --synthetic: seed of the random weights");
   opt->engine.add_to(app);
   commands.push_back({app, [opt] {
-    Model model = [&] {
-      if (opt->synthetic.empty()) return Model::load(opt->model.empty() ? default_model_dir() : opt->model);
-      ConfigOverrides o;
-      if (opt->layers > 0) o.num_hidden_layers = opt->layers;
-      if (opt->experts > 0) o.max_routed_experts = opt->experts;
-      const ModelConfig config = load_model_config(opt->synthetic, o);
-      std::fprintf(stderr, "# making random weights for %s (%lld layers)\n", opt->synthetic.c_str(),
-                   static_cast<long long>(config.num_hidden_layers));
-      return Model::synthetic(config, opt->seed);
-    }();
-    EngineOptions eo;
-    eo.threads = opt->threads;
-    opt->engine.apply(eo);
-    const Engine engine = Engine::from_model(std::move(model), eo);
-    const ModelConfig& c = engine.config();
-    const int threads = opt->threads;
-    const bool on_gpu = engine.backend() == BackendKind::cuda;
-    const BandwidthCeiling ceiling = on_gpu ? measure_device_bandwidth() : measure_read_bandwidth(threads);
-    const double gemm_ceiling = on_gpu ? measure_device_gemm_tflops() : 0.0;
-    if (on_gpu) {
-      std::fprintf(stderr, "# device bandwidth ceiling: %.1f GB/s (device-to-device copy, read + write bytes, best of 5)\n", ceiling.gbps);
-      std::fprintf(stderr, "# device GEMM ceiling: %.1f TFLOP/s (cuBLAS bf16, fp32 accumulation)\n", gemm_ceiling);
-    } else {
-      std::fprintf(stderr, "# read bandwidth ceiling: %.1f GB/s (%d thread%s, %llu MiB buffer, best of 5)\n", ceiling.gbps,
-                   threads, threads == 1 ? "" : "s", static_cast<unsigned long long>(ceiling.bytes >> 20));
-    }
-
-    static const char* const kCount[] = {"", "K", "M", "B", nullptr};
-    static const char* const kSize[] = {"B", "KiB", "MiB", "GiB", nullptr};
-    uint64_t weight_bytes = 0;
-    for (const TensorRecord& t : engine.model().tensors()) weight_bytes += t.nbytes;
-    std::string dtype = engine.weights().layers.front().o_proj.weight ? std::string(dtype_name(engine.weights().layers.front().o_proj.weight.dtype())) : "";
-    for (char& ch : dtype) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    Row base{.model = std::string(c.model_type) + " " + human(static_cast<double>(engine.model().total_params()), kCount, 1000) + " " + dtype,
-             .size = weight_bytes ? human(static_cast<double>(weight_bytes), kSize, 1024) : "in memory",
-             .params = human(static_cast<double>(engine.model().total_params()), kCount, 1000) +
-                       (c.is_moe() ? " / " + human(static_cast<double>(engine.model().active_params()), kCount, 1000) : ""),
-             .backend = on_gpu ? "CUDA" : "CPU", .threads = on_gpu ? 1 : threads, .r = {}, .ceiling = ceiling.gbps,
-             .gemm_ceiling = gemm_ceiling};
-    const double flops = prefill_flops_per_token(engine);
     std::vector<Row> rows;
-    for (int d : opt->depth) {
-      for (int n : opt->prompt)
-        if (n > 0) {
-          rows.push_back(base);
-          rows.back().r = bench_prefill(engine, n, opt->reps, d);
-          rows.back().tflops = flops * rows.back().r.mean / 1e12;
-        }
-      for (int n : opt->gen)
-        if (n > 0) rows.push_back(base), rows.back().r = bench_decode(engine, n, opt->reps, d);
+    for (const int threads : opt->threads) {
+      // One engine per thread count (its pool is sized at creation); the weights map again, cheaply.
+      Model model = [&] {
+        if (opt->synthetic.empty()) return Model::load(opt->model.empty() ? default_model_dir() : opt->model);
+        ConfigOverrides o;
+        if (opt->layers > 0) o.num_hidden_layers = opt->layers;
+        if (opt->experts > 0) o.max_routed_experts = opt->experts;
+        const ModelConfig config = load_model_config(opt->synthetic, o);
+        std::fprintf(stderr, "# making random weights for %s (%lld layers)\n", opt->synthetic.c_str(),
+                     static_cast<long long>(config.num_hidden_layers));
+        return Model::synthetic(config, opt->seed);
+      }();
+      EngineOptions eo;
+      eo.threads = threads;
+      opt->engine.apply(eo);
+      const Engine engine = Engine::from_model(std::move(model), eo);
+      append_rows(engine, *opt, threads, rows);
+      if (engine.backend() == BackendKind::cuda) break;  // thread counts are a CPU matter
     }
-
     std::string out;
     if (opt->output == "md") {
       out = md_table(rows);
