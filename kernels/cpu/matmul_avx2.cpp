@@ -191,52 +191,68 @@ MOERUN_AVX2 void gemm_rows(const MatmulCall& c, int64_t o0, int64_t o1) {
   }
 }
 
-// One quantized row against token t's activations.
-template <DType D>
-MOERUN_AVX2 float dot_quant(const MatmulCall& c, const uint8_t* row, int64_t t) {
+// R quantized rows from row o against token t's activations, side by side (R streams in flight,
+// prefetched near and whole passes ahead as in the float GEMV); each row's arithmetic is the same
+// whatever R is.
+template <DType D, int R>
+MOERUN_AVX2 void dot_quant(const MatmulCall& c, int64_t o, int64_t t) {
+  const MatmulParams& p = *c.p;
   const int64_t qb = quant_block_bytes(D);
+  const size_t row_bytes = dtype_bytes(D, p.in_features);
+  const uint8_t* row[R];
+  for (int r = 0; r < R; ++r) row[r] = static_cast<const uint8_t*>(p.weight) + static_cast<size_t>(o + r) * row_bytes;
+  const int64_t far = prefetch_far_offset(R * static_cast<int64_t>(row_bytes));
   const int8_t* a = c.xq + t * c.kp;
   const float* da = c.xd + t * c.nb;
   const int32_t* sa = c.xsum + t * c.nb;
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc = _mm256_setzero_ps();
-  float corr = 0.0f;  // q4_0: sum over blocks of scale * 8 * sum(a)
+  __m256 acc[R];
+  float corr[R];  // q4_0: sum over blocks of scale * 8 * sum(a)
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    corr[r] = 0.0f;
+  }
   for (int64_t g = 0; g * kQuantGroupBlocks < c.nb; ++g) {
     const int64_t first = g * kQuantGroupBlocks, count = std::min(kQuantGroupBlocks, c.nb - first);
-    const uint8_t* quants = row + quant_group_offset(D, g);
-    const auto* scales = reinterpret_cast<const uint16_t*>(quants + count * qb);
+    const int64_t base = quant_group_offset(D, g);
     for (int64_t j = 0; j < count; ++j) {
       const int64_t b = first + j;
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + b * kQuantBlock));
-      const float s = _cvtsh_ss(scales[j]) * da[b];
-      __m256i prod;
-      if constexpr (D == DType::q8_0) {
-        const __m256i ws = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(quants + j * qb)),
-                                            _mm256_set1_epi8(static_cast<char>(0x80)));
-        prod = _mm256_maddubs_epi16(_mm256_abs_epi8(ws), _mm256_sign_epi8(av, ws));
-      } else {
-        const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(quants + j * qb)));
-        const __m256i u = _mm256_and_si256(_mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
-                                           _mm256_set1_epi8(0x0f));
-        prod = _mm256_maddubs_epi16(u, av);
-        corr += s * static_cast<float>(8 * sa[b]);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* quants = row[r] + base;
+        if ((j * qb) % 64 == 0) {
+          _mm_prefetch(reinterpret_cast<const char*>(quants + j * qb) + kPrefetchNear, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(quants + j * qb) + far, _MM_HINT_T1);
+        }
+        const float s = _cvtsh_ss(reinterpret_cast<const uint16_t*>(quants + count * qb)[j]) * da[b];
+        __m256i prod;
+        if constexpr (D == DType::q8_0) {
+          const __m256i ws = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(quants + j * qb)),
+                                              _mm256_set1_epi8(static_cast<char>(0x80)));
+          prod = _mm256_maddubs_epi16(_mm256_abs_epi8(ws), _mm256_sign_epi8(av, ws));
+        } else {
+          const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(quants + j * qb)));
+          const __m256i u = _mm256_and_si256(_mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+                                             _mm256_set1_epi8(0x0f));
+          prod = _mm256_maddubs_epi16(u, av);
+          corr[r] += s * static_cast<float>(8 * sa[b]);
+        }
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones)), _mm256_set1_ps(s), acc[r]);
       }
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones)), _mm256_set1_ps(s), acc);
     }
   }
-  return hsum(acc) - corr;
+  for (int r = 0; r < R; ++r) p.out[t * c.os + o + r] = hsum(acc[r]) - corr[r] + (p.bias ? p.bias[o + r] : 0.0f);
 }
 
 template <DType D>
 MOERUN_AVX2 void quant_rows(const MatmulCall& c, int64_t o0, int64_t o1) {
-  const MatmulParams& p = *c.p;
-  const size_t row_bytes = dtype_bytes(D, p.in_features);
-  // Four rows at a time so that, for several tokens, the rows are re-read from L1, not memory.
+  // Four rows at a time; for several tokens the rows are re-read from L1, not memory.
   for (int64_t o = o0; o < o1; o += kR)
-    for (int64_t t = 0; t < p.n; ++t)
-      for (int64_t r = o; r < std::min(o1, o + kR); ++r)
-        p.out[t * c.os + r] = dot_quant<D>(c, static_cast<const uint8_t*>(p.weight) + static_cast<size_t>(r) * row_bytes, t) +
-                              (p.bias ? p.bias[r] : 0.0f);
+    for (int64_t t = 0; t < c.p->n; ++t) {
+      if (o + kR <= o1) dot_quant<D, kR>(c, o, t);
+      else for (int64_t r = o; r < o1; ++r) dot_quant<D, 1>(c, r, t);
+    }
 }
 
 }  // namespace
