@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <ostream>
+#include <string>
 
 #include "kernels/ops.h"
 #include "moerun/engine.h"
@@ -40,10 +42,14 @@ std::vector<Case> cases() {
   return out;
 }
 
-std::string case_name(const ::testing::TestParamInfo<Case>& p) {
-  return p.param.name + (p.param.options.mla == MlaMode::naive ? "_naive" : "") +
-         (p.param.options.fp8_dequant == DType::f32 ? "_f32" : "");
+std::string label(const Case& c) {
+  return c.name + (c.options.mla == MlaMode::naive ? "_naive" : "") + (c.options.fp8_dequant == DType::f32 ? "_f32" : "");
 }
+
+std::string case_name(const ::testing::TestParamInfo<Case>& p) { return label(p.param); }
+
+// What ctest and gtest print for GetParam(): the case's name, not its bytes.
+void PrintTo(const Case& c, std::ostream* os) { *os << label(c) << (c.bf16 ? " (bf16 closeness)" : ""); }
 
 Engine load(const Case& c, BackendKind backend) {
   EngineOptions o = c.options;
@@ -80,7 +86,7 @@ TEST_P(CudaGolden, LogitsMatchTheCpuBackend) {
     }
   }
   if (c.bf16) testing::expect_close_to_bf16_reference(total, (c.name + " on CUDA vs the CPU backend").c_str());
-  std::printf("[cuda golden] %-24s max |logit CUDA - CPU| = %.3g (close %d/%d)\n", case_name({c, 0}).c_str(), worst,
+  std::printf("[cuda golden] %-24s max |logit CUDA - CPU| = %.3g (close %d/%d)\n", label(c).c_str(), worst,
               total.close, total.positions);
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -50,9 +51,9 @@ std::vector<Case> cases() {
   return out;
 }
 
-std::string case_name(const ::testing::TestParamInfo<Case>& p) {
-  return p.param.name + (p.param.quant == WeightQuant::q8 ? "_q8" : "_q4");
-}
+std::string label(const Case& c) { return c.name + (c.quant == WeightQuant::q8 ? "_q8" : "_q4"); }
+std::string case_name(const ::testing::TestParamInfo<Case>& p) { return label(p.param); }
+void PrintTo(const Case& c, std::ostream* os) { *os << label(c); }  // GetParam() by name, not bytes
 
 class GoldenQuant : public ::testing::TestWithParam<Case> {};
 
@@ -81,7 +82,7 @@ TEST_P(GoldenQuant, LogitsStayCloseToTransformers) {
   }
   const double top1 = static_cast<double>(same) / positions;
   std::printf("[golden-quant] %-24s max |logit - HF| = %.4f (max |HF logit| %.2f, ratio %.4f), top-1 same at %d of %d positions (%.3f)\n",
-              case_name({c, 0}).c_str(), worst, scale, worst / scale, same, positions, top1);
+              label(c).c_str(), worst, scale, worst / scale, same, positions, top1);
   const Bound b = bound(c.quant);
   EXPECT_LE(worst / scale, b.max_relative_diff) << c.name;
   EXPECT_GE(top1, b.min_top1) << c.name;

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <ostream>
+#include <string>
 
 #include "io/safetensors.h"
 #include "support/golden.h"
@@ -48,10 +50,11 @@ std::vector<Case> cases() {
   return out;
 }
 
-std::string case_name(const ::testing::TestParamInfo<Case>& p) {
-  return p.param.name + (p.param.options.mla == MlaMode::naive ? "_naive" : "") +
-         (p.param.options.fp8_dequant == DType::f32 ? "_f32" : "");
+std::string label(const Case& c) {
+  return c.name + (c.options.mla == MlaMode::naive ? "_naive" : "") + (c.options.fp8_dequant == DType::f32 ? "_f32" : "");
 }
+std::string case_name(const ::testing::TestParamInfo<Case>& p) { return label(p.param); }
+void PrintTo(const Case& c, std::ostream* os) { *os << label(c); }  // GetParam() by name, not bytes
 
 class GoldenLogits : public ::testing::TestWithParam<Case> {};
 
@@ -67,7 +70,7 @@ TEST_P(GoldenLogits, EveryPositionMatchesTransformers) {
     worst = std::max(worst, err);
     EXPECT_LE(err, c.tol) << c.name << " prompt length " << g.ids[i].size();
   }
-  std::printf("[golden] %-28s max |logit - HF %s| = %.3g\n", case_name({c, 0}).c_str(), g.transformers.c_str(), worst);
+  std::printf("[golden] %-28s max |logit - HF %s| = %.3g\n", label(c).c_str(), g.transformers.c_str(), worst);
 }
 
 TEST_P(GoldenLogits, GreedyContinuationMatchesTransformers) {
