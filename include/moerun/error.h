@@ -2,6 +2,7 @@
 // moerun::Error: the one error type of the library. It names where the problem is (a file, a tensor,
 // a config key) and what is wrong (expected vs found); what() reads "where: what".
 
+#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -23,4 +24,16 @@ class Error : public std::runtime_error {
   std::string detail_;
 };
 
+namespace detail {
+
+// The pieces of a message streamed together: Error("x", cat("needs ", n, " bytes")). (GCC 12 has no
+// <format>.)
+template <class... Args>
+std::string cat(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+
+}  // namespace detail
 }  // namespace moerun

@@ -5,7 +5,6 @@
 #include <utility>
 
 #include "moerun/error.h"
-#include "util/strings.h"
 
 namespace moerun::cuda {
 

@@ -22,7 +22,6 @@
 #include "kernels/cuda/gemv.cuh"
 #include "kernels/ops.h"
 #include "moerun/error.h"
-#include "util/strings.h"
 
 namespace moerun::cuda {
 namespace {

@@ -32,7 +32,6 @@
 #include "kernels/moe_plan.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
-#include "util/strings.h"
 
 namespace moerun::cuda {
 namespace {

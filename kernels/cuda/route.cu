@@ -14,7 +14,6 @@
 #include "kernels/cuda/context.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
-#include "util/strings.h"
 
 namespace moerun::cuda {
 namespace {

@@ -1,19 +1,14 @@
 #pragma once
-// Small string helpers for messages (GCC 12 has no <format>).
+// Small string helpers for messages (detail::cat itself lives in moerun/error.h, where kernels can
+// reach it too).
 
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
 
-namespace moerun::detail {
+#include "moerun/error.h"
 
-template <class... Args>
-std::string cat(const Args&... args) {
-  std::ostringstream os;
-  (os << ... << args);
-  return os.str();
-}
+namespace moerun::detail {
 
 // "a; b; c (and 7 more)": at most `max_items` problems in one message line.
 std::string join_problems(const std::vector<std::string>& items, size_t max_items = 12);
