@@ -193,9 +193,11 @@ struct MoeParams {
 
 namespace cpu {
 void matmul(const MatmulParams& p);
-// Up to four matmuls (e.g. the q/k/v or gate/up projections of the same rows) in one pass over the
-// pool: their output rows are split together, so the group costs one dispatch and the threads stay
-// balanced. Each entry's results are exactly matmul()'s; the entries' own pool fields are ignored.
+// Up to kMatmulGroupMax matmuls (the q/k/v or gate/up projections of the same rows, a decode step's
+// experts) in one pass over the pool: their output rows are split together, so the group costs one
+// dispatch and the threads stay balanced, and entries reading the same activations prepare them
+// once. Each entry's results are exactly matmul()'s; the entries' own pool fields are ignored.
+inline constexpr size_t kMatmulGroupMax = 32;
 void matmul_group(const MatmulParams* ps, size_t count, ThreadPool* pool);
 void rms_norm(const RmsNormParams& p);
 void rope(const RopeParams& p);

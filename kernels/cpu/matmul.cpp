@@ -232,6 +232,12 @@ MatmulCall prepare_call(const MatmulParams& p, Isa isa, Scratch& s) {
   return c;
 }
 
+// Whether prepare_call would make the same activations for a and b.
+bool shares_activations(const MatmulParams& a, const MatmulParams& b) {
+  const int64_t as = a.x_stride ? a.x_stride : a.in_features, bs = b.x_stride ? b.x_stride : b.in_features;
+  return a.x == b.x && as == bs && a.n == b.n && a.in_features == b.in_features && a.weight_dtype == b.weight_dtype;
+}
+
 void run_rows(const MatmulCall& c, Isa isa, int64_t o0, int64_t o1) {
   switch (isa) {
     case Isa::avx512: rows_avx512(c, o0, o1); break;
@@ -256,16 +262,28 @@ void matmul_isa(const MatmulParams& p, Isa isa) {
 }
 
 void matmul_group_isa(const MatmulParams* ps, size_t count, ThreadPool* pool, Isa isa) {
-  constexpr size_t kMax = 4;
-  if (count > kMax) throw Error("matmul_group", "at most 4 matmuls per group");
+  constexpr size_t kMax = kMatmulGroupMax;
+  if (count > kMax) throw Error("matmul_group", "at most 32 matmuls per group");
   thread_local std::array<Scratch, kMax> scratch;
   std::array<MatmulCall, kMax> calls;
   std::array<int64_t, kMax + 1> first{};  // entry i owns rows [first[i], first[i + 1]) of the union
   for (size_t i = 0; i < count; ++i) {
     check(ps[i]);
     const bool empty = ps[i].n <= 0 || ps[i].out_features <= 0;
-    if (!empty) calls[i] = prepare_call(ps[i], isa, scratch[i]);
     first[i + 1] = first[i] + (empty ? 0 : ps[i].out_features);
+    if (empty) continue;
+    // Entries that read the same activations the same way (q/k/v, gate/up, a decode step's experts)
+    // share one preparation: only the weights and the output differ.
+    size_t same = i;
+    for (size_t j = 0; j < i && same == i; ++j)
+      if (calls[j].p && shares_activations(ps[i], ps[j])) same = j;
+    if (same == i) {
+      calls[i] = prepare_call(ps[i], isa, scratch[i]);
+    } else {
+      calls[i] = calls[same];
+      calls[i].p = &ps[i];
+      calls[i].os = ps[i].out_stride ? ps[i].out_stride : ps[i].out_features;
+    }
   }
   auto rows = [&](int64_t g0, int64_t g1) {
     for (size_t i = 0; i < count; ++i) {

@@ -1,9 +1,10 @@
 // The routed experts of a MoE layer on the CPU: token->expert pairs are grouped by expert, each
 // selected expert runs once as a small GEMM over its tokens (its weights are read once per batch),
-// and the weighted outputs are scattered back. Scratch is per thread and keeps its capacity, so a
-// decode step allocates nothing after the first.
+// and the weighted outputs are scattered back. One token (decode) takes a grouped path below.
+// Scratch is per thread and keeps its capacity, so a decode step allocates nothing after the first.
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <vector>
 
@@ -12,10 +13,58 @@
 
 namespace moerun::cpu {
 
+namespace {
+
+// One token (decode): every selected expert reads the same x, so all gate/up projections are one
+// matmul_group (one dispatch, x prepared once) and all down projections another, instead of three
+// dispatches per expert. Outputs are summed in ascending expert id, as the batched path does, so
+// the result is the same bits.
+void moe_one_token(const MoeParams& p, std::vector<float>& g, std::vector<float>& u, std::vector<float>& y) {
+  const int64_t D = p.hidden, I = p.intermediate, k = p.top_k;
+  if (static_cast<int64_t>(g.size()) < k * I) {
+    g.resize(static_cast<size_t>(k * I));
+    u.resize(static_cast<size_t>(k * I));
+  }
+  if (static_cast<int64_t>(y.size()) < k * D) y.resize(static_cast<size_t>(k * D));
+  std::array<int64_t, kMatmulGroupMax / 2> order;  // slots by ascending expert id
+  for (int64_t j = 0; j < k; ++j) order[static_cast<size_t>(j)] = j;
+  std::sort(order.begin(), order.begin() + k, [&](int64_t a, int64_t b) { return p.expert_ids[a] < p.expert_ids[b]; });
+  std::array<MatmulParams, kMatmulGroupMax> ps;
+  for (int64_t j = 0; j < k; ++j) {
+    const int32_t e = p.expert_ids[j];
+    const MatmulParams proj{.x = p.x, .weight_dtype = p.weight_dtype, .n = 1, .in_features = D, .out_features = I};
+    ps[static_cast<size_t>(2 * j)] = proj;
+    ps[static_cast<size_t>(2 * j)].out = g.data() + j * I;
+    ps[static_cast<size_t>(2 * j)].weight = p.gate[e];
+    ps[static_cast<size_t>(2 * j + 1)] = proj;
+    ps[static_cast<size_t>(2 * j + 1)].out = u.data() + j * I;
+    ps[static_cast<size_t>(2 * j + 1)].weight = p.up[e];
+  }
+  matmul_group(ps.data(), static_cast<size_t>(2 * k), p.pool);
+  silu_mul({.out = g.data(), .gate = g.data(), .up = u.data(), .n = k * I});
+  for (int64_t j = 0; j < k; ++j)
+    ps[static_cast<size_t>(j)] = {.out = y.data() + j * D, .x = g.data() + j * I, .weight = p.down[p.expert_ids[j]],
+                                  .weight_dtype = p.weight_dtype, .n = 1, .in_features = I, .out_features = D};
+  matmul_group(ps.data(), static_cast<size_t>(k), p.pool);
+  std::fill(p.out, p.out + D, 0.0f);
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t j = order[static_cast<size_t>(i)];
+    const float wgt = p.expert_weights[j];
+    const float* src = y.data() + j * D;
+    for (int64_t d = 0; d < D; ++d) p.out[d] += wgt * src[d];
+  }
+}
+
+}  // namespace
+
 void moe(const MoeParams& p) {
   const int64_t D = p.hidden, I = p.intermediate, pairs = p.n_tokens * p.top_k;
   thread_local MoePlan plan;
   thread_local std::vector<float> xin, g, u, y;
+  if (p.n_tokens == 1 && 2 * p.top_k <= static_cast<int64_t>(kMatmulGroupMax)) {
+    moe_one_token(p, g, u, y);
+    return;
+  }
   plan_moe(p.expert_ids, pairs, p.n_experts, plan);
   std::fill(p.out, p.out + p.n_tokens * D, 0.0f);
   for (int64_t e = 0; e < p.n_experts; ++e) {

@@ -1,8 +1,11 @@
 // matmul_group: several matmuls of the same rows in one pass over the pool give exactly what each
-// matmul gives on its own (every weight dtype, different output sizes, with and without a pool).
+// matmul gives on its own (every weight dtype, different output sizes, shared activations, with and
+// without a pool); and cpu::moe, whose one-token path is built on it.
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -80,8 +83,115 @@ TEST(MatmulGroup, EmptyEntriesAndTooManyEntries) {
   const MatmulParams two[] = {none, ok};
   cpu::matmul_group(two, 2, nullptr);
   EXPECT_NE(out[7], -1.0f);
-  const MatmulParams five[] = {ok, ok, ok, ok, ok};
-  EXPECT_THROW(cpu::matmul_group(five, 5, nullptr), Error);
+  std::vector<MatmulParams> many(cpu::kMatmulGroupMax + 1, ok);
+  EXPECT_NO_THROW(cpu::matmul_group(many.data(), cpu::kMatmulGroupMax, nullptr));
+  EXPECT_THROW(cpu::matmul_group(many.data(), many.size(), nullptr), Error);
+}
+
+TEST(MatmulGroup, EntriesSharingActivationsStayExact) {
+  // Entries with the same x, dtype and token count share one preparation; a different x, or the
+  // same x read as another dtype, must not pick it up.
+  const int64_t in = 96;
+  for (int64_t n : {1, 3, 17}) {
+    const std::vector<float> x = random_floats(static_cast<size_t>(n * in), 30 + static_cast<uint64_t>(n));
+    const std::vector<float> x2 = random_floats(static_cast<size_t>(n * in), 60 + static_cast<uint64_t>(n));
+    struct Entry {
+      DType dtype;
+      int64_t out;
+      const float* x;
+    };
+    const Entry entries[] = {{DType::bf16, 40, x.data()},  {DType::bf16, 17, x.data()}, {DType::q8_0, 33, x.data()},
+                             {DType::bf16, 24, x2.data()}, {DType::q8_0, 64, x.data()}, {DType::q4_0, 32, x.data()},
+                             {DType::bf16, 8, x.data()}};
+    std::vector<std::vector<uint8_t>> w;
+    std::vector<std::vector<float>> alone, grouped;
+    std::vector<MatmulParams> ps;
+    for (size_t i = 0; i < std::size(entries); ++i) {
+      const Entry& e = entries[i];
+      w.push_back(weights(e.dtype, e.out, in, 200 + i));
+      const int64_t os = e.out + 3;  // padded output rows
+      alone.emplace_back(static_cast<size_t>(n * os), 0.0f);
+      grouped.emplace_back(static_cast<size_t>(n * os), 0.0f);
+      MatmulParams p{.out = alone[i].data(), .x = e.x, .weight = w[i].data(), .weight_dtype = e.dtype, .n = n,
+                     .in_features = in, .out_features = e.out, .out_stride = os};
+      cpu::matmul(p);
+      p.out = grouped[i].data();
+      ps.push_back(p);
+    }
+    cpu::ThreadPool pool(2);
+    cpu::matmul_group(ps.data(), ps.size(), &pool);
+    for (size_t i = 0; i < std::size(entries); ++i) EXPECT_EQ(grouped[i], alone[i]) << "entry " << i << " n " << n;
+  }
+}
+
+// cpu::moe for one token takes a grouped path (every selected expert's gate/up in one matmul_group,
+// the downs in another). It must give the batched path's bits (the same token twice goes through
+// the batched path, whose per-token arithmetic is the same), and, in float weights, the formula.
+TEST(MoeCpu, OneTokenGroupedPathEqualsBatchedPathAndFormula) {
+  const int64_t D = 64, I = 64, E = 10;
+  cpu::ThreadPool pool(2);
+  for (DType dt : {DType::f32, DType::bf16, DType::q8_0})
+    for (int64_t top_k : {1, 4, 8}) {
+      std::vector<std::vector<uint8_t>> gate, up, down;
+      std::vector<const void*> gp, upp, dp;
+      for (int64_t e = 0; e < E; ++e) {
+        gate.push_back(weights(dt, I, D, 300 + static_cast<uint64_t>(e)));
+        up.push_back(weights(dt, I, D, 400 + static_cast<uint64_t>(e)));
+        down.push_back(weights(dt, D, I, 500 + static_cast<uint64_t>(e)));
+      }
+      for (int64_t e = 0; e < E; ++e) {
+        gp.push_back(gate[static_cast<size_t>(e)].data());
+        upp.push_back(up[static_cast<size_t>(e)].data());
+        dp.push_back(down[static_cast<size_t>(e)].data());
+      }
+      std::vector<float> x = random_floats(static_cast<size_t>(D), 600 + static_cast<uint64_t>(top_k));
+      for (float& v : x) v *= 0.1f;
+      std::vector<int32_t> ids;  // distinct, not sorted
+      for (int64_t j = 0; j < top_k; ++j) ids.push_back(static_cast<int32_t>((7 * j + 3) % E));
+      std::vector<float> wts = random_floats(static_cast<size_t>(top_k), 700);
+      for (cpu::ThreadPool* pl : {static_cast<cpu::ThreadPool*>(nullptr), &pool}) {
+        SCOPED_TRACE(::testing::Message() << dtype_name(dt) << " top_k " << top_k << " pool " << (pl != nullptr));
+        std::vector<float> one(static_cast<size_t>(D), -1.0f);
+        MoeParams p{.out = one.data(), .x = x.data(), .expert_ids = ids.data(), .expert_weights = wts.data(),
+                    .gate = gp.data(), .up = upp.data(), .down = dp.data(), .weight_dtype = dt, .n_tokens = 1,
+                    .top_k = top_k, .n_experts = E, .hidden = D, .intermediate = I, .pool = pl};
+        cpu::moe(p);
+        std::vector<float> x2 = x, ids_w = wts, two(static_cast<size_t>(2 * D), -1.0f);
+        x2.insert(x2.end(), x.begin(), x.end());
+        std::vector<int32_t> ids2 = ids;
+        ids2.insert(ids2.end(), ids.begin(), ids.end());
+        ids_w.insert(ids_w.end(), wts.begin(), wts.end());
+        MoeParams b = p;
+        b.out = two.data();
+        b.x = x2.data();
+        b.expert_ids = ids2.data();
+        b.expert_weights = ids_w.data();
+        b.n_tokens = 2;
+        cpu::moe(b);
+        EXPECT_TRUE(std::equal(one.begin(), one.end(), two.begin())) << "token 0 of the batch";
+        EXPECT_TRUE(std::equal(one.begin(), one.end(), two.begin() + D)) << "token 1 of the batch";
+        if (dt == DType::q8_0) continue;  // quantized activations: the formula holds to their rounding only
+        for (int64_t d = 0; d < D; ++d) {
+          double want = 0.0, mag = 0.0;
+          for (int64_t j = 0; j < top_k; ++j) {
+            const int32_t e = ids[static_cast<size_t>(j)];
+            double dot = 0.0;
+            for (int64_t i = 0; i < I; ++i) {
+              double g = 0.0, u = 0.0;
+              for (int64_t c = 0; c < D; ++c) {
+                g += static_cast<double>(cpu::load_f32(gp[static_cast<size_t>(e)], dt, i * D + c)) * x[static_cast<size_t>(c)];
+                u += static_cast<double>(cpu::load_f32(upp[static_cast<size_t>(e)], dt, i * D + c)) * x[static_cast<size_t>(c)];
+              }
+              const double h = g / (1.0 + std::exp(-g)) * u;
+              dot += static_cast<double>(cpu::load_f32(dp[static_cast<size_t>(e)], dt, d * I + i)) * h;
+            }
+            want += wts[static_cast<size_t>(j)] * dot;
+            mag += std::fabs(wts[static_cast<size_t>(j)] * dot);
+          }
+          EXPECT_NEAR(one[static_cast<size_t>(d)], want, 1e-5 * (mag + 1e-3)) << "d " << d;
+        }
+      }
+    }
 }
 
 }  // namespace
