@@ -317,7 +317,7 @@ MOERUN_AVX512 void gemm_rows(const MatmulCall& c, int64_t o0, int64_t o1) {
     const char* base = static_cast<const char*>(p.weight) + static_cast<size_t>(o) * dtype_bytes(p.weight_dtype, k);
     DType dtype = p.weight_dtype;
     int64_t stride = static_cast<int64_t>(dtype_bytes(p.weight_dtype, k));
-    if (f8) {  // no vector fp8 conversion here: widen the panel's rows once, then gather those
+    if (f8) {  // no vector fp8 conversion here: widen the panel's rows once, then pack those
       for (int r = 0; r < rows; ++r) widen_row(p, o + r, rowbuf.data() + r * k);
       base = reinterpret_cast<const char*>(rowbuf.data());
       dtype = DType::f32;

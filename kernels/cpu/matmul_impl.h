@@ -14,7 +14,8 @@
 namespace moerun::cpu::detail {
 
 // Few tokens (decode) read each weight straight from its storage for all of them; more tokens go
-// through widened fp32 rows reused across a cache-sized tile of tokens.
+// through panels of rows packed once per call (AVX-512: outer-product tiles; AVX2: widened rows
+// reused across a cache-sized tile of tokens).
 inline constexpr int64_t kGemvMaxTokens = 4;
 
 // Software prefetch of the decode kernels, which stream R weight rows side by side: each row is
