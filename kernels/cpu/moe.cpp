@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/vec.h"
 #include "kernels/moe_plan.h"
 #include "kernels/ops.h"
 
@@ -49,9 +50,7 @@ void moe_one_token(const MoeParams& p, std::vector<float>& g, std::vector<float>
   std::fill(p.out, p.out + D, 0.0f);
   for (int64_t i = 0; i < k; ++i) {
     const int64_t j = order[static_cast<size_t>(i)];
-    const float wgt = p.expert_weights[j];
-    const float* src = y.data() + j * D;
-    for (int64_t d = 0; d < D; ++d) p.out[d] += wgt * src[d];
+    vec::axpy(p.out, p.expert_weights[j], y.data() + j * D, D);
   }
 }
 
@@ -92,10 +91,7 @@ void moe(const MoeParams& p) {
             .in_features = I, .out_features = D, .pool = p.pool});
     for (int64_t j = 0; j < count; ++j) {
       const int64_t pair = plan.order[static_cast<size_t>(b + j)];
-      const float wgt = p.expert_weights[pair];
-      float* dst = p.out + (pair / p.top_k) * D;
-      const float* src = y.data() + j * D;
-      for (int64_t d = 0; d < D; ++d) dst[d] += wgt * src[d];
+      vec::axpy(p.out + (pair / p.top_k) * D, p.expert_weights[pair], y.data() + j * D, D);
     }
   }
 }
