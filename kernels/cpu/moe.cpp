@@ -82,10 +82,12 @@ void moe(const MoeParams& p) {
       u.resize(static_cast<size_t>(count * I));
     }
     if (static_cast<int64_t>(y.size()) < count * D) y.resize(static_cast<size_t>(count * D));
-    matmul({.out = g.data(), .x = in, .weight = p.gate[e], .weight_dtype = p.weight_dtype, .n = count,
-            .in_features = D, .out_features = I, .pool = p.pool});
-    matmul({.out = u.data(), .x = in, .weight = p.up[e], .weight_dtype = p.weight_dtype, .n = count,
-            .in_features = D, .out_features = I, .pool = p.pool});
+    const MatmulParams gate_up[] = {
+        {.out = g.data(), .x = in, .weight = p.gate[e], .weight_dtype = p.weight_dtype, .n = count, .in_features = D,
+         .out_features = I},
+        {.out = u.data(), .x = in, .weight = p.up[e], .weight_dtype = p.weight_dtype, .n = count, .in_features = D,
+         .out_features = I}};
+    matmul_group(gate_up, 2, p.pool);  // one dispatch, x prepared once
     silu_mul({.out = g.data(), .gate = g.data(), .up = u.data(), .n = count * I});
     matmul({.out = y.data(), .x = g.data(), .weight = p.down[e], .weight_dtype = p.weight_dtype, .n = count,
             .in_features = I, .out_features = D, .pool = p.pool});
