@@ -18,6 +18,7 @@
 #include <cmath>
 
 #include "kernels/cpu/attention_impl.h"
+#include "kernels/cpu/avx512_util.h"
 
 #define MOERUN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,bmi,bmi2")))
 
@@ -28,9 +29,6 @@ constexpr int kValueVecs = 4;   // 64 output dims per pass
 constexpr int kValueHeads = 6;  // x 6 queries = 24 accumulators
 constexpr int64_t kValueBlockBytes = 256 << 10;  // value rows per block (L2)
 
-MOERUN_AVX512 __mmask16 first_lanes(int64_t count) {
-  return static_cast<__mmask16>(_bzhi_u32(0xffffu, static_cast<unsigned>(std::clamp<int64_t>(count, 0, 16))));
-}
 
 // e^x for x <= 0: x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 split in two for an exact n ln 2), e^r
 // by its Taylor series to r^7 / 7! (truncation < 2e-9 relative), times 2^n. Inputs below -87.3 give

@@ -26,6 +26,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/avx512_util.h"
 #include "kernels/cpu/matmul_impl.h"
 #include "kernels/cpu/quant.h"
 
@@ -40,10 +41,7 @@ constexpr int kR = 4;                  // weight rows per kernel pass
 constexpr int64_t kQuantGemmMinTokens = 6;
 constexpr int kPanelVecs = 3;  // prefill panels of 3 x 16 = 48 rows
 
-// The first min(count, 16) lanes, and the lane numbers 0..15.
-MOERUN_AVX512 __mmask16 first_lanes(int64_t count) {
-  return static_cast<__mmask16>(_bzhi_u32(0xffffu, static_cast<unsigned>(std::clamp<int64_t>(count, 0, 16))));
-}
+// The lane numbers 0..15.
 MOERUN_AVX512 __m512i lane_numbers() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
 
 // 32 weights at element i of a row as two fp32 vectors, in the order matmul.cpp prepared x for.
