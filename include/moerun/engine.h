@@ -28,6 +28,7 @@ enum class WeightQuant : uint8_t { none, q8, q4 };
 
 struct EngineOptions {
   int64_t context = 0;             // KV-cache positions per session; 0: min(max_position_embeddings, 4096)
+  bool context_override = false;   // allow contexts above max_position_embeddings (output degrades)
   DType fp8_dequant = DType::bf16;  // FP8 block-scaled weights are dequantized at load to BF16 or F32
   MlaMode mla = MlaMode::absorbed;
   int threads = 0;                 // CPU threads per session; 0: one per hardware thread
@@ -57,15 +58,20 @@ class Engine {
 
 class Session {
  public:
-  explicit Session(const Engine& engine, int64_t context = 0);  // 0: the engine's default context
+  // 0: the engine's default context. Throws Error when the context is above the model's
+  // max_position_embeddings (unless EngineOptions::context_override) or when its KV cache and
+  // activations do not fit this machine's memory (CPU backend; the message says how much is needed).
+  explicit Session(const Engine& engine, int64_t context = 0);
   Session(Session&&) noexcept;
   Session& operator=(Session&&) noexcept;
   ~Session();
 
-  // Runs `ids` at positions [position(), position() + ids.size()) and appends them to the cache.
-  // Returns the logits of the last position [V], or of every new position [n, V] when
-  // `all_positions`. Throws Error (and changes nothing) if an id is outside the vocabulary or the
-  // sequence would pass the context.
+  // Runs `ids` at positions [position(), position() + ids.size()) and appends them to the cache
+  // (in micro-batches of at most 512 tokens, so a long input needs no more activation memory than
+  // a short one). Returns the logits of the last position [V], or of every new position [n, V] when
+  // `all_positions`. Throws Error (and changes nothing) if an id is outside the vocabulary, the
+  // sequence would pass the context, or the logits are not finite (the error names the first
+  // layer whose output was NaN or infinite).
   std::vector<float> forward(std::span<const int32_t> ids, bool all_positions = false);
 
   int64_t position() const noexcept;  // tokens in the cache

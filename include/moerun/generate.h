@@ -22,11 +22,16 @@ struct GenerateOptions {
   std::vector<std::string> stop;    // stop strings
   std::vector<int32_t> eos_ids;     // token ids that end generation (not emitted)
   bool skip_special_tokens = true;  // in the emitted text
+  // Polled between prefill micro-batches and before every decode step: returning true stops
+  // generation there with finish_reason "interrupted" (a signal handler's flag, a closed client).
+  std::function<bool()> interrupted;
 };
 
 struct GenerateResult {
   std::string text;                // everything emitted
-  std::string finish_reason;       // "eos", "stop" or "length"; "cancelled" when on_text returned false
+  // "eos", "stop", "length", "context" (the context is full); "cancelled" when on_text returned
+  // false, "interrupted" when options.interrupted said so.
+  std::string finish_reason;
   int64_t prompt_tokens = 0;       // prefilled by this call (a reused cache prefix is not counted)
   int64_t generated_tokens = 0;    // sampled tokens, EOS included
   std::vector<int32_t> tokens;     // the sampled ids, EOS included

@@ -11,7 +11,11 @@
 namespace moerun {
 
 struct SamplerParams {
-  float temperature = 1.0f;       // 0: greedy (argmax after penalties)
+  // Temperatures below this are greedy: dividing logits by a tiny temperature overflows to
+  // infinity (1e-40 would turn every logit into inf and the draw into garbage).
+  static constexpr float kGreedyBelow = 1e-5f;
+
+  float temperature = 1.0f;       // 0 (or below kGreedyBelow): greedy (argmax after penalties)
   int32_t top_k = 0;              // keep the k most likely; 0: off
   float top_p = 1.0f;             // keep the smallest most-likely set with probability >= top_p; 1: off
   float min_p = 0.0f;             // drop tokens below min_p * p(best); 0: off
@@ -20,6 +24,9 @@ struct SamplerParams {
   float frequency_penalty = 0.0f; // subtracted per occurrence in the window
   int32_t penalty_last_n = 64;    // the window: the last N tokens of the history; -1: all of it
   uint64_t seed = 0;
+
+  bool greedy() const { return temperature < kGreedyBelow; }
+  bool penalties() const { return repeat_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f; }
 };
 
 // xoshiro256** seeded through SplitMix64: the same stream on every platform and standard library.

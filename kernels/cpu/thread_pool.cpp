@@ -2,7 +2,13 @@
 
 #include "kernels/cpu/thread_pool.h"
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <algorithm>
+#include <system_error>
+
+#include "moerun/error.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -27,14 +33,33 @@ inline void cpu_relax() {
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { work(i); });
+  // Workers start with every signal blocked (a thread inherits its creator's mask), so SIGINT and
+  // SIGTERM reach the thread that waits on input or polls for them, and interrupt its reads.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  struct RestoreMask {
+    sigset_t* mask;
+    ~RestoreMask() { pthread_sigmask(SIG_SETMASK, mask, nullptr); }
+  } restore{&old};
+  for (int i = 1; i < threads; ++i) {
+    try {
+      workers_.emplace_back([this, i] { work(i); });
+    } catch (const std::system_error& e) {  // out of memory for stacks, a process or thread limit
+      stop_workers();  // the threads already started must be joined, or their destructors terminate
+      throw Error("threads", detail::cat("cannot start thread ", i + 1, " of ", threads, ": ", e.what(), " (ask for fewer with -t)"));
+    }
+  }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() {
   stop_.store(true);
   generation_.fetch_add(1);
   generation_.notify_all();
   for (std::thread& t : workers_) t.join();
+  workers_.clear();
 }
 
 void ThreadPool::run_slice(int) {

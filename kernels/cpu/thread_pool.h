@@ -50,6 +50,7 @@ class ThreadPool {
 
  private:
   void work(int index);
+  void stop_workers();  // wakes every worker to leave, joins them
   void run_slice(int index);
 
   std::vector<std::thread> workers_;

@@ -13,6 +13,7 @@
 #include "kernels/ops.h"
 #include "moerun/engine.h"
 #include "moerun/weights.h"
+#include "util/checked.h"
 
 namespace moerun::runtime {
 
@@ -31,9 +32,10 @@ class Backend {
 
   // Makes `b` at least `bytes` large (its old contents are lost when it grows).
   virtual void reserve(Buffer& b, size_t bytes) = 0;
+  // Room for `count` elements (overflow-checked: counts come from user and file input).
   template <class T>
   T* get(Buffer& b, int64_t count) {
-    reserve(b, static_cast<size_t>(count) * sizeof(T));
+    reserve(b, detail::checked_bytes("session buffer", sizeof(T), count));
     return static_cast<T*>(b.data);
   }
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;    // host -> backend, stream-ordered

@@ -8,6 +8,7 @@
 #include "kernels/cpu/thread_pool.h"
 #include "moerun/error.h"
 #include "runtime/backend.h"
+#include "util/checked.h"
 #include "util/strings.h"
 
 namespace moerun::runtime {
@@ -23,7 +24,9 @@ class CpuBackend final : public Backend {
 
   void reserve(Buffer& b, size_t bytes) override {
     if (bytes <= b.bytes && b.data) return;
-    const size_t size = (bytes + kAlign - 1) / kAlign * kAlign + kAlign;
+    // Rounded up to the alignment plus one spare vector; bytes comes checked from get(), but a
+    // size near SIZE_MAX must not wrap to a small buffer here either.
+    const size_t size = detail::checked_add(bytes, 2 * kAlign, "CPU backend scratch") / kAlign * kAlign;
     void* p = std::aligned_alloc(kAlign, size);
     if (!p) throw Error("CPU backend", detail::cat("cannot allocate ", size, " bytes of scratch"));
     b.holder = std::shared_ptr<void>(p, std::free);

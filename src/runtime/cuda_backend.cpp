@@ -64,7 +64,8 @@ class CudaBackend final : public Backend {
     if (bytes <= b.bytes && b.data) return;
     if (ctx_.capturing())
       throw Error("CUDA backend", cat("a buffer grew to ", bytes, " bytes while the decode step was being recorded"));
-    auto mem = std::make_shared<cuda::DeviceBuffer>(bytes + bytes / 8 + 256, "session scratch");
+    auto mem = std::make_shared<cuda::DeviceBuffer>(detail::checked_add(bytes, bytes / 8 + 256, "CUDA session scratch"),
+                                                    "session scratch");
     b.data = mem->data();
     b.bytes = mem->bytes();
     b.holder = std::move(mem);  // the old buffer is freed here (cudaFree waits for work using it)

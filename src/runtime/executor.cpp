@@ -5,9 +5,12 @@
 // Per layer (docs/MODELS.md §2.7):   x += Attn(RMSNorm_in(x));   x += FFN_or_MoE(RMSNorm_post(x))
 // then logits = RMSNorm_final(x) W_lm^T. Activations and the KV cache are fp32.
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 
 #include "kernels/ops.h"
 #include "model/convert.h"
@@ -15,6 +18,7 @@
 #include "moerun/error.h"
 #include "runtime/backend.h"
 #include "runtime/rope.h"
+#include "util/checked.h"
 #include "util/strings.h"
 
 namespace moerun {
@@ -24,6 +28,39 @@ using detail::cat;
 // MLA's internal norms are built by HF with the class default eps, not rms_norm_eps (MODELS.md §2.1).
 constexpr float kMlaNormEps = 1e-6f;
 constexpr int64_t kDefaultContextCap = 4096;
+// Positions are indexed with 32-bit integers in the kernels; no context may pass this, override or not.
+constexpr int64_t kMaxContext = int64_t{1} << 31;
+// A forward pass runs at most this many tokens at once: longer inputs run in micro-batches, so the
+// activations of a step are bounded whatever the prompt length (results equal up to rounding).
+constexpr int64_t kMaxBatch = 512;
+
+namespace {
+
+// A context must fit the model (max_position_embeddings) unless the caller overrides, and the
+// kernels' indexing in every case.
+void check_context(int64_t ctx, const ModelConfig& c, bool override_limit) {
+  if (ctx < 1) throw Error("context", cat("must be at least 1 token, found ", ctx));
+  if (ctx > kMaxContext) throw Error("context", cat(ctx, " tokens is more than the largest supported (", kMaxContext, ")"));
+  if (ctx > c.max_position_embeddings && !override_limit)
+    throw Error("context", cat(ctx, " tokens is more than the model's ", c.max_position_embeddings,
+                               " (max_position_embeddings in config.json); --ctx-override runs it anyway, with degraded output"));
+}
+
+// Memory this machine can give a session: physical memory, or the cgroup's limit when lower.
+uint64_t host_memory_bytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  uint64_t total = pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : UINT64_MAX;
+  for (const char* f : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    std::ifstream in(f);
+    uint64_t limit = 0;
+    if (in >> limit && limit > 0) total = std::min(total, limit);  // "max" (no limit) does not parse
+  }
+  return total;
+}
+
+std::string gib(uint64_t bytes) { return cat(static_cast<double>(bytes) / double(1ull << 30), " GiB"); }
+
+}  // namespace
 
 struct Engine::Impl {
   Model model;
@@ -46,6 +83,7 @@ Engine Engine::from_model(Model model, const EngineOptions& options) {
                                           options, 0, backend, nullptr});
   impl->backend_state = runtime::prepare_backend(backend, impl->weights, options);
   const int64_t trained = model.config().max_position_embeddings;
+  if (options.context != 0) check_context(options.context, model.config(), options.context_override);
   impl->default_context = options.context > 0 ? options.context : std::min(trained, kDefaultContextCap);
   return Engine(std::move(impl));
 }
@@ -107,18 +145,15 @@ struct Session::Impl {
   Impl(std::shared_ptr<const Engine::Impl> e, int64_t ctx)
       : engine(e.get()), keep(std::move(e)), c(engine->model.config()), w(engine->weights), context(ctx),
         be(runtime::make_backend(engine->backend, engine->backend_state, engine->options.threads)) {
+    check_context(ctx, c, engine->options.context_override);
+    plan_memory();
     const size_t L = static_cast<size_t>(c.num_hidden_layers);
     k_cache.resize(L);
     v_cache.resize(L);
     experts.resize(L);
     for (size_t l = 0; l < L; ++l) {
-      if (c.attention == AttentionKind::gqa) {
-        const int64_t row = c.num_key_value_heads * c.head_dim;
-        be->reserve(k_cache[l], static_cast<size_t>(ctx * row) * sizeof(float));
-        be->reserve(v_cache[l], static_cast<size_t>(ctx * row) * sizeof(float));
-      } else {
-        be->reserve(k_cache[l], static_cast<size_t>(ctx * (c.kv_lora_rank + c.qk_rope_head_dim)) * sizeof(float));
-      }
+      be->reserve(k_cache[l], kv_row_bytes * static_cast<size_t>(ctx));  // sizes checked by plan_memory()
+      if (c.attention == AttentionKind::gqa) be->reserve(v_cache[l], kv_row_bytes * static_cast<size_t>(ctx));
       const LayerWeights& LW = w.layers[l];
       if (c.layer_ffn[l] != FfnKind::moe || LW.experts.empty()) continue;
       ExpertTables& t = experts[l];
@@ -138,6 +173,38 @@ struct Session::Impl {
       }
     }
   }
+
+  // The memory plan (docs/DESIGN.md): the KV cache of the whole context plus the activations of
+  // one micro-batch, computed with overflow checks before anything is allocated. The CPU backend
+  // refuses a plan larger than the machine's memory (allocations there succeed lazily and would
+  // fail later, under the OOM killer); CUDA allocations fail at once with a clear error.
+  size_t kv_row_bytes = 0;  // one position of one layer's cache (K or V, or the MLA latent row)
+  void plan_memory() {
+    const std::string what = cat("the ", context, "-token context");
+    const int64_t row = c.attention == AttentionKind::gqa ? c.num_key_value_heads * c.head_dim : c.kv_lora_rank + c.qk_rope_head_dim;
+    kv_row_bytes = detail::checked_bytes(what, sizeof(float), row);
+    const size_t per_layer = detail::checked_mul(detail::checked_bytes(what, kv_row_bytes, context),
+                                                 c.attention == AttentionKind::gqa ? 2 : 1, what);
+    const size_t kv = detail::checked_bytes(what, per_layer, c.num_hidden_layers);
+    // Activations of a micro-batch: the widest rows the step keeps at once (a few of each).
+    const int64_t B = std::min(context, kMaxBatch);
+    int64_t wide = std::max({c.hidden_size, c.intermediate_size, c.moe_intermediate_size * c.router.num_experts_per_tok,
+                             c.num_attention_heads * std::max<int64_t>(c.head_dim, c.kv_lora_rank + c.qk_rope_head_dim)});
+    size_t scratch = detail::checked_bytes(what, sizeof(float), B, wide, 8);
+    scratch = detail::checked_add(scratch, detail::checked_bytes(what, sizeof(float), B, c.vocab_size), what);  // logits
+    if (c.attention == AttentionKind::mla && engine->options.mla == MlaMode::naive)  // K and V of every cached position
+      scratch = detail::checked_add(
+          scratch, detail::checked_bytes(what, sizeof(float), context, c.num_attention_heads, 2 * (c.qk_nope_head_dim + c.v_head_dim + c.qk_rope_head_dim)), what);
+    const size_t need = detail::checked_add(kv, scratch, what);
+    if (be->kind() == BackendKind::cpu) {
+      const uint64_t have = host_memory_bytes();
+      if (need > have)
+        throw Error("context", cat("a session with ", what, " needs ", gib(need), " (KV cache ", gib(kv), ") but this machine has ",
+                                   gib(have), " of memory; use a smaller -c"));
+    }
+    memory_bytes = need;
+  }
+  size_t memory_bytes = 0;
 
   void update_rope(int64_t seq_len) {
     // Only dynamic NTK depends on the length; the others are computed once.
@@ -259,7 +326,7 @@ struct Session::Impl {
     lin(o, ab, n, L.o_proj);
   }
 
-  // SwiGLU over n rows: out = down(silu(gate x) * up x).
+  // The gated FFN over n rows: out = down(act(gate x) * up x), act = hidden_act (SwiGLU for silu).
   void swiglu(const MlpWeights& m, const float* in, int64_t n, float* o) {
     const int64_t I = m.gate_proj.weight.dim(0);
     float* g = fbuf(gate, n * I);
@@ -312,6 +379,7 @@ struct Session::Impl {
     float* xb = fbuf(x, n * D);
     be->embed({.out = xb, .table = wp(w.embed_tokens), .dtype = w.embed_tokens.dtype(),
                .ids = static_cast<const int32_t*>(ids_buf.data), .n_tokens = n, .dim = D});
+    checkpoint(xb, n * D, "the token embeddings (embed_tokens)");
     const float eps = static_cast<float>(c.rms_norm_eps);
     for (size_t l = 0; l < w.layers.size(); ++l) {
       const LayerWeights& L = w.layers[l];
@@ -321,25 +389,76 @@ struct Session::Impl {
       if (c.attention == AttentionKind::gqa) gqa(l, hb, n, ob);
       else mla(l, hb, n, ob);
       be->add({.out = xb, .x = ob, .rows = n, .cols = D});
+      if (diagnosing) checkpoint(xb, n * D, cat("layer ", l, "'s attention"));
       norm(hb, xb, n, D, L.post_attention_layernorm, eps);
       if (c.layer_ffn[l] == FfnKind::moe) moe(l, hb, n, ob);
       else swiglu(L.mlp, hb, n, ob);
       be->add({.out = xb, .x = ob, .rows = n, .cols = D});
+      if (diagnosing) checkpoint(xb, n * D, cat("layer ", l, "'s ", c.layer_ffn[l] == FfnKind::moe ? "MoE block" : "MLP"));
     }
     float* hb = fbuf(h, rows * D);
     norm(hb, xb + (n - rows) * D, rows, D, w.norm, eps);
     float* lg = fbuf(logits, rows * c.vocab_size);
     lin(lg, hb, rows, w.lm_head);
+    if (diagnosing) checkpoint(lg, rows * c.vocab_size, "the final norm and LM head");
     return lg;
   }
+
+  // Non-finite values (NaN weights, overflowing activations) must not reach the sampler as garbage
+  // text. The logits are checked on every step (V floats: cheap); when they are bad, the step is
+  // run again with the hidden state checked after each block, to name the first block that broke.
+  bool diagnosing = false;
+  std::vector<float> probe;
+  void checkpoint(const float* data, int64_t count, const std::string& where) {
+    if (!diagnosing) return;
+    probe.resize(static_cast<size_t>(count));
+    be->download(probe.data(), data, probe.size() * sizeof(float));
+    for (float value : probe)
+      if (!std::isfinite(value))
+        throw Error("forward", cat(where, " produced ", std::isnan(value) ? "NaN" : "infinite", " values: the model's weights there hold NaN/Inf ",
+                                   "or its activations overflow float32"));
+  }
+  [[noreturn]] void diagnose_non_finite(int64_t n, int64_t rows) {
+    diagnosing = true;
+    try {
+      layers(n, rows);
+    } catch (...) {
+      diagnosing = false;
+      throw;
+    }
+    diagnosing = false;
+    throw Error("forward", "the logits hold NaN or infinite values");  // unreachable unless the second run differs
+  }
+
+  // One micro-batch of at most kMaxBatch tokens at positions [pos, pos + n).
 
   std::vector<float> forward(std::span<const int32_t> ids, bool all_positions) {
     const int64_t n = static_cast<int64_t>(ids.size());
     if (n == 0) throw Error("forward", "no tokens given");
     for (int32_t id : ids)
       if (id < 0 || id >= c.vocab_size) throw Error("forward", cat("token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
-    if (pos + n > context)
+    if (n > context - pos)
       throw Error("forward", cat(pos, " cached + ", n, " new tokens exceed the context of ", context, " tokens"));
+    if (n <= kMaxBatch) return step(ids, all_positions);
+    const int64_t start = pos;
+    std::vector<float> result;
+    if (all_positions) result.reserve(detail::checked_bytes("logits of every position", 1, n, c.vocab_size));
+    try {
+      for (int64_t b = 0; b < n; b += kMaxBatch) {
+        const auto chunk = ids.subspan(static_cast<size_t>(b), static_cast<size_t>(std::min(kMaxBatch, n - b)));
+        std::vector<float> part = step(chunk, all_positions);
+        if (all_positions) result.insert(result.end(), part.begin(), part.end());
+        else result = std::move(part);
+      }
+    } catch (...) {
+      pos = start;  // a failed call changes nothing
+      throw;
+    }
+    return result;
+  }
+
+  std::vector<float> step(std::span<const int32_t> ids, bool all_positions) {
+    const int64_t n = static_cast<int64_t>(ids.size());
     positions.resize(static_cast<size_t>(n));
     for (int64_t t = 0; t < n; ++t) positions[static_cast<size_t>(t)] = pos + t;
     update_rope(pos + n);
@@ -373,9 +492,11 @@ struct Session::Impl {
       decode_warm = true;
       record_generation = be->generation();
     }
-    pos += n;
     std::vector<float> result(static_cast<size_t>(rows * c.vocab_size));
     be->download(result.data(), lg, result.size() * sizeof(float));
+    for (float value : result)
+      if (!std::isfinite(value)) diagnose_non_finite(n, rows);
+    pos += n;
     return result;
   }
 };

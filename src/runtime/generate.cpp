@@ -12,17 +12,30 @@ namespace moerun {
 using detail::cat;
 
 SamplerParams sampling_defaults(const std::filesystem::path& model_dir) {
+  namespace fs = std::filesystem;
   SamplerParams p;
-  const auto file = model_dir / "generation_config.json";
+  p.temperature = 0.0f;  // transformers generates greedily unless the model's file says do_sample
+  const fs::path file = model_dir / "generation_config.json";
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(file, ec)) return p;
+  const fs::file_status st = fs::status(file, ec);
+  if (st.type() == fs::file_type::not_found) return p;
+  if (ec) throw Error(file.string(), cat("cannot read: ", ec.message()));
+  if (st.type() != fs::file_type::regular) throw Error(file.string(), "is not a regular file");
   const io::Json j = io::parse_json_text(io::read_text_file(file), file.string());
   const io::JsonFields f(j, file.string());
-  p.temperature = static_cast<float>(f.f64_or("temperature", 1.0));
-  p.top_k = static_cast<int32_t>(f.i64_or("top_k", 0));
-  p.top_p = static_cast<float>(f.f64_or("top_p", 1.0));
-  p.min_p = static_cast<float>(f.f64_or("min_p", 0.0));
-  p.repeat_penalty = static_cast<float>(f.f64_or("repetition_penalty", 1.0));
+  const double temperature = f.f64_or("temperature", 1.0), top_p = f.f64_or("top_p", 1.0), min_p = f.f64_or("min_p", 0.0),
+               penalty = f.f64_or("repetition_penalty", 1.0);
+  const int64_t top_k = f.i64_or("top_k", 0);
+  if (!(temperature >= 0) || temperature > 1e6) f.fail("temperature", cat("must be 0 or more, found ", temperature));
+  if (top_k < 0 || top_k > INT32_MAX) f.fail("top_k", cat("must be 0 (off) or a positive count, found ", top_k));
+  if (!(top_p > 0 && top_p <= 1)) f.fail("top_p", cat("must be in (0, 1], found ", top_p));
+  if (!(min_p >= 0 && min_p <= 1)) f.fail("min_p", cat("must be in [0, 1], found ", min_p));
+  if (!(penalty > 0) || penalty > 1e6) f.fail("repetition_penalty", cat("must be positive, found ", penalty));
+  p.temperature = static_cast<float>(temperature);
+  p.top_k = static_cast<int32_t>(top_k);
+  p.top_p = static_cast<float>(top_p);
+  p.min_p = static_cast<float>(min_p);
+  p.repeat_penalty = static_cast<float>(penalty);
   // HF generates greedily unless do_sample is set, whatever the temperature says.
   if (!f.boolean_or("do_sample", false)) p.temperature = 0.0f;
   return p;
@@ -89,10 +102,21 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
   if (n == cached) session.truncate(n - 1);  // the last prompt token must run to give the next logits
 
   GenerateResult r;
+  auto interrupted = [&] { return options.interrupted && options.interrupted(); };
   const auto t0 = std::chrono::steady_clock::now();
   const std::span<const int32_t> fresh = prompt.subspan(static_cast<size_t>(session.position()));
-  r.prompt_tokens = static_cast<int64_t>(fresh.size());
-  std::vector<float> logits = session.forward(fresh);
+  // Prefill in pieces, so an interrupt does not wait for a long prompt to finish.
+  constexpr size_t kPiece = 512;
+  std::vector<float> logits;
+  for (size_t done = 0; done < fresh.size(); done += kPiece) {
+    if (interrupted()) {
+      r.finish_reason = "interrupted";
+      r.prompt_seconds = seconds(t0);
+      return r;
+    }
+    logits = session.forward(fresh.subspan(done, std::min(kPiece, fresh.size() - done)));
+    r.prompt_tokens += static_cast<int64_t>(std::min(kPiece, fresh.size() - done));
+  }
   r.prompt_seconds = seconds(t0);
 
   std::vector<int32_t> history(prompt.begin(), prompt.end());
@@ -105,8 +129,14 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
   };
   const auto t1 = std::chrono::steady_clock::now();
   r.finish_reason = "length";
+  // Plain greedy needs no sampler pass; greedy with penalties does (as transformers applies them).
+  const bool plain_greedy = sampler.params().greedy() && !sampler.params().penalties();
   while (r.generated_tokens < options.max_tokens) {
-    const int32_t id = sampler.params().temperature == 0.0f ? argmax(logits) : sampler.sample(logits, history);
+    if (interrupted()) {
+      r.finish_reason = "interrupted";
+      break;
+    }
+    const int32_t id = plain_greedy ? argmax(logits) : sampler.sample(logits, history);
     ++r.generated_tokens;
     r.tokens.push_back(id);
     history.push_back(id);
@@ -130,7 +160,7 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
     }
     logits = session.forward(std::span<const int32_t>(&id, 1));
   }
-  if (r.finish_reason != "stop" && r.finish_reason != "cancelled") {
+  if (r.finish_reason != "stop" && r.finish_reason != "cancelled") {  // interrupted: keep what was decoded
     bool stopped = false;
     std::string tail = stops.push(decoder.flush(), stopped);
     if (stopped) r.finish_reason = "stop";

@@ -64,7 +64,7 @@ void Sampler::set_params(const SamplerParams& p) {
 
 void Sampler::apply_penalties(std::span<const int32_t> history) {
   const SamplerParams& p = params_;
-  if (p.repeat_penalty == 1.0f && p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f) return;
+  if (!p.penalties()) return;
   const size_t window = p.penalty_last_n < 0 ? history.size() : std::min(history.size(), static_cast<size_t>(p.penalty_last_n));
   const auto recent = history.subspan(history.size() - window);
   counts_.assign(work_.size(), 0);
@@ -123,7 +123,7 @@ std::vector<float> Sampler::distribution(std::span<const float> logits, std::spa
   work_.assign(logits.begin(), logits.end());
   apply_penalties(history);
   std::vector<float> out(work_.size(), 0.0f);
-  if (params_.temperature == 0.0f) {
+  if (params_.greedy()) {
     out[static_cast<size_t>(std::max_element(work_.begin(), work_.end()) - work_.begin())] = 1.0f;
     return out;
   }
@@ -137,7 +137,7 @@ std::vector<float> Sampler::distribution(std::span<const float> logits, std::spa
 
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {
   const std::vector<float> probs = distribution(logits, history);
-  if (params_.temperature == 0.0f)
+  if (params_.greedy())
     return static_cast<int32_t>(std::max_element(probs.begin(), probs.end()) - probs.begin());
   // Inverse CDF over token ids in order; the last kept token takes any rounding remainder.
   const double u = rng_.uniform();

@@ -28,6 +28,18 @@ TEST(Sampler, GreedyAtTemperatureZero) {
   expect_probs(s.distribution(std::vector<float>{0.1f, 2.0f, -1.0f, 1.9f}), {0, 1, 0, 0});
 }
 
+TEST(Sampler, TinyTemperaturesAreGreedyNotInfinite) {
+  // 1e-40 turned every logit into inf (and the draw into garbage text) before.
+  for (float t : {1e-40f, 1e-30f, 1e-7f}) {
+    Sampler s({.temperature = t, .seed = 7});
+    const std::vector<float> logits{0.1f, 2.0f, -1.0f, 1.9f};
+    expect_probs(s.distribution(logits), {0, 1, 0, 0});
+    for (int i = 0; i < 10; ++i) EXPECT_EQ(s.sample(logits), 1) << "temperature " << t;
+  }
+  EXPECT_TRUE(SamplerParams{.temperature = 1e-6f}.greedy());
+  EXPECT_FALSE(SamplerParams{.temperature = 1e-3f}.greedy());
+}
+
 TEST(Sampler, TemperatureOneIsTheSoftmax) {
   Sampler s({.temperature = 1.0f});
   expect_probs(s.distribution(log_probs({0.5, 0.3, 0.2})), {0.5, 0.3, 0.2});
