@@ -7,9 +7,6 @@
 #include <cmath>
 
 #include <nlohmann/json.hpp>
-#include <poll.h>
-#include <pty.h>
-#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +14,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "support/pty.h"
 #include "support/writer.h"
 
 namespace moerun {
@@ -149,66 +147,9 @@ TEST(ChatCli, SaveLoadAndMultiLineInput) {
   EXPECT_EQ(again["messages"][2]["content"], "continued \nline");
 }
 
-// A pseudo-terminal session: the TTY path (libedit prompt, streaming, Ctrl+C, Ctrl+D).
-class Pty {
- public:
-  explicit Pty(const std::string& args) {
-    pid_ = forkpty(&fd_, nullptr, nullptr, nullptr);
-    if (pid_ == 0) {
-      setenv("MOERUN_MODEL", default_model().c_str(), 1);
-      setenv("HOME", ::testing::TempDir().c_str(), 1);  // history file goes there
-      setenv("TERM", "dumb", 1);
-      execl("/bin/sh", "sh", "-c", (std::string("exec '") + MOERUN_CLI + "' " + args).c_str(), nullptr);
-      _exit(127);
-    }
-  }
-  ~Pty() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (fd_ >= 0) close(fd_);
-  }
-  void send(const std::string& s) { ASSERT_EQ(write(fd_, s.data(), s.size()), static_cast<ssize_t>(s.size())); }
-  // Reads until `needle` appears after `from` in the output, or the timeout.
-  bool wait_for(const std::string& needle, size_t from = 0, int seconds = 60) {
-    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-    do {
-      if (out_.find(needle, from) != std::string::npos) return true;
-      pollfd p{fd_, POLLIN, 0};
-      if (poll(&p, 1, 200) > 0) {
-        char buf[4096];
-        const ssize_t n = read(fd_, buf, sizeof buf);
-        if (n <= 0) return out_.find(needle, from) != std::string::npos;
-        out_.append(buf, static_cast<size_t>(n));
-      }
-    } while (std::chrono::steady_clock::now() < end);
-    return out_.find(needle, from) != std::string::npos;
-  }
-  int wait_exit() {
-    int status = 0;
-    for (int i = 0; i < 300; ++i) {
-      wait_for("\x01", out_.size(), 0);  // keep reading so the child never blocks on a full pty
-      const pid_t done = waitpid(pid_, &status, WNOHANG);
-      if (done == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      usleep(100000);
-    }
-    return -2;
-  }
-  const std::string& output() const { return out_; }
-
- private:
-  pid_t pid_ = -1;
-  int fd_ = -1;
-  std::string out_;
-};
-
 TEST(ChatCli, TerminalSessionWithCtrlCAndCtrlD) {
   REQUIRE_DEFAULT_MODEL();
-  Pty pty("chat --temp 0 -n 400");
+  testing::Pty pty(MOERUN_CLI, "chat --temp 0 -n 400", {{"MOERUN_MODEL", default_model().string()}});
   ASSERT_TRUE(pty.wait_for("> ")) << pty.output();
   // A long answer, interrupted: Ctrl+C stops it and the prompt comes back.
   size_t mark = pty.output().size();

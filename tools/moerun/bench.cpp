@@ -9,9 +9,11 @@
 #include <nlohmann/json.hpp>
 
 #include "moerun/bench.h"
+#include "cli_io.h"
 #include "engine_flags.h"
 #include "moerun/commands.h"
 #include "moerun/error.h"
+#include "validators.h"
 
 namespace moerun::cli {
 namespace {
@@ -124,18 +126,19 @@ void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
   auto opt = std::make_shared<BenchOptions>();
   CLI::App* app = root.add_subcommand("bench", "Measure prefill (pp) and decode (tg) tokens/s, llama-bench style");
   app->add_option("-m,--model", opt->model, "model directory (default: $MOERUN_MODEL or models/default)");
-  app->add_option("-p,--n-prompt", opt->prompt, "prefill test sizes (pp); 0 skips")->delimiter(',');
-  app->add_option("-n,--n-gen", opt->gen, "decode test sizes (tg); 0 skips")->delimiter(',');
-  app->add_option("-d,--n-depth", opt->depth, "cached tokens before each test (llama-bench's -d)")->delimiter(',')->check(CLI::NonNegativeNumber);
-  app->add_option("-r,--repetitions", opt->reps, "timed repetitions per test (after one warm-up)")->check(CLI::Range(1, 1000));
+  constexpr int kMaxTokens = 1 << 24;
+  app->add_option("-p,--n-prompt", opt->prompt, "prefill test sizes (pp); 0 skips")->delimiter(',')->check(integer_in(0, kMaxTokens));
+  app->add_option("-n,--n-gen", opt->gen, "decode test sizes (tg); 0 skips")->delimiter(',')->check(integer_in(0, kMaxTokens));
+  app->add_option("-d,--n-depth", opt->depth, "cached tokens before each test (llama-bench's -d)")->delimiter(',')->check(integer_in(0, kMaxTokens));
+  app->add_option("-r,--repetitions", opt->reps, "timed repetitions per test (after one warm-up)")->check(integer_in(1, 1000));
   app->add_option("-t,--threads", opt->threads, "CPU thread counts, e.g. 1,2 (default: one per hardware thread)")
       ->delimiter(',')
-      ->check(CLI::Range(1, 1024));
+      ->check(thread_count());
   app->add_option("-o,--output", opt->output, "output format")->check(CLI::IsMember({"md", "json", "csv"}));
   app->add_option("--synthetic", opt->synthetic, "benchmark a config.json's architecture with random weights made in memory");
-  app->add_option("--layers", opt->layers, "with --synthetic: cap num_hidden_layers")->check(CLI::PositiveNumber);
-  app->add_option("--experts", opt->experts, "with --synthetic: cap the routed experts per layer")->check(CLI::PositiveNumber);
-  app->add_option("--seed", opt->seed, "with --synthetic: seed of the random weights");
+  app->add_option("--layers", opt->layers, "with --synthetic: cap num_hidden_layers")->check(integer_in(1, 4096));
+  app->add_option("--experts", opt->experts, "with --synthetic: cap the routed experts per layer")->check(integer_in(1, 65536));
+  app->add_option("--seed", opt->seed, "with --synthetic: seed of the random weights")->check(seed_value());
   opt->engine.add_to(app);
   commands.push_back({app, [opt] {
     std::vector<Row> rows;
@@ -153,6 +156,7 @@ void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
       }();
       EngineOptions eo;
       eo.threads = threads;
+      eo.context_override = true;  // -d and -p may pass the trained context: random ids measure speed, not text
       opt->engine.apply(eo);
       const Engine engine = Engine::from_model(std::move(model), eo);
       append_rows(engine, *opt, threads, rows);
@@ -176,7 +180,7 @@ void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
         out += buf;
       }
     }
-    std::fwrite(out.data(), 1, out.size(), stdout);
+    write_out(out);
     return 0;
   }});
 }

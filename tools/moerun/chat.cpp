@@ -12,25 +12,32 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 
+#include "cli_io.h"
 #include "generation_flags.h"
 #include "moerun/commands.h"
 #include "moerun/error.h"
+#include "validators.h"
 
 namespace moerun::cli {
 namespace {
 
-std::atomic<bool> g_interrupted{false};  // set by SIGINT while an answer is being generated
+// Keys typed since the prompt appeared (libedit reads them through key_typed), so Ctrl+C can tell
+// a line being cleared from a second Ctrl+C on an empty line.
+bool g_typed = false;
 
-extern "C" void on_sigint(int) { g_interrupted = true; }
+extern "C" int key_typed(FILE* in) {
+  unsigned char c = 0;
+  const ssize_t n = ::read(fileno(in), &c, 1);
+  if (n != 1) return EOF;  // a signal (EINTR) or the end of input: readline returns null
+  g_typed = true;
+  return c;
+}
 
 constexpr const char* kHelp =
     "commands:\n"
@@ -44,7 +51,7 @@ constexpr const char* kHelp =
     "  /load FILE            read a conversation written by /save\n"
     "  /exit                 leave (Ctrl+D too)\n"
     "input: end a line with \\ to continue it; \"\"\" alone on a line starts and ends a block.\n"
-    "Ctrl+C stops the answer being generated.\n";
+    "Ctrl+C stops the answer being generated, or clears the line; Ctrl+C on an empty line or Ctrl+D leaves.\n";
 
 // Prints answer text, dimming (TTY) or hiding <think>...</think>; holds back a partial tag.
 class ThinkFilter {
@@ -58,9 +65,9 @@ class ThinkFilter {
       const size_t at = pending_.find(tag);
       if (at == std::string::npos) break;
       emit(pending_.substr(0, at));
-      if (!inside_ && !hide_ && tty_) std::fputs("\033[2m", stdout);
-      if (!hide_) std::fputs(tag.c_str(), stdout);
-      if (inside_ && !hide_ && tty_) std::fputs("\033[0m", stdout);
+      if (!inside_ && !hide_ && tty_) write_out("\033[2m");
+      if (!hide_) write_out(tag);
+      if (inside_ && !hide_ && tty_) write_out("\033[0m");
       inside_ = !inside_;
       pending_.erase(0, at + tag.size());
     }
@@ -74,20 +81,20 @@ class ThinkFilter {
       }
     emit(pending_.substr(0, pending_.size() - keep));
     pending_.erase(0, pending_.size() - keep);
-    std::fflush(stdout);
+    write_out("", /*flush=*/true);
   }
 
   void finish() {
     emit(pending_);
     pending_.clear();
-    if (inside_ && tty_ && !hide_) std::fputs("\033[0m", stdout);
+    if (inside_ && tty_ && !hide_) write_out("\033[0m");
     inside_ = false;
-    std::fflush(stdout);
+    write_out("", /*flush=*/true);
   }
 
  private:
   void emit(const std::string& s) {
-    if (!(inside_ && hide_)) std::fwrite(s.data(), 1, s.size(), stdout);
+    if (!(inside_ && hide_)) write_out(s);
   }
   bool tty_, hide_, inside_ = false;
   std::string pending_;
@@ -133,8 +140,10 @@ struct Chat {
     const std::vector<int32_t> ids = prompt_ids();
     if (static_cast<int64_t>(ids.size()) >= session.context()) {
       messages.erase(messages.end() - 1);
-      std::fprintf(stderr, "moerun: the conversation (%zu tokens) no longer fits the %lld-token context; /reset starts over\n",
-                   ids.size(), static_cast<long long>(session.context()));
+      const std::string what = detail::cat("the conversation (", ids.size(), " tokens) no longer fits the ", session.context(),
+                                           "-token context; /reset starts over");
+      if (!tty) throw Error("chat", what);  // a script must not get 2 answers for 3 questions and exit 0
+      std::fprintf(stderr, "moerun: %s\n", what.c_str());
       return;
     }
     // Reuse the cache up to the first token where the new prompt differs from what it holds.
@@ -148,26 +157,24 @@ struct Chat {
     go.stop = flags.stop;
     go.eos_ids = m.eos_ids;
     ThinkFilter out(tty, hide_think);
-    g_interrupted = false;
-    struct sigaction sa {}, old {};
-    sa.sa_handler = on_sigint;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old);
+    // Ctrl+C (or SIGTERM) stops this answer; the session's InterruptGuard catches it.
+    InterruptGuard::clear();
+    go.interrupted = [] { return InterruptGuard::signal() != 0; };
     try {
       last = generate(session, m.tokenizer, sampler, ids, go, [&](std::string_view piece) {
         out.write(piece);
-        return !g_interrupted;
+        return true;
       });
     } catch (...) {
-      sigaction(SIGINT, &old, nullptr);
       messages.erase(messages.end() - 1);
+      // What the cache holds is no longer known: the next turn prefills from the start.
+      cached.clear();
+      session.reset();
       throw;
     }
-    sigaction(SIGINT, &old, nullptr);
     out.finish();
-    std::fputs("\n", stdout);
-    std::fflush(stdout);
-    if (last.finish_reason == "cancelled" && tty) std::fprintf(stderr, "[stopped]\n");
+    write_out("\n", /*flush=*/true);
+    if (last.finish_reason == "interrupted" && tty) std::fprintf(stderr, "[stopped]\n");
     if (last.finish_reason == "context")
       std::fprintf(stderr, "moerun: the context (%lld tokens) is full; /reset starts over\n",
                    static_cast<long long>(session.context()));
@@ -179,12 +186,14 @@ struct Chat {
   }
 
   void stats() const {
-    std::printf("last answer: %lld new prompt tokens prefilled (%lld reused from the cache) at %.1f t/s; "
+    char line[512];
+    std::snprintf(line, sizeof line, "last answer: %lld new prompt tokens prefilled (%lld reused from the cache) at %.1f t/s; "
                 "%lld tokens generated at %.1f t/s (%s)\ncache: %lld of %lld tokens; %zu messages\n",
                 static_cast<long long>(last.prompt_tokens), static_cast<long long>(last_reused), last.prompt_tps(),
                 static_cast<long long>(last.generated_tokens), last.gen_tps(),
                 last.finish_reason.empty() ? "-" : last.finish_reason.c_str(), static_cast<long long>(session.position()),
                 static_cast<long long>(session.context()), messages.size());
+    write_out(line);
   }
 
   void set(const std::string& knob, const std::string& value) {
@@ -198,43 +207,55 @@ struct Chat {
       else if (knob == "presence-penalty") p.presence_penalty = std::stof(value);
       else if (knob == "frequency-penalty") p.frequency_penalty = std::stof(value);
       else if (knob == "repeat-last-n") p.penalty_last_n = std::stoi(value);
-      else if (knob == "seed") p.seed = std::stoull(value);
+      else if (knob == "seed") {
+        const std::optional<uint64_t> seed = parse_seed(value);
+        if (!seed) throw std::invalid_argument("seed");
+        p.seed = *seed;
+      }
       else if (knob == "n-predict") {
         flags.max_tokens = std::stoll(value);
         if (flags.max_tokens <= 0) throw std::invalid_argument("n-predict");
         return;
       } else {
-        std::fprintf(stderr, "unknown knob '%s' (see /help)\n", knob.c_str());
-        return;
+        throw Error("/set", "unknown knob '" + knob + "' (see /help)");
       }
     } catch (const std::logic_error&) {
-      std::fprintf(stderr, "bad value '%s' for %s\n", value.c_str(), knob.c_str());
-      return;
+      throw Error("/set " + knob, "bad value '" + value + "'");
     }
     sampler.set_params(p);  // validates; throws Error on nonsense
   }
 
+  // Atomically: a failure (a full disk) leaves the old file as it was and says so.
   void save(const std::string& file) const {
-    std::ofstream out(file);
     const ChatJson j = {{"system", system}, {"messages", messages}};
-    out << j.dump(2) << "\n";
-    if (!out) throw Error(file, "cannot write");
+    write_file_atomic(file, j.dump(2) + "\n");
   }
 
   void load(const std::string& file) {
-    std::ifstream in(file);
-    if (!in) throw Error(file, "cannot open");
+    const std::string text = read_file(file, kMaxTextBytes, "the largest conversation read");
     ChatJson j;
     try {
-      j = ChatJson::parse(in);
+      j = ChatJson::parse(text);
     } catch (const ChatJson::exception& e) {
       throw Error(file, std::string("not a conversation: ") + e.what());
     }
     if (!j.is_object() || !j.contains("messages") || !j["messages"].is_array())
       throw Error(file, "not a conversation (expected {\"system\": ..., \"messages\": [...]})");
+    if (j.contains("system") && !j["system"].is_string() && !j["system"].is_null())
+      throw Error(file, "\"system\" must be a string");
+    const ChatJson& list = j["messages"];
+    for (size_t i = 0; i < list.size(); ++i) {
+      const ChatJson& x = list[i];
+      const std::string where = detail::cat("messages[", i, "]");
+      if (!x.is_object() || !x.contains("role") || !x["role"].is_string())
+        throw Error(file, where + ": expected an object with a string \"role\"");
+      // Without a template the turns are joined as text; a template may take richer content.
+      if (!m.chat_template && !(x.contains("content") && x["content"].is_string()))
+        throw Error(file, where + ": \"content\" must be a string (the model has no chat template)");
+    }
     reset();
-    messages = j["messages"];
-    system = j.value("system", std::string());
+    messages = list;
+    system = j.contains("system") && j["system"].is_string() ? j["system"].get<std::string>() : std::string();
   }
 
   // Returns false to leave.
@@ -246,7 +267,7 @@ struct Chat {
     std::getline(in, rest);
     if (!rest.empty() && rest[0] == ' ') rest.erase(0, 1);
     if (cmd == "/exit" || cmd == "/quit") return false;
-    if (cmd == "/help") std::fputs(kHelp, stdout);
+    if (cmd == "/help") write_out(kHelp);
     else if (cmd == "/reset") reset();
     else if (cmd == "/system") {
       system = rest;
@@ -259,23 +280,39 @@ struct Chat {
     } else if (cmd == "/stats") stats();
     else if (cmd == "/save") save(rest);
     else if (cmd == "/load") load(rest);
-    else std::fprintf(stderr, "unknown command %s (see /help)\n", cmd.c_str());
+    else throw Error(cmd, "unknown command (see /help)");
     return true;
   }
 };
 
-// Reads one user turn (with continuations and """ blocks); false at end of input.
-bool read_turn(bool tty, std::string& turn) {
+// Reads one user turn (with continuations and """ blocks). Returns false to leave: end of input,
+// Ctrl+D, SIGTERM, or a second Ctrl+C on an empty line. Ctrl+C while typing clears the turn; on an
+// empty line it says how to leave (so a Ctrl+C meant for an answer that just ended is harmless).
+bool read_turn(bool tty, size_t line_cap, std::string& turn) {
   turn.clear();
-  bool block = false, more = false;
+  bool block = false, more = false, armed = false;
   for (;;) {
     std::string line;
     if (tty) {
+      g_typed = false;
+      InterruptGuard::clear();
       char* raw = readline(block || more ? "... " : "> ");
-      if (!raw) return !turn.empty();
+      if (!raw) {
+        if (InterruptGuard::signal() == SIGINT) {
+          const bool empty = !g_typed && turn.empty() && !block;
+          if (empty && armed) return false;
+          std::fprintf(stderr, empty ? "(Ctrl+C again or Ctrl+D leaves)\n" : "(cleared)\n");
+          turn.clear();
+          block = more = false;
+          armed = true;
+          continue;
+        }
+        if (InterruptGuard::signal()) return false;  // SIGTERM
+        return !turn.empty();
+      }
       line = raw;
       std::free(raw);
-    } else if (!std::getline(std::cin, line)) {
+    } else if (!read_stdin_line(line, line_cap)) {
       return !turn.empty();
     }
     if (line == "\"\"\"") {
@@ -307,18 +344,25 @@ void add_chat_command(CLI::App& root, std::vector<Command>& commands) {
   commands.push_back({app, [opt] {
     const bool tty = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
     Chat chat(load_model(opt->gen, /*quiet=*/!tty), opt->gen, tty, opt->hide_think);
+    // From here SIGINT and SIGTERM never kill the session: they stop an answer, clear a line or
+    // leave cleanly (history written, exit code 130/143 when a signal ended it).
+    InterruptGuard guard;
     std::string history = opt->history;
     if (history.empty()) {
       const char* home = std::getenv("HOME");
       history = std::string(home ? home : ".") + "/.moerun_history";
     }
     if (tty) {
+      rl_getc_function = key_typed;  // before using_history(), which initialises libedit
       using_history();
       read_history(history.c_str());
       std::fprintf(stderr, "# %s: /help for commands, Ctrl+D to leave\n", chat.m.dir.c_str());
     }
+    // A piped turn longer than the context could ever hold is refused as it is read.
+    const size_t line_cap = static_cast<size_t>(std::max<int64_t>(chat.session.context(), 4096)) * kMaxBytesPerToken;
     std::string turn;
-    while (read_turn(tty, turn)) {
+    int left_by_signal = 0;
+    while (read_turn(tty, line_cap, turn)) {
       if (turn.empty()) continue;
       if (tty) {
         add_history(turn.c_str());
@@ -329,13 +373,25 @@ void add_chat_command(CLI::App& root, std::vector<Command>& commands) {
           if (!chat.command(turn)) break;
         } else {
           chat.answer(turn);
+          // Outside a terminal an interrupt ends the script's session after the partial answer.
+          if (!tty && InterruptGuard::signal()) {
+            left_by_signal = InterruptGuard::signal();
+            break;
+          }
+          if (InterruptGuard::signal() == SIGTERM) {
+            left_by_signal = SIGTERM;
+            break;
+          }
         }
       } catch (const Error& e) {
+        if (e.where() == "stdout") throw;  // nothing more can be shown
+        end_progress_line();
         std::fprintf(stderr, "moerun: %s\n", e.what());
         if (!tty) return 1;  // a script should see the failure
       }
     }
-    return 0;
+    if (!left_by_signal && InterruptGuard::signal() == SIGTERM) left_by_signal = SIGTERM;
+    return left_by_signal ? 128 + left_by_signal : 0;
   }});
 }
 

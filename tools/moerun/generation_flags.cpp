@@ -7,26 +7,31 @@
 #include <cstdio>
 #include <random>
 
+#include "cli_io.h"
 #include "moerun/commands.h"
+#include "validators.h"
 
 namespace moerun::cli {
 
 void GenerationFlags::add_to(CLI::App* a) {
   app = a;
+  constexpr int64_t kMaxTokens = int64_t{1} << 31;
   a->add_option("-m,--model", model, "model directory (default: $MOERUN_MODEL or models/default)");
-  a->add_option("-n,--n-predict", max_tokens, "most tokens to generate")->check(CLI::PositiveNumber);
-  a->add_option("-t,--threads", threads, "CPU threads (default: one per hardware thread)")->check(CLI::Range(1, 1024));
-  a->add_option("-c,--ctx", context, "context length in tokens (default: the model's, at most 4096)")->check(CLI::PositiveNumber);
-  a->add_option("--temp", temp, "temperature; 0 is greedy (default: generation_config.json)")->check(CLI::Range(0.0, 100.0));
-  a->add_option("--top-k", top_k, "keep the k most likely tokens; 0: off")->check(CLI::NonNegativeNumber);
-  a->add_option("--top-p", top_p, "nucleus sampling mass; 1: off")->check(CLI::Range(0.0, 1.0));
-  a->add_option("--min-p", min_p, "drop tokens below min-p times the best; 0: off")->check(CLI::Range(0.0, 1.0));
-  a->add_option("--repeat-penalty", repeat_penalty, "penalise repeated tokens (HF repetition_penalty); 1: off")->check(CLI::PositiveNumber);
-  a->add_option("--presence-penalty", presence_penalty, "subtract from tokens already present");
-  a->add_option("--frequency-penalty", frequency_penalty, "subtract per earlier occurrence");
-  a->add_option("--repeat-last-n", repeat_last_n, "penalty window in tokens; -1: all")->check(CLI::Range(-1, 1 << 30));
-  a->add_option("--seed", seed, "sampling seed (default: random); the same seed gives the same text");
+  a->add_option("-n,--n-predict", max_tokens, "most tokens to generate")->check(integer_in(1, kMaxTokens));
+  a->add_option("-t,--threads", threads, "CPU threads (default: one per hardware thread)")->check(thread_count());
+  a->add_option("-c,--ctx", context, "context length in tokens (default: the model's, at most 4096)")->check(integer_in(1, kMaxTokens));
+  a->add_flag("--ctx-override", context_override, "allow -c above the model's max_position_embeddings (output degrades)");
+  a->add_option("--temp", temp, "temperature; 0 is greedy (default: generation_config.json)")->check(number_in(0.0, 100.0));
+  a->add_option("--top-k", top_k, "keep the k most likely tokens; 0: off")->check(integer_in(0, INT32_MAX));
+  a->add_option("--top-p", top_p, "nucleus sampling mass; 1: off")->check(number_in(0.0, 1.0));
+  a->add_option("--min-p", min_p, "drop tokens below min-p times the best; 0: off")->check(number_in(0.0, 1.0));
+  a->add_option("--repeat-penalty", repeat_penalty, "penalise repeated tokens (HF repetition_penalty); 1: off")->check(number_in(1e-6, 1e6));
+  a->add_option("--presence-penalty", presence_penalty, "subtract from tokens already present")->check(number_in(-1e6, 1e6));
+  a->add_option("--frequency-penalty", frequency_penalty, "subtract per earlier occurrence")->check(number_in(-1e6, 1e6));
+  a->add_option("--repeat-last-n", repeat_last_n, "penalty window in tokens; -1: all")->check(integer_in(-1, 1 << 30));
+  a->add_option("--seed", seed, "sampling seed (default: random); the same seed gives the same text")->check(seed_value());
   a->add_option("--stop", stop, "stop when this text appears (not printed); may be repeated");
+  a->add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-sequence tokens (until -n or a stop string)");
   a->add_option("--system", system, "system prompt");
   engine.add_to(a);
 }
@@ -51,11 +56,16 @@ LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
   EngineOptions eo;
   eo.threads = flags.threads;
   eo.context = flags.context;
+  eo.context_override = flags.context_override;
   flags.engine.apply(eo);
   Model model = Model::load(dir);
+  if (flags.context_override && flags.context > model.config().max_position_embeddings)
+    std::fprintf(stderr, "moerun: warning: -c %lld is above the model's max_position_embeddings (%lld): output past it degrades\n",
+                 static_cast<long long>(flags.context), static_cast<long long>(model.config().max_position_embeddings));
   if (!quiet && isatty(STDERR_FILENO)) {
     // A progress bar while the weights are read from disk (the mmap is otherwise faulted in by
     // the first tokens).
+    open_progress("");
     model.prefetch([&](uint64_t done, uint64_t total) {
       const int width = 30, filled = static_cast<int>(width * done / std::max<uint64_t>(total, 1));
       std::fprintf(stderr, "\r# loading %s [%.*s%*s] %3d%%", dir.c_str(), filled, "##############################",
@@ -63,18 +73,22 @@ LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
     });
     std::fprintf(stderr, "\r\033[K");
   }
-  if (!quiet) std::fprintf(stderr, "# loading %s ...", dir.c_str());
+  if (!quiet) open_progress("# loading " + dir + " ...");
   LoadedModel m{dir, Engine::from_model(std::move(model), eo), Tokenizer::load(dir), nullptr, {}};
   const ModelFiles& files = m.engine.model().files();
   if (files.has_chat_template) m.chat_template = std::make_unique<ChatTemplate>(ChatTemplate::load(dir));
   m.eos_ids = m.tokenizer.eos_ids();
   for (int64_t id : m.engine.config().eos_token_ids)
     if (std::find(m.eos_ids.begin(), m.eos_ids.end(), id) == m.eos_ids.end()) m.eos_ids.push_back(static_cast<int32_t>(id));
-  if (!quiet)
-    std::fprintf(stderr, " done in %.2f s (%s, %lld-token context, %s)\n",
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-                 m.engine.config().architecture.c_str(), static_cast<long long>(m.engine.default_context()),
-                 m.engine.backend() == BackendKind::cuda ? "CUDA" : "CPU");
+  if (flags.ignore_eos) m.eos_ids.clear();
+  if (!quiet) {
+    char tail[256];
+    std::snprintf(tail, sizeof tail, " done in %.2f s (%s, %lld-token context, %s)",
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                  m.engine.config().architecture.c_str(), static_cast<long long>(m.engine.default_context()),
+                  m.engine.backend() == BackendKind::cuda ? "CUDA" : "CPU");
+    close_progress(tail);
+  }
   return m;
 }
 

@@ -21,11 +21,13 @@ struct GenerationFlags {
   std::string model;
   int threads = 0;
   int64_t context = 0;
+  bool context_override = false;
   int64_t max_tokens = 512;
   float temp = 0, top_p = 0, min_p = 0, repeat_penalty = 0, presence_penalty = 0, frequency_penalty = 0;
   int top_k = 0, repeat_last_n = 64;
   uint64_t seed = 0;
   std::vector<std::string> stop;
+  bool ignore_eos = false;
   std::string system;
   EngineFlags engine;
   CLI::App* app = nullptr;

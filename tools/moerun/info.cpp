@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <string>
 
+#include "cli_io.h"
 #include "moerun/commands.h"
 #include "moerun/model.h"
 
@@ -22,7 +23,7 @@ void add_info_command(CLI::App& root, std::vector<Command>& commands) {
   commands.push_back({app, [opt] {
                         const ModelSummary s = summarize_path(opt->path);
                         const std::string out = opt->json ? summary_json(s, opt->tensors) : summary_text(s, opt->tensors);
-                        std::fwrite(out.data(), 1, out.size(), stdout);
+                        write_out(out);
                         return 0;
                       }});
 }

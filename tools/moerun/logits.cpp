@@ -7,9 +7,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli_io.h"
 #include "engine_flags.h"
 #include "moerun/commands.h"
 #include "moerun/engine.h"
+#include "validators.h"
 
 namespace moerun::cli {
 namespace {
@@ -45,6 +47,7 @@ void add_logits_command(CLI::App& root, std::vector<Command>& commands) {
     std::string model, ids;
     bool all = false, json = false;
     int64_t context = 0;
+    bool context_override = false;
     std::string mla = "absorbed", fp8 = "bf16";
     EngineFlags engine{.backend = "cpu"};  // the reference path unless asked
   };
@@ -54,50 +57,61 @@ void add_logits_command(CLI::App& root, std::vector<Command>& commands) {
   app->add_option("--ids", opt->ids, "token ids, separated by spaces or commas")->required();
   app->add_flag("--all", opt->all, "logits of every position, not only the last");
   app->add_flag("--json", opt->json, "print a JSON array of arrays of floats (one array per position)");
-  app->add_option("-c,--ctx", opt->context, "context length (default: the model's, at most 4096)")->check(CLI::NonNegativeNumber);
+  app->add_option("-c,--ctx", opt->context, "context length (default: the model's, at most 4096)")
+      ->check(integer_in(0, int64_t{1} << 31));
+  app->add_flag("--ctx-override", opt->context_override, "allow a context above the model's max_position_embeddings");
   app->add_option("--mla", opt->mla, "MLA attention form for DeepSeek models")->check(CLI::IsMember({"absorbed", "naive"}));
   app->add_option("--fp8", opt->fp8, "dtype FP8 weights are dequantized to at load")->check(CLI::IsMember({"bf16", "f32"}));
   opt->engine.add_to(app);
   commands.push_back({app, [opt] {
-                        std::vector<int32_t> ids;
-                        try {
-                          ids = parse_ids(opt->ids);
-                        } catch (const CLI::ParseError& e) {
-                          std::fprintf(stderr, "moerun logits: %s\n", e.what());
-                          return 2;
-                        }
-                        EngineOptions eo;
-                        eo.context = opt->context;
-                        eo.mla = opt->mla == "naive" ? MlaMode::naive : MlaMode::absorbed;
-                        eo.fp8_dequant = opt->fp8 == "f32" ? DType::f32 : DType::bf16;
-                        opt->engine.apply(eo);
-                        const Engine engine = Engine::load(opt->model, eo);
-                        // Without -c the context grows to fit the ids; with -c a longer input is an error.
-                        const int64_t n = static_cast<int64_t>(ids.size());
-                        Session session(engine, opt->context > 0 ? opt->context : std::max(engine.default_context(), n));
-                        const std::vector<float> logits = session.forward(ids, opt->all);
-                        const size_t V = static_cast<size_t>(engine.config().vocab_size);
-                        const size_t rows = logits.size() / V;
-                        std::string out;
-                        if (opt->json) {
-                          nlohmann::json j = nlohmann::json::array();
-                          for (size_t r = 0; r < rows; ++r)
-                            j.push_back(std::vector<float>(logits.begin() + static_cast<std::ptrdiff_t>(r * V),
-                                                           logits.begin() + static_cast<std::ptrdiff_t>((r + 1) * V)));
-                          out = j.dump() + "\n";
-                        } else {
-                          char buf[32];
-                          for (size_t r = 0; r < rows; ++r) {
-                            for (size_t i = 0; i < V; ++i) {
-                              std::snprintf(buf, sizeof buf, i ? " %.9g" : "%.9g", static_cast<double>(logits[r * V + i]));
-                              out += buf;
-                            }
-                            out += "\n";
-                          }
-                        }
-                        std::fwrite(out.data(), 1, out.size(), stdout);
-                        return 0;
-                      }});
+    std::vector<int32_t> ids;
+    try {
+      ids = parse_ids(opt->ids);
+    } catch (const CLI::ParseError& e) {
+      std::fprintf(stderr, "moerun: %s\n", e.what());
+      return 2;
+    }
+    EngineOptions eo;
+    eo.context = opt->context;
+    eo.context_override = opt->context_override;
+    eo.mla = opt->mla == "naive" ? MlaMode::naive : MlaMode::absorbed;
+    eo.fp8_dequant = opt->fp8 == "f32" ? DType::f32 : DType::bf16;
+    opt->engine.apply(eo);
+    const Engine engine = Engine::load(opt->model, eo);
+    // Without -c the context grows to fit the ids; with -c a longer input is an error.
+    const int64_t n = static_cast<int64_t>(ids.size());
+    Session session(engine, opt->context > 0 ? opt->context : std::max(engine.default_context(), n));
+    const size_t V = static_cast<size_t>(engine.config().vocab_size);
+    // With --all the rows stream out a piece of the input at a time: memory stays that of one
+    // piece (kRowsPerPiece x V floats) however many ids are given.
+    constexpr int64_t kRowsPerPiece = 64;
+    const int64_t piece = opt->all ? kRowsPerPiece : n;
+    if (opt->json) write_out("[");
+    std::string out;
+    char buf[32];
+    for (int64_t begin = 0; begin < n; begin += piece) {
+      const std::span<const int32_t> part(ids.data() + begin, static_cast<size_t>(std::min(piece, n - begin)));
+      const std::vector<float> logits = session.forward(part, opt->all);
+      const size_t rows = logits.size() / V;
+      for (size_t r = 0; r < rows; ++r) {
+        const float* row = logits.data() + r * V;
+        out.clear();
+        if (opt->json) {
+          if (begin > 0 || r > 0) out += ",";
+          out += nlohmann::json(std::vector<float>(row, row + V)).dump();
+        } else {
+          for (size_t i = 0; i < V; ++i) {
+            std::snprintf(buf, sizeof buf, i ? " %.9g" : "%.9g", static_cast<double>(row[i]));
+            out += buf;
+          }
+          out += "\n";
+        }
+        write_out(out);
+      }
+    }
+    if (opt->json) write_out("]\n");
+    return 0;
+  }});
 }
 
 }  // namespace moerun::cli

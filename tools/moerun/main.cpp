@@ -4,12 +4,16 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
+#include <cstring>
 #include <exception>
+#include <filesystem>
+#include <new>
 #include <string>
+#include <system_error>
 
-#include "moerun/error.h"
+#include "cli_io.h"
 #include "moerun/commands.h"
+#include "moerun/error.h"
 
 namespace moerun::cli {
 
@@ -30,7 +34,9 @@ std::string default_model_dir() {
 
 namespace {
 
-void print_error(const char* what) {
+// One line on stderr, on a line of its own (never glued to an open "# loading ..." line).
+void print_error(const std::string& what) {
+  moerun::cli::end_progress_line();
   std::string line = what;
   for (char& c : line)
     if (c == '\n' || c == '\r') c = ' ';
@@ -40,6 +46,7 @@ void print_error(const char* what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moerun::cli::guard_standard_fds();
   CLI::App app{"moerun: local inference for mixture-of-experts language models"};
   app.set_version_flag("--version", std::string("moerun ") + MOERUN_VERSION);
   app.require_subcommand(1);
@@ -53,24 +60,52 @@ int main(int argc, char** argv) {
   moerun::cli::add_template_command(app, commands);
   moerun::cli::add_perplexity_command(app, commands);
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::Success& e) {  // --help, --version
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
+  // `moerun foo`: name the unknown command (CLI11 would only say that a subcommand is required).
+  bool known = argc < 2 || argv[1][0] == '-';
+  std::string names;
+  for (const moerun::cli::Command& c : commands) {
+    names += (names.empty() ? "" : ", ") + c.app->get_name();
+    known = known || c.app->check_name(argv[1]);
+  }
+  if (!known) {
+    print_error(std::string("unknown command '") + argv[1] + "' (commands: " + names + "; --help for more)");
     return 2;
   }
 
   try {
-    for (const moerun::cli::Command& c : commands)
-      if (c.app->parsed()) return c.run();
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {  // --help, --version
+    const int code = app.exit(e);
+    try {
+      moerun::cli::finish_out();
+    } catch (const moerun::Error& err) {
+      print_error(err.what());
+      return 1;
+    }
+    return code;
+  } catch (const CLI::ParseError& e) {
+    print_error(e.what());  // one line: "moerun: --n-predict: must be a whole number ..."
     return 2;
+  }
+
+  int code = 2;
+  try {
+    for (const moerun::cli::Command& c : commands)
+      if (c.app->parsed()) {
+        code = c.run();
+        break;
+      }
+    // Output that only fails when flushed (a full disk, a closed stdout) is a failure too.
+    moerun::cli::finish_out();
+    return code;
   } catch (const moerun::Error& e) {
     print_error(e.what());
-    return 1;
+  } catch (const std::bad_alloc&) {
+    print_error("out of memory (a smaller -c, fewer threads or a smaller input may fit)");
+  } catch (const std::system_error& e) {
+    print_error(std::string("system error: ") + e.what());
   } catch (const std::exception& e) {
-    print_error(e.what());
-    return 1;
+    print_error(std::string("internal error: ") + e.what());
   }
+  return 1;
 }

@@ -7,17 +7,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "cli_io.h"
 #include "engine_flags.h"
 #include "moerun/commands.h"
 #include "moerun/engine.h"
 #include "moerun/error.h"
 #include "moerun/tokenizer.h"
+#include "validators.h"
 
 namespace moerun::cli {
 
@@ -25,6 +25,7 @@ void add_perplexity_command(CLI::App& root, std::vector<Command>& commands) {
   struct Options {
     std::string model, file;
     int64_t context = 512;
+    bool context_override = false;
     int64_t max_chunks = 0;
     int threads = 0;
     bool json = false;
@@ -35,24 +36,28 @@ void add_perplexity_command(CLI::App& root, std::vector<Command>& commands) {
   app->add_option("-m,--model", opt->model, "model directory (default: $MOERUN_MODEL or models/default)");
   app->add_option("-f,--file", opt->file, "UTF-8 text to score")->required();
   app->add_option("-c,--ctx", opt->context, "tokens per chunk (each from an empty cache; its second half is scored)")
-      ->check(CLI::Range(int64_t{8}, int64_t{1} << 20));
-  app->add_option("--chunks", opt->max_chunks, "score at most this many chunks (0: all)")->check(CLI::NonNegativeNumber);
-  app->add_option("-t,--threads", opt->threads, "CPU threads (default: one per hardware thread)")->check(CLI::Range(1, 1024));
+      ->check(integer_in(8, int64_t{1} << 20));
+  app->add_flag("--ctx-override", opt->context_override, "allow -c above the model's max_position_embeddings");
+  app->add_option("--chunks", opt->max_chunks, "score at most this many chunks (0: all)")->check(integer_in(0, int64_t{1} << 30));
+  app->add_option("-t,--threads", opt->threads, "CPU threads (default: one per hardware thread)")->check(thread_count());
   app->add_flag("--json", opt->json, "print one JSON object");
   opt->engine.add_to(app);
   commands.push_back({app, [opt] {
-    std::ifstream in(opt->file, std::ios::binary);
-    if (!in) throw Error(opt->file, "cannot open the text file");
-    std::stringstream text;
-    text << in.rdbuf();
     const std::string dir = opt->model.empty() ? default_model_dir() : opt->model;
+    // The text is read whole (FIFOs included) up to a cap: with --chunks only what those chunks can
+    // use, else kMaxTextBytes (a larger corpus takes --chunks).
+    const size_t cap = opt->max_chunks > 0 ? std::min(kMaxTextBytes, static_cast<size_t>(opt->max_chunks) *
+                                                                         static_cast<size_t>(opt->context) * kMaxBytesPerToken)
+                                           : kMaxTextBytes;
+    const std::string text = read_file(opt->file, cap, opt->max_chunks > 0 ? "more than --chunks can score" : "use --chunks for a larger text");
     EngineOptions eo;
     eo.threads = opt->threads;
     eo.context = opt->context;
+    eo.context_override = opt->context_override;
     opt->engine.apply(eo);
     const Engine engine = Engine::load(dir, eo);
     const Tokenizer tok = Tokenizer::load(dir);
-    const std::vector<int32_t> ids = tok.encode(text.str(), {.add_special_tokens = false});
+    const std::vector<int32_t> ids = tok.encode(text, {.add_special_tokens = false});
     const int64_t n_ctx = opt->context, V = engine.config().vocab_size;
     int64_t chunks = static_cast<int64_t>(ids.size()) / n_ctx;
     if (opt->max_chunks > 0) chunks = std::min(chunks, opt->max_chunks);
@@ -62,31 +67,44 @@ void add_perplexity_command(CLI::App& root, std::vector<Command>& commands) {
     double nll = 0;
     int64_t scored = 0;
     Session s(engine, n_ctx);
+    // A chunk runs in pieces of at most kPiece tokens, so the logits held at once are kPiece x V
+    // whatever -c is.
+    constexpr int64_t kPiece = 512;
     for (int64_t k = 0; k < chunks; ++k) {
       s.reset();
       const std::span<const int32_t> chunk(ids.data() + k * n_ctx, static_cast<size_t>(n_ctx));
-      const std::vector<float> logits = s.forward(chunk, /*all_positions=*/true);
-      for (int64_t t = n_ctx / 2; t + 1 < n_ctx; ++t) {  // logits at t predict token t + 1
-        const float* row = logits.data() + t * V;
-        const float mx = *std::max_element(row, row + V);
-        double sum = 0;
-        for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v] - mx));
-        nll += std::log(sum) + mx - row[chunk[static_cast<size_t>(t + 1)]];
-        ++scored;
+      for (int64_t begin = 0; begin < n_ctx; begin += kPiece) {
+        const int64_t len = std::min(kPiece, n_ctx - begin);
+        const bool scores = begin + len > n_ctx / 2;  // a piece holding positions of the second half
+        const std::vector<float> logits = s.forward(chunk.subspan(static_cast<size_t>(begin), static_cast<size_t>(len)), scores);
+        if (!scores) continue;
+        for (int64_t t = std::max(begin, n_ctx / 2); t < begin + len && t + 1 < n_ctx; ++t) {  // logits at t predict t + 1
+          const float* row = logits.data() + (t - begin) * V;
+          const float mx = *std::max_element(row, row + V);
+          double sum = 0;
+          for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v] - mx));
+          nll += std::log(sum) + mx - row[chunk[static_cast<size_t>(t + 1)]];
+          ++scored;
+        }
       }
-      if (!opt->json)
-        std::fprintf(stderr, "\r# chunk %lld/%lld: perplexity so far %.4f", static_cast<long long>(k + 1),
-                     static_cast<long long>(chunks), std::exp(nll / static_cast<double>(scored)));
+      if (!opt->json) {
+        char line[128];
+        std::snprintf(line, sizeof line, "\r# chunk %lld/%lld: perplexity so far %.4f", static_cast<long long>(k + 1),
+                      static_cast<long long>(chunks), std::exp(nll / static_cast<double>(scored)));
+        open_progress(line);
+      }
     }
     const double ppl = std::exp(nll / static_cast<double>(scored));
     if (opt->json) {
       nlohmann::ordered_json j{{"perplexity", ppl}, {"tokens_scored", scored}, {"chunks", chunks}, {"ctx", n_ctx},
                                {"quant", opt->engine.quant}, {"backend", engine.backend() == BackendKind::cuda ? "cuda" : "cpu"}};
-      std::printf("%s\n", j.dump().c_str());
+      write_out(j.dump() + "\n");
     } else {
-      std::fprintf(stderr, "\n");
-      std::printf("perplexity %.4f over %lld tokens (%lld chunks of %lld)\n", ppl, static_cast<long long>(scored),
-                  static_cast<long long>(chunks), static_cast<long long>(n_ctx));
+      end_progress_line();
+      char line[160];
+      std::snprintf(line, sizeof line, "perplexity %.4f over %lld tokens (%lld chunks of %lld)\n", ppl, static_cast<long long>(scored),
+                    static_cast<long long>(chunks), static_cast<long long>(n_ctx));
+      write_out(line);
     }
     return 0;
   }});

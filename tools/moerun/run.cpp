@@ -3,13 +3,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
-#include <iostream>
-#include <iterator>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "cli_io.h"
 #include "generation_flags.h"
 #include "moerun/commands.h"
 #include "moerun/error.h"
@@ -30,13 +30,17 @@ void add_run_command(CLI::App& root, std::vector<Command>& commands) {
   app->add_flag("--json", opt->json, "print one JSON object: text, finish_reason, token counts, speeds");
   app->add_flag("-q,--quiet", opt->quiet, "nothing on stderr");
   commands.push_back({app, [opt, app] {
+    LoadedModel m = load_model(opt->gen, opt->quiet);
     std::string prompt = opt->prompt;
     if (!app->count("--prompt")) {
-      // All of stdin, less the line end(s) `echo` and editors leave at the end.
-      prompt.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+      // All of stdin, less the line end(s) `echo` and editors leave at the end. No prompt that fits
+      // the context is longer than kMaxBytesPerToken bytes a token: more fails now, not after
+      // reading an endless pipe into memory.
+      const int64_t ctx = m.engine.default_context();
+      prompt = read_stdin(static_cast<size_t>(std::max<int64_t>(ctx, 4096)) * kMaxBytesPerToken,
+                          "a " + std::to_string(ctx) + "-token context");
       while (!prompt.empty() && (prompt.back() == '\n' || prompt.back() == '\r')) prompt.pop_back();
     }
-    LoadedModel m = load_model(opt->gen, opt->quiet);
 
     std::vector<int32_t> ids;
     if (opt->raw || !m.chat_template) {
@@ -55,11 +59,11 @@ void add_run_command(CLI::App& root, std::vector<Command>& commands) {
     go.max_tokens = opt->gen.max_tokens;
     go.stop = opt->gen.stop;
     go.eos_ids = m.eos_ids;
+    // SIGINT/SIGTERM stop generating: what was produced is printed and the exit code says why.
+    InterruptGuard guard;
+    go.interrupted = [] { return InterruptGuard::signal() != 0; };
     const GenerateResult r = generate(session, m.tokenizer, sampler, ids, go, [&](std::string_view piece) {
-      if (!opt->json) {
-        std::fwrite(piece.data(), 1, piece.size(), stdout);
-        std::fflush(stdout);
-      }
+      if (!opt->json) write_out(piece, /*flush=*/true);  // a failed write throws: generation stops at once
       return true;
     });
     if (opt->json) {
@@ -69,15 +73,15 @@ void add_run_command(CLI::App& root, std::vector<Command>& commands) {
                                         {"generated_tokens", r.generated_tokens},
                                         {"prompt_tps", r.prompt_tps()},
                                         {"gen_tps", r.gen_tps()}};
-      std::printf("%s\n", j.dump().c_str());
+      write_out(j.dump() + "\n", true);
     } else {
-      std::printf("\n");
+      write_out("\n", true);
     }
     if (!opt->quiet)
       std::fprintf(stderr, "# prompt %lld tokens at %.1f t/s; generated %lld tokens at %.1f t/s; finish: %s\n",
                    static_cast<long long>(r.prompt_tokens), r.prompt_tps(), static_cast<long long>(r.generated_tokens),
                    r.gen_tps(), r.finish_reason.c_str());
-    return 0;
+    return InterruptGuard::exit_code();  // 0, or 130 (SIGINT) / 143 (SIGTERM)
   }});
 }
 

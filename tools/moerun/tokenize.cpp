@@ -2,14 +2,12 @@
 // moerun template: the prompt a conversation renders to with the model's chat template.
 
 #include <cstdio>
-#include <fstream>
-#include <iostream>
-#include <iterator>
 #include <sstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "cli_io.h"
 #include "moerun/chat_template.h"
 #include "moerun/commands.h"
 #include "moerun/error.h"
@@ -17,8 +15,6 @@
 
 namespace moerun::cli {
 namespace {
-
-std::string read_all(std::istream& in) { return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()}; }
 
 std::string ids_line(const std::vector<int32_t>& ids, bool json) {
   if (json) return nlohmann::json(ids).dump() + "\n";
@@ -47,6 +43,21 @@ std::vector<int32_t> parse_ids(const std::string& text) {
   return ids;
 }
 
+// Every id must name a token: decoding would otherwise skip it without a word.
+void check_ids(const Tokenizer& tok, const std::vector<int32_t>& ids) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const int32_t id = ids[i];
+    if (id >= tok.vocab_size())
+      throw Error("--decode", "id " + std::to_string(id) + " (number " + std::to_string(i + 1) + ") is outside the vocabulary [0, " +
+                                  std::to_string(tok.vocab_size()) + ")");
+    try {
+      (void)tok.id_to_token(id);
+    } catch (const Error&) {
+      throw Error("--decode", "id " + std::to_string(id) + " (number " + std::to_string(i + 1) + ") has no token in " + tok.source());
+    }
+  }
+}
+
 }  // namespace
 
 void add_tokenize_command(CLI::App& root, std::vector<Command>& commands) {
@@ -69,7 +80,7 @@ void add_tokenize_command(CLI::App& root, std::vector<Command>& commands) {
     std::string out;
     if (opt->jsonl) {
       std::string line;
-      for (size_t n = 1; std::getline(std::cin, line); ++n) {
+      for (size_t n = 1; read_stdin_line(line, kMaxTextBytes); ++n) {
         nlohmann::json j;
         try {
           j = nlohmann::json::parse(line);
@@ -77,20 +88,21 @@ void add_tokenize_command(CLI::App& root, std::vector<Command>& commands) {
           throw Error("stdin line " + std::to_string(n), std::string("not JSON: ") + e.what());
         }
         if (!j.is_string()) throw Error("stdin line " + std::to_string(n), "expected a JSON string");
-        const std::string s = ids_line(tok.encode(j.get<std::string>(), eo), true);
-        std::fwrite(s.data(), 1, s.size(), stdout);
+        write_out(ids_line(tok.encode(j.get<std::string>(), eo), true));
       }
       return 0;
     }
-    const std::string text = app->count("--prompt") ? opt->prompt : read_all(std::cin);
+    const std::string text = app->count("--prompt") ? opt->prompt : read_stdin(kMaxTextBytes, "what tokenize reads");
     if (opt->decode) {
-      out = tok.decode(parse_ids(text));
+      const std::vector<int32_t> ids = parse_ids(text);
+      check_ids(tok, ids);
+      out = tok.decode(ids);
       if (opt->json) out = nlohmann::json(out).dump();
       out += "\n";
     } else {
       out = ids_line(tok.encode(text, eo), opt->json);
     }
-    std::fwrite(out.data(), 1, out.size(), stdout);
+    write_out(out);
     return 0;
   }});
 }
@@ -109,13 +121,8 @@ void add_template_command(CLI::App& root, std::vector<Command>& commands) {
     const ChatTemplate t = ChatTemplate::load(opt->model.empty() ? default_model_dir() : opt->model);
     std::string text;
     std::string where = opt->messages.empty() ? "stdin" : opt->messages;
-    if (opt->messages.empty()) {
-      text = read_all(std::cin);
-    } else {
-      std::ifstream in(opt->messages);
-      if (!in) throw Error(opt->messages, "cannot open");
-      text = read_all(in);
-    }
+    text = opt->messages.empty() ? read_stdin(kMaxTextBytes, "a conversation")
+                                 : read_file(opt->messages, kMaxTextBytes, "the largest conversation read");
     ChatJson messages;
     try {
       messages = ChatJson::parse(text);
@@ -126,8 +133,7 @@ void add_template_command(CLI::App& root, std::vector<Command>& commands) {
     if (!messages.is_array()) throw Error(where, "expected a JSON list of messages");
     ChatOptions co;
     co.add_generation_prompt = !opt->no_generation_prompt;
-    const std::string out = t.apply(messages, co);
-    std::fwrite(out.data(), 1, out.size(), stdout);
+    write_out(t.apply(messages, co));
     return 0;
   }});
 }

@@ -1,0 +1,3 @@
+// CLI tests: model_files (issue 13).
+
+#include <gtest/gtest.h>

@@ -1,0 +1,3 @@
+// CLI tests: template_input (issue 13).
+
+#include <gtest/gtest.h>
