@@ -2,10 +2,15 @@
 // the single-threaded op (each output row is one thread's fixed-order dot product).
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <string>
 #include <functional>
 #include <mutex>
 #include <set>
@@ -14,9 +19,44 @@
 
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/ops.h"
+#include "moerun/error.h"
 
 namespace moerun {
 namespace {
+
+// Under an address-space limit thread stacks cannot be mapped: the pool must throw an Error that
+// says so and join the threads it did start (before: std::terminate, "terminate called without an
+// active exception", from the joinable std::threads it left behind).
+TEST(ThreadPool, ThreadCreationFailureIsAnError) {
+#ifdef MOERUN_SANITIZED
+  GTEST_SKIP() << "ASan's shadow memory does not live under an address-space limit";
+#endif
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    rlimit limit{};
+    getrlimit(RLIMIT_AS, &limit);
+    // What the process maps now plus room for a few 8 MiB stacks, not for 256 of them.
+    std::FILE* f = std::fopen("/proc/self/statm", "r");
+    unsigned long pages = 0;
+    if (!f || std::fscanf(f, "%lu", &pages) != 1) _exit(3);
+    std::fclose(f);
+    limit.rlim_cur = pages * static_cast<unsigned long>(sysconf(_SC_PAGE_SIZE)) + (64ul << 20);
+    if (setrlimit(RLIMIT_AS, &limit) != 0) _exit(4);
+    try {
+      cpu::ThreadPool pool(256);
+      _exit(5);  // every thread started: the limit did not bite
+    } catch (const Error& e) {
+      _exit(std::string(e.what()).find("cannot start thread") != std::string::npos ? 0 : 6);
+    } catch (...) {
+      _exit(7);
+    }
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
 
 TEST(ThreadPool, CoversEveryIndexOnceWithAlignedSlices) {
   for (int threads : {1, 2, 3, 7}) {
