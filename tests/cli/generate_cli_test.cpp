@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "support/cli.h"
 #include "support/pty.h"
 #include "support/writer.h"
 
@@ -22,24 +23,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct CliRun {
-  int code = -1;
-  std::string out, err;
-};
-
-fs::path default_model() { return fs::path(MOERUN_SOURCE_DIR) / "models" / "default"; }
-
-#ifdef MOERUN_SANITIZED
-// 135M parameters through an unoptimised sanitizer build take minutes per answer; the Release
-// suite runs these tests.
-#define REQUIRE_DEFAULT_MODEL() GTEST_SKIP() << "too slow under sanitizers; the Release suite runs it"
-#else
-#define REQUIRE_DEFAULT_MODEL()                                                                   \
-  do {                                                                                            \
-    if (!fs::exists(default_model() / "model.safetensors"))                                      \
-      GTEST_SKIP() << "models/default is not installed (run scripts/setup.sh)";                  \
-  } while (0)
-#endif
+using testing::CliRun;
+using testing::default_model;
 
 CliRun run_cli(const std::string& args, const std::string& input = "") {
   static const auto dir = testing::fresh_dir("generate_cli");

@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "support/cli.h"
 #include "support/pty.h"
 #include "support/writer.h"
 
@@ -26,23 +27,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct CliRun {
-  int code = -1;
-  std::string out, err;
-};
+using testing::CliRun;
+using testing::default_model;
 
-fs::path default_model() { return fs::path(MOERUN_SOURCE_DIR) / "models" / "default"; }
 fs::path tiny_llama() { return fs::path(MOERUN_TEST_DATA) / "golden" / "llama"; }
-
-#ifdef MOERUN_SANITIZED
-#define REQUIRE_DEFAULT_MODEL() GTEST_SKIP() << "too slow under sanitizers; the Release suite runs it"
-#else
-#define REQUIRE_DEFAULT_MODEL()                                                                   \
-  do {                                                                                            \
-    if (!fs::exists(default_model() / "model.safetensors"))                                      \
-      GTEST_SKIP() << "models/default is not installed (run scripts/setup.sh)";                  \
-  } while (0)
-#endif
 
 fs::path scratch() {
   static const fs::path d = testing::fresh_dir("hardening_cli");

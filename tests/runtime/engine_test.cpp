@@ -7,6 +7,7 @@
 
 #include "moerun/engine.h"
 #include "moerun/error.h"
+#include "support/expect.h"
 #include "support/golden.h"
 #include "support/writer.h"
 
@@ -19,15 +20,7 @@ using testing::golden_dir;
 
 using testing::max_abs_diff;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no moerun::Error thrown";
-  return "";
-}
+using testing::error_of;
 
 const std::vector<int32_t> kPrompt = {11, 22, 33, 44, 55, 66, 77};
 

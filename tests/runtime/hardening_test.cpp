@@ -15,6 +15,7 @@
 #include "moerun/engine.h"
 #include "moerun/error.h"
 #include "moerun/generate.h"
+#include "support/expect.h"
 #include "support/golden.h"
 #include "support/writer.h"
 
@@ -25,15 +26,7 @@ namespace fs = std::filesystem;
 using testing::golden_dir;
 using testing::max_abs_diff;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no moerun::Error thrown";
-  return "";
-}
+using testing::error_of;
 
 TEST(Hardening, ContextsAreBoundedByTheModelUnlessOverridden) {
   const Engine engine = Engine::load(golden_dir("llama"));  // max_position_embeddings 512
