@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <optional>
+#include <ostream>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -22,52 +26,6 @@ constexpr size_t kMaxNesting = 3;
 // No real tensor has more dimensions; the bound keeps hostile headers from building huge shapes.
 constexpr size_t kMaxRank = 16;
 
-// Parses the header JSON, rejecting duplicate keys (the format forbids them and a JSON library
-// would silently keep the last) and nesting deeper than the format uses. Problems inside a tensor's
-// entry name the tensor.
-Json parse_json(std::string_view text, const std::string& file) {
-  // The JSON library stops at a NUL byte and would never look at what follows; no valid header
-  // contains one (padding is spaces), so refuse it outright.
-  if (const size_t nul = text.find('\0'); nul != std::string_view::npos)
-    throw Error(file, cat("header contains a NUL byte at offset ", 8 + nul, " (padding must be spaces)"));
-  std::vector<std::set<std::string>> keys;  // one key set per open object
-  std::vector<bool> is_object;              // the open containers
-  std::string tensor;                       // the top-level key whose value is being parsed
-  auto in_tensor = [&] { return tensor.empty() ? std::string() : cat("tensor ", quote(tensor), ": "); };
-  auto callback = [&](int /*depth*/, Json::parse_event_t event, Json& parsed) -> bool {
-    switch (event) {
-      case Json::parse_event_t::object_start:
-      case Json::parse_event_t::array_start:
-        if (is_object.size() >= kMaxNesting)
-          throw Error(file, cat(in_tensor(), "header nests deeper than the format allows (", kMaxNesting, " levels)"));
-        is_object.push_back(event == Json::parse_event_t::object_start);
-        if (is_object.back()) keys.emplace_back();
-        break;
-      case Json::parse_event_t::object_end:
-      case Json::parse_event_t::array_end:
-        if (!is_object.empty()) {
-          if (is_object.back()) keys.pop_back();
-          is_object.pop_back();
-        }
-        break;
-      case Json::parse_event_t::key: {
-        const std::string key = parsed.get<std::string>();
-        if (!keys.back().insert(key).second) throw Error(file, cat(in_tensor(), "header has duplicate key ", quote(key)));
-        if (is_object.size() == 1) tensor = key;
-        break;
-      }
-      case Json::parse_event_t::value:
-        break;
-    }
-    return true;
-  };
-  try {
-    return Json::parse(text.begin(), text.end(), callback);
-  } catch (const Json::exception& e) {
-    throw Error(file, cat("header is not valid JSON: ", e.what()));
-  }
-}
-
 const char* json_type(const Json& j) {
   if (j.is_number_unsigned()) return "non-negative integer";
   if (j.is_number_integer()) return "negative integer";
@@ -75,13 +33,22 @@ const char* json_type(const Json& j) {
   return j.type_name();
 }
 
-uint64_t as_u64(const Json& j, const std::string& file, const std::string& what) {
-  if (!j.is_number_unsigned()) throw Error(file, cat(what, ": expected a non-negative integer, found ", json_type(j)));
+// "tensor 'name'" in a message, written only when a message is built.
+struct TensorName {
+  const std::string& name;
+  friend std::ostream& operator<<(std::ostream& os, const TensorName& t) { return os << "tensor " << quote(t.name); }
+};
+
+// `what` names the value in the message; it is only called on failure (a header may hold a million
+// entries, and building messages for every one would dominate the parse).
+template <class What>
+uint64_t as_u64(const Json& j, const std::string& file, const What& what) {
+  if (!j.is_number_unsigned()) throw Error(file, cat(what(), ": expected a non-negative integer, found ", json_type(j)));
   return j.get<uint64_t>();
 }
 
 TensorEntry parse_entry(const std::string& name, const Json& j, uint64_t data_size, const std::string& file) {
-  const std::string where = cat("tensor ", quote(name));
+  const TensorName where{name};
   if (name.empty()) throw Error(file, "tensor with an empty name");
   if (!j.is_object()) throw Error(file, cat(where, ": expected an object, found ", json_type(j)));
   for (const auto& [key, value] : j.items()) {
@@ -108,7 +75,7 @@ TensorEntry parse_entry(const std::string& name, const Json& j, uint64_t data_si
   uint64_t numel = 1;
   bool overflow = false;
   for (const Json& d : shape) {
-    const uint64_t dim = as_u64(d, file, cat(where, ": shape entry"));
+    const uint64_t dim = as_u64(d, file, [&] { return cat(where, ": shape entry"); });
     if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
       throw Error(file, cat(where, ": shape entry ", dim, " is too large"));
     overflow |= __builtin_mul_overflow(numel, dim, &numel);
@@ -123,8 +90,8 @@ TensorEntry parse_entry(const std::string& name, const Json& j, uint64_t data_si
   if (!off.is_array() || off.size() != 2)
     throw Error(file, cat(where, ": data_offsets: expected a list of two integers [begin, end], found ",
                           off.is_array() ? cat("a list of ", off.size()) : std::string(json_type(off))));
-  e.begin = as_u64(off[0], file, cat(where, ": data_offsets begin"));
-  e.end = as_u64(off[1], file, cat(where, ": data_offsets end"));
+  e.begin = as_u64(off[0], file, [&] { return cat(where, ": data_offsets begin"); });
+  e.end = as_u64(off[1], file, [&] { return cat(where, ": data_offsets end"); });
   if (e.begin > e.end)
     throw Error(file, cat(where, ": data_offsets [", e.begin, ", ", e.end, ") end before they begin"));
   if (e.end > data_size)
@@ -135,6 +102,130 @@ TensorEntry parse_entry(const std::string& name, const Json& j, uint64_t data_si
                           " bytes but data_offsets [", e.begin, ", ", e.end, ") hold ", e.end - e.begin));
   return e;
 }
+
+// The header's JSON, read in one pass. nlohmann's SAX interface gives the events; this handler
+// rejects what the format forbids while parsing (duplicate keys, which a JSON library would silently
+// resolve to the last; nesting deeper than the format uses) and builds each top-level value (a tensor
+// entry or __metadata__) as a small JSON value that is checked and dropped as soon as it is complete.
+// Work and memory are linear in the header: nlohmann's callback parser, used before, rescanned the
+// whole top-level object each time a tensor's entry closed (quadratic: 40k tensors took 20 s).
+//
+// Problems inside entries are kept until the parse ends, so invalid JSON later in the text is what
+// gets reported (the header is not JSON at all); otherwise the first bad entry in file order is.
+class HeaderReader final : public nlohmann::json_sax<Json> {
+ public:
+  HeaderReader(SafetensorsHeader& h, const std::string& file) : h_(h), file_(file) {}
+
+  // The first problem with an entry, if any; thrown once the whole text has parsed.
+  void finish() {
+    if (entry_error_) throw *entry_error_;
+  }
+
+  bool null() override { return scalar(Json(nullptr)); }
+  bool boolean(bool v) override { return scalar(Json(v)); }
+  bool number_integer(number_integer_t v) override { return scalar(Json(v)); }
+  bool number_unsigned(number_unsigned_t v) override { return scalar(Json(v)); }
+  bool number_float(number_float_t v, const string_t& /*text*/) override { return scalar(Json(v)); }
+  bool string(string_t& v) override { return scalar(Json(std::move(v))); }
+  bool binary(binary_t& v) override { return scalar(Json::binary(std::move(v))); }  // not produced by JSON text
+
+  bool start_object(std::size_t /*elements*/) override { return open(true); }
+  bool start_array(std::size_t /*elements*/) override { return open(false); }
+  bool end_object() override { return close(); }
+  bool end_array() override { return close(); }
+
+  bool key(string_t& k) override {
+    if (open_.size() == 1) {  // a tensor name (or __metadata__)
+      if (!names_.insert(k).second) throw Error(file_, cat("header has duplicate key ", quote(k)));
+      name_ = k;
+    } else {
+      if (!keys_.back().insert(k).second) throw Error(file_, cat(in_tensor(), "header has duplicate key ", quote(k)));
+      key_ = std::move(k);
+    }
+    return true;
+  }
+
+  bool parse_error(std::size_t /*position*/, const std::string& /*last_token*/,
+                   const Json::exception& e) override {
+    throw Error(file_, cat("header is not valid JSON: ", e.what()));
+  }
+
+ private:
+  std::string in_tensor() const { return name_.empty() ? std::string() : cat("tensor ", quote(name_), ": "); }
+
+  bool open(bool object) {
+    if (open_.size() >= kMaxNesting)
+      throw Error(file_, cat(in_tensor(), "header nests deeper than the format allows (", kMaxNesting, " levels)"));
+    if (open_.size() == 1) {  // a top-level value begins
+      value_ = object ? Json::object() : Json::array();
+      path_.assign(1, &value_);
+    } else if (open_.size() > 1) {
+      path_.push_back(&add(object ? Json::object() : Json::array()));
+    }
+    if (object && !open_.empty()) keys_.emplace_back();  // the top level's keys go to names_
+    open_.push_back(object);
+    return true;
+  }
+
+  bool close() {
+    if (open_.back() && open_.size() > 1) keys_.pop_back();
+    open_.pop_back();
+    if (open_.size() == 1) {
+      take(std::move(value_));
+    } else if (open_.size() > 1) {
+      path_.pop_back();
+    }
+    return true;
+  }
+
+  bool scalar(Json v) {
+    if (open_.size() == 1) take(std::move(v));
+    else if (open_.size() > 1) add(std::move(v));
+    return true;  // outside the top-level object the parser itself reports the text as invalid
+  }
+
+  // Appends v to the innermost open container of the value being built.
+  Json& add(Json v) {
+    Json& parent = *path_.back();
+    if (parent.is_object()) return parent[key_] = std::move(v);
+    parent.push_back(std::move(v));
+    return parent.back();
+  }
+
+  // A complete top-level value.
+  void take(Json value) {
+    if (entry_error_) return;  // only JSON problems are still looked for
+    try {
+      if (name_ == "__metadata__") {
+        metadata(value);
+      } else {
+        h_.tensors.push_back(parse_entry(name_, value, h_.data_size, file_));
+      }
+    } catch (const Error& e) {
+      entry_error_ = e;
+    }
+  }
+
+  void metadata(const Json& value) {
+    if (value.is_null()) return;  // the reference reader takes null as "no metadata"
+    if (!value.is_object()) throw Error(file_, cat("__metadata__: expected an object of strings, found ", json_type(value)));
+    for (const auto& [k, v] : value.items()) {
+      if (!v.is_string()) throw Error(file_, cat("__metadata__ entry ", quote(k), ": expected a string, found ", json_type(v)));
+      h_.metadata.emplace(k, v.get<std::string>());
+    }
+  }
+
+  SafetensorsHeader& h_;
+  const std::string& file_;
+  std::vector<bool> open_;                 // the open containers, outermost first: true for an object
+  std::vector<std::set<std::string>> keys_;  // keys seen in each open object below the top level
+  std::set<std::string> names_;            // top-level keys seen
+  std::string name_;                       // the top-level key whose value is being read
+  std::string key_;                        // the last key inside that value
+  Json value_;                             // that value, as far as it has been read
+  std::vector<Json*> path_;                // its open containers, value_ first
+  std::optional<Error> entry_error_;
+};
 
 }  // namespace
 
@@ -154,26 +245,18 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> bytes, con
   h.data_size = bytes.size() - 8 - n;
   const std::string_view text(reinterpret_cast<const char*>(bytes.data()) + 8, static_cast<size_t>(n));
   if (text.front() != '{') throw Error(file, cat("header does not start with '{' but with ", quote(text.substr(0, 1))));
-  const Json j = parse_json(text, file);
-  if (!j.is_object()) throw Error(file, cat("header: expected a JSON object, found ", json_type(j)));
-
-  for (const auto& [name, value] : j.items()) {
-    if (name == "__metadata__") {
-      if (value.is_null()) continue;  // the reference reader takes null as "no metadata"
-      if (!value.is_object()) throw Error(file, cat("__metadata__: expected an object of strings, found ", json_type(value)));
-      for (const auto& [k, v] : value.items()) {
-        if (!v.is_string())
-          throw Error(file, cat("__metadata__ entry ", quote(k), ": expected a string, found ", json_type(v)));
-        h.metadata.emplace(k, v.get<std::string>());
-      }
-      continue;
-    }
-    h.tensors.push_back(parse_entry(name, value, h.data_size, file));
-  }
+  // The JSON library stops at a NUL byte and would never look at what follows; no valid header
+  // contains one (padding is spaces), so refuse it outright.
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos)
+    throw Error(file, cat("header contains a NUL byte at offset ", 8 + nul, " (padding must be spaces)"));
+  HeaderReader reader(h, file);
+  Json::sax_parse(text.begin(), text.end(), &reader);
+  reader.finish();
 
   // The tensors must tile the data section exactly: no overlap, no gap, nothing left over.
+  // (Zero-byte tensors at the same offset are ordered by name.)
   std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorEntry& a, const TensorEntry& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+    return a.begin != b.begin ? a.begin < b.begin : a.end != b.end ? a.end < b.end : a.name < b.name;
   });
   uint64_t expected = 0;
   const TensorEntry* prev = nullptr;

@@ -739,6 +739,65 @@ TEST(SafetensorsFile, OpenNamesThePathInHeaderErrors) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Scale: the header is parsed in time linear in its size
+// ---------------------------------------------------------------------------------------------
+
+// A header of `n` one-byte tensors named like a MoE checkpoint's experts, tensor i at [i, i + 1).
+std::string many_tensors_header(size_t n) {
+  std::string header = "{\"__metadata__\":{\"format\":\"pt\"}";
+  header.reserve(n * 100);
+  for (size_t i = 0; i < n; ++i)
+    header += "," + entry("model.layers." + std::to_string(i / 256) + ".mlp.experts." + std::to_string(i % 256) + ".w",
+                          "U8", "[1]", "[" + std::to_string(i) + "," + std::to_string(i + 1) + "]");
+  return header;
+}
+
+TEST(SafetensorsScale, ParsesAHeaderOfTwoHundredThousandTensors) {
+  // Regression: the header was parsed with nlohmann's callback parser, which rescans the whole
+  // top-level object every time a tensor's entry closes (to drop discarded values): quadratic in the
+  // number of tensors. 40k tensors took 20 s, 200k never finished, although such a header (18 MB) is
+  // well under the 100 MB limit. Timing is not asserted here; ctest's timeout bounds the test.
+  constexpr size_t kTensors = 200'000;
+  const std::string header = many_tensors_header(kTensors);
+  const SafetensorsHeader h = parse(image(header + "}", kTensors));
+  ASSERT_EQ(h.tensors.size(), kTensors);
+  EXPECT_EQ(h.tensors.front().name, "model.layers.0.mlp.experts.0.w");
+  EXPECT_EQ(h.tensors.back().name, "model.layers.781.mlp.experts.63.w");
+  for (size_t i = 0; i < kTensors; ++i) {
+    if (h.tensors[i].begin != i || h.tensors[i].end != i + 1 || h.tensors[i].dtype != DType::u8) {
+      ADD_FAILURE() << "tensor " << i << " '" << h.tensors[i].name << "' at [" << h.tensors[i].begin << ", "
+                    << h.tensors[i].end << ")";
+      break;
+    }
+  }
+  EXPECT_EQ(h.metadata.at("format"), "pt");
+
+}
+
+TEST(SafetensorsScale, ChecksStillNameTheirTensorAmongThousands) {
+  // A duplicate of the first name as the last entry, and a bad entry at the end, are each named.
+  constexpr size_t kTensors = 20'000;
+  const std::string header = many_tensors_header(kTensors);
+  const std::string extra = "[" + std::to_string(kTensors) + "," + std::to_string(kTensors + 1) + "]";
+  EXPECT_TRUE(rejects(image(header + "," + entry("model.layers.0.mlp.experts.0.w", "U8", "[1]", extra) + "}", kTensors + 1),
+                      {"duplicate key 'model.layers.0.mlp.experts.0.w'"}));
+  EXPECT_TRUE(rejects(image(header + "," + entry("last", "U9", "[1]", extra) + "}", kTensors + 1),
+                      {"tensor 'last'", "unknown dtype 'U9'"}));
+}
+
+TEST(SafetensorsScale, AnEntryErrorDoesNotHideInvalidJsonAfterIt) {
+  // Entries are validated as soon as each is complete; the first problem is reported only once the
+  // whole header has turned out to be JSON, so text cut after a bad entry still reads as cut.
+  const std::string bad = obj({entry("a", "U9", "[1]", "[0,1]")});
+  EXPECT_TRUE(rejects(raw_safetensors(bad.substr(0, bad.size() - 1), "x"), {"not valid JSON"}));  // closing '}' cut
+  EXPECT_TRUE(rejects(image(bad + "x", 1), {"not valid JSON"}));                                   // trailing garbage
+  EXPECT_TRUE(rejects(image(obj({entry("a", "U9", "[1]", "[0,1]"), "\"b\":[[[]]]"}), 1), {"nests deeper"}));
+  // ... and the first bad entry in file order is the one named.
+  EXPECT_TRUE(rejects(image(obj({entry("z", "U9", "[1]", "[0,1]"), entry("a", "U7", "[1]", "[1,2]")}), 2),
+                      {"tensor 'z'", "unknown dtype 'U9'"}));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Deterministic mini-fuzz: every damaged image parses or is an Error, never anything else
 // ---------------------------------------------------------------------------------------------
 
