@@ -85,12 +85,14 @@ struct AttentionParams {
   cpu::ThreadPool* pool = nullptr;  // CPU: split (token, head) pairs across it
 };
 
-// out = silu(gate) * up, elementwise.
-struct SiluMulParams {
+// out = act(gate) * up, elementwise: the gated FFN's middle (SwiGLU for silu, GeGLU for the GELUs),
+// with act the config's hidden_act as transformers defines it (moerun/config.h, Activation).
+struct GatedActParams {
   float* out = nullptr;         // [n]; may equal gate
   const float* gate = nullptr;  // [n]
   const float* up = nullptr;    // [n]
   int64_t n = 0;
+  Activation act = Activation::silu;
 };
 
 // MoE routing for every variant (docs/MODELS.md §3): scores (softmax or sigmoid), optional
@@ -173,7 +175,8 @@ struct HeadMatmulParams {
 };
 
 // The routed experts of one MoE layer (docs/MODELS.md §3), after routing:
-//   out[t, :] = sum_k weights[t, k] * down_e(silu(gate_e x[t]) * up_e x[t]),  e = ids[t, k]
+//   out[t, :] = sum_k weights[t, k] * down_e(act(gate_e x[t]) * up_e x[t]),  e = ids[t, k]
+// with act as GatedActParams::act.
 // Expert e's matrices are gate[e], up[e] ([intermediate, hidden]) and down[e] ([hidden,
 // intermediate]), all of weight_dtype. The pointer tables and ids live where the op runs (host for
 // cpu::, device for cuda::). Each selected expert runs once over all of its tokens; experts nobody
@@ -188,6 +191,7 @@ struct MoeParams {
   const void* const* down = nullptr;   // [n_experts]
   DType weight_dtype = DType::f32;
   int64_t n_tokens = 0, top_k = 0, n_experts = 0, hidden = 0, intermediate = 0;
+  Activation act = Activation::silu;   // hidden_act
   cpu::ThreadPool* pool = nullptr;
 };
 
@@ -202,7 +206,7 @@ void matmul_group(const MatmulParams* ps, size_t count, ThreadPool* pool);
 void rms_norm(const RmsNormParams& p);
 void rope(const RopeParams& p);
 void attention(const AttentionParams& p);
-void silu_mul(const SiluMulParams& p);
+void gated_act(const GatedActParams& p);
 void route(const RouteParams& p);
 void embed(const EmbedParams& p);
 void add(const AddParams& p);
@@ -231,7 +235,7 @@ void matmul(const MatmulParams& p, Context& ctx);   // GEMV for few tokens, cuBL
 void rms_norm(const RmsNormParams& p, Context& ctx);
 void rope(const RopeParams& p, Context& ctx);
 void attention(const AttentionParams& p, Context& ctx);  // flash-decoding / tiled prefill
-void silu_mul(const SiluMulParams& p, Context& ctx);
+void gated_act(const GatedActParams& p, Context& ctx);
 void route(const RouteParams& p, Context& ctx);
 void embed(const EmbedParams& p, Context& ctx);
 void add(const AddParams& p, Context& ctx);

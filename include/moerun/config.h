@@ -20,6 +20,13 @@ enum class RopeType : uint8_t { none, linear, dynamic, llama3, yarn };
 enum class FfnKind : uint8_t { dense, moe };
 enum class ScoreFunc : uint8_t { softmax, sigmoid };
 enum class TopkMethod : uint8_t { greedy, group_limited_greedy, noaux_tc };
+// hidden_act: the activation of the gated FFN, act(gate x) * up x, in every dense MLP, routed expert
+// and shared expert (transformers builds all of them with ACT2FN[config.hidden_act]), exactly as
+// transformers' activations.py defines it:
+//   silu       x * sigmoid(x)                                    "silu", "swish"
+//   gelu       x/2 * (1 + erf(x / sqrt(2)))                      "gelu"
+//   gelu_tanh  x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) "gelu_pytorch_tanh", "gelu_new"
+enum class Activation : uint8_t { silu, gelu, gelu_tanh };
 
 const char* family_name(Family f) noexcept;  // the HF model_type: "qwen3_moe"
 const char* to_string(AttentionKind v) noexcept;
@@ -28,6 +35,7 @@ const char* to_string(RopeStyle v) noexcept;
 const char* to_string(RopeType v) noexcept;   // "default" for none
 const char* to_string(ScoreFunc v) noexcept;
 const char* to_string(TopkMethod v) noexcept;
+const char* to_string(Activation v) noexcept;  // "silu", "gelu", "gelu_tanh"
 
 // rope_scaling / rope_parameters (legacy "type" and newer "rope_type" both accepted).
 struct RopeScaling {
@@ -95,6 +103,7 @@ struct ModelConfig {
   int64_t max_position_embeddings = 0;  // the context the model was trained for
   double rms_norm_eps = 1e-6;
   bool tie_word_embeddings = false;
+  Activation hidden_act = Activation::silu;  // every family's HF config class defaults to "silu"
 
   // Attention.
   AttentionKind attention = AttentionKind::gqa;
@@ -120,6 +129,8 @@ struct ModelConfig {
   RouterSpec router;
   SharedExpertSpec shared;
   int64_t first_k_dense_replace = 0;   // DeepSeek
+  int64_t num_nextn_predict_layers = 0;  // DeepSeek-V3: multi-token-prediction layers stored after the
+                                         // last decoder layer (model.layers.{L}...); unused, as in HF
   int64_t moe_layer_freq = 1;          // DeepSeek (authors' code)
   int64_t decoder_sparse_step = 1;     // Qwen2/3-MoE
   std::vector<int64_t> mlp_only_layers;  // Qwen2/3-MoE
@@ -131,6 +142,9 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids;   // eos_token_id: int or list
   std::optional<int64_t> pad_token_id;
   std::string torch_dtype;              // "torch_dtype" or "dtype"
+  // Attention only over the last sliding_window positions, where transformers applies it (Mixtral
+  // when set; Qwen2/3-MoE with use_sliding_window); unset for families whose HF classes ignore the
+  // key. Not implemented: a session's context may not pass it (the results would differ past it).
   std::optional<int64_t> sliding_window;
 
   bool is_moe() const noexcept { return router.n_routed_experts > 0; }

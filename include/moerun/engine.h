@@ -34,6 +34,9 @@ struct EngineOptions {
   int threads = 0;                 // CPU threads per session; 0: one per hardware thread
   BackendKind backend = BackendKind::automatic;
   WeightQuant quant = WeightQuant::none;
+  // Run although the checkpoint holds tensors the config does not use (Model::unexpected_tensors():
+  // e.g. more layers than num_hidden_layers); they are left out. false: loading is an Error.
+  bool allow_unexpected_tensors = false;
 };
 
 class Engine {

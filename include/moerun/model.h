@@ -60,7 +60,14 @@ class Model {
   const ModelWeights& weights() const noexcept;
   const ModelFiles& files() const noexcept;
   const std::vector<TensorRecord>& tensors() const noexcept;  // every tensor of every shard
-  const std::vector<std::string>& warnings() const noexcept;  // e.g. unexpected tensors, ignored
+  const std::vector<std::string>& warnings() const noexcept;  // e.g. unused tensors, ignored
+  // Tensors no role of the config uses and that transformers would not ignore either (its MTP-layer
+  // and rotary-buffer rules, docs/MODELS.md §1.1), folded by name pattern ("4 tensors
+  // 'model.layers.{2-5}.mlp.gate.weight'"), and how many. A config with fewer layers than the
+  // checkpoint, or another model's weights, shows here; Engine refuses such a model unless
+  // EngineOptions::allow_unexpected_tensors.
+  const std::vector<std::string>& unexpected_tensors() const noexcept;
+  size_t unexpected_tensor_count() const noexcept;
   int64_t total_params() const noexcept;   // every bound weight (FP8 scales excluded, a tied head once)
   int64_t active_params() const noexcept;  // per token: all but the routed experts not selected
 

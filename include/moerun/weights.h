@@ -17,7 +17,7 @@ struct LinearWeight {
   bool defined() const noexcept { return weight.defined(); }
 };
 
-struct MlpWeights {  // SwiGLU: down( silu(gate x) * up x )
+struct MlpWeights {  // gated FFN: down( act(gate x) * up x ), act = hidden_act (SwiGLU for silu)
   LinearWeight gate_proj;  // [I, D]
   LinearWeight up_proj;    // [I, D]
   LinearWeight down_proj;  // [D, I]

@@ -42,7 +42,7 @@ void moe_one_token(const MoeParams& p, std::vector<float>& g, std::vector<float>
     ps[static_cast<size_t>(2 * j + 1)].weight = p.up[e];
   }
   matmul_group(ps.data(), static_cast<size_t>(2 * k), p.pool);
-  silu_mul({.out = g.data(), .gate = g.data(), .up = u.data(), .n = k * I});
+  gated_act({.out = g.data(), .gate = g.data(), .up = u.data(), .n = k * I, .act = p.act});
   for (int64_t j = 0; j < k; ++j)
     ps[static_cast<size_t>(j)] = {.out = y.data() + j * D, .x = g.data() + j * I, .weight = p.down[p.expert_ids[j]],
                                   .weight_dtype = p.weight_dtype, .n = 1, .in_features = I, .out_features = D};
@@ -88,7 +88,7 @@ void moe(const MoeParams& p) {
         {.out = u.data(), .x = in, .weight = p.up[e], .weight_dtype = p.weight_dtype, .n = count, .in_features = D,
          .out_features = I}};
     matmul_group(gate_up, 2, p.pool);  // one dispatch, x prepared once
-    silu_mul({.out = g.data(), .gate = g.data(), .up = u.data(), .n = count * I});
+    gated_act({.out = g.data(), .gate = g.data(), .up = u.data(), .n = count * I, .act = p.act});
     matmul({.out = y.data(), .x = g.data(), .weight = p.down[e], .weight_dtype = p.weight_dtype, .n = count,
             .in_features = I, .out_features = D, .pool = p.pool});
     for (int64_t j = 0; j < count; ++j) {

@@ -1,4 +1,4 @@
-// Elementwise and data-movement ops on the GPU: silu_mul, embed, add (optionally sigmoid-gated), clamp,
+// Elementwise and data-movement ops on the GPU: gated_act, embed, add (optionally sigmoid-gated), clamp,
 // store_rows and copy. CPU twins: kernels/cpu/activations.cpp and kernels/cpu/elementwise.cpp.
 // All of them are memory-bound: each thread moves 16 bytes per access (float4, or 8 halves for a bf16/f16
 // embedding row) when every pointer and stride involved is 16-byte aligned, and one element otherwise.
@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/context.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
@@ -36,21 +37,21 @@ __device__ float4 load4(const float* p) { return *reinterpret_cast<const float4*
 __device__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
 
 // ------------------------------------------------------------------------------------------------
-// silu_mul: out = silu(gate) * up. expf, not __expf, to stay within a few ulps of the CPU's std::exp.
-
-__device__ float silu_mul1(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+// gated_act: out = act(gate) * up (detail::act_mul, kernels/cuda/activation.cuh).
 
 // 1-D grid-stride; V floats per step. out may equal gate, so no __restrict__ on those two.
 template <int V>
-__global__ void silu_mul_kernel(float* out, const float* gate, const float* __restrict__ up, int64_t n) {
+__global__ void gated_act_kernel(float* out, const float* gate, const float* __restrict__ up, int64_t n,
+                                 Activation act) {
+  using detail::act_mul;
   const int64_t nv = n / V;
   for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < nv; i += int64_t{gridDim.x} * kThreads) {
     if constexpr (V == 4) {
       const float4 g = load4(gate + 4 * i), u = load4(up + 4 * i);
-      store4(out + 4 * i,
-             make_float4(silu_mul1(g.x, u.x), silu_mul1(g.y, u.y), silu_mul1(g.z, u.z), silu_mul1(g.w, u.w)));
+      store4(out + 4 * i, make_float4(act_mul(act, g.x, u.x), act_mul(act, g.y, u.y), act_mul(act, g.z, u.z),
+                                      act_mul(act, g.w, u.w)));
     } else {
-      out[i] = silu_mul1(gate[i], up[i]);
+      out[i] = act_mul(act, gate[i], up[i]);
     }
   }
 }
@@ -207,16 +208,17 @@ void launch_move_rows(float* dst, const float* src, const int64_t* dst_rows, int
 
 }  // namespace
 
-void silu_mul(const SiluMulParams& p, Context& ctx) {
-  if (p.n < 0) throw Error("cuda::silu_mul", "n must be >= 0");
+void gated_act(const GatedActParams& p, Context& ctx) {
+  if (p.n < 0) throw Error("cuda::gated_act", "n must be >= 0");
   if (p.n == 0) return;
   // The float4 body covers n rounded down to 4; the scalar launch takes the tail (at most 3 elements).
   const bool vec = aligned16(p.out) && aligned16(p.gate) && aligned16(p.up);
   const int64_t body = vec ? p.n / 4 * 4 : 0;
-  if (body > 0) silu_mul_kernel<4><<<blocks_for(body / 4), kThreads, 0, ctx.stream()>>>(p.out, p.gate, p.up, body);
+  if (body > 0)
+    gated_act_kernel<4><<<blocks_for(body / 4), kThreads, 0, ctx.stream()>>>(p.out, p.gate, p.up, body, p.act);
   if (p.n > body)
-    silu_mul_kernel<1>
-        <<<blocks_for(p.n - body), kThreads, 0, ctx.stream()>>>(p.out + body, p.gate + body, p.up + body, p.n - body);
+    gated_act_kernel<1><<<blocks_for(p.n - body), kThreads, 0, ctx.stream()>>>(p.out + body, p.gate + body,
+                                                                              p.up + body, p.n - body, p.act);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -1,10 +1,10 @@
 // The routed experts of a MoE layer on the GPU; the CPU twin is kernels/cpu/moe.cpp.
-//   out[t, :] = sum_k w[t, k] * down_e(silu(gate_e x[t]) * up_e x[t]),  e = ids[t, k]
+//   out[t, :] = sum_k w[t, k] * down_e(act(gate_e x[t]) * up_e x[t]),  e = ids[t, k]   (act: hidden_act)
 //
 // Decode (n_tokens <= kDecodeMaxTokens): runs inside the captured decode graph, so nothing goes to the
 // host: kernels read the expert ids and the weight-pointer tables on the device. Three launches:
 //   1. gate_up: per (token, k) pair, R rows of gate_e and the same R rows of up_e streamed in one
-//      pass over x[t] (the GEMV blocks of kernels/cuda/gemv.cuh), h = silu(gate) * up  -> [pairs, I]
+//      pass over x[t] (the GEMV blocks of kernels/cuda/gemv.cuh), h = act(gate) * up   -> [pairs, I]
 //   2. down: per pair, R rows of down_e times h[pair]                                   -> [pairs, D]
 //   3. combine: out[t, d] = sum over k, in k order, of w[t, k] * partial[t, k, d]
 // Only the selected experts' weights are read; the sum has a fixed order (no atomics), so a replayed
@@ -15,7 +15,7 @@
 // counting-sorted by expert (kernels/moe_plan.h, shared with the CPU twin), each expert's tokens are
 // gathered into contiguous rows already rounded to the weights' dtype, every selected expert runs its
 // gate and up GEMMs (cuBLAS, fp32 accumulation) over all its rows at once, one kernel applies
-// silu * up for all rows, each expert runs its down GEMM, and a combine kernel sums every token's k
+// act(gate) * up for all rows, each expert runs its down GEMM, and a combine kernel sums every token's k
 // weighted rows in k order (deterministic, no atomics).
 
 #include <cuda_bf16.h>
@@ -26,6 +26,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/gemv.cuh"
@@ -43,7 +44,7 @@ constexpr int kRows = 4;                 // weight rows per decode block (gate_u
 constexpr int kEltThreads = 256;
 
 struct DecodeArgs {
-  float* h;                 // [pairs, I]  silu(gate x) * up x
+  float* h;                 // [pairs, I]  act(gate x) * up x
   float* partial;           // [pairs, D]  down_e h, unweighted
   const float* x;           // [n_tokens, D]
   const int32_t* ids;       // [pairs]
@@ -52,6 +53,7 @@ struct DecodeArgs {
   const void* const* down;
   int64_t top_k, n_experts, hidden, intermediate, elem_bytes;
   bool x_vec, h_vec;  // x rows / h rows 16-byte aligned
+  Activation act;
 };
 
 // Grid: (ceil(I / kRows), pairs); block: gemv::threads_for(hidden). Block (b, pair) computes
@@ -92,7 +94,7 @@ __global__ void __launch_bounds__(gemv::kMaxThreads) moe_gate_up_kernel(const De
   gemv::block_sum<2 * R>(flat, partial, totals);
   if (threadIdx.x < R && i0 + threadIdx.x < I) {
     const float gv = totals[threadIdx.x], uv = totals[R + threadIdx.x];
-    a.h[pair * I + i0 + threadIdx.x] = gv / (1.0f + expf(-gv)) * uv;  // silu(g) * u, as cpu::silu_mul
+    a.h[pair * I + i0 + threadIdx.x] = detail::act_mul(a.act, gv, uv);  // act(g) * u, as cpu::gated_act
   }
 }
 
@@ -169,14 +171,13 @@ __global__ void moe_gather_kernel(T* __restrict__ xg, const float* __restrict__ 
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) xg[j * D + d] = from_float<T>(src[d]);
 }
 
-// h[i] = silu(g[i]) * u[i] in the GEMM's dtype T, over all sorted rows at once.
+// h[i] = act(g[i]) * u[i] in the GEMM's dtype T, over all sorted rows at once.
 template <class T>
-__global__ void moe_silu_mul_kernel(T* __restrict__ h, const float* __restrict__ g, const float* __restrict__ u,
-                                    int64_t n) {
+__global__ void moe_act_mul_kernel(T* __restrict__ h, const float* __restrict__ g, const float* __restrict__ u,
+                                   int64_t n, Activation act) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float gv = g[i];
-    h[i] = from_float<T>(gv / (1.0f + expf(-gv)) * u[i]);
+    h[i] = from_float<T>(detail::act_mul(act, g[i], u[i]));
   }
 }
 
@@ -206,6 +207,7 @@ void moe_decode(const MoeParams& p, Context& ctx) {
   a.elem_bytes = W::kBytes;
   a.x_vec = reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && D % 4 == 0;
   a.h_vec = I % 4 == 0;  // the workspace is 256-byte aligned
+  a.act = p.act;
   cudaStream_t stream = ctx.stream();
   const dim3 gate_grid(static_cast<unsigned>((I + kRows - 1) / kRows), static_cast<unsigned>(pairs));
   moe_gate_up_kernel<W><<<gate_grid, gemv::threads_for(D, gemv::kVec<W>), 0, stream>>>(a);
@@ -273,7 +275,7 @@ void moe_prefill(const MoeParams& p, Context& ctx) {
     detail::gemm_xwt(ctx, g + r0 * I, I, gate[static_cast<size_t>(e)], xg + r0 * D, D, p.weight_dtype, rows, D, I);
     detail::gemm_xwt(ctx, u + r0 * I, I, up[static_cast<size_t>(e)], xg + r0 * D, D, p.weight_dtype, rows, D, I);
   }
-  moe_silu_mul_kernel<T><<<elt_blocks(pairs * I), kEltThreads, 0, stream>>>(h, g, u, pairs * I);
+  moe_act_mul_kernel<T><<<elt_blocks(pairs * I), kEltThreads, 0, stream>>>(h, g, u, pairs * I, p.act);
   MOERUN_CUDA_CHECK(cudaGetLastError());
   for (int64_t e = 0; e < E; ++e) {
     const int64_t r0 = plan.offsets[static_cast<size_t>(e)], rows = plan.rows(e);

@@ -1,6 +1,12 @@
 #include "io/json_util.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <fstream>
 #include <sstream>
@@ -13,12 +19,44 @@ namespace moerun::io {
 using detail::cat;
 
 std::string read_text_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path.string(), "cannot open for reading");
-  std::ostringstream os;
-  os << in.rdbuf();
-  if (in.bad()) throw Error(path.string(), "read error");
-  return os.str();
+  const std::string name = path.string();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(name, cat("cannot open for reading: ", std::strerror(errno)));
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } close_fd{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw Error(name, cat("cannot stat: ", std::strerror(errno)));
+  if (!S_ISREG(st.st_mode)) throw Error(name, "is not a regular file (a directory, FIFO or device)");
+  if (static_cast<uint64_t>(st.st_size) > kMaxTextFileBytes)
+    throw Error(name, cat("is ", st.st_size, " bytes, more than any config or tokenizer file (", kMaxTextFileBytes >> 20, " MiB)"));
+  std::string text(static_cast<size_t>(st.st_size), '\0');
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t got = ::read(fd, text.data() + done, text.size() - done);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) throw Error(name, cat("read error: ", std::strerror(errno)));
+    if (got == 0) break;  // shrank while we read
+    done += static_cast<size_t>(got);
+  }
+  text.resize(done);
+  return text;
+}
+
+std::filesystem::path find_regular_file(const std::filesystem::path& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (st.type() == fs::file_type::regular) return path;
+  if (st.type() == fs::file_type::not_found) {
+    if (fs::is_symlink(fs::symlink_status(path, ec))) throw Error(path.string(), "is a symbolic link to nothing");
+    return {};
+  }
+  if (ec) throw Error(path.string(), cat("cannot read: ", ec.message()));
+  const char* what = st.type() == fs::file_type::directory ? "a directory" : st.type() == fs::file_type::fifo ? "a FIFO"
+                     : st.type() == fs::file_type::character || st.type() == fs::file_type::block ? "a device" : "not a file";
+  throw Error(path.string(), cat("is ", what, ", not a regular file"));
 }
 
 Json parse_json_text(const std::string& text, const std::string& file) {

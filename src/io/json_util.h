@@ -14,8 +14,15 @@ namespace moerun::io {
 
 using Json = nlohmann::json;
 
-// Reads a whole file as text (Error naming the file when it cannot).
+// Reads a whole file as text. Error naming the file when it cannot, when it is not a regular file (a
+// FIFO or /dev/zero would never end) or when it is larger than kMaxTextFileBytes.
 std::string read_text_file(const std::filesystem::path& path);
+constexpr uint64_t kMaxTextFileBytes = uint64_t{1} << 30;  // the largest tokenizer.json is tens of MB
+
+// `path` when it is a regular file (or a link to one), an empty path when nothing has that name, and
+// an Error naming it when something else does (a directory, FIFO, device or dangling link), so such a
+// config.json is reported as what it is rather than as missing.
+std::filesystem::path find_regular_file(const std::filesystem::path& path);
 // Parses JSON text; errors name `file` and the line and column.
 Json parse_json_text(const std::string& text, const std::string& file);
 

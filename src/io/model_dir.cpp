@@ -54,10 +54,7 @@ ModelFiles discover_model_files(const fs::path& dir) {
 
   ModelFiles m;
   m.dir = dir;
-  auto present = [&](const char* name) {
-    const fs::path p = dir / name;
-    return fs::is_regular_file(p, ec) ? p : fs::path();
-  };
+  auto present = [&](const char* name) { return io::find_regular_file(dir / name); };  // Error if not a file
   m.config = present("config.json");
   m.index = present(kIndexName);
   m.tokenizer_json = present("tokenizer.json");
@@ -74,7 +71,7 @@ ModelFiles discover_model_files(const fs::path& dir) {
     for (const auto& [name, shard] : read_index(m.index)) shard_names.insert(shard);
     std::vector<std::string> missing;
     for (const std::string& s : shard_names) {
-      if (fs::is_regular_file(dir / s, ec)) {
+      if (!io::find_regular_file(dir / s).empty()) {
         m.shards.push_back(dir / s);
       } else {
         missing.push_back(cat("shard ", quote(s), " is listed but missing"));

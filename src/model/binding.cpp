@@ -4,6 +4,7 @@
 #include <cctype>
 #include <map>
 #include <set>
+#include <string_view>
 
 #include "model/families.h"
 #include "moerun/error.h"
@@ -79,6 +80,48 @@ struct FoldedNames {
   }
 };
 
+// Tensors that real checkpoints carry and transformers ignores on load (transformers 5.24: the
+// models' _keys_to_ignore_on_load_unexpected and PreTrainedModel._adjust_missing_and_unexpected_keys).
+// They are not unexpected: a model directory may hold them and still run. Returns why, or nullptr.
+struct IgnoredTensors {
+  const char* why;
+  bool (*matches)(std::string_view name, const ModelConfig& c);
+};
+
+// The layer index of "model.layers.{l}.<rest>", or -1.
+int64_t layer_of(std::string_view name) {
+  constexpr std::string_view kPrefix = "model.layers.";
+  if (!name.starts_with(kPrefix)) return -1;
+  int64_t l = 0;
+  size_t i = kPrefix.size();
+  for (; i < name.size() && i < kPrefix.size() + 9 && std::isdigit(static_cast<unsigned char>(name[i])); ++i)
+    l = 10 * l + (name[i] - '0');
+  return i > kPrefix.size() && i < name.size() && name[i] == '.' ? l : -1;
+}
+
+constexpr IgnoredTensors kIgnoredTensors[] = {
+    // Older exports (Llama and others before transformers 4.3x) saved each attention's rotary
+    // inv_freq buffer; transformers drops any "rotary_emb.inv_freq" of every family with rotary
+    // embeddings (all of ours) and recomputes it from the config, as moerun does.
+    {"rotary inv_freq buffer, recomputed from the config as transformers does",
+     [](std::string_view name, const ModelConfig&) { return name.find("rotary_emb.inv_freq") != std::string_view::npos; }},
+    // DeepSeek-V3/R1 store num_nextn_predict_layers multi-token-prediction layers after the last
+    // decoder layer (model.layers.61.* of 61); DeepseekV3PreTrainedModel ignores r"model\.layers\.61.*".
+    // Here the range follows the config, so a num_hidden_layers cut below the checkpoint's still
+    // leaves real layers unexpected.
+    {"multi-token-prediction layer, unused for generation as in transformers",
+     [](std::string_view name, const ModelConfig& c) {
+       const int64_t l = layer_of(name);
+       return l >= c.num_hidden_layers && l < c.num_hidden_layers + c.num_nextn_predict_layers;
+     }},
+};
+
+const char* ignored_by_transformers(std::string_view name, const ModelConfig& c) {
+  for (const IgnoredTensors& t : kIgnoredTensors)
+    if (t.matches(name, c)) return t.why;
+  return nullptr;
+}
+
 class Binder {
  public:
   Binder(const ModelConfig& c, const io::WeightStore& store, const TensorFactory& factory)
@@ -128,14 +171,22 @@ class Binder {
 
   std::vector<std::string> problems() const { return problems_.lines(); }
 
-  // Tensors in the checkpoint that no role asked for: listed as warnings, then ignored.
-  std::vector<std::string> unused() const {
-    FoldedNames f;
-    for (const auto& [name, t] : store_.tensors())
-      if (!used_.count(name)) f.add(name, "");
-    std::vector<std::string> out;
-    for (const std::string& line : f.lines()) out.push_back("ignoring unexpected " + line);
-    return out;
+  // Tensors in the checkpoint that no role asked for: those transformers ignores too become warnings
+  // (with the reason); the rest are unexpected, folded by pattern into `unexpected`.
+  void unused(Binding& out) const {
+    FoldedNames ignored, unexpected;
+    for (const auto& [name, t] : store_.tensors()) {
+      if (used_.count(name)) continue;
+      if (const char* why = ignored_by_transformers(name, c_)) {
+        ignored.add(name, why);
+      } else {
+        unexpected.add(name, "");
+        ++out.unexpected_count;
+      }
+    }
+    out.unexpected = unexpected.lines();
+    for (const std::string& line : out.unexpected) out.warnings.push_back("ignoring unexpected " + line);
+    for (const std::string& line : ignored.lines()) out.warnings.push_back("ignoring " + line);
   }
 
  private:
@@ -267,7 +318,7 @@ Binding bind_weights(const ModelConfig& c, const io::WeightStore& store, const s
   if (!problems.empty())
     throw Error(where, cat(problems.size(), " tensor problem", problems.size() == 1 ? "" : "s", " for a ",
                            family_name(c.family), " model: ", detail::join_problems(problems, 1000)));
-  for (std::string& u : b.unused()) out.warnings.push_back(std::move(u));
+  b.unused(out);
 
   out.total_params = numel(w.embed_tokens) + numel(w.norm) + (c.tie_word_embeddings && !b.has("lm_head.weight") ? 0 : numel(w.lm_head));
   for (const LayerWeights& L : w.layers) out.total_params += layer_params(L);

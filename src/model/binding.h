@@ -13,7 +13,11 @@ namespace moerun::model {
 
 struct Binding {
   ModelWeights weights;
-  std::vector<std::string> warnings;  // unexpected tensors (ignored), lm_head despite tying
+  std::vector<std::string> warnings;  // unused tensors (ignored), lm_head despite tying
+  // Unused tensors that transformers would not ignore either (a checkpoint with more layers than
+  // num_hidden_layers, another model's weights), folded by name pattern, and how many there are.
+  std::vector<std::string> unexpected;
+  size_t unexpected_count = 0;
   int64_t total_params = 0;           // every bound weight, the tied head counted once
   int64_t active_params = 0;          // per token: total minus the experts not routed to
 };

@@ -89,6 +89,16 @@ void read_rope(const JsonFields& top, ModelConfig& c, double default_theta) {
     f.fail("factor", cat("must be positive, found ", s.factor));
 }
 
+// hidden_act, with transformers' names (ACT2CLS in activations.py); anything else is refused rather
+// than run as another activation.
+Activation read_activation(const JsonFields& f) {
+  const std::string name = f.str_or("hidden_act", "silu");
+  if (name == "silu" || name == "swish") return Activation::silu;
+  if (name == "gelu") return Activation::gelu;
+  if (name == "gelu_pytorch_tanh" || name == "gelu_new") return Activation::gelu_tanh;
+  f.fail("hidden_act", cat("unsupported activation '", name, "' (supported: silu, swish, gelu, gelu_pytorch_tanh, gelu_new)"));
+}
+
 void read_quantization(const JsonFields& top, ModelConfig& c) {
   const Json* j = top.get("quantization_config");
   if (!j) return;
@@ -233,6 +243,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   const bool mixtral_like = c.family == Family::mixtral || c.family == Family::olmoe;
   c.rms_norm_eps = f.f64_or("rms_norm_eps", mixtral_like ? 1e-5 : 1e-6);
   c.tie_word_embeddings = f.boolean_or("tie_word_embeddings", false);
+  c.hidden_act = read_activation(f);
   c.bos_token_id = f.opt_i64("bos_token_id");
   c.eos_token_ids = f.i64_or_list("eos_token_id");
   c.pad_token_id = f.opt_i64("pad_token_id");
@@ -312,6 +323,14 @@ const char* to_string(RopeType v) noexcept {
   return "?";
 }
 const char* to_string(ScoreFunc v) noexcept { return v == ScoreFunc::softmax ? "softmax" : "sigmoid"; }
+const char* to_string(Activation v) noexcept {
+  switch (v) {
+    case Activation::silu: return "silu";
+    case Activation::gelu: return "gelu";
+    case Activation::gelu_tanh: return "gelu_tanh";
+  }
+  return "?";
+}
 const char* to_string(TopkMethod v) noexcept {
   return v == TopkMethod::greedy ? "greedy" : v == TopkMethod::group_limited_greedy ? "group_limited_greedy" : "noaux_tc";
 }

@@ -1,5 +1,7 @@
 #include "model/families.h"
 
+#include <vector>
+
 #include "moerun/error.h"
 #include "util/strings.h"
 
@@ -17,13 +19,17 @@ void qwen_layer_kinds(const JsonFields& f, ModelConfig& c) {
   c.decoder_sparse_step = f.i64_or("decoder_sparse_step", 1);
   if (c.decoder_sparse_step < 1) f.fail("decoder_sparse_step", cat("must be at least 1, found ", c.decoder_sparse_step));
   c.mlp_only_layers = f.i64_list_or("mlp_only_layers", {});
-  for (int64_t l : c.mlp_only_layers)
+  // One pass over the list (it may repeat layers and be long: scanning it once per layer was
+  // layers x entries, 12 s for a 10 MB config).
+  std::vector<bool> dense_only(static_cast<size_t>(c.num_hidden_layers), false);
+  for (int64_t l : c.mlp_only_layers) {
     if (l < 0 || l >= c.num_hidden_layers)
       f.fail("mlp_only_layers", cat("layer ", l, " is outside [0, ", c.num_hidden_layers, ")"));
+    dense_only[static_cast<size_t>(l)] = true;
+  }
   c.layer_ffn.clear();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    bool moe = c.router.n_routed_experts > 0 && (l + 1) % c.decoder_sparse_step == 0;
-    for (int64_t m : c.mlp_only_layers) moe &= (m != l);
+    const bool moe = c.router.n_routed_experts > 0 && (l + 1) % c.decoder_sparse_step == 0 && !dense_only[static_cast<size_t>(l)];
     c.layer_ffn.push_back(moe ? FfnKind::moe : FfnKind::dense);
   }
 }
@@ -51,6 +57,7 @@ void softmax_router(const JsonFields& f, ModelConfig& c, const char* experts_key
 }
 
 void read_llama(const JsonFields& f, ModelConfig& c) {
+  c.sliding_window.reset();  // LlamaAttention has no sliding window, whatever the file says
   c.qkv_bias = c.o_bias = f.boolean_or("attention_bias", false);
   if (f.boolean_or("mlp_bias", false)) f.fail("mlp_bias", "biases on MLP projections are not supported");
   all_layers(c, FfnKind::dense);
@@ -91,6 +98,7 @@ void read_olmoe(const JsonFields& f, ModelConfig& c) {
   softmax_router(f, c, "num_experts", false, /*zero_ok=*/false);
   c.moe_intermediate_size = c.intermediate_size;  // per-expert width
   all_layers(c, FfnKind::moe);
+  c.sliding_window.reset();  // OLMoE attends to every position
 }
 
 // Defaults of the HF config classes for keys a DeepSeek config may omit.
@@ -103,6 +111,7 @@ constexpr DeepseekDefaults kV3Defaults{.n_group = 8, .topk_group = 4, .first_k_d
 
 // DeepSeek-V2 and V3 share MLA and most MoE keys (docs/MODELS.md §3.6, §3.7, §4).
 void read_deepseek_common(const JsonFields& f, ModelConfig& c, const DeepseekDefaults& defaults) {
+  c.sliding_window.reset();  // DeepSeek attends to every position
   c.attention = AttentionKind::mla;
   c.mla_bias = f.boolean_or("attention_bias", false);
   c.q_lora_rank = f.opt_i64("q_lora_rank");
@@ -172,6 +181,12 @@ void read_deepseek_v3(const JsonFields& f, ModelConfig& c) {
   c.router.method = TopkMethod::noaux_tc;
   c.router.e_score_correction_bias = true;
   if (!f.boolean_or("rope_interleave", true)) c.rope.style = RopeStyle::neox;
+  // Released configs say num_nextn_predict_layers 1 (layer 61 after 61); HF v5 also names it
+  // num_mtp_layers, default 1.
+  const char* mtp_key = !f.has("num_nextn_predict_layers") && f.has("num_mtp_layers") ? "num_mtp_layers" : "num_nextn_predict_layers";
+  c.num_nextn_predict_layers = f.i64_or(mtp_key, 1);
+  if (c.num_nextn_predict_layers < 0 || c.num_nextn_predict_layers > 4096)
+    f.fail(mtp_key, cat("must be in [0, 4096], found ", c.num_nextn_predict_layers));
 }
 
 constexpr TensorNames kStandardNames{};

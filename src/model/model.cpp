@@ -102,6 +102,8 @@ const ModelWeights& Model::weights() const noexcept { return impl_->binding.weig
 const ModelFiles& Model::files() const noexcept { return impl_->files; }
 const std::vector<TensorRecord>& Model::tensors() const noexcept { return impl_->tensors; }
 const std::vector<std::string>& Model::warnings() const noexcept { return impl_->binding.warnings; }
+const std::vector<std::string>& Model::unexpected_tensors() const noexcept { return impl_->binding.unexpected; }
+size_t Model::unexpected_tensor_count() const noexcept { return impl_->binding.unexpected_count; }
 int64_t Model::total_params() const noexcept { return impl_->binding.total_params; }
 int64_t Model::active_params() const noexcept { return impl_->binding.active_params; }
 

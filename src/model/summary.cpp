@@ -78,6 +78,7 @@ Json config_json(const ModelConfig& c) {
   j["context_length"] = c.max_position_embeddings;
   j["rms_norm_eps"] = c.rms_norm_eps;
   j["tie_word_embeddings"] = c.tie_word_embeddings;
+  j["hidden_act"] = to_string(c.hidden_act);
   Json a = {{"kind", to_string(c.attention)}, {"num_attention_heads", c.num_attention_heads}};
   if (c.attention == AttentionKind::gqa) {
     a["num_key_value_heads"] = c.num_key_value_heads;
@@ -219,6 +220,9 @@ std::string summary_text(const ModelSummary& s, bool with_tensors) {
                                     c.num_hidden_layers - c.num_moe_layers(), " dense)")
                               : cat(c.num_hidden_layers));
     line("hidden size", cat(c.hidden_size, " (dense FFN ", c.intermediate_size, ", rms_norm_eps ", c.rms_norm_eps, ")"));
+    line("activation", cat(to_string(c.hidden_act), c.hidden_act == Activation::silu ? " (SwiGLU)"
+                                                    : c.hidden_act == Activation::gelu ? " (GeGLU, exact erf)"
+                                                                                      : " (GeGLU, tanh approximation)"));
     if (c.attention == AttentionKind::gqa) {
       std::string a = cat("GQA, ", c.num_attention_heads, " heads, ", c.num_key_value_heads, " KV heads, head_dim ", c.head_dim);
       if (c.qk_norm != QkNorm::none) a += cat(", q/k norm ", c.qk_norm == QkNorm::per_head ? "per head" : "full width");

@@ -51,7 +51,7 @@ class Backend {
   virtual void rms_norm(const RmsNormParams& p) = 0;
   virtual void rope(const RopeParams& p) = 0;
   virtual void attention(const AttentionParams& p) = 0;
-  virtual void silu_mul(const SiluMulParams& p) = 0;
+  virtual void gated_act(const GatedActParams& p) = 0;
   virtual void route(const RouteParams& p) = 0;
   virtual void embed(const EmbedParams& p) = 0;
   virtual void add(const AddParams& p) = 0;

@@ -50,7 +50,7 @@ class CpuBackend final : public Backend {
     q.pool = &pool_;
     cpu::attention(q);
   }
-  void silu_mul(const SiluMulParams& p) override { cpu::silu_mul(p); }
+  void gated_act(const GatedActParams& p) override { cpu::gated_act(p); }
   void route(const RouteParams& p) override { cpu::route(p); }
   void embed(const EmbedParams& p) override { cpu::embed(p); }
   void add(const AddParams& p) override { cpu::add(p); }

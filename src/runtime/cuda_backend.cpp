@@ -89,7 +89,7 @@ class CudaBackend final : public Backend {
   void rms_norm(const RmsNormParams& p) override { cuda::rms_norm(p, ctx_); }
   void rope(const RopeParams& p) override { cuda::rope(p, ctx_); }
   void attention(const AttentionParams& p) override { cuda::attention(p, ctx_); }
-  void silu_mul(const SiluMulParams& p) override { cuda::silu_mul(p, ctx_); }
+  void gated_act(const GatedActParams& p) override { cuda::gated_act(p, ctx_); }
   void route(const RouteParams& p) override { cuda::route(p, ctx_); }
   void embed(const EmbedParams& p) override { cuda::embed(p, ctx_); }
   void add(const AddParams& p) override { cuda::add(p, ctx_); }

@@ -44,6 +44,12 @@ void check_context(int64_t ctx, const ModelConfig& c, bool override_limit) {
   if (ctx > c.max_position_embeddings && !override_limit)
     throw Error("context", cat(ctx, " tokens is more than the model's ", c.max_position_embeddings,
                                " (max_position_embeddings in config.json); --ctx-override runs it anyway, with degraded output"));
+  // Past the window the model attends differently than moerun would (full attention): refused, not
+  // silently wrong. Within it sliding-window attention is full attention.
+  if (c.sliding_window && *c.sliding_window > 0 && ctx > *c.sliding_window)
+    throw Error("context", cat(ctx, " tokens is more than the model's sliding window of ", *c.sliding_window,
+                               " (sliding_window in config.json), which moerun does not implement; use -c ", *c.sliding_window,
+                               " or less"));
 }
 
 // Memory this machine can give a session: physical memory, or the cgroup's limit when lower.
@@ -77,14 +83,30 @@ Engine Engine::load(const std::filesystem::path& dir, const EngineOptions& optio
   return from_model(Model::load(dir), options);
 }
 
+// Tensors the config leaves unused would be silently dropped: a num_hidden_layers smaller than the
+// checkpoint's runs the first layers and answers garbage. Refused unless the caller says otherwise.
+static void check_unexpected_tensors(const Model& model, const EngineOptions& options) {
+  const size_t n = model.unexpected_tensor_count();
+  if (n == 0 || options.allow_unexpected_tensors) return;
+  throw Error(model.files().dir.string(),
+              cat(n, " unexpected tensor", n == 1 ? "" : "s", " that config.json does not use (",
+                  detail::join_problems(model.unexpected_tensors(), 4), "): num_hidden_layers ",
+                  model.config().num_hidden_layers, " or another dimension may not match the checkpoint, which would "
+                  "give wrong answers; --ignore-unexpected-tensors (EngineOptions::allow_unexpected_tensors) runs "
+                  "without them"));
+}
+
 Engine Engine::from_model(Model model, const EngineOptions& options) {
+  check_unexpected_tensors(model, options);
   const BackendKind backend = runtime::resolve_backend(options.backend);
   auto impl = std::make_shared<Impl>(Impl{model, model::prepare_weights(model.weights(), model.config(), options.fp8_dequant, options.quant),
                                           options, 0, backend, nullptr});
   impl->backend_state = runtime::prepare_backend(backend, impl->weights, options);
   const int64_t trained = model.config().max_position_embeddings;
   if (options.context != 0) check_context(options.context, model.config(), options.context_override);
-  impl->default_context = options.context > 0 ? options.context : std::min(trained, kDefaultContextCap);
+  int64_t fits = std::min(trained, kDefaultContextCap);
+  if (const auto& w = model.config().sliding_window; w && *w > 0) fits = std::min(fits, *w);
+  impl->default_context = options.context > 0 ? options.context : fits;
   return Engine(std::move(impl));
 }
 
@@ -333,7 +355,7 @@ struct Session::Impl {
     float* u = fbuf(up, n * I);
     const MatmulParams gate_up[] = {lin_params(g, in, n, m.gate_proj), lin_params(u, in, n, m.up_proj)};
     be->matmul_group(gate_up);
-    be->silu_mul({.out = g, .gate = g, .up = u, .n = n * I});
+    be->gated_act({.out = g, .gate = g, .up = u, .n = n * I, .act = c.hidden_act});
     lin(o, g, n, m.down_proj);
   }
 
@@ -357,7 +379,7 @@ struct Session::Impl {
     be->moe({.out = o, .x = in, .expert_ids = ids, .expert_weights = wts,
              .gate = static_cast<const void* const*>(t.gate.data), .up = static_cast<const void* const*>(t.up.data),
              .down = static_cast<const void* const*>(t.down.data), .weight_dtype = t.dtype, .n_tokens = n, .top_k = K,
-             .n_experts = E, .hidden = D, .intermediate = L.experts[0].gate_proj.weight.dim(0)});
+             .n_experts = E, .hidden = D, .intermediate = L.experts[0].gate_proj.weight.dim(0), .act = c.hidden_act});
     if (c.shared.count > 0) {
       float* s = fbuf(shared, n * D);
       swiglu(L.shared_expert, in, n, s);

@@ -12,15 +12,10 @@ namespace moerun {
 using detail::cat;
 
 SamplerParams sampling_defaults(const std::filesystem::path& model_dir) {
-  namespace fs = std::filesystem;
   SamplerParams p;
   p.temperature = 0.0f;  // transformers generates greedily unless the model's file says do_sample
-  const fs::path file = model_dir / "generation_config.json";
-  std::error_code ec;
-  const fs::file_status st = fs::status(file, ec);
-  if (st.type() == fs::file_type::not_found) return p;
-  if (ec) throw Error(file.string(), cat("cannot read: ", ec.message()));
-  if (st.type() != fs::file_type::regular) throw Error(file.string(), "is not a regular file");
+  const std::filesystem::path file = io::find_regular_file(model_dir / "generation_config.json");  // Error if not a file
+  if (file.empty()) return p;
   const io::Json j = io::parse_json_text(io::read_text_file(file), file.string());
   const io::JsonFields f(j, file.string());
   const double temperature = f.f64_or("temperature", 1.0), top_p = f.f64_or("top_p", 1.0), min_p = f.f64_or("min_p", 0.0),

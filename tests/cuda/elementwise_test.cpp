@@ -1,4 +1,5 @@
-// CUDA elementwise and data-movement ops against their CPU twins: silu_mul, embed (f32, bf16, f16 tables),
+// CUDA elementwise and data-movement ops against their CPU twins: gated_act (every hidden_act, and
+// inside cuda::moe's decode and prefill paths), embed (f32, bf16, f16 tables),
 // add (plain and sigmoid-gated), clamp, store_rows and copy. Sizes are odd and even, and pointers are offset
 // by one float so both the 16-byte and the one-element paths run. Skips without a GPU.
 
@@ -17,39 +18,93 @@ namespace {
 
 using namespace cuda::testing;
 
-// silu_mul and gated add: expf vs std::exp (a few ulps) and FMA contraction; outputs are at most ~20 in
+// gated_act and gated add: expf/erff/tanhf vs std:: (a few ulps) and FMA contraction; outputs are at most ~20 in
 // magnitude, so a few ulps of 20.
 constexpr float kTolTranscendental = 2e-5f;
 // Pure moves, widening (bf16 and f16 are exact in fp32), clamp and a single fp32 add: bit-exact.
 constexpr float kTolExact = 0.0f;
 
-TEST(ElementwiseCuda, SiluMulMatchesCpu) {
+TEST(ElementwiseCuda, GatedActMatchesCpuEveryActivation) {
   MOERUN_SKIP_WITHOUT_CUDA();
-  for (int64_t n : {1, 3, 31, 4096, 14343}) {
-    for (int64_t offset : {0, 1}) {  // 1: no operand is 16-byte aligned, the scalar path runs
-      const uint64_t seed = static_cast<uint64_t>(n * 2 + offset);
-      auto gate = uniform(static_cast<size_t>(n + offset), -20.0f, 20.0f, seed);
-      auto up = uniform(static_cast<size_t>(n + offset), -1.0f, 1.0f, seed + 1);
-      std::vector<float> want(static_cast<size_t>(n));
-      cpu::silu_mul({.out = want.data(), .gate = gate.data() + offset, .up = up.data() + offset, .n = n});
+  for (Activation act : {Activation::silu, Activation::gelu, Activation::gelu_tanh}) {
+    for (int64_t n : {1, 3, 31, 4096, 14343}) {
+      for (int64_t offset : {0, 1}) {  // 1: no operand is 16-byte aligned, the scalar path runs
+        const uint64_t seed = static_cast<uint64_t>(n * 2 + offset);
+        auto gate = uniform(static_cast<size_t>(n + offset), -20.0f, 20.0f, seed);
+        auto up = uniform(static_cast<size_t>(n + offset), -1.0f, 1.0f, seed + 1);
+        std::vector<float> want(static_cast<size_t>(n));
+        cpu::gated_act({.out = want.data(), .gate = gate.data() + offset, .up = up.data() + offset, .n = n, .act = act});
 
-      DeviceBuffer dg = upload(gate), du = upload(up), dout = output_with_guard(static_cast<size_t>(n + offset));
+        DeviceBuffer dg = upload(gate), du = upload(up), dout = output_with_guard(static_cast<size_t>(n + offset));
+        cuda::Context ctx;
+        cuda::gated_act({.out = dout.as<float>() + offset, .gate = dg.as<float>() + offset, .up = du.as<float>() + offset,
+                         .n = n, .act = act},
+                        ctx);
+        const auto got_all = download(dout);
+        const std::vector<float> got(got_all.begin() + offset, got_all.begin() + offset + n);
+        EXPECT_LE(max_abs_diff(got, want), kTolTranscendental)
+            << to_string(act) << " n=" << n << " offset=" << offset << " seed=" << seed;
+        EXPECT_EQ(first_bad_guard(got_all, static_cast<size_t>(n + offset)), -1) << "n=" << n;
+
+        // In place: out == gate.
+        cuda::gated_act({.out = dg.as<float>() + offset, .gate = dg.as<float>() + offset, .up = du.as<float>() + offset,
+                         .n = n, .act = act},
+                        ctx);
+        const auto inplace_all = download(dg);
+        const std::vector<float> inplace(inplace_all.begin() + offset, inplace_all.end());
+        EXPECT_LE(max_abs_diff(inplace, want), kTolTranscendental) << "in place, " << to_string(act) << " n=" << n;
+      }
+    }
+  }
+}
+
+// cuda::moe applies MoeParams::act in its decode kernel (gate and up in one GEMV pass) and in its
+// prefill path (grouped GEMMs, then one activation kernel): both against cpu::moe. f32 experts, so
+// only summation order and the transcendental differ.
+TEST(ElementwiseCuda, MoeAppliesTheActivationOnBothPaths) {
+  MOERUN_SKIP_WITHOUT_CUDA();
+  const int64_t D = 64, I = 24, E = 6, K = 2;
+  std::vector<std::vector<float>> w;
+  for (int64_t m = 0; m < 3 * E; ++m) {
+    w.push_back(uniform(static_cast<size_t>(D * I), -0.3f, 0.3f, 3000 + static_cast<uint64_t>(m)));
+  }
+  std::vector<const void*> gate_h, up_h, down_h;
+  for (int64_t e = 0; e < E; ++e) {
+    gate_h.push_back(w[static_cast<size_t>(3 * e)].data());
+    up_h.push_back(w[static_cast<size_t>(3 * e + 1)].data());
+    down_h.push_back(w[static_cast<size_t>(3 * e + 2)].data());
+  }
+  std::vector<DeviceBuffer> dw;
+  for (const auto& v : w) dw.push_back(upload(v));
+  std::vector<const void*> gate_d, up_d, down_d;
+  for (int64_t e = 0; e < E; ++e) {
+    gate_d.push_back(dw[static_cast<size_t>(3 * e)].as<float>());
+    up_d.push_back(dw[static_cast<size_t>(3 * e + 1)].as<float>());
+    down_d.push_back(dw[static_cast<size_t>(3 * e + 2)].as<float>());
+  }
+  DeviceBuffer dgate = upload(gate_d), dup = upload(up_d), ddown = upload(down_d);
+  for (int64_t n : {1, 9}) {  // decode (<= 4 tokens) and prefill
+    const auto x = uniform(static_cast<size_t>(n * D), -1.0f, 1.0f, 3100 + static_cast<uint64_t>(n));
+    std::vector<int32_t> ids;
+    for (int64_t p = 0; p < n * K; ++p) ids.push_back(static_cast<int32_t>((5 * p + 2) % E));
+    const auto wts = uniform(static_cast<size_t>(n * K), 0.1f, 1.0f, 3200);
+    DeviceBuffer dx = upload(x), dids = upload(ids), dwts = upload(wts), dout = output_with_guard(static_cast<size_t>(n * D));
+    for (Activation act : {Activation::silu, Activation::gelu, Activation::gelu_tanh}) {
+      std::vector<float> want(static_cast<size_t>(n * D));
+      cpu::moe({.out = want.data(), .x = x.data(), .expert_ids = ids.data(), .expert_weights = wts.data(),
+                .gate = gate_h.data(), .up = up_h.data(), .down = down_h.data(), .weight_dtype = DType::f32,
+                .n_tokens = n, .top_k = K, .n_experts = E, .hidden = D, .intermediate = I, .act = act});
       cuda::Context ctx;
-      cuda::silu_mul(
-          {.out = dout.as<float>() + offset, .gate = dg.as<float>() + offset, .up = du.as<float>() + offset, .n = n},
-          ctx);
+      cuda::moe({.out = dout.as<float>(), .x = dx.as<float>(), .expert_ids = dids.as<int32_t>(),
+                 .expert_weights = dwts.as<float>(), .gate = dgate.as<const void* const>(),
+                 .up = dup.as<const void* const>(), .down = ddown.as<const void* const>(),
+                 .weight_dtype = DType::f32, .n_tokens = n, .top_k = K, .n_experts = E, .hidden = D, .intermediate = I,
+                 .act = act},
+                ctx);
       const auto got_all = download(dout);
-      const std::vector<float> got(got_all.begin() + offset, got_all.begin() + offset + n);
-      EXPECT_LE(max_abs_diff(got, want), kTolTranscendental) << "n=" << n << " offset=" << offset << " seed=" << seed;
-      EXPECT_EQ(first_bad_guard(got_all, static_cast<size_t>(n + offset)), -1) << "n=" << n;
-
-      // In place: out == gate.
-      cuda::silu_mul(
-          {.out = dg.as<float>() + offset, .gate = dg.as<float>() + offset, .up = du.as<float>() + offset, .n = n},
-          ctx);
-      const auto inplace_all = download(dg);
-      const std::vector<float> inplace(inplace_all.begin() + offset, inplace_all.end());
-      EXPECT_LE(max_abs_diff(inplace, want), kTolTranscendental) << "in place, n=" << n;
+      const std::vector<float> got(got_all.begin(), got_all.begin() + n * D);
+      EXPECT_LE(max_abs_diff(got, want), 1e-4f) << to_string(act) << " n=" << n;
+      EXPECT_EQ(first_bad_guard(got_all, static_cast<size_t>(n * D)), -1) << to_string(act) << " n=" << n;
     }
   }
 }

@@ -33,7 +33,7 @@ constexpr float kF32Tol = 1e-3f;
 std::vector<Case> cases() {
   std::vector<Case> out;
   for (const char* name : {"llama", "llama3_tied", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2_lite",
-                           "deepseek_v2", "deepseek_v3"})
+                           "deepseek_v2", "deepseek_v3", "qwen2_moe_gelu_tanh", "olmoe_gelu"})
     out.push_back({name, {}, false});
   for (const char* name : {"deepseek_v2_lite", "deepseek_v2", "deepseek_v3"}) out.push_back({name, {.mla = MlaMode::naive}, false});
   out.push_back({"deepseek_v3_fp8", {.fp8_dequant = DType::f32}, false});

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <numbers>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -1037,36 +1038,146 @@ TEST(AttentionCpu, EveryIsaMatchesDoubleReferenceAtModelShapes) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// silu_mul
+// gated_act: act(gate) * up for each hidden_act, and cpu::moe applying it inside the experts
 
-TEST(SiluMulCpu, MatchesFormulaIncludingLargeGates) {
+// The activations in double, written from transformers' activations.py (not from activations.cpp).
+double act_ref(Activation act, double x) {
+  switch (act) {
+    case Activation::silu: return x / (1.0 + std::exp(-x));
+    case Activation::gelu: return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+    case Activation::gelu_tanh: return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * x * x * x)));
+  }
+  return kNaN;
+}
+
+// fp32 with its transcendental: a few ulps of the result, plus the cancellation in 1 + erf / 1 + tanh
+// for negative x (an ulp of 1 times x / 2, as torch's fp32 kernels have too).
+double act_tol(double x, double want) { return 1e-6 * std::fabs(want) + 1.2e-7 * std::fabs(x) + 1e-30; }
+
+GatedActParams gated(std::vector<float>& out, const std::vector<float>& gate, const std::vector<float>& up, Activation act) {
+  return {.out = out.data(), .gate = gate.data(), .up = up.data(), .n = static_cast<int64_t>(gate.size()), .act = act};
+}
+
+TEST(GatedActCpu, KnownValuesFromPythonMath) {
+  // x, then silu, gelu and gelu_tanh of x, printed by Python (double): x / (1 + math.exp(-x)),
+  // 0.5 * x * (1 + math.erf(x / math.sqrt(2))), 0.5 * x * (1 + math.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))).
+  struct Case {
+    float x;
+    double silu, gelu, gelu_tanh;
+  };
+  const Case cases[] = {
+      {-30.0f, -2.8072868906517896e-12, -0.0, -0.0},
+      {-6.0f, -0.014835738939808647, -5.919525869479969e-09, -8.43964897967453e-11},
+      {-3.0f, -0.14227761953270035, -0.00404969409489031, -0.0036373920817729943},
+      {-1.0f, -0.2689414213699951, -0.15865525393145707, -0.15880800939172324},
+      {-0.5f, -0.1887703343990727, -0.15426876936299344, -0.15428599017485606},
+      {-0.001f, -0.0004997500000208334, -0.000499601057786089, -0.000499601057786418},
+      {0.001f, 0.0005002499999791667, 0.000500398942213911, 0.000500398942213582},
+      {0.5f, 0.3112296656009273, 0.34573123063700656, 0.34571400982514394},
+      {1.0f, 0.7310585786300049, 0.8413447460685429, 0.8411919906082768},
+      {2.0f, 1.7615941559557646, 1.9544997361036416, 1.954597694087775},
+      {3.0f, 2.8577223804672998, 2.99595030590511, 2.996362607918227},
+      {6.0f, 5.985164261060192, 5.999999994080474, 5.9999999999156035},
+      {30.0f, 29.999999999997197, 30.0, 30.0},
+  };
+  std::vector<float> gate;
+  for (const Case& c : cases) gate.push_back(c.x);
+  const std::vector<float> up(gate.size(), 1.0f);
+  for (Activation act : {Activation::silu, Activation::gelu, Activation::gelu_tanh}) {
+    std::vector<float> out(gate.size(), kGuard);
+    cpu::gated_act(gated(out, gate, up, act));
+    for (size_t i = 0; i < gate.size(); ++i) {
+      const Case& c = cases[i];
+      const double want = act == Activation::silu ? c.silu : act == Activation::gelu ? c.gelu : c.gelu_tanh;
+      EXPECT_TRUE(close(out[i], want, act_tol(c.x, want))) << to_string(act) << "(" << c.x << ")";
+    }
+  }
+  // The two GELUs differ by up to ~1e-3 around |x| = 2: a kernel applying the wrong one is caught.
+  EXPECT_GT(std::fabs(cases[3].gelu - cases[3].gelu_tanh), 1e-4);
+}
+
+TEST(GatedActCpu, MatchesFormulaIncludingLargeGates) {
   std::vector<float> gate = uniform(67, -10.0f, 10.0f, 1700);
   gate[0] = 80.0f;
   gate[1] = -80.0f;
   gate[2] = 100.0f;
   gate[3] = -100.0f;
+  gate[4] = 1e20f;   // x^3 overflows in gelu_tanh: tanh(inf) = 1, not NaN
+  gate[5] = -1e20f;
   gate[30] = -89.5f;  // exp(89.5) overflows fp32: silu(-89.5) must come out as (-)0, not NaN
   const std::vector<float> up = uniform(67, -2.0f, 2.0f, 1701);
-  std::vector<float> out(gate.size(), kGuard);
-  SiluMulParams p;
-  p.out = out.data();
-  p.gate = gate.data();
-  p.up = up.data();
-  p.n = static_cast<int64_t>(gate.size());
-  cpu::silu_mul(p);
-  for (size_t i = 0; i < gate.size(); ++i) {
-    const double g = gate[i];
-    const double want = g / (1.0 + std::exp(-g)) * up[i];
-    // fp32 exp and two roundings: a few ulps relative. Below 1e-30 an fp32 silu may give 0 (for
-    // gate -89.5, exp overflows and g / inf = -0 while the true value is ~1e-37), as torch does.
-    EXPECT_TRUE(close(out[i], want, 1e-6 * std::fabs(want) + 1e-30)) << "gate " << gate[i] << " up " << up[i];
+  for (Activation act : {Activation::silu, Activation::gelu, Activation::gelu_tanh}) {
+    SCOPED_TRACE(to_string(act));
+    std::vector<float> out(gate.size() + 1, kGuard);
+    GatedActParams p = gated(out, gate, up, act);
+    cpu::gated_act(p);
+    for (size_t i = 0; i < gate.size(); ++i) {
+      const double want = act_ref(act, gate[i]) * up[i];
+      // Below 1e-30 an fp32 silu may give 0 (for gate -89.5, exp overflows and g / inf = -0 while the
+      // true value is ~1e-37), as torch does.
+      EXPECT_TRUE(close(out[i], want, act_tol(gate[i], want) * std::max(1.0, std::fabs(static_cast<double>(up[i])))))
+          << "gate " << gate[i] << " up " << up[i];
+    }
+    EXPECT_EQ(out.back(), kGuard) << "wrote past n";
+    // In place: out == gate.
+    std::vector<float> in_place = gate;
+    p.out = in_place.data();
+    p.gate = in_place.data();
+    cpu::gated_act(p);
+    for (size_t i = 0; i < gate.size(); ++i) EXPECT_EQ(bits(in_place[i]), bits(out[i])) << "i " << i;
   }
-  // In place: out == gate.
-  std::vector<float> in_place = gate;
-  p.out = in_place.data();
-  p.gate = in_place.data();
-  cpu::silu_mul(p);
-  for (size_t i = 0; i < gate.size(); ++i) EXPECT_EQ(bits(in_place[i]), bits(out[i])) << "i " << i;
+}
+
+// cpu::moe applies MoeParams::act inside every expert, on its one-token (grouped) path and its batched
+// path, against the formula in double on random never-zero inputs.
+TEST(GatedActCpu, MoeExpertsApplyTheActivation) {
+  const int64_t D = 33, I = 7, E = 5, K = 2;
+  std::vector<std::vector<float>> w;  // gate, up, down of each expert, f32
+  std::vector<const void*> gp, upp, dp;
+  for (int64_t e = 0; e < E; ++e)
+    for (int m = 0; m < 3; ++m) {
+      std::vector<float> v = uniform(static_cast<size_t>(D * I), 0.05f, 0.6f, 1800 + static_cast<uint64_t>(3 * e + m));
+      for (size_t i = 0; i < v.size(); i += 2) v[i] = -v[i];  // never zero, both signs
+      w.push_back(std::move(v));
+    }
+  for (int64_t e = 0; e < E; ++e) {
+    gp.push_back(w[static_cast<size_t>(3 * e)].data());
+    upp.push_back(w[static_cast<size_t>(3 * e + 1)].data());
+    dp.push_back(w[static_cast<size_t>(3 * e + 2)].data());
+  }
+  for (int64_t n : {1, 5}) {
+    std::vector<float> x = uniform(static_cast<size_t>(n * D), 0.05f, 0.5f, 1900 + static_cast<uint64_t>(n));
+    for (size_t i = 1; i < x.size(); i += 3) x[i] = -x[i];
+    std::vector<int32_t> ids;
+    for (int64_t t = 0; t < n * K; ++t) ids.push_back(static_cast<int32_t>((3 * t + 1) % E));
+    const std::vector<float> wts = uniform(static_cast<size_t>(n * K), 0.2f, 1.0f, 1950);
+    for (Activation act : {Activation::silu, Activation::gelu, Activation::gelu_tanh}) {
+      SCOPED_TRACE(::testing::Message() << to_string(act) << " n " << n);
+      std::vector<float> out(static_cast<size_t>(n * D), kGuard);
+      cpu::moe({.out = out.data(), .x = x.data(), .expert_ids = ids.data(), .expert_weights = wts.data(),
+                .gate = gp.data(), .up = upp.data(), .down = dp.data(), .weight_dtype = DType::f32, .n_tokens = n,
+                .top_k = K, .n_experts = E, .hidden = D, .intermediate = I, .act = act});
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t d = 0; d < D; ++d) {
+          double want = 0.0, mag = 0.0;
+          for (int64_t k = 0; k < K; ++k) {
+            const size_t e = static_cast<size_t>(ids[static_cast<size_t>(t * K + k)]);
+            double dot = 0.0;
+            for (int64_t i = 0; i < I; ++i) {
+              double g = 0.0, u = 0.0;
+              for (int64_t c = 0; c < D; ++c) {
+                g += static_cast<double>(w[3 * e][static_cast<size_t>(i * D + c)]) * x[static_cast<size_t>(t * D + c)];
+                u += static_cast<double>(w[3 * e + 1][static_cast<size_t>(i * D + c)]) * x[static_cast<size_t>(t * D + c)];
+              }
+              dot += static_cast<double>(w[3 * e + 2][static_cast<size_t>(d * I + i)]) * act_ref(act, g) * u;
+            }
+            want += wts[static_cast<size_t>(t * K + k)] * dot;
+            mag += std::fabs(wts[static_cast<size_t>(t * K + k)] * dot);
+          }
+          EXPECT_TRUE(close(out[static_cast<size_t>(t * D + d)], want, 1e-5 * (mag + 1e-3))) << "t " << t << " d " << d;
+        }
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -675,6 +675,21 @@ TEST(ConfigVariants, LlamaAttentionBias) {
   EXPECT_TRUE(c.o_bias);
 }
 
+// sliding_window counts only where transformers applies it: Mixtral, and Qwen with use_sliding_window.
+TEST(ConfigVariants, SlidingWindowOnlyWhereTransformersUsesIt) {
+  EXPECT_FALSE(parse_text(tiny_llama(R"("sliding_window": 128)")).sliding_window.has_value());
+  Json o = real("olmoe_1b_7b.json");
+  o["sliding_window"] = 128;
+  EXPECT_FALSE(parse_json(o).sliding_window.has_value());
+  Json q = real("qwen1_5_moe_a2_7b.json");  // sliding_window 32768, use_sliding_window false
+  EXPECT_FALSE(parse_json(q).sliding_window.has_value());
+  q["use_sliding_window"] = true;
+  EXPECT_EQ(parse_json(q).sliding_window, 32768);
+  Json m = real("mixtral_8x7b.json");
+  m["sliding_window"] = 4096;
+  EXPECT_EQ(parse_json(m).sliding_window, 4096);
+}
+
 TEST(ConfigVariants, QwenBiasAndOlmoeClip) {
   Json q = real("qwen1_5_moe_a2_7b.json");
   q["qkv_bias"] = false;
@@ -720,6 +735,21 @@ TEST(ConfigVariants, DeepseekV3RopeInterleaveFalseIsNeox) {
   EXPECT_EQ(parse_json(j).rope.style, RopeStyle::neox);
   j["rope_interleave"] = true;
   EXPECT_EQ(parse_json(j).rope.style, RopeStyle::interleaved);
+}
+
+TEST(ConfigVariants, DeepseekV3MultiTokenPredictionLayers) {
+  // The checkpoint stores them after the last decoder layer; the loader must know how many to skip.
+  Json j = real("deepseek_v3.json");
+  EXPECT_EQ(parse_json(j).num_nextn_predict_layers, 1);
+  j.erase("num_nextn_predict_layers");
+  EXPECT_EQ(parse_json(j).num_nextn_predict_layers, 1);  // HF's default
+  j["num_mtp_layers"] = 2;                                 // transformers v5's name
+  EXPECT_EQ(parse_json(j).num_nextn_predict_layers, 2);
+  j["num_nextn_predict_layers"] = 0;
+  EXPECT_EQ(parse_json(j).num_nextn_predict_layers, 0);
+  j["num_nextn_predict_layers"] = -1;
+  EXPECT_TRUE(fails_with(j, {"'num_nextn_predict_layers'", "-1"}));
+  EXPECT_EQ(load("deepseek_v2_lite.json").num_nextn_predict_layers, 0);  // only V3 has them
 }
 
 TEST(ConfigVariants, DeepseekNullExpertsIsDense) {
@@ -777,6 +807,25 @@ TEST(ConfigLayers, QwenMlpOnlyLayers) {
   EXPECT_EQ(c.layer_ffn, ffn_kinds("d" + std::string(22, 'm') + "d"));
   EXPECT_EQ(c.num_moe_layers(), 22);
   EXPECT_EQ(c.mlp_only_layers, (std::vector<int64_t>{0, 23}));
+}
+
+TEST(ConfigLayers, LongMlpOnlyLayersListIsReadInOnePass) {
+  // Regression: every layer scanned the whole mlp_only_layers list, layers x entries: 4096 layers and
+  // a list of two million entries (a 4 MB config.json) took 5 s, 100 MB took minutes. Timing is not
+  // asserted; ctest's timeout bounds the test.
+  Json j = real("qwen3_30b_a3b.json");
+  j["num_hidden_layers"] = 4096;
+  std::string list = "[4095";
+  for (int i = 0; i < 2'000'000; ++i) list += ",1";
+  j.erase("mlp_only_layers");
+  std::string text = j.dump();
+  text.insert(1, "\"mlp_only_layers\": " + list + "], ");
+  const ModelConfig c = parse_text(text);
+  ASSERT_EQ(c.layer_ffn.size(), 4096u);
+  EXPECT_EQ(c.num_moe_layers(), 4094);
+  EXPECT_EQ(c.layer_ffn[1], FfnKind::dense);
+  EXPECT_EQ(c.layer_ffn[4095], FfnKind::dense);
+  EXPECT_EQ(c.layer_ffn[0], FfnKind::moe);
 }
 
 TEST(ConfigLayers, QwenDecoderSparseStep) {
@@ -1070,6 +1119,60 @@ TEST(ConfigErrors, NonPositiveReals) {
   j = real("olmoe_1b_7b.json");
   j["clip_qkv"] = 0.0;
   EXPECT_TRUE(fails_with(j, {"'clip_qkv'", "positive"}));
+}
+
+// ---------------------------------------------------------------------------------------------
+// hidden_act (transformers builds every MLP and expert with ACT2FN[config.hidden_act]).
+
+const std::vector<std::string>& real_config_files() {
+  static const std::vector<std::string> files = {"llama3_1_8b.json", "mixtral_8x7b.json", "qwen1_5_moe_a2_7b.json",
+                                                 "qwen3_30b_a3b.json", "olmoe_1b_7b.json", "deepseek_v2_lite.json",
+                                                 "deepseek_v3.json"};
+  return files;
+}
+
+TEST(ConfigActivation, TransformersNamesMapToTheirFormula) {
+  // Regression: hidden_act was never read, so "gelu" (or anything) ran SiLU.
+  for (const std::string& file : real_config_files()) {
+    SCOPED_TRACE(file);
+    Json j = real(file);
+    EXPECT_EQ(parse_json(j).hidden_act, Activation::silu);  // every released config says "silu"
+    for (const auto& [name, act] : std::vector<std::pair<std::string, Activation>>{
+             {"silu", Activation::silu}, {"swish", Activation::silu}, {"gelu", Activation::gelu},
+             {"gelu_pytorch_tanh", Activation::gelu_tanh}, {"gelu_new", Activation::gelu_tanh}}) {
+      j["hidden_act"] = name;
+      EXPECT_EQ(parse_json(j).hidden_act, act) << name;
+    }
+  }
+  EXPECT_STREQ(to_string(Activation::silu), "silu");
+  EXPECT_STREQ(to_string(Activation::gelu), "gelu");
+  EXPECT_STREQ(to_string(Activation::gelu_tanh), "gelu_tanh");
+}
+
+TEST(ConfigActivation, MissingOrNullIsTheFamilyDefaultSilu) {
+  // Every family's HF config class defaults hidden_act to "silu".
+  for (const std::string& file : real_config_files()) {
+    SCOPED_TRACE(file);
+    Json j = real(file);
+    j.erase("hidden_act");
+    EXPECT_EQ(parse_json(j).hidden_act, Activation::silu);
+    j["hidden_act"] = nullptr;
+    EXPECT_EQ(parse_json(j).hidden_act, Activation::silu);
+  }
+}
+
+TEST(ConfigActivation, AnythingElseIsRefusedNamingTheValueAndTheSupportedOnes) {
+  for (const std::string& file : real_config_files()) {
+    SCOPED_TRACE(file);
+    Json j = real(file);
+    for (const char* bad : {"relu", "gelu_fast", "quick_gelu", "gelu_python", "SiLU", ""}) {
+      j["hidden_act"] = bad;
+      EXPECT_TRUE(fails_with(j, {"field 'hidden_act'", std::string("unsupported activation '") + bad + "'",
+                                 "supported: silu, swish, gelu, gelu_pytorch_tanh, gelu_new"}));
+    }
+    j["hidden_act"] = 42;
+    EXPECT_TRUE(fails_with(j, {"field 'hidden_act'", "expected a string"}));
+  }
 }
 
 TEST(ConfigErrors, MlpOnlyLayersOutOfRange) {

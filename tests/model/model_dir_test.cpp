@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "moerun/engine.h"
 #include "moerun/error.h"
 #include "moerun/model.h"
 #include "support/writer.h"
@@ -222,22 +223,108 @@ TEST(ModelDir, ReportsWrongShapesAndDtypesWithTheShard) {
                         "tensor 'model.layers.1.mlp.experts.5.down_proj.weight': dtype F8_E5M2"});
 }
 
-TEST(ModelDir, UnexpectedTensorsAreIgnoredWithAWarning) {
+TEST(ModelDir, TensorsTransformersIgnoresAreOnlyWarnedAbout) {
+  // What real checkpoints carry and transformers ignores on load: an old rotary buffer and the
+  // DeepSeek-V3 multi-token-prediction layer right after the last layer (num_nextn_predict_layers 1,
+  // the default). They are warned about with the reason, and are not unexpected.
   const testing::Json cfg = testing::tiny_config("deepseek_v3");
   auto tensors = testing::expected_tensors(cfg);
-  // An old rotary buffer and a DeepSeek-V3 style MTP layer past num_hidden_layers.
   tensors.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq", DType::f32, {4}, {}});
   for (int e = 0; e < 16; ++e)
     tensors.push_back({"model.layers.2.mlp.experts." + std::to_string(e) + ".up_proj.weight", DType::bf16, {32, 64}, {}});
   tensors.push_back({"model.layers.2.eh_proj.weight", DType::bf16, {64, 128}, {}});
-  const auto dir = testing::fresh_dir("unexpected");
+  const auto dir = testing::fresh_dir("ignorable");
   testing::write_model_dir(dir, cfg, {}, tensors);
   const Model m = Model::load(dir);
   std::string all;
   for (const std::string& w : m.warnings()) all += w + "\n";
-  expect_contains(all, {"tensor 'model.layers.0.self_attn.rotary_emb.inv_freq'",
-                        "16 tensors 'model.layers.2.mlp.experts.{0-15}.up_proj.weight'", "model.layers.2.eh_proj.weight"});
+  expect_contains(all, {"tensor 'model.layers.0.self_attn.rotary_emb.inv_freq': rotary inv_freq buffer",
+                        "16 tensors 'model.layers.2.mlp.experts.{0-15}.up_proj.weight': multi-token-prediction layer",
+                        "tensor 'model.layers.2.eh_proj.weight': multi-token-prediction layer"});
+  EXPECT_EQ(all.find("unexpected"), std::string::npos) << all;
   EXPECT_EQ(m.warnings().size(), 3u);
+  EXPECT_TRUE(m.unexpected_tensors().empty());
+  EXPECT_EQ(m.unexpected_tensor_count(), 0u);
+  EXPECT_NO_THROW(Engine::load(dir, {.backend = BackendKind::cpu}));
+}
+
+// A llama checkpoint of 3 layers whose config.json says `layers`: what a cut num_hidden_layers looks like.
+std::filesystem::path llama_with_layers_beyond_the_config(const std::string& name, int64_t layers) {
+  testing::Json full = testing::tiny_config("llama");
+  full["num_hidden_layers"] = 3;
+  const auto tensors = testing::expected_tensors(full);
+  testing::Json cut = full;
+  cut["num_hidden_layers"] = layers;
+  const auto dir = testing::fresh_dir(name);
+  testing::write_model_dir(dir, cut, {}, tensors);
+  return dir;
+}
+
+TEST(ModelDir, LayersBeyondNumHiddenLayersAreUnexpected) {
+  const auto dir = llama_with_layers_beyond_the_config("extra_layer", 2);
+  const Model m = Model::load(dir);  // info still loads it
+  EXPECT_EQ(m.unexpected_tensor_count(), 9u);  // two norms, q/k/v/o, gate/up/down of layer 2
+  std::string all;
+  for (const std::string& u : m.unexpected_tensors()) all += u + "\n";
+  expect_contains(all, {"tensor 'model.layers.2.self_attn.q_proj.weight'", "tensor 'model.layers.2.mlp.down_proj.weight'"});
+  std::string warnings;
+  for (const std::string& w : m.warnings()) warnings += w + "\n";
+  expect_contains(warnings, {"ignoring unexpected tensor 'model.layers.2.input_layernorm.weight'"});
+}
+
+TEST(ModelDir, EngineRefusesUnexpectedTensorsUnlessAllowed) {
+  // Regression: a config whose num_hidden_layers is below the checkpoint's silently ran the first
+  // layers only and answered garbage; only `info` warned.
+  const auto dir = llama_with_layers_beyond_the_config("extra_layer_engine", 1);
+  std::string e;
+  try {
+    Engine::load(dir, {.backend = BackendKind::cpu});
+  } catch (const Error& err) {
+    e = err.what();
+  }
+  expect_contains(e, {dir.string() + ": 18 unexpected tensors that config.json does not use",
+                      "2 tensors 'model.layers.{1-2}.input_layernorm.weight'", "(and 5 more)",
+                      "num_hidden_layers 1", "--ignore-unexpected-tensors", "EngineOptions::allow_unexpected_tensors"});
+  // Allowed, it runs the config's one layer: the same logits as a checkpoint of just that layer.
+  const Engine allowed = Engine::load(dir, {.backend = BackendKind::cpu, .allow_unexpected_tensors = true});
+  testing::Json one = testing::tiny_config("llama");
+  one["num_hidden_layers"] = 1;
+  testing::Json three = one;
+  three["num_hidden_layers"] = 3;
+  std::vector<TensorSpec> first_layer;
+  for (const TensorSpec& t : testing::expected_tensors(three))
+    if (t.name.find("layers.1.") == std::string::npos && t.name.find("layers.2.") == std::string::npos) first_layer.push_back(t);
+  const auto exact = testing::fresh_dir("one_layer");
+  testing::write_model_dir(exact, one, {}, first_layer);
+  const Engine reference = Engine::load(exact, {.backend = BackendKind::cpu});
+  const std::vector<int32_t> ids = {1, 5, 9};
+  Session a(allowed), b(reference);
+  EXPECT_EQ(a.forward(ids, true), b.forward(ids, true));
+  // A synthetic model has no checkpoint, so nothing is unexpected.
+  EXPECT_NO_THROW(Engine::from_model(Model::synthetic(load_model_config(exact / "config.json")), {.backend = BackendKind::cpu}));
+}
+
+TEST(ModelDir, OnlyTheConfiguredMtpLayersAreIgnored) {
+  testing::Json cfg = testing::tiny_config("deepseek_v3");  // 2 layers
+  testing::Json four = cfg;
+  four["num_hidden_layers"] = 4;
+  const auto tensors = testing::expected_tensors(four);  // layers 2 and 3 beyond the config
+  const auto dir = testing::fresh_dir("mtp_layers");
+  testing::write_model_dir(dir, cfg, {}, tensors);
+  // One MTP layer (the default): layer 2 is ignored, layer 3 is unexpected.
+  const Model one = Model::load(dir);
+  ASSERT_FALSE(one.unexpected_tensors().empty());
+  for (const std::string& u : one.unexpected_tensors()) EXPECT_NE(u.find("model.layers.3."), std::string::npos) << u;
+  EXPECT_THROW(Engine::load(dir, {.backend = BackendKind::cpu}), Error);
+  // Two: both are the model's MTP layers.
+  cfg["num_nextn_predict_layers"] = 2;
+  testing::write_file(dir / "config.json", cfg.dump());
+  EXPECT_EQ(Model::load(dir).unexpected_tensor_count(), 0u);
+  EXPECT_NO_THROW(Engine::load(dir, {.backend = BackendKind::cpu}));
+  // None: layers 2 and 3 are both unexpected.
+  cfg["num_nextn_predict_layers"] = 0;
+  testing::write_file(dir / "config.json", cfg.dump());
+  EXPECT_EQ(Model::load(dir).unexpected_tensor_count(), one.unexpected_tensor_count() * 2);
 }
 
 TEST(ModelDir, IndexProblemsAreReportedByName) {

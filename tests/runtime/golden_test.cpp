@@ -7,11 +7,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <ostream>
 #include <string>
+#include <utility>
 
 #include "io/safetensors.h"
 #include "support/golden.h"
+#include "support/writer.h"
 #include "moerun/engine.h"
 #include "moerun/error.h"
 
@@ -42,6 +45,9 @@ std::vector<Case> cases() {
   for (const char* name : {"llama", "llama3_tied", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2_lite",
                            "deepseek_v2", "deepseek_v3"})
     out.push_back({name, kF32Tol, {.backend = BackendKind::cpu}});
+  // hidden_act other than silu, through dense MLPs, shared and routed experts (prefill and decode):
+  // gelu_pytorch_tanh (Qwen2-MoE) and the exact gelu (OLMoE). Run as SiLU they miss by far more.
+  for (const char* name : {"qwen2_moe_gelu_tanh", "olmoe_gelu"}) out.push_back({name, kF32Tol, {.backend = BackendKind::cpu}});
   // MLA's naive form decompresses K/V like HF does; it must meet the same budget.
   for (const char* name : {"deepseek_v2_lite", "deepseek_v2", "deepseek_v3"})
     out.push_back({std::string(name), kF32Tol, {.mla = MlaMode::naive, .backend = BackendKind::cpu}});
@@ -108,6 +114,26 @@ TEST_P(GoldenLogits, DecodingTokenByTokenEqualsOneForwardPass) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Hf, GoldenLogits, ::testing::ValuesIn(cases()), case_name);
+
+TEST(GoldenActivation, RunningTheCheckpointAsSiluMissesTransformers) {
+  // Regression: hidden_act was never read and every model ran SiLU. The same checkpoints with
+  // "silu" in config.json (what moerun used to run) miss HF's logits by far more than the budget,
+  // so the goldens above tell the activations apart.
+  for (const auto& [name, act] : {std::pair{"qwen2_moe_gelu_tanh", Activation::gelu_tanh}, std::pair{"olmoe_gelu", Activation::gelu}}) {
+    const testing::Golden g = read_golden(name);
+    EXPECT_EQ(Engine::load(golden_dir(name), {.backend = BackendKind::cpu}).config().hidden_act, act) << name;
+    const std::filesystem::path dir = testing::fresh_dir(std::string(name) + "_as_silu");
+    std::filesystem::copy_file(golden_dir(name) / "model.safetensors", dir / "model.safetensors");
+    auto config = testing::Json::parse(testing::read_file(golden_dir(name) / "config.json"));
+    config["hidden_act"] = "silu";
+    testing::write_file(dir / "config.json", config.dump());
+    const Engine silu = Engine::load(dir, {.backend = BackendKind::cpu});
+    Session s(silu);
+    const float err = max_abs_diff(s.forward(g.ids[2], true), g.logits[2]);
+    EXPECT_GT(err, 100 * kF32Tol) << name << " run as silu";
+    std::printf("[golden] %-28s run as silu: max |logit - HF| = %.3g\n", name, err);
+  }
+}
 
 TEST(GoldenMla, NaiveAndAbsorbedFormsAgree) {
   for (const char* name : {"deepseek_v2_lite", "deepseek_v2", "deepseek_v3"}) {

@@ -40,6 +40,25 @@ TEST(Hardening, ContextsAreBoundedByTheModelUnlessOverridden) {
   EXPECT_NE(error_of([&] { Session s(free, int64_t{1} << 62); }).find("largest supported"), std::string::npos);
 }
 
+// Sliding-window attention is not implemented: within the window it equals full attention, past it
+// the model would attend differently, so a longer context is refused instead of silently wrong.
+TEST(Hardening, ContextsStayWithinASlidingWindow) {
+  const fs::path dir = testing::fresh_dir("sliding_window_mixtral");
+  for (const auto& e : fs::directory_iterator(golden_dir("mixtral"))) fs::copy_file(e.path(), dir / e.path().filename());
+  nlohmann::json config = nlohmann::json::parse(testing::read_file(dir / "config.json"));
+  config["sliding_window"] = 64;
+  testing::write_file(dir / "config.json", config.dump());
+  const Engine engine = Engine::load(dir);
+  EXPECT_EQ(engine.default_context(), 64);
+  Session ok(engine, 64);
+  const std::string e = error_of([&] { Session s(engine, 65); });
+  EXPECT_NE(e.find("sliding_window"), std::string::npos) << e;
+  // Within the window the logits are those of full attention (the golden's).
+  Session full(Engine::load(golden_dir("mixtral")), 64);
+  const std::vector<int32_t> ids = {1, 2, 3, 4};
+  EXPECT_EQ(max_abs_diff(ok.forward(ids), full.forward(ids)), 0.0f);
+}
+
 TEST(Hardening, TheMemoryPlanRefusesWhatTheMachineCannotHold) {
   const Engine engine = Engine::load(golden_dir("deepseek_v2_lite"), {.context_override = true});
   // 2^31 positions of every layer's cache: terabytes. Refused before anything is allocated.
@@ -116,7 +135,7 @@ TEST(Hardening, SamplingDefaultsFollowTransformers) {
   fs::remove(dir / "generation_config.json");
   fs::create_directory(dir / "generation_config.json");
   e = error_of([&] { sampling_defaults(dir); });
-  EXPECT_NE(e.find("not a regular file"), std::string::npos) << e;
+  EXPECT_NE(e.find("a directory, not a regular file"), std::string::npos) << e;
 }
 
 TEST(Hardening, GreedyWithARepetitionPenaltyAppliesIt) {

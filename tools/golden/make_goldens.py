@@ -14,6 +14,7 @@ with the transformers and torch versions in its metadata. Run by developers only
     pip install torch transformers safetensors numpy
     python3 tools/golden/make_goldens.py            # all models
     python3 tools/golden/make_goldens.py llama      # some
+    python3 tools/golden/make_goldens.py qwen2_moe_gelu_tanh olmoe_gelu   # the hidden_act goldens
 
 The C++ tests read only the committed outputs; CI needs no Python.
 """
@@ -82,6 +83,13 @@ MODELS = {
 # The FP8 model: dimensions that are not multiples of 128, so partial scale blocks occur.
 FP8 = dict(MODELS["deepseek_v3"], hidden_size=256, q_lora_rank=160, kv_lora_rank=64, qk_rope_head_dim=32,
            intermediate_size=320, moe_intermediate_size=96)
+# hidden_act other than silu (every family builds its MLPs and experts with ACT2FN[config.hidden_act]):
+# the tanh-approximated GELU through Qwen2-MoE's dense layer, shared expert and routed experts, and
+# the exact (erf) GELU through OLMoE's experts. Listed after the models above so their seeds stay put.
+ACTIVATION_MODELS = {
+    "qwen2_moe_gelu_tanh": dict(MODELS["qwen2_moe"], hidden_act="gelu_pytorch_tanh"),
+    "olmoe_gelu": dict(MODELS["olmoe"], hidden_act="gelu"),
+}
 SHARDED = {"mixtral", "deepseek_v3"}  # saved as several shards plus an index
 FP8_BLOCK = 128
 
@@ -249,7 +257,7 @@ def make_fp8(name, seed):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    every = list(MODELS) + ["deepseek_v3_bf16", "deepseek_v3_fp8"]
+    every = list(MODELS) + ["deepseek_v3_bf16", "deepseek_v3_fp8"] + list(ACTIVATION_MODELS)
     parser.add_argument("models", nargs="*", help="models to make (default: all): " + ", ".join(every))
     args = parser.parse_args()
     unknown = set(args.models) - set(every)
@@ -264,6 +272,8 @@ def main():
         seed = 1000 + i
         if name in MODELS:
             make(name, MODELS[name], seed)
+        elif name in ACTIVATION_MODELS:
+            make(name, ACTIVATION_MODELS[name], seed)
         elif name == "deepseek_v3_bf16":
             if not (OUT / "deepseek_v3" / "config.json").exists():
                 make("deepseek_v3", MODELS["deepseek_v3"], 1000 + every.index("deepseek_v3"))
