@@ -25,6 +25,7 @@
 // from several threads at once. The BPE word cache inside is shared and guarded by try-locks, so
 // threads never wait on it (a busy cache is simply skipped; results do not depend on it).
 
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -41,6 +42,12 @@ struct TokenizerImpl;
 struct DecodeState;
 }  // namespace tok
 
+// Bytes [begin, end) of a text.
+struct TextSpan {
+  size_t begin = 0, end = 0;
+  bool operator==(const TextSpan&) const = default;
+};
+
 struct EncodeOptions {
   // Apply the post-processor template (BOS/EOS), or tokenizer_config.json's add_bos_token /
   // add_eos_token where the post-processor adds nothing.
@@ -48,6 +55,14 @@ struct EncodeOptions {
   // Recognise special tokens written in the text ("<|im_start|>" -> its id). False encodes their
   // text like any other text (tokenizers' encode_special_tokens); non-special added tokens still match.
   bool parse_special = true;
+  // Parts of the text that must not produce added tokens, such as a chat prompt's message content
+  // (ChatTemplate::apply_tracked): an added token, special or not (DeepSeek-V3's role markers
+  // <｜User｜> are non-special), whose text overlaps one of these byte ranges is encoded as plain text
+  // by the model (though a shorter token that ends before the range still matches), and everything
+  // else exactly as without them, so a prompt whose content holds no added-token text gets the very
+  // same ids. (The text is not cut at the ranges: that would change the merges.) Ranges may come in
+  // any order and overlap; one reaching past the end of the text is an Error.
+  std::span<const TextSpan> plain_spans = {};
 };
 
 class Tokenizer {

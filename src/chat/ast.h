@@ -1,5 +1,9 @@
 #pragma once
 // The parsed template: jinja2's node types, reduced to the ones the supported subset needs.
+//
+// Trees are freed without recursion: loops in the parser build left-deep chains (1+1+..., a.b.c...,
+// x|f|g|..., elif chains) whose recursive destruction would overflow the stack long before the
+// parser's limits (parser.h) reject them, and a rejected tree is freed while unwinding.
 
 #include <memory>
 #include <string>
@@ -38,6 +42,11 @@ enum class ExprKind : uint8_t {
 };
 
 struct Expr {
+  Expr() = default;
+  Expr(const Expr&) = delete;
+  Expr& operator=(const Expr&) = delete;
+  ~Expr();  // frees the subtree with a work list (ast.cpp)
+
   ExprKind kind = ExprKind::literal;
   int line = 0;
   Value value;
@@ -82,6 +91,11 @@ enum class StmtKind : uint8_t {
 };
 
 struct Stmt {
+  Stmt() = default;
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+  ~Stmt();  // frees the subtree with a work list (ast.cpp)
+
   StmtKind kind = StmtKind::text;
   int line = 0;
   std::string text;
@@ -91,5 +105,9 @@ struct Stmt {
   std::shared_ptr<Macro> macro;
   std::vector<std::pair<Target, ExprPtr>> with_vars;
 };
+
+// The line of a node more than `limit` levels below the top of `body` (statements and expressions
+// counted alike, as the renderer nests), or 0 when there is none. Walks with a work list.
+int line_deeper_than(const Body& body, int limit);
 
 }  // namespace moerun::chat

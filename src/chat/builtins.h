@@ -20,6 +20,7 @@ namespace moerun::chat {
 struct Args {
   std::vector<Value> positional;
   std::vector<std::pair<std::string, Value>> keyword;
+  bool keyword_content = false;  // some keyword name came from the conversation (f(**message))
 };
 
 // Whether a filter or test name is one we implement, one jinja2 has that we do not, or unknown to

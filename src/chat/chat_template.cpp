@@ -76,7 +76,7 @@ ChatTemplate ChatTemplate::load(const fs::path& model_dir) {
   if (!fs::is_directory(model_dir)) throw Error(model_dir.string(), "not a directory");
   const fs::path config_path = model_dir / "tokenizer_config.json";
   io::Json config = io::Json::object();
-  if (fs::exists(config_path)) {
+  if (!io::find_regular_file(config_path).empty()) {
     config = io::parse_json_text(io::read_text_file(config_path), config_path.string());
     if (!config.is_object()) throw Error(config_path.string(), "expected a JSON object");
   }
@@ -85,14 +85,14 @@ ChatTemplate ChatTemplate::load(const fs::path& model_dir) {
   Sources src;
   const fs::path jinja = model_dir / "chat_template.jinja";
   const fs::path legacy = model_dir / "chat_template.json";
-  if (fs::exists(jinja)) {
+  if (!io::find_regular_file(jinja).empty()) {
     src.name = jinja.string();
     src.source = io::read_text_file(jinja);
     const fs::path tool_use = model_dir / "additional_chat_templates" / "tool_use.jinja";
-    if (fs::exists(tool_use)) src.tool_use = io::read_text_file(tool_use);
+    if (!io::find_regular_file(tool_use).empty()) src.tool_use = io::read_text_file(tool_use);
   } else if (config.contains("chat_template") &&
              read_template_field(config["chat_template"], config_path.string() + " chat_template", src)) {
-  } else if (fs::exists(legacy)) {
+  } else if (!io::find_regular_file(legacy).empty()) {
     const io::Json j = io::parse_json_text(io::read_text_file(legacy), legacy.string());
     if (!j.is_object() || !j.contains("chat_template") ||
         !read_template_field(j["chat_template"], legacy.string() + " chat_template", src))
@@ -116,10 +116,15 @@ ChatTemplate ChatTemplate::load(const fs::path& model_dir) {
 
 namespace {
 
-std::string run(const chat::Program& program, const ChatJson& context, std::optional<std::time_t> now) {
+// Renders `context`; with `track`, the strings of messages, tools and documents are marked as content.
+chat::Rendered run(const chat::Program& program, const ChatJson& context, std::optional<std::time_t> now,
+                   bool track = false) {
   if (!context.is_object()) throw Error(program.name, "the render context must be a JSON object");
   std::vector<std::pair<std::string, chat::Value>> vars;
-  for (const auto& [k, v] : context.items()) vars.emplace_back(k, chat::from_json(v, k));
+  for (const auto& [k, v] : context.items()) {
+    const bool content = track && (k == "messages" || k == "tools" || k == "documents");
+    vars.emplace_back(k, chat::from_json(v, k, content));
+  }
   chat::Env env;
   env.now = now;
   try {
@@ -132,10 +137,18 @@ std::string run(const chat::Program& program, const ChatJson& context, std::opti
 }  // namespace
 
 std::string ChatTemplate::render(const ChatJson& context, std::optional<std::time_t> now) const {
-  return run(*program_, context, now);
+  return run(*program_, context, now).text;
 }
 
 std::string ChatTemplate::apply(const ChatJson& messages, const ChatOptions& options) const {
+  return apply_impl(messages, options, false).text;
+}
+
+RenderedPrompt ChatTemplate::apply_tracked(const ChatJson& messages, const ChatOptions& options) const {
+  return apply_impl(messages, options, true);
+}
+
+RenderedPrompt ChatTemplate::apply_impl(const ChatJson& messages, const ChatOptions& options, bool track) const {
   if (!messages.is_array()) throw Error(name_, "messages must be a JSON list of message objects");
   if (messages.empty()) throw Error(name_, "cannot apply a chat template to an empty conversation");
   if (!options.tools.is_null() && !options.tools.is_array())
@@ -186,7 +199,8 @@ std::string ChatTemplate::apply(const ChatJson& messages, const ChatOptions& opt
   for (const auto& [k, v] : options.kwargs.items()) context[k] = v;
 
   const bool tools = !options.tools.is_null();
-  return run(tools && tool_use_ ? *tool_use_ : *program_, context, options.now);
+  chat::Rendered r = run(tools && tool_use_ ? *tool_use_ : *program_, context, options.now, track);
+  return {std::move(r.text), std::move(r.spans)};
 }
 
 }  // namespace moerun

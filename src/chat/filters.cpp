@@ -13,6 +13,7 @@
 #include "chat/builtins.h"
 #include "chat/interpreter.h"
 #include "chat/json.h"
+#include "chat/text.h"
 #include "chat/unicode.h"
 
 namespace moerun::chat {
@@ -41,7 +42,16 @@ bool listed(const std::string_view (&names)[N], std::string_view name) {
 
 // --- conversions as the filters do them ----------------------------------------------------------
 // jinja2's soft_str: strings (Markup included) stay as they are, anything else is str(value).
-Value soft_str(const Value& v) { return v.is_string() ? v : Value::string(to_str(v)); }
+Value soft_str(const Value& v) { return v.is_string() ? v : str_value(v); }
+
+bool has_content(const Args& args) {
+  if (args.keyword_content) return true;
+  for (const Value& v : args.positional)
+    if (has_content(v)) return true;
+  for (const auto& kv : args.keyword)
+    if (has_content(kv.second)) return true;
+  return false;
+}
 
 std::string number_text(std::string s) {  // int()/float() accept surrounding whitespace and '_'
   const std::u32string c = decode_utf8(s);
@@ -218,7 +228,7 @@ Value do_map(const Value& value, const Args& args, const Env& env) {
   } else {
     if (!args.positional[0].is_string()) fail("map: the filter name must be a string");
     const std::string name = args.positional[0].str();
-    Args rest{{args.positional.begin() + 1, args.positional.end()}, args.keyword};
+    Args rest{{args.positional.begin() + 1, args.positional.end()}, args.keyword, args.keyword_content};
     func = [name, rest, &env](const Value& item) { return apply_filter(name, item, rest, env); };
   }
   std::vector<Value> out;
@@ -258,38 +268,46 @@ Value do_tojson(const Value& v, const Args& args) {
     opt.key_separator = seps[1].str();
   }
   opt.sort_keys = a[3] && truthy(*a[3]);
-  return Value::string(dump_json(v, opt));
+  return derived(dump_json(v, opt), false, has_content(v) || has_content(args));
 }
 
 Value do_indent(const Value& s, const Args& args) {
   auto a = bind_args("indent", args, {"width", "first", "blank"});
   const Value width = a[0].value_or(Value::integer(4));
-  std::string indention;
+  Value indention;  // lines keep their spans, and so does a string indention
   if (width.is_string()) {
-    indention = width.str();
+    indention = width;
   } else if (width.is_int_like()) {
     const int64_t n = std::max<int64_t>(0, width.as_int());
     check_size(static_cast<size_t>(n));
-    indention = std::string(static_cast<size_t>(n), ' ');
+    indention = Value::string(std::string(static_cast<size_t>(n), ' '));
   } else {
     fail(std::string("can't multiply sequence by non-int of type '") + type_name(width) + "'");
   }
   if (!s.is_string()) fail(std::string("unsupported operand type(s) for +=: '") + type_name(s) + "' and 'str'");
-  const Value text = Value::string(s.str() + "\n", s.markup());
-  std::vector<Value> lines = iterate(call_method(text, "splitlines", {}));
-  std::string rv;
+  TextBuilder text;
+  text.append(s);
+  text.append("\n");
+  std::vector<Value> lines = iterate(call_method(text.take(s.markup()), "splitlines", {}));
+  TextBuilder rv;
+  if (a[1] && truthy(*a[1])) rv.append(indention);
   if (a[2] && truthy(*a[2])) {
-    for (size_t i = 0; i < lines.size(); ++i) rv += (i ? "\n" + indention : "") + lines[i].str();
+    for (size_t i = 0; i < lines.size(); ++i) {
+      if (i) {
+        rv.append("\n");
+        rv.append(indention);
+      }
+      rv.append(lines[i]);
+    }
   } else {
-    rv = lines.empty() ? "" : lines[0].str();
+    if (!lines.empty()) rv.append(lines[0]);
     for (size_t i = 1; i < lines.size(); ++i) {
-      rv += "\n";
-      if (!lines[i].str().empty()) rv += indention;
-      rv += lines[i].str();
+      rv.append("\n");
+      if (!lines[i].str().empty()) rv.append(indention);
+      rv.append(lines[i]);
     }
   }
-  if (a[1] && truthy(*a[1])) rv = indention + rv;
-  return Value::string(std::move(rv), s.markup());
+  return rv.take(s.markup());
 }
 
 Value do_round(const Value& v, const Args& args) {
@@ -338,7 +356,7 @@ Value do_title(const Value& v) {
     out += py_upper(first) + py_lower(encode_utf8(std::u32string_view(c).substr(i + 1, j - i - 1)));
     i = j;
   }
-  return Value::string(std::move(out));
+  return derived(std::move(out), false, has_content(v));
 }
 
 int64_t word_count(const std::string& s) {  // len(re.findall(r"\w+", s))
@@ -404,6 +422,10 @@ Value do_last(const Value& v) {
     fail(std::string("'") + type_name(v) + "' object is not reversible");
   if (v.is_number() || v.is_none() || v.is(Type::ns) || v.is(Type::function))
     fail(std::string("'") + type_name(v) + "' object is not reversible");
+  if (v.is_string() && !v.str().empty()) {  // one character, without a list of all of them
+    const std::string& s = v.str();
+    return substring(v, code_point_before(s, s.size()), s.size(), false);
+  }
   std::vector<Value> items = iterate(v);
   if (items.empty()) return Value::undefined("No last item, sequence was empty.");
   return items.back();
@@ -413,7 +435,7 @@ Value do_reverse(const Value& v) {
   if (v.is_string()) {
     std::u32string c = decode_utf8(v.str());
     std::reverse(c.begin(), c.end());
-    return Value::string(encode_utf8(c), v.markup());
+    return derived(encode_utf8(c), v.markup(), has_content(v));
   }
   std::vector<Value> items = iterate(v);  // iterators are drained into a list, as jinja2 does
   std::reverse(items.begin(), items.end());
@@ -449,7 +471,7 @@ Value apply_filter(std::string_view name, const Value& v, const Args& args, cons
   }
   if (name == "safe") {
     no_args();
-    return Value::string(to_str(v), true);
+    return str_value(v).with_markup(true);
   }
   if (name == "string") {
     no_args();
@@ -476,14 +498,13 @@ Value apply_filter(std::string_view name, const Value& v, const Args& args, cons
       const auto get = attrgetter(*a[1]);
       for (Value& item : items) item = get(item);
     }
-    const std::string sep = a[0] ? to_str(*a[0]) : "";
-    std::string out;
+    const Value sep = a[0] ? str_value(*a[0]) : Value::string("");
+    TextBuilder out;
     for (size_t i = 0; i < items.size(); ++i) {
-      if (i) out += sep;
-      out += to_str(items[i]);
-      check_size(out.size());
+      if (i) out.append(sep);
+      out.append(items[i]);
     }
-    return Value::string(std::move(out));
+    return out.take();
   }
   if (name == "items") {
     no_args();
@@ -505,6 +526,7 @@ Value apply_filter(std::string_view name, const Value& v, const Args& args, cons
       if (s.deferred) raise_deferred(s);
       return Value::undefined("No first item, sequence was empty.");
     }
+    if (v.is_string() && !v.str().empty()) return substring(v, 0, char_bytes(v.str()[0]), false);
     std::vector<Value> items = iterate(v);
     if (items.empty()) return Value::undefined("No first item, sequence was empty.");
     return items.front();
@@ -521,8 +543,7 @@ Value apply_filter(std::string_view name, const Value& v, const Args& args, cons
     if (!a[0] || !a[1]) fail("replace() missing required arguments");
     const Value count = a[2] && !a[2]->is_none() ? *a[2] : Value::integer(-1);
     // With autoescape off jinja2 calls str(s).replace(str(old), str(new), count): plain text.
-    return call_method(Value::string(to_str(v)), "replace",
-                       Args{{Value::string(to_str(*a[0])), Value::string(to_str(*a[1])), count}, {}});
+    return call_method(str_value(v), "replace", Args{{str_value(*a[0]), str_value(*a[1]), count}, {}});
   }
   if (name == "abs") {
     no_args();
@@ -548,7 +569,7 @@ Value apply_filter(std::string_view name, const Value& v, const Args& args, cons
   if (name == "escape" || name == "e" || name == "forceescape") {
     no_args();
     if (name != "forceescape" && v.is_string() && v.markup()) return v;
-    return Value::string(html_escape(to_str(v)), true);
+    return derived(html_escape(to_str(v)), true, has_content(v));
   }
   if (name == "indent") return do_indent(v, args);
   if (name == "int") return do_int(v, args);
@@ -701,7 +722,7 @@ std::vector<std::pair<Value, Value>> dict_items(const char* fn, const Args& args
       }
     }
   }
-  for (const auto& [k, v] : args.keyword) items.emplace_back(Value::string(k), v);
+  for (const auto& [k, v] : args.keyword) items.emplace_back(derived(k, false, args.keyword_content), v);
   return items;
 }
 
@@ -729,6 +750,7 @@ std::string strftime_now(const std::string& format, const Env& env) {
     }
     fmt += format[i];
   }
+  check_size(256 + fmt.size() * 8);  // the buffer below, for a format string from the template
   std::string out(256 + fmt.size() * 8, '\0');
   const size_t n = std::strftime(out.data(), out.size(), fmt.c_str(), &tm);
   out.resize(n);
@@ -746,12 +768,13 @@ Value call_global(std::string_view name, const Args& args, const Env& env) {
   if (name == "strftime_now") {
     auto a = bind_args("strftime_now", args, {"format"});
     if (!a[0] || !a[0]->is_string()) fail("strftime_now() argument must be str");
-    return Value::string(strftime_now(a[0]->str(), env));
+    return derived(strftime_now(a[0]->str(), env), false, has_content(*a[0]));
   }
   if (name == "namespace") {
     auto ns = std::make_shared<Namespace>();
     for (auto& [k, v] : dict_items("namespace", args)) {
       if (!k.is_string()) fail("namespace attribute names must be strings");
+      ns->content_names = ns->content_names || has_content(k);
       if (!k.str().empty() && k.str()[0] == '_')
         fail("chat templates cannot store underscore-prefixed attributes on a namespace, but got '" + k.str() + "'");
       if (Value* slot = ns->find(k.str())) {

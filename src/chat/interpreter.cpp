@@ -3,6 +3,8 @@
 #include <deque>
 #include <optional>
 
+#include "chat/text.h"
+
 namespace moerun::chat {
 
 const Value* Scope::find(std::string_view name) const {
@@ -83,10 +85,10 @@ class Interpreter {
     for (auto& ns : namespaces_) ns->attrs.clear();
   }
 
-  std::string run() {
-    std::string out;
+  Rendered run() {
+    TextBuilder out;
     exec(program_.body, out);
-    return out;
+    return {out.take_text(), out.take_spans()};
   }
 
   bool passes_filter(LoopState& loop, const Value& item) {
@@ -135,13 +137,8 @@ class Interpreter {
     return Value::undefined("'" + name + "' is undefined");
   }
 
-  static void append(std::string& out, std::string_view text) {
-    out += text;
-    check_size(out.size());
-  }
-
   // --- statements --------------------------------------------------------------------------
-  Flow exec(const Body& body, std::string& out) {
+  Flow exec(const Body& body, TextBuilder& out) {
     for (const StmtPtr& s : body) {
       const Flow f = exec(*s, out);
       if (f != Flow::normal) return f;
@@ -149,7 +146,7 @@ class Interpreter {
     return Flow::normal;
   }
 
-  Flow exec(const Stmt& s, std::string& out) {
+  Flow exec(const Stmt& s, TextBuilder& out) {
     Depth depth(depth_);
     try {
       return exec_stmt(s, out);
@@ -159,20 +156,20 @@ class Interpreter {
     }
   }
 
-  Flow exec_stmt(const Stmt& s, std::string& out) {
+  Flow exec_stmt(const Stmt& s, TextBuilder& out) {
     switch (s.kind) {
-      case StmtKind::text: append(out, s.text); break;
-      case StmtKind::output: append(out, to_str(eval(*s.expr))); break;
+      case StmtKind::text: out.append(s.text); break;
+      case StmtKind::output: out.append(eval(*s.expr)); break;
       case StmtKind::if_: return exec(truthy(eval(*s.expr)) ? s.body : s.else_body, out);
       case StmtKind::for_: exec_for(s, out); break;
       case StmtKind::set: assign(s.target, eval(*s.expr), true); break;
       case StmtKind::set_block: {
-        std::string text;
+        TextBuilder text;
         {
           ScopeSwap inner(scope_, child_scope());
           exec(s.body, text);
         }
-        Value v = Value::string(std::move(text));
+        Value v = text.take();
         if (s.filter) v = eval_with_input(*s.filter, v);
         assign(s.target, std::move(v), true);
         break;
@@ -190,16 +187,16 @@ class Interpreter {
         caller.as<Function>().macro = s.macro.get();
         caller.as<Function>().closure = scope_;
         scope_->captured = true;
-        append(out, to_str(eval_call(*s.expr, &caller)));
+        out.append(eval_call(*s.expr, &caller));
         break;
       }
       case StmtKind::filter_block: {
-        std::string text;
+        TextBuilder text;
         {
           ScopeSwap inner(scope_, child_scope());
           exec(s.body, text);
         }
-        append(out, to_str(eval_with_input(*s.filter, Value::string(std::move(text)))));
+        out.append(eval_with_input(*s.filter, text.take()));
         break;
       }
       case StmtKind::with: {
@@ -220,7 +217,7 @@ class Interpreter {
     return Flow::normal;
   }
 
-  void exec_for(const Stmt& s, std::string& out) {
+  void exec_for(const Stmt& s, TextBuilder& out) {
     auto loop = std::make_shared<LoopState>();
     loop->interp = this;
     LazyItems source = iterate_lazy(eval(*s.expr));
@@ -315,6 +312,7 @@ class Interpreter {
       for (const auto& [k, v] : d.as<Dict>().items) {
         if (!k.is_string()) fail("keywords must be strings");
         a.keyword.emplace_back(k.str(), v);
+        a.keyword_content = a.keyword_content || has_content(k);
       }
     }
     return a;
@@ -363,7 +361,7 @@ class Interpreter {
       } else if (k == "caller" && m.uses_caller) {
         caller = v;
       } else if (m.uses_kwargs) {
-        extra_kwargs.emplace_back(Value::string(k), v);
+        extra_kwargs.emplace_back(derived(k, false, args.keyword_content), v);
       } else {
         fail("macro '" + m.name + "' takes no keyword argument '" + k + "'");
       }
@@ -382,9 +380,9 @@ class Interpreter {
     }
     if (m.uses_kwargs) scope_->set("kwargs", make_dict(std::move(extra_kwargs)));
     if (m.uses_caller) scope_->set("caller", caller ? *caller : Value::undefined("No caller defined"));
-    std::string out;
+    TextBuilder out;
     exec(m.body, out);
-    return Value::string(std::move(out));
+    return out.take();
   }
 
   Value loop_attr(const Value& loop_value, const std::string& name) {
@@ -498,12 +496,9 @@ class Interpreter {
         return Value::boolean(true);
       }
       case ExprKind::concat: {
-        std::string s;
-        for (const ExprPtr& a : e.args) {
-          s += to_str(eval(*a));
-          check_size(s.size());
-        }
-        return Value::string(std::move(s));
+        TextBuilder s;
+        for (const ExprPtr& a : e.args) s.append(eval(*a));
+        return s.take();
       }
       case ExprKind::condexpr: {
         if (truthy(eval(*e.args[0]))) return eval(*e.args[1]);
@@ -569,7 +564,8 @@ std::string loop_repr(const Value& v) {
   return "<LoopContext " + std::to_string(loop.index0 + 1) + "/" + std::to_string(loop.length()) + ">";
 }
 
-std::string render_program(const Program& program, std::vector<std::pair<std::string, Value>> context, const Env& env) {
+Rendered render_program(const Program& program, std::vector<std::pair<std::string, Value>> context, const Env& env) {
+  RenderBudget budget;  // this thread's, for the rendering
   Interpreter interp(program, std::move(context), env);
   return interp.run();
 }

@@ -35,10 +35,17 @@ Value make_function(Function::Kind kind, std::string name, Value self = {});
 
 // Bound on nested evaluation (expressions, statements, macro calls) at render time.
 constexpr int kMaxRenderDepth = 500;
-// Bound on loop iterations and output size, so a hostile template fails instead of running forever.
+// Bound on loop iterations, so a hostile template fails instead of running forever.
 constexpr int64_t kMaxIterations = 1'000'000;
 
-// Renders `program`; evaluation errors come back as Fault with the line that raised them.
-std::string render_program(const Program& program, std::vector<std::pair<std::string, Value>> context, const Env& env);
+// The rendered text and its content spans (the bytes that came from the conversation).
+struct Rendered {
+  std::string text;
+  Spans spans;
+};
+
+// Renders `program` within one RenderBudget (kMaxRenderBytes); evaluation errors come back as Fault
+// with the line that raised them.
+Rendered render_program(const Program& program, std::vector<std::pair<std::string, Value>> context, const Env& env);
 
 }  // namespace moerun::chat

@@ -11,7 +11,16 @@ namespace moerun::chat {
 
 namespace {
 
-Value from_json_at(const nlohmann::ordered_json& j, const std::string& where, int depth) {
+Value text(const std::string& s, bool content, const std::string& where) {
+  // Value::string's own check would throw a Fault, which has no place to name here.
+  if (s.size() > kMaxStringBytes)
+    throw Error(where, "string longer than " + std::to_string(kMaxStringBytes >> 20) + " MiB");
+  Spans spans;
+  if (content && !s.empty()) spans.push_back({0, s.size()});
+  return Value::string(s, false, std::move(spans));
+}
+
+Value from_json_at(const nlohmann::ordered_json& j, const std::string& where, bool content, int depth) {
   if (depth > kMaxValueDepth)
     throw Error(where, "nested deeper than " + std::to_string(kMaxValueDepth) + " levels");
   switch (j.type()) {
@@ -28,13 +37,13 @@ Value from_json_at(const nlohmann::ordered_json& j, const std::string& where, in
     case nlohmann::ordered_json::value_t::string: {
       const auto& s = j.get_ref<const std::string&>();
       if (!is_valid_utf8(s)) throw Error(where, "string is not valid UTF-8");
-      return Value::string(s);
+      return text(s, content, where);
     }
     case nlohmann::ordered_json::value_t::array: {
       std::vector<Value> items;
       items.reserve(j.size());
       for (size_t i = 0; i < j.size(); ++i)
-        items.push_back(from_json_at(j[i], where + "[" + std::to_string(i) + "]", depth + 1));
+        items.push_back(from_json_at(j[i], where + "[" + std::to_string(i) + "]", content, depth + 1));
       return make_list(std::move(items));
     }
     case nlohmann::ordered_json::value_t::object: {
@@ -42,7 +51,7 @@ Value from_json_at(const nlohmann::ordered_json& j, const std::string& where, in
       items.reserve(j.size());
       for (const auto& [k, v] : j.items()) {
         if (!is_valid_utf8(k)) throw Error(where, "key is not valid UTF-8");
-        items.emplace_back(Value::string(k), from_json_at(v, where + "." + k, depth + 1));
+        items.emplace_back(text(k, content, where), from_json_at(v, where + "." + k, content, depth + 1));
       }
       return make_dict(std::move(items));
     }
@@ -57,7 +66,9 @@ void dump_string(std::string& out, std::string_view s, bool ensure_ascii) {
     for (int k = 3; k >= 0; --k) out += kHex[(c >> (4 * k)) & 15];
   };
   out += '"';
-  for (char32_t c : decode_utf8(s)) {
+  for (size_t i = 0; i < s.size(); i += char_bytes(s[i])) {  // no copy as code points: s may be 256 MiB
+    const char32_t c = code_point_at(s, i);
+    if (out.size() > kMaxStringBytes) check_size(out.size());  // escapes grow the text up to 12x
     switch (c) {
       case '"': out += "\\\""; continue;
       case '\\': out += "\\\\"; continue;
@@ -101,7 +112,10 @@ struct Dumper {
 
   void newline(int level) {
     out += '\n';
-    for (int i = 0; i < level; ++i) out += *opt.indent;
+    for (int i = 0; i < level; ++i) {
+      out += *opt.indent;
+      check_size(out.size());
+    }
   }
 
   std::string key_text(const Value& k) {
@@ -169,7 +183,9 @@ struct Dumper {
 
 }  // namespace
 
-Value from_json(const nlohmann::ordered_json& j, const std::string& where) { return from_json_at(j, where, 0); }
+Value from_json(const nlohmann::ordered_json& j, const std::string& where, bool content) {
+  return from_json_at(j, where, content, 0);
+}
 
 std::string dump_json(const Value& v, const DumpOptions& opt) {
   Dumper d{opt, {}};

@@ -13,8 +13,9 @@
 namespace moerun::chat {
 
 // `where` names the value in messages ("messages[2].content"); invalid UTF-8, integers beyond int64
-// and nesting deeper than kMaxValueDepth are errors.
-Value from_json(const nlohmann::ordered_json& j, const std::string& where);
+// and nesting deeper than kMaxValueDepth are errors. With `content`, every string (keys too) is
+// marked as conversation content, all of it (chat/text.h).
+Value from_json(const nlohmann::ordered_json& j, const std::string& where, bool content = false);
 
 struct DumpOptions {
   bool ensure_ascii = false;

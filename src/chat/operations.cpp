@@ -7,6 +7,7 @@
 
 #include "chat/builtins.h"
 #include "chat/interpreter.h"
+#include "chat/text.h"
 #include "chat/unicode.h"
 
 namespace moerun::chat {
@@ -66,11 +67,11 @@ int64_t checked_mul(int64_t a, int64_t b) {
   return r;
 }
 
-std::string quoted(std::string_view s) { return "'" + std::string(s) + "'"; }
+std::string in_quotes(std::string_view s) { return "'" + std::string(s) + "'"; }
 
 Value undefined_attr(const Value& obj, const std::string& name) {
   const std::string type = obj.is_none() ? "None" : std::string(type_name(obj)) + " object";
-  return Value::undefined(quoted(type) + " has no attribute " + quoted(name));
+  return Value::undefined(in_quotes(type) + " has no attribute " + in_quotes(name));
 }
 Value undefined_item(const Value& obj, const Value& key) {
   if (key.is_string()) return undefined_attr(obj, key.str());
@@ -78,7 +79,7 @@ Value undefined_item(const Value& obj, const Value& key) {
   return Value::undefined(type + " has no element " + repr(key));
 }
 Value unsafe(const Value& obj, const std::string& name) {
-  return Value::undefined("access to attribute " + quoted(name) + " of " + quoted(type_name(obj)) +
+  return Value::undefined("access to attribute " + in_quotes(name) + " of " + in_quotes(type_name(obj)) +
                           " object is unsafe.");
 }
 
@@ -155,8 +156,11 @@ Value element(const Value& obj, const std::vector<Value>& items, int64_t i) {
   return items[static_cast<size_t>(k)];
 }
 
-// PySlice_AdjustIndices: the indices a slice visits in a sequence of `n`.
-std::vector<int64_t> slice_indices(int64_t n, const Value& start_v, const Value& stop_v, const Value& step_v) {
+// PySlice_AdjustIndices: where a slice of a sequence of `n` starts, stops and steps.
+struct SliceSpec {
+  int64_t start, stop, step;
+};
+SliceSpec slice_spec(int64_t n, const Value& start_v, const Value& stop_v, const Value& step_v) {
   const int64_t step = step_v.is_none() ? 1 : step_v.as_int();
   if (step == 0) fail("slice step cannot be zero");
   auto adjust = [&](const Value& v, bool is_start) {
@@ -169,10 +173,51 @@ std::vector<int64_t> slice_indices(int64_t n, const Value& start_v, const Value&
     }
     return std::min(x, upper);
   };
-  const int64_t start = adjust(start_v, true), stop = adjust(stop_v, false);
+  return {adjust(start_v, true), adjust(stop_v, false), step};
+}
+
+// The indices a slice visits in a sequence of `n`.
+std::vector<int64_t> slice_indices(int64_t n, const Value& start_v, const Value& stop_v, const Value& step_v) {
+  const SliceSpec sl = slice_spec(n, start_v, stop_v, step_v);
   std::vector<int64_t> out;
-  for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) out.push_back(i);
+  for (int64_t i = sl.start; sl.step > 0 ? i < sl.stop : i > sl.stop; i += sl.step) out.push_back(i);
   return out;
+}
+
+// The byte offset of code point `cp` of valid UTF-8, walking forward from code point `from_cp` at
+// byte `from` (no table: a string may be 256 MiB).
+size_t byte_of(std::string_view s, size_t from, int64_t from_cp, int64_t cp) {
+  for (; from_cp < cp; ++from_cp) from += char_bytes(s[from]);
+  return from;
+}
+
+// s[start:stop:step] of a string, in code points, character by character with their spans.
+Value slice_string(const Value& obj, const Value& start, const Value& stop, const Value& step) {
+  const std::string& s = obj.str();
+  const SliceSpec sl = slice_spec(static_cast<int64_t>(code_point_count(s)), start, stop, step);
+  TextBuilder out;
+  if (sl.step == 1) {  // one run of bytes
+    if (sl.start < sl.stop) {
+      const size_t b = byte_of(s, 0, 0, sl.start);
+      out.append_sub(obj, b, byte_of(s, b, sl.start, sl.stop));
+    }
+  } else if (sl.step > 0) {
+    size_t at = 0;
+    int64_t cp = 0;
+    for (int64_t i = sl.start; i < sl.stop; i += sl.step) {
+      at = byte_of(s, at, cp, i);
+      cp = i;
+      out.append_sub(obj, at, at + char_bytes(s[at]));
+    }
+  } else {  // backwards from the end
+    size_t at = s.size();
+    int64_t cp = static_cast<int64_t>(code_point_count(s));
+    for (int64_t i = sl.start; i > sl.stop; i += sl.step) {
+      for (; cp > i; --cp) at = code_point_before(s, at);
+      out.append_sub(obj, at, at + char_bytes(s[at]));
+    }
+  }
+  return out.take(obj.markup());
 }
 
 // --- strings ---------------------------------------------------------------------------------------
@@ -182,47 +227,58 @@ std::u32string strip_set(const Value& chars, const char* fn) {
   return decode_utf8(chars.str());
 }
 
-std::string strip(std::string_view s, const Value& chars, bool left, bool right, const char* fn) {
+// Byte ranges of parts of a string: strip, split and splitlines return where their parts are, so
+// the parts keep their content spans (chat/text.h).
+using Range = std::pair<size_t, size_t>;
+
+Range strip(std::string_view s, const Value& chars, bool left, bool right, const char* fn) {
+  // Walks in from both ends one character at a time: only the stripped characters are decoded.
   const std::u32string set = strip_set(chars, fn);
   const bool ws = chars.is_none();
-  const std::u32string cps = decode_utf8(s);
   auto strip_it = [&](char32_t c) { return ws ? py_isspace(c) : set.find(c) != std::u32string::npos; };
-  size_t b = 0, e = cps.size();
+  size_t b = 0, e = s.size();
   if (left)
-    while (b < e && strip_it(cps[b])) ++b;
+    while (b < e && strip_it(code_point_at(s, b))) b += char_bytes(s[b]);
   if (right)
-    while (e > b && strip_it(cps[e - 1])) --e;
-  return encode_utf8(std::u32string_view(cps).substr(b, e - b));
+    while (e > b && strip_it(code_point_at(s, code_point_before(s, e)))) e = code_point_before(s, e);
+  return {b, e};
 }
 
-std::vector<std::string> split(std::string_view s, const Value& sep, int64_t maxsplit, bool from_right) {
-  std::vector<std::string> out;
+// Python's split() builds one string per part; ours would fail at make_list anyway, so fail before
+// holding more parts than a list may have (a 200 MB string of commas is 100M parts).
+void check_parts(size_t n) {
+  if (n > kMaxItems) fail("sequence of more than " + std::to_string(kMaxItems) + " items");
+}
+
+std::vector<Range> split(std::string_view s, const Value& sep, int64_t maxsplit, bool from_right) {
+  std::vector<Range> out;
   if (maxsplit < 0) maxsplit = std::numeric_limits<int64_t>::max();
-  if (sep.is_none()) {  // CPython split_whitespace / rsplit_whitespace
-    const std::u32string c = decode_utf8(s);
-    const size_t n = c.size();
+  auto space_at = [&](size_t i) { return py_isspace(code_point_at(s, i)); };
+  if (sep.is_none()) {  // CPython split_whitespace / rsplit_whitespace, over bytes
     if (!from_right) {
-      size_t i = 0;
+      size_t i = 0, n = s.size();
       while (maxsplit-- > 0) {
-        while (i < n && py_isspace(c[i])) ++i;
+        while (i < n && space_at(i)) i += char_bytes(s[i]);
         if (i == n) break;
         const size_t j = i;
-        while (i < n && !py_isspace(c[i])) ++i;
-        out.push_back(encode_utf8(std::u32string_view(c).substr(j, i - j)));
+        while (i < n && !space_at(i)) i += char_bytes(s[i]);
+        out.emplace_back(j, i);
+        check_parts(out.size());
       }
-      while (i < n && py_isspace(c[i])) ++i;
-      if (i < n) out.push_back(encode_utf8(std::u32string_view(c).substr(i)));
+      while (i < n && space_at(i)) i += char_bytes(s[i]);
+      if (i < n) out.emplace_back(i, n);
     } else {
-      size_t i = n;
+      size_t i = s.size();
       while (maxsplit-- > 0) {
-        while (i > 0 && py_isspace(c[i - 1])) --i;
+        while (i > 0 && space_at(code_point_before(s, i))) i = code_point_before(s, i);
         if (i == 0) break;
         const size_t j = i;
-        while (i > 0 && !py_isspace(c[i - 1])) --i;
-        out.push_back(encode_utf8(std::u32string_view(c).substr(i, j - i)));
+        while (i > 0 && !space_at(code_point_before(s, i))) i = code_point_before(s, i);
+        out.emplace_back(i, j);
+        check_parts(out.size());
       }
-      while (i > 0 && py_isspace(c[i - 1])) --i;
-      if (i > 0) out.push_back(encode_utf8(std::u32string_view(c).substr(0, i)));
+      while (i > 0 && space_at(code_point_before(s, i))) i = code_point_before(s, i);
+      if (i > 0) out.emplace_back(0, i);
       std::reverse(out.begin(), out.end());
     }
     return out;
@@ -233,67 +289,69 @@ std::vector<std::string> split(std::string_view s, const Value& sep, int64_t max
   if (!from_right) {
     size_t start = 0;
     for (size_t p; maxsplit > 0 && (p = s.find(d, start)) != std::string_view::npos; --maxsplit) {
-      out.emplace_back(s.substr(start, p - start));
+      out.emplace_back(start, p);
+      check_parts(out.size());
       start = p + d.size();
     }
-    out.emplace_back(s.substr(start));
+    out.emplace_back(start, s.size());
   } else {
     size_t end = s.size();
     for (; maxsplit > 0 && end >= d.size(); --maxsplit) {
       const size_t p = s.rfind(d, end - d.size());
       if (p == std::string_view::npos) break;
-      out.emplace_back(s.substr(p + d.size(), end - p - d.size()));
+      out.emplace_back(p + d.size(), end);
+      check_parts(out.size());
       end = p;
     }
-    out.emplace_back(s.substr(0, end));
+    out.emplace_back(0, end);
     std::reverse(out.begin(), out.end());
   }
   return out;
 }
 
-std::vector<std::string> splitlines(std::string_view s, bool keepends) {
-  const std::u32string c = decode_utf8(s);
-  std::vector<std::string> out;
+std::vector<Range> splitlines(std::string_view s, bool keepends) {
+  auto line_break = [](char32_t x) {
+    return x == '\n' || x == '\r' || x == 0x0B || x == 0x0C || x == 0x1C || x == 0x1D || x == 0x1E || x == 0x85 ||
+           x == 0x2028 || x == 0x2029;
+  };
+  std::vector<Range> out;
   size_t i = 0;
-  while (i < c.size()) {
+  while (i < s.size()) {
     size_t j = i;
-    while (j < c.size()) {
-      const char32_t x = c[j];
-      if (x == '\n' || x == '\r' || x == 0x0B || x == 0x0C || x == 0x1C || x == 0x1D || x == 0x1E || x == 0x85 ||
-          x == 0x2028 || x == 0x2029)
-        break;
-      ++j;
-    }
+    while (j < s.size() && !line_break(code_point_at(s, j))) j += char_bytes(s[j]);
     size_t eol = j;
-    if (j < c.size()) eol = c[j] == '\r' && j + 1 < c.size() && c[j + 1] == '\n' ? j + 2 : j + 1;
-    out.push_back(encode_utf8(std::u32string_view(c).substr(i, (keepends ? eol : j) - i)));
+    if (j < s.size()) eol = s[j] == '\r' && j + 1 < s.size() && s[j + 1] == '\n' ? j + 2 : j + char_bytes(s[j]);
+    out.emplace_back(i, keepends ? eol : j);
+    check_parts(out.size());
     i = eol;
   }
   return out;
 }
 
-std::string replace(std::string_view s, std::string_view old, std::string_view with, int64_t count) {
+// str.replace: the kept parts of `s` and each inserted `with` keep their spans.
+Value replace(const Value& s, std::string_view old, const Value& with, int64_t count, bool markup) {
+  const std::string& text = s.str();
   if (count < 0) count = std::numeric_limits<int64_t>::max();
-  std::string out;
+  TextBuilder out;
   if (old.empty()) {  // Python inserts `with` before every character and at the end
-    const std::u32string c = decode_utf8(s);
-    for (size_t i = 0; i <= c.size(); ++i) {
+    for (size_t i = 0;; i += char_bytes(text[i])) {
       if (count > 0) {
-        out += with;
+        out.append(with);
         --count;
       }
-      if (i < c.size()) append_utf8(out, c[i]);
-      check_size(out.size());
+      if (i >= text.size()) break;
+      out.append_sub(s, i, i + char_bytes(text[i]));
     }
-    return out;
+    return out.take(markup);
   }
   size_t start = 0;
-  for (size_t p; count > 0 && (p = s.find(old, start)) != std::string_view::npos; --count) {
-    out.append(s.substr(start, p - start)).append(with);
+  for (size_t p; count > 0 && (p = text.find(old, start)) != std::string::npos; --count) {
+    out.append_sub(s, start, p);
+    out.append(with);
     start = p + old.size();
-    check_size(out.size());
   }
-  return out.append(s.substr(start));
+  out.append_sub(s, start, text.size());
+  return out.take(markup);
 }
 
 // CPython's ADJUST_INDICES for str.find(sub, start, end) and friends, in code points: negative
@@ -315,6 +373,12 @@ std::pair<int64_t, int64_t> adjust_indices(const std::optional<Value>& start_v, 
   return {b, e};
 }
 
+// No start or end given: the whole string, where a match of valid UTF-8 in valid UTF-8 can only begin
+// at a character, so searching bytes gives Python's answers.
+bool whole_string(const std::optional<Value>& start, const std::optional<Value>& end) {
+  return (!start || start->is_none()) && (!end || end->is_none());
+}
+
 // The first (or last) match of needle in hay[b:e], or -1.
 int64_t find(const std::u32string& hay, const std::u32string& needle, int64_t b, int64_t e, bool from_right) {
   if (e - b < static_cast<int64_t>(needle.size())) return -1;
@@ -334,6 +398,9 @@ std::string pad(std::string_view s, int64_t width, const Value& fill, int where 
   if (width <= len) return std::string(s);
   if (width > static_cast<int64_t>(kMaxStringBytes)) check_size(static_cast<size_t>(width));
   const int64_t marg = width - len;
+  const size_t bytes = s.size() + static_cast<size_t>(marg) * utf8_bytes(f);  // a fill may be 4 bytes
+  check_size(bytes);
+  check_budget(bytes);
   // CPython str.center: left = marg / 2 + (marg & width & 1)
   const int64_t left = where < 0 ? 0 : where > 0 ? marg : marg / 2 + (marg & width & 1);
   std::string out;
@@ -343,9 +410,9 @@ std::string pad(std::string_view s, int64_t width, const Value& fill, int where 
   return out;
 }
 
-Value str_list(const std::vector<std::string>& parts, bool markup) {
+Value str_list(const Value& self, const std::vector<Range>& parts, bool markup) {
   std::vector<Value> items;
-  for (const std::string& p : parts) items.push_back(Value::string(p, markup));
+  for (const auto& [b, e] : parts) items.push_back(substring(self, b, e, markup));
   return make_list(std::move(items));
 }
 
@@ -376,7 +443,10 @@ Value str_method(const Value& self, std::string_view name, const Args& args) {
   const bool markup = self.markup();
   // On Markup (markupsafe 3) the results stay Markup and some arguments are escaped: replace's
   // `new`, the fill character of center/ljust/rjust and the items of join.
-  auto escaped = [&](const std::string& t, bool arg_is_markup) { return markup && !arg_is_markup ? html_escape(t) : t; };
+  // An escaped argument's text changes, so all of it is content when any of it was.
+  auto escaped = [&](const Value& arg) {
+    return markup && !arg.markup() ? derived(html_escape(arg.str()), false, has_content(arg)) : arg;
+  };
   const std::string fn(name);
   if (name == "upper" || name == "lower" || name == "title" || name == "capitalize") {
     bind_args(fn, args, {}, false);
@@ -384,31 +454,43 @@ Value str_method(const Value& self, std::string_view name, const Args& args) {
                           : name == "lower" ? py_lower(s)
                           : name == "title" ? py_title(s)
                                             : py_capitalize(s);
-    return Value::string(r, markup);
+    return derived(r, markup, has_content(self));
   }
   if (name == "strip" || name == "lstrip" || name == "rstrip") {
     auto a = bind_args(fn, args, {"chars"}, false);
-    return Value::string(strip(s, a[0].value_or(Value::none()), name != "rstrip", name != "lstrip", fn.c_str()), markup);
+    const auto [b, e] = strip(s, a[0].value_or(Value::none()), name != "rstrip", name != "lstrip", fn.c_str());
+    return substring(self, b, e, markup);
   }
   if (name == "split" || name == "rsplit") {
     auto a = bind_args(fn, args, {"sep", "maxsplit"});
-    return str_list(split(s, a[0].value_or(Value::none()), int_arg(a[1], -1, fn.c_str()), name == "rsplit"), markup);
+    return str_list(self, split(s, a[0].value_or(Value::none()), int_arg(a[1], -1, fn.c_str()), name == "rsplit"),
+                    markup);
   }
   if (name == "splitlines") {
     auto a = bind_args(fn, args, {"keepends"});
-    return str_list(splitlines(s, a[0] && truthy(*a[0])), markup);
+    return str_list(self, splitlines(s, a[0] && truthy(*a[0])), markup);
   }
   if (name == "replace") {
     auto a = bind_args(fn, args, {"old", "new", "count"}, false);
-    return Value::string(replace(s, str_arg(a[0], "replace"), escaped(str_arg(a[1], "replace"), a[1]->markup()),
-                                 int_arg(a[2], -1, "replace")),
-                         markup);
+    const std::string& old = str_arg(a[0], "replace");
+    str_arg(a[1], "replace");
+    const int64_t count = int_arg(a[2], -1, "replace");
+    return replace(self, old, escaped(*a[1]), count, markup);
   }
   if (name == "startswith" || name == "endswith") {
     auto a = bind_args(fn, args, {"prefix", "start", "end"}, false);
     if (!a[0]) fail(fn + "() takes at least 1 argument (0 given)");
     std::vector<Value> options = a[0]->is(Type::seq) && a[0]->as<Seq>().kind == SeqKind::tuple ? a[0]->as<Seq>().items
                                                                                                  : std::vector<Value>{*a[0]};
+    if (whole_string(a[1], a[2])) {  // the usual call: bytes, without decoding a long content
+      for (const Value& o : options) {
+        if (!o.is_string()) fail(fn + " first arg must be str or a tuple of str, not " + type_name(o));
+        const std::string& x = o.str();
+        if (x.size() <= s.size() && s.compare(name == "startswith" ? 0 : s.size() - x.size(), x.size(), x) == 0)
+          return Value::boolean(true);
+      }
+      return Value::boolean(false);
+    }
     const std::u32string hay = decode_utf8(s);
     const auto [b, e] = adjust_indices(a[1], a[2], static_cast<int64_t>(hay.size()));
     for (const Value& o : options) {
@@ -423,6 +505,18 @@ Value str_method(const Value& self, std::string_view name, const Args& args) {
   }
   if (name == "find" || name == "rfind" || name == "index" || name == "rindex" || name == "count") {
     auto a = bind_args(fn, args, {"sub", "start", "end"}, false);
+    if (whole_string(a[1], a[2])) {  // bytes; an index is the number of code points before the match
+      const std::string& x = str_arg(a[0], fn.c_str());
+      if (name == "count") {
+        if (x.empty()) return Value::integer(static_cast<int64_t>(code_point_count(s)) + 1);
+        int64_t n = 0;
+        for (size_t p = s.find(x); p != std::string::npos; p = s.find(x, p + x.size())) ++n;
+        return Value::integer(n);
+      }
+      const size_t p = name[0] == 'r' ? s.rfind(x) : s.find(x);
+      if (p == std::string::npos && (name == "index" || name == "rindex")) fail("substring not found");
+      return Value::integer(p == std::string::npos ? -1 : static_cast<int64_t>(code_point_count(std::string_view(s).substr(0, p))));
+    }
     const std::u32string hay = decode_utf8(s), needle = decode_utf8(str_arg(a[0], fn.c_str()));
     const auto [b, e] = adjust_indices(a[1], a[2], static_cast<int64_t>(hay.size()));
     if (name == "count") {  // non-overlapping matches; an empty needle matches between every character
@@ -441,57 +535,54 @@ Value str_method(const Value& self, std::string_view name, const Args& args) {
   if (name == "join") {
     auto a = bind_args(fn, args, {"iterable"}, false);
     if (!a[0]) fail("join() takes exactly one argument (0 given)");
-    std::string out;
+    TextBuilder out;
     size_t i = 0;
     for (const Value& item : iterate(*a[0])) {
       if (!item.is_string())
         fail("sequence item " + std::to_string(i) + ": expected str instance, " + type_name(item) + " found");
-      if (i++) out += s;
-      out += escaped(item.str(), item.markup());
-      check_size(out.size());
+      if (i++) out.append(self);
+      out.append(escaped(item));
     }
-    return Value::string(std::move(out), markup);
+    return out.take(markup);
   }
   if (name == "removeprefix" || name == "removesuffix") {
     auto a = bind_args(fn, args, {"affix"}, false);
     const std::string& x = str_arg(a[0], fn.c_str());
-    if (name == "removeprefix" && s.compare(0, x.size(), x) == 0) return Value::string(s.substr(x.size()), markup);
+    if (name == "removeprefix" && s.compare(0, x.size(), x) == 0) return substring(self, x.size(), s.size(), markup);
     if (name == "removesuffix" && !x.empty() && s.size() >= x.size() && s.compare(s.size() - x.size(), x.size(), x) == 0)
-      return Value::string(s.substr(0, s.size() - x.size()), markup);
-    return Value::string(s, markup);
+      return substring(self, 0, s.size() - x.size(), markup);
+    return self;
   }
   if (name == "center" || name == "ljust" || name == "rjust") {
     auto a = bind_args(fn, args, {"width", "fillchar"}, false);
     if (!a[0]) fail(fn + "() takes at least 1 argument (0 given)");
     const int where = name == "center" ? 0 : name == "ljust" ? -1 : 1;
     Value fill = a[1].value_or(Value());
-    if (fill.is_string() && markup) fill = Value::string(escaped(fill.str(), fill.markup()));
-    return Value::string(pad(s, int_arg(a[0], 0, fn.c_str()), fill, where), markup);
+    if (fill.is_string() && markup) fill = escaped(fill);
+    return derived(pad(s, int_arg(a[0], 0, fn.c_str()), fill, where), markup, has_content(self) || has_content(fill));
   }
   if (name == "zfill") {
     auto a = bind_args(fn, args, {"width"}, false);
     const int64_t width = int_arg(a[0], 0, "zfill");
     const auto len = static_cast<int64_t>(code_point_count(s));
-    if (width <= len) return Value::string(s, markup);
+    if (width <= len) return self;
     check_size(static_cast<size_t>(width));
     const bool sign = !s.empty() && (s[0] == '+' || s[0] == '-');
     std::string out = sign ? s.substr(0, 1) : std::string();
     out += std::string(static_cast<size_t>(width - len), '0') + s.substr(sign ? 1 : 0);
-    return Value::string(out, markup);
+    return derived(std::move(out), markup, has_content(self));
   }
   if (name == "partition" || name == "rpartition") {
     auto a = bind_args(fn, args, {"sep"}, false);
     const std::string& sep = str_arg(a[0], fn.c_str());
     if (sep.empty()) fail("empty separator");
     const size_t p = name == "partition" ? s.find(sep) : s.rfind(sep);
+    const Value empty = Value::string("", markup);
     std::vector<Value> parts;
     if (p == std::string::npos) {
-      for (const std::string& x : name == "partition" ? std::vector<std::string>{s, "", ""}
-                                                       : std::vector<std::string>{"", "", s})
-        parts.push_back(Value::string(x, markup));
+      parts = name == "partition" ? std::vector<Value>{self, empty, empty} : std::vector<Value>{empty, empty, self};
     } else {
-      parts = {Value::string(s.substr(0, p), markup), Value::string(sep, markup),
-               Value::string(s.substr(p + sep.size()), markup)};
+      parts = {substring(self, 0, p, markup), a[0]->with_markup(markup), substring(self, p + sep.size(), s.size(), markup)};
     }
     return make_tuple(std::move(parts));
   }
@@ -604,15 +695,19 @@ Value repeat(const Value& seq, int64_t times) {
     const std::string& s = seq.str();
     if (times <= 0 || s.empty()) return Value::string("", seq.markup());
     if (static_cast<uint64_t>(times) > kMaxStringBytes / s.size()) check_size(kMaxStringBytes + 1);
+    const size_t n = s.size() * static_cast<size_t>(times);
+    check_budget(n);  // before allocating it
     std::string out;
-    out.reserve(s.size() * static_cast<size_t>(times));
-    for (int64_t i = 0; i < times; ++i) out += s;
-    return Value::string(std::move(out), seq.markup());
+    out.reserve(n);
+    out += s;
+    while (out.size() < n) out.append(out, 0, std::min(out.size(), n - out.size()));  // doubling copies
+    return derived(std::move(out), seq.markup(), has_content(seq));
   }
   const Seq& s = seq.as<Seq>();
   std::vector<Value> out;
   if (times > 0 && !s.items.empty()) {
     if (static_cast<uint64_t>(times) > kMaxItems / s.items.size()) fail("sequence too long");
+    check_budget(static_cast<size_t>(times) * s.items.size() * sizeof(Value));
     for (int64_t i = 0; i < times; ++i) out.insert(out.end(), s.items.begin(), s.items.end());
   }
   return make_seq(s.kind, std::move(out));
@@ -653,11 +748,12 @@ Value get_item(const Value& obj, const Value& key) {
     }
     case Type::string:
       if (key.is_int_like()) {
-        const std::u32string c = decode_utf8(obj.str());
-        const auto n = static_cast<int64_t>(c.size());
+        const std::string& s = obj.str();
+        const auto n = static_cast<int64_t>(code_point_count(s));
         const int64_t i = key.as_int() < 0 ? key.as_int() + n : key.as_int();
         if (i < 0 || i >= n) return undefined_item(obj, key);
-        return Value::string(encode_utf8(c.substr(static_cast<size_t>(i), 1)), obj.markup());
+        const size_t at = byte_of(s, 0, 0, i);
+        return substring(obj, at, at + char_bytes(s[at]), obj.markup());
       }
       break;
     default: break;
@@ -672,12 +768,7 @@ Value slice(const Value& obj, const Value& start, const Value& stop, const Value
   if (obj.is_undefined()) fail_undefined(obj);
   for (const Value* v : {&start, &stop, &step})
     if (!v->is_none() && !v->is_int_like()) fail("slice indices must be integers or None or have an __index__ method");
-  if (obj.is_string()) {
-    const std::u32string c = decode_utf8(obj.str());
-    std::u32string out;
-    for (int64_t i : slice_indices(static_cast<int64_t>(c.size()), start, stop, step)) out += c[static_cast<size_t>(i)];
-    return Value::string(encode_utf8(out), obj.markup());
-  }
+  if (obj.is_string()) return slice_string(obj, start, stop, step);
   if (obj.is(Type::seq)) {
     const Seq& s = obj.as<Seq>();
     if (s.kind == SeqKind::list || s.kind == SeqKind::tuple || s.kind == SeqKind::range) {
@@ -720,10 +811,15 @@ Value binary_op(std::string_view op, const Value& a, const Value& b) {
     if (a.is_string() && b.is_string()) {
       // Markup + str escapes the str (markupsafe's __add__/__radd__); str + str is plain.
       const bool markup = a.markup() || b.markup();
-      const std::string left = markup && !a.markup() ? html_escape(a.str()) : a.str();
-      const std::string right = markup && !b.markup() ? html_escape(b.str()) : b.str();
-      check_size(left.size() + right.size());
-      return Value::string(left + right, markup);
+      auto side = [markup](const Value& v) {  // escaped text changes: all content if any of it was
+        return markup && !v.markup() ? derived(html_escape(v.str()), false, has_content(v)) : v;
+      };
+      const Value left = side(a), right = side(b);
+      check_size(left.str().size() + right.str().size());
+      TextBuilder out;
+      out.append(left);
+      out.append(right);
+      return out.take(markup);
     }
     if (is_list_or_tuple(a) && is_list_or_tuple(b) && a.as<Seq>().kind == b.as<Seq>().kind) {
       std::vector<Value> items = a.as<Seq>().items;

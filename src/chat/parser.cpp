@@ -17,13 +17,21 @@ class Parser {
  public:
   Parser(std::vector<Token> tokens, const std::string& name) : tokens_(std::move(tokens)), name_(name) {}
 
-  Body parse() { return subparse({}); }
+  Body parse() {
+    Body body = subparse({});
+    if (const int line = line_deeper_than(body, kMaxAstDepth))
+      fail("template nested deeper than " + std::to_string(kMaxAstDepth) +
+               " levels (statements and expressions; a long chain like 1+1+... or a.b.c... counts each step)",
+           line);
+    return body;
+  }
 
  private:
   std::vector<Token> tokens_;
   const std::string& name_;
   size_t i_ = 0;
   int depth_ = 0;
+  int nodes_ = 0;         // expressions and statements made, against kMaxAstNodes
   int loop_depth_ = 0;    // break/continue are only valid directly inside a for body
   bool soft_ = false;     // inside if/condexpr: jinja2 defers unknown filters/tests to runtime
   std::vector<Macro*> macros_;  // macros being parsed, to note which read varargs/kwargs/caller
@@ -101,13 +109,19 @@ class Parser {
     ~Save() { ref = old; }
   };
 
-  static ExprPtr make(ExprKind kind, int line) {
+  void count_node(int line) {
+    if (++nodes_ > kMaxAstNodes)
+      fail("template has more than " + std::to_string(kMaxAstNodes) + " expressions and statements", line);
+  }
+  ExprPtr make(ExprKind kind, int line) {
+    count_node(line);
     auto e = std::make_unique<Expr>();
     e->kind = kind;
     e->line = line;
     return e;
   }
-  static StmtPtr make_stmt(StmtKind kind, int line) {
+  StmtPtr make_stmt(StmtKind kind, int line) {
+    count_node(line);
     auto s = std::make_unique<Stmt>();
     s->kind = kind;
     s->line = line;

@@ -17,8 +17,15 @@ struct Program {
   Body body;
 };
 
-// Nesting bound for statements and expressions: deeper templates are rejected, not a stack overflow.
+// Nesting bound for the parser's recursion (parentheses, nested blocks, `not not ...`): deeper
+// templates are rejected, not a stack overflow.
 constexpr int kMaxParseDepth = 100;
+// Bounds on the tree, whichever way it grows: the parser builds left-deep chains (1+1+..., a.b.c...,
+// x|f|g..., elif chains) in loops, which kMaxParseDepth does not see. Depth counts statements and
+// expressions from the top, as rendering nests (kMaxRenderDepth, 500, leaves room for macro calls);
+// the real templates in tests/data are at most 17 levels deep and 332 nodes large.
+constexpr int kMaxAstDepth = 256;
+constexpr int kMaxAstNodes = 100'000;
 
 Program parse_template(const std::string& source, const std::string& name);
 

@@ -2,8 +2,10 @@
 target_sources(moerun PRIVATE
   src/chat/unicode.cpp
   src/chat/value.cpp
+  src/chat/text.cpp
   src/chat/json.cpp
   src/chat/lexer.cpp
+  src/chat/ast.cpp
   src/chat/parser.cpp
   src/chat/operations.cpp
   src/chat/filters.cpp

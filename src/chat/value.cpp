@@ -5,15 +5,39 @@
 #include <cmath>
 #include <cstdio>
 
+#include "chat/text.h"
 #include "chat/unicode.h"
 
 namespace moerun::chat {
 
 void fail(std::string message) { throw Fault{std::move(message)}; }
 
+// --- the render budget -------------------------------------------------------------------------
+namespace {
+thread_local RenderBudget* current_budget = nullptr;
+}
+
+RenderBudget::RenderBudget(size_t limit) : limit_(limit), previous_(current_budget) { current_budget = this; }
+RenderBudget::~RenderBudget() { current_budget = previous_; }
+
+void check_budget(size_t bytes) {
+  const RenderBudget* b = current_budget;
+  if (b && bytes > b->limit_ - b->used_)
+    fail("rendering allocated more than " + std::to_string(b->limit_ >> 20) +
+         " MiB (strings, lists and output together)");
+}
+
+void charge(size_t bytes) {
+  check_budget(bytes);
+  if (current_budget) current_budget->used_ += bytes;
+}
+
+// --- values ------------------------------------------------------------------------------------
+const std::string Value::empty_;
+
 Value Value::undefined(std::string message) {
   Value v;
-  v.s_ = std::move(message);
+  if (!message.empty()) v.str_ = std::make_shared<const Str>(Str{std::move(message), {}});
   return v;
 }
 Value Value::none() {
@@ -39,13 +63,22 @@ Value Value::floating(double f) {
   v.f_ = f;
   return v;
 }
-Value Value::string(std::string s, bool markup) {
-  check_size(s.size());
+Value Value::make_string(std::string s, bool markup, Spans spans) {
   Value v;
   v.type_ = Type::string;
-  v.s_ = std::move(s);
+  v.str_ = std::make_shared<const Str>(Str{std::move(s), std::move(spans)});
   v.markup_ = markup;
   return v;
+}
+Value Value::string(std::string s, bool markup) {
+  check_size(s.size());
+  charge(s.size());
+  return make_string(std::move(s), markup, {});
+}
+Value Value::string(std::string s, bool markup, Spans spans) {
+  check_size(s.size());
+  charge(s.size());
+  return make_string(std::move(s), markup, std::move(spans));
 }
 Value Value::object(Type type, std::shared_ptr<Object> obj) {
   Value v;
@@ -92,10 +125,14 @@ Value* Namespace::find(std::string_view name) {
 
 Value make_seq(SeqKind kind, std::vector<Value> items, const char* name) {
   if (items.size() > kMaxItems) fail("sequence of more than " + std::to_string(kMaxItems) + " items");
+  charge(items.size() * sizeof(Value));
   auto seq = std::make_shared<Seq>();
   seq->kind = kind;
   int depth = 0;
-  for (const Value& v : items) depth = std::max(depth, depth_of(v));
+  for (const Value& v : items) {
+    depth = std::max(depth, depth_of(v));
+    seq->content = seq->content || has_content(v);
+  }
   seq->depth = depth + 1;
   check_depth(seq->depth);
   seq->items = std::move(items);
@@ -128,11 +165,13 @@ LazyItems iterate_lazy(const Value& v) {
 }
 
 Value make_dict(std::vector<std::pair<Value, Value>> items) {
+  charge(items.size() * 2 * sizeof(Value));
   auto dict = std::make_shared<Dict>();
   int depth = 0;
   for (auto& [k, v] : items) {
     if (!hashable(k)) fail(std::string("unhashable type: '") + type_name(k) + "'");
     depth = std::max({depth, depth_of(k), depth_of(v)});
+    dict->content = dict->content || has_content(k) || has_content(v);
     bool replaced = false;
     for (auto& [k2, v2] : dict->items) {
       if (equal(k2, k)) {
@@ -290,14 +329,14 @@ std::vector<Value> iterate(const Value& v) {
       for (const auto& kv : v.as<Dict>().items) keys.push_back(kv.first);
       return keys;
     }
-    case Type::string: {
+    case Type::string: {  // one string per character, each with its content span
+      const std::string& s = v.str();
+      const size_t count = code_point_count(s);
+      if (count > kMaxItems) fail("sequence of more than " + std::to_string(kMaxItems) + " items");
+      charge(count * sizeof(Value));
       std::vector<Value> chars;
-      std::string one;
-      for (char32_t c : decode_utf8(v.str())) {
-        one.clear();
-        append_utf8(one, c);
-        chars.push_back(Value::string(one));
-      }
+      chars.reserve(count);
+      for (size_t i = 0; i < s.size(); i += char_bytes(s[i])) chars.push_back(substring(v, i, i + char_bytes(s[i]), false));
       return chars;
     }
     default: fail(std::string("'") + type_name(v) + "' object is not iterable");
@@ -342,7 +381,9 @@ std::string repr_string(std::string_view s) {
   const char quote = has_single && !has_double ? '"' : '\'';
   std::string out(1, quote);
   static constexpr char kHex[] = "0123456789abcdef";
-  for (char32_t c : decode_utf8(s)) {
+  for (size_t i = 0; i < s.size(); i += char_bytes(s[i])) {  // no copy as code points: s may be 256 MiB
+    const char32_t c = code_point_at(s, i);
+    if (out.size() > kMaxStringBytes) check_size(out.size());  // escapes grow the text up to 10x
     if (c == static_cast<char32_t>(quote) || c == '\\') {
       out += '\\';
       out += static_cast<char>(c);
@@ -375,6 +416,7 @@ std::string repr(const Value& v, int depth) {
         for (size_t i = 0; i < s.items.size(); ++i) {
           if (i) out += ", ";
           out += repr(s.items[i], depth + 1);
+          check_size(out.size());
         }
         if (s.kind == SeqKind::tuple && s.items.size() == 1) out += ",";
         return out + close;
@@ -400,6 +442,7 @@ std::string repr(const Value& v, int depth) {
         if (!first) out += ", ";
         first = false;
         out += repr(k, depth + 1) + ": " + repr(val, depth + 1);
+        check_size(out.size());
       }
       return out + "}";
     }

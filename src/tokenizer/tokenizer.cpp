@@ -22,16 +22,18 @@ namespace tok {
 
 // --- the pipeline -------------------------------------------------------------------------------
 
-std::vector<int32_t> TokenizerImpl::encode(std::string_view text, bool add_special_tokens, bool parse_special) const {
+std::vector<int32_t> TokenizerImpl::encode(std::string_view text, bool add_special_tokens, bool parse_special,
+                                           std::span<const TextSpan> plain_spans) const {
   if (const auto bad = find_invalid_utf8(text)) {
     static constexpr char kHex[] = "0123456789abcdef";
     const unsigned char b = static_cast<unsigned char>(text[*bad]);
     throw Error("tokenizer input", cat("text is not valid UTF-8: byte 0x", kHex[b >> 4], kHex[b & 15], " at offset ",
                                        *bad, " does not start a well-formed character"));
   }
+  const std::vector<TextSpan> plain = sorted_plain_spans(plain_spans, text.size());
   std::vector<int32_t> ids;
   std::vector<Piece> pieces;
-  for (Segment& seg : added.split(text, normalizer ? &*normalizer : nullptr, parse_special)) {
+  for (Segment& seg : added.split(text, normalizer ? &*normalizer : nullptr, parse_special, plain)) {
     if (seg.token >= 0) {
       ids.push_back(seg.token);
     } else if (!pre_tokenizer) {
@@ -203,20 +205,20 @@ Tokenizer Tokenizer::load(const fs::path& path) {
   if (fs::is_directory(path, ec)) {
     const fs::path json = path / "tokenizer.json", model = path / "tokenizer.model";
     std::unique_ptr<tok::TokenizerImpl> impl;
-    if (fs::is_regular_file(json, ec)) {
+    if (!io::find_regular_file(json).empty()) {  // an Error when tokenizer.json is a FIFO or directory
       impl = tok::load_file(json);
-    } else if (fs::is_regular_file(model, ec)) {
+    } else if (!io::find_regular_file(model).empty()) {
       impl = tok::load_file(model);
     } else {
       throw Error(path.string(), "no tokenizer.json or tokenizer.model in this directory");
     }
-    if (const fs::path cfg = path / "tokenizer_config.json"; fs::is_regular_file(cfg, ec))
+    if (const fs::path cfg = io::find_regular_file(path / "tokenizer_config.json"); !cfg.empty())
       tok::apply_tokenizer_config(*impl, cfg);
-    if (const fs::path gen = path / "generation_config.json"; fs::is_regular_file(gen, ec))
+    if (const fs::path gen = io::find_regular_file(path / "generation_config.json"); !gen.empty())
       tok::apply_generation_config(*impl, gen);
     return Tokenizer(std::move(impl));
   }
-  if (!fs::is_regular_file(path, ec)) throw Error(path.string(), "no such tokenizer file or model directory");
+  if (io::find_regular_file(path).empty()) throw Error(path.string(), "no such tokenizer file or model directory");
   return Tokenizer(tok::load_file(path));
 }
 
@@ -225,7 +227,7 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, const EncodeOptions& options) const {
-  return impl_->encode(text, options.add_special_tokens, options.parse_special);
+  return impl_->encode(text, options.add_special_tokens, options.parse_special, options.plain_spans);
 }
 
 std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_tokens) const {

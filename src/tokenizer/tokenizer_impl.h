@@ -42,7 +42,9 @@ struct TokenizerImpl {
   std::vector<int32_t> eos_ids;
   std::string bos_token, eos_token;
 
-  std::vector<int32_t> encode(std::string_view text, bool add_special_tokens, bool parse_special) const;
+  // `plain_spans`: EncodeOptions::plain_spans.
+  std::vector<int32_t> encode(std::string_view text, bool add_special_tokens, bool parse_special,
+                              std::span<const TextSpan> plain_spans = {}) const;
   // The token strings of `ids` that decode() feeds to the decoder: unknown ids and, when skipping,
   // special ids are left out.
   std::vector<std::string> decode_tokens(std::span<const int32_t> ids, bool skip_special_tokens) const;

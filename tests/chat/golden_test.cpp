@@ -93,7 +93,10 @@ TEST_P(ChatGolden, MatchesTransformers) {
     const std::string where = model + " / " + c["conversation"].get<std::string>() +
                               " / add_generation_prompt=" + (opt.add_generation_prompt ? "true" : "false") +
                               " / tools=" + c["tools"].dump() + " / kwargs=" + c["kwargs"].dump();
-    check_case(c, where, [&] { return tmpl.apply(conversations[c["conversation"].get<std::string>()], opt); });
+    const ChatJson& messages = conversations[c["conversation"].get<std::string>()];
+    check_case(c, where, [&] { return tmpl.apply(messages, opt); });
+    // Tracking the conversation's bytes changes nothing in the text.
+    check_case(c, where + " (apply_tracked)", [&] { return tmpl.apply_tracked(messages, opt).text; });
     ++n;
   }
   std::printf("# %s: %d cases\n", model.c_str(), n);

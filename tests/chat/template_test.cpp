@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -122,6 +123,152 @@ TEST(ChatTemplateLimits, DeepNestingIsAnErrorNotACrash) {
   EXPECT_EQ(render("{{ " + std::string(40, '(') + "1" + std::string(40, ')') + " }}"), "1");
 }
 
+// The parser builds left-deep chains in loops (binary operators, .attr, [item], calls, filters,
+// tests, `if` without else, elif), which its recursion bound does not see. Their trees used to be
+// freed recursively, overflowing the stack (SIGSEGV in template, run and chat). Now the tree's depth
+// and size are bounded in every direction and trees are freed with a work list.
+std::string chain(const std::string& head, const std::string& link, int n, const std::string& tail = "") {
+  std::string s = "{{ " + head;
+  for (int i = 0; i < n; ++i) s += link;
+  return s + tail + " }}";
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+TEST(ChatTemplateLimits, HugeLeftDeepChainsAreErrorsNotCrashes) {
+  for (const auto& [head, link] : std::vector<std::pair<std::string, std::string>>{
+           {"1", "+1"}, {"x", ".a"}, {"'a'", "|upper"}}) {
+    const std::string source = chain(head, link, 400000);  // ~0.8-2.4 MB, as in the report
+    const auto t0 = std::chrono::steady_clock::now();
+    const Error e = error_of(source, {{"x", 1}});
+    EXPECT_EQ(e.where(), "t:1") << link;
+    EXPECT_NE(e.detail().find("more than 100000 expressions and statements"), std::string::npos) << e.what();
+    EXPECT_LT(seconds_since(t0), 20.0) << link << " (a few hundred ms in a Release build)";
+  }
+}
+
+TEST(ChatTemplateLimits, EveryChainShapeIsBoundedInDepth) {
+  // Each shape 300 steps deep: past kMaxAstDepth (256), within the node bound.
+  const std::vector<std::pair<std::string, std::string>> shapes = {
+      {"1", "+1"},      {"1", "-1"},         {"1", "*1"},        {"1", "**1"},      {"1", "//1"},
+      {"x", ".a"},      {"x", "[0]"},        {"x", "(1)"},       {"x", "|string"},  {"1", " is divisibleby(1)"},
+      {"x", " and x"},  {"x", " or x"},      {"x", " if x"},     {"1", "[0:1]"},    {"x", "|join(x)|e"}};
+  for (const auto& [head, link] : shapes)
+    expect_error(chain(head, link, 300), "t:1", "nested deeper than 256 levels");
+  // Flat n-ary nodes (~, comparison chains, lists) are not deep: the node count bounds them.
+  expect_error(chain("x", " ~ x", 120000), "t:1", "more than 100000");
+  expect_error(chain("x", " == x", 120000), "t:1", "more than 100000");
+  std::string list = "{{ [";
+  for (int i = 0; i < 120000; ++i) list += "1,";
+  expect_error(list + "1] }}", "t:1", "more than 100000");
+  // A syntax error at the end of a long chain unwinds it (freed while the error propagates).
+  expect_error(chain("1", "+1", 45000, " +"), "t:1", "unexpected");
+}
+
+TEST(ChatTemplateLimits, ChainsWithinTheBoundsRender) {
+  EXPECT_EQ(render(chain("1", "+1", 249)), "250");
+  EXPECT_EQ(render("{% set ns = namespace() %}{% set ns.a = ns %}" + chain("ns", ".a", 250, " is defined")), "True");
+  EXPECT_EQ(render(chain("'a'", "|upper", 250)), "A");
+  EXPECT_EQ(render(chain("x", " ~ 'b'", 40000), {{"x", "a"}}), "a" + std::string(40000, 'b'));
+  std::string list = "{{ [";
+  for (int i = 0; i < 40000; ++i) list += "1,";
+  EXPECT_EQ(render(list + "1]|length }}"), "40001");
+}
+
+TEST(ChatTemplateLimits, StatementChainsAreBoundedToo) {
+  // elif nests each branch in the previous one's else: a chain of them is a deep tree.
+  auto elifs = [](int n) {
+    std::string s = "{% if x == -1 %}no";
+    for (int i = 0; i < n; ++i) s += "{% elif x == " + std::to_string(i) + " %}" + std::to_string(i);
+    return s + "{% else %}none{% endif %}";
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  expect_error(elifs(100000), "t:1", "more than 100000");
+  expect_error(elifs(5000), "t:1", "nested deeper than 256 levels");
+  EXPECT_LT(seconds_since(t0), 20.0);
+  EXPECT_EQ(render(elifs(200), {{"x", 199}}), "199");
+  EXPECT_EQ(render(elifs(200), {{"x", 1000}}), "none");
+  // Long runs of statements are flat, but count.
+  std::string sets;
+  for (int i = 0; i < 60000; ++i) sets += "{% set x = 1 %}";
+  expect_error(sets, "t:1", "more than 100000");
+  EXPECT_EQ(render(sets.substr(0, 20000 * 15) + "{{ x }}"), "1");
+}
+
+// One rendering may create 512 MiB in total (strings, list items, output): a template that allocates
+// in a loop used to reach gigabytes (7 GB resident) or run for minutes.
+TEST(ChatTemplateLimits, RuntimeAllocationIsBudgeted) {
+  const std::vector<std::string> hostile = {
+      "{% for i in range(100) %}{% set s = 'x' * 200000000 %}{% endfor %}",
+      "{% set ns = namespace(l=[]) %}{% for i in range(100) %}{% set ns.l = ns.l + ['x' * 200000000] %}{% endfor %}",
+      "{% set ns = namespace(s='') %}{% for i in range(100000) %}{% set ns.s = ns.s ~ ('x' * 10000) %}{% endfor %}",
+      "{% set ns = namespace(l=[]) %}{% for i in range(100000) %}{% set ns.l = ns.l + [i] %}{% endfor %}",
+      "{% for i in range(100000) %}{% set s %}{{ 'x' * 10000 }}{% endset %}{% endfor %}",
+      "{% macro m(n) %}{{ 'x' * 1000000 }}{% endmacro %}{% for i in range(1000) %}{% set y = m(i) %}{% endfor %}",
+  };
+  for (const std::string& source : hostile) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Error e = error_of(source);
+    EXPECT_EQ(e.detail(), "rendering allocated more than 512 MiB (strings, lists and output together)") << source;
+    EXPECT_EQ(e.where(), "t:1") << e.what();
+    EXPECT_LT(seconds_since(t0), 20.0) << source << " (well under a second in a Release build)";
+  }
+  // The budget is per rendering: the next one starts from zero, and a failed one leaves none behind.
+  const ChatTemplate t = ChatTemplate::parse("{% set s = 'x' * 200000000 %}{{ s|length }}", "t");
+  EXPECT_EQ(t.render(ChatJson::object()), "200000000");
+  EXPECT_EQ(t.render(ChatJson::object()), "200000000");
+}
+
+// Operations whose scratch memory grew with a string's length (a table per character, a part per
+// separator) on a 200 MB string reached gigabytes before any limit looked; now they stay linear.
+TEST(ChatTemplateLimits, LongStringsDoNotMultiplyMemory) {
+  auto expect_message = [](const std::string& source, const std::string& part) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Error e = error_of(source);
+    EXPECT_NE(e.detail().find(part), std::string::npos) << source << ": " << e.what();
+    EXPECT_LT(seconds_since(t0), 20.0) << source;
+  };
+  // More parts than a list may hold fail before they are all made.
+  expect_message("{% for c in 'x' * 5000000 %}{% endfor %}", "sequence of more than 4194304 items");
+  expect_message("{{ ('x,' * 5000000).split(',')|length }}", "sequence of more than 4194304 items");
+  expect_message("{{ ('x ' * 5000000).split()|length }}", "sequence of more than 4194304 items");
+  expect_message("{{ ('x\n' * 5000000).splitlines()|length }}", "sequence of more than 4194304 items");
+  // A strftime buffer and a 4-byte fill past 256 MiB are refused before they are allocated.
+  expect_message("{{ strftime_now('%Y' * 20000000) }}", "longer than 256 MiB");
+  expect_message("{{ 'x'.center(70000000, '\U0001F600') }}", "longer than 256 MiB");
+  // Searching, indexing, slicing and stripping walk the bytes (no copy as code points).
+  EXPECT_EQ(render("{% set s = 'x' * 20000000 %}{{ s|first }}{{ s|last }}{{ s[-1] }}{{ s[1:]|length }}"
+                   "{{ s.startswith('xx') }}{{ s.find('y') }}{{ s.rfind('x') }}{{ s.count('xx') }}{{ s|trim|length }}"),
+            "xxx19999999True-1199999991000000020000000");
+  EXPECT_EQ(render("{% set s = 'ab' * 2000000 %}{{ s[::-3]|length }}{{ s[::2][-2:] }}{{ s.split('b')|length }}"),
+            "1333334aa2000001");
+}
+
+// A conversation of several MB through every real template: copying content a few times is far
+// inside the budget.
+TEST(ChatTemplateLimits, BigConversationsRender) {
+  std::string para;
+  while (para.size() < 250000) para += "The quick brown fox jumps over the lazy dog <" + std::to_string(para.size()) + ">. ";
+  ChatJson messages = ChatJson::array();
+  messages.push_back({{"role", "system"}, {"content", para}});
+  for (int i = 0; i < 40; ++i) messages.push_back({{"role", i % 2 ? "assistant" : "user"}, {"content", para}});
+  const size_t content_bytes = 41 * para.size();  // ~10 MB
+  for (const auto& entry : fs::directory_iterator(fs::path(MOERUN_TEST_DATA) / "chat" / "models")) {
+    const ChatTemplate t = ChatTemplate::load(entry.path());
+    std::string out;
+    try {
+      out = t.apply(messages);
+    } catch (const Error& e) {  // a template may refuse the system message or the roles: not a limit
+      EXPECT_EQ(std::string(e.what()).find("allocated"), std::string::npos) << entry.path() << ": " << e.what();
+      continue;
+    }
+    EXPECT_GE(out.size(), content_bytes - 2 * para.size()) << entry.path();
+    EXPECT_EQ(t.apply_tracked(messages).text.size(), out.size()) << entry.path();
+  }
+}
+
 TEST(ChatTemplateLimits, RecursionAndDeepValuesAreErrors) {
   EXPECT_NE(error_of("{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(0) }}").detail().find("recursion"),
             std::string::npos);
@@ -150,6 +297,19 @@ TEST(ChatTemplateLimits, HugeOutputAndLoopsAreErrors) {
                 .detail()
                 .find("iterations"),
             std::string::npos);
+}
+
+TEST(ChatTemplateLimits, OversizedContextStringIsAnError) {
+  // Used to escape as an internal exception type instead of moerun::Error.
+  ChatJson ctx = ChatJson::object();
+  ctx["x"] = std::string((size_t{256} << 20) + 1, 'x');
+  try {
+    render("{{ x|length }}", ctx);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.where(), "x");
+    EXPECT_NE(e.detail().find("longer than 256 MiB"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ChatTemplateLimits, InvalidUtf8IsRejected) {

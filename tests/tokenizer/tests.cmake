@@ -4,6 +4,7 @@ moerun_add_test(tokenizer_tests
   tokenizer/component_goldens_test.cpp
   tokenizer/components_test.cpp
   tokenizer/errors_test.cpp
+  tokenizer/plain_spans_test.cpp
   tokenizer/sentencepiece_test.cpp
   tokenizer/stream_decoder_test.cpp
   tokenizer/tokenizer_dir_test.cpp)
