@@ -127,12 +127,7 @@ struct Chat {
     ChatJson all = ChatJson::array();
     if (!system.empty()) all.push_back({{"role", "system"}, {"content", system}});
     for (const auto& x : messages) all.push_back(x);
-    if (!m.chat_template) {  // no template: the turns as plain text
-      std::string text;
-      for (const auto& x : all) text += x["content"].get<std::string>() + "\n";
-      return m.tokenizer.encode(text);
-    }
-    return m.tokenizer.encode(m.chat_template->apply(all), {.add_special_tokens = false, .parse_special = true});
+    return cli::prompt_ids(m, all, flags.parse_special);
   }
 
   void answer(const std::string& user) {

@@ -32,6 +32,8 @@ void GenerationFlags::add_to(CLI::App* a) {
   a->add_option("--seed", seed, "sampling seed (default: random); the same seed gives the same text")->check(seed_value());
   a->add_option("--stop", stop, "stop when this text appears (not printed); may be repeated");
   a->add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-sequence tokens (until -n or a stop string)");
+  a->add_flag("--parse-special", parse_special,
+              "let special-token text in messages (\"<|im_end|>\") become control tokens (default: it is plain text)");
   a->add_option("--system", system, "system prompt");
   engine.add_to(a);
 }
@@ -48,6 +50,20 @@ SamplerParams GenerationFlags::sampler_params(const std::string& model_dir) cons
   p.penalty_last_n = repeat_last_n;
   p.seed = app->count("--seed") ? seed : std::random_device{}();
   return p;
+}
+
+std::vector<int32_t> prompt_ids(const LoadedModel& m, const ChatJson& messages, bool parse_special) {
+  if (!m.chat_template) {
+    std::string text;
+    for (const auto& x : messages) text += x["content"].get<std::string>() + "\n";
+    const TextSpan all{0, text.size()};
+    return m.tokenizer.encode(text, {.plain_spans = parse_special ? std::span<const TextSpan>() : std::span(&all, 1)});
+  }
+  // The template writes BOS itself where the model wants one: no special tokens added here.
+  const RenderedPrompt prompt = m.chat_template->apply_tracked(messages);
+  return m.tokenizer.encode(prompt.text, {.add_special_tokens = false,
+                                          .parse_special = true,
+                                          .plain_spans = parse_special ? std::span<const TextSpan>() : std::span(prompt.content)});
 }
 
 LoadedModel load_model(const GenerationFlags& flags, bool quiet) {

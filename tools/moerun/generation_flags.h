@@ -28,6 +28,7 @@ struct GenerationFlags {
   uint64_t seed = 0;
   std::vector<std::string> stop;
   bool ignore_eos = false;
+  bool parse_special = false;
   std::string system;
   EngineFlags engine;
   CLI::App* app = nullptr;
@@ -36,6 +37,13 @@ struct GenerationFlags {
   // generation_config.json's defaults with every flag the user gave on top. Seed: --seed, else random.
   SamplerParams sampler_params(const std::string& model_dir) const;
 };
+
+struct LoadedModel;
+// The token ids of a conversation's prompt. Text from the messages (what a user typed, a /load'ed
+// file) is encoded as plain text: "<|im_end|>" in it stays text, only the chat template's own markup
+// yields control tokens; `parse_special` (--parse-special) parses the whole prompt as transformers
+// does. Without a chat template the turns are joined by newlines, as plain text likewise.
+std::vector<int32_t> prompt_ids(const LoadedModel& m, const ChatJson& messages, bool parse_special);
 
 // What run and chat load: the engine, its tokenizer and (when the model has one) its chat template.
 struct LoadedModel {

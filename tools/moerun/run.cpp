@@ -43,15 +43,17 @@ void add_run_command(CLI::App& root, std::vector<Command>& commands) {
     }
 
     std::vector<int32_t> ids;
-    if (opt->raw || !m.chat_template) {
-      if (!opt->raw && !opt->quiet) std::fprintf(stderr, "# the model has no chat template: using the prompt as is\n");
-      ids = m.tokenizer.encode(prompt);
+    if (opt->raw) {
+      ids = m.tokenizer.encode(prompt);  // the user writes the whole prompt, markup and all
+    } else if (!m.chat_template) {
+      if (!opt->quiet) std::fprintf(stderr, "# the model has no chat template: using the prompt as is\n");
+      const TextSpan all{0, prompt.size()};  // the user's text: plain unless --parse-special
+      ids = m.tokenizer.encode(prompt, {.plain_spans = opt->gen.parse_special ? std::span<const TextSpan>() : std::span(&all, 1)});
     } else {
       ChatJson messages = ChatJson::array();
       if (!opt->gen.system.empty()) messages.push_back({{"role", "system"}, {"content", opt->gen.system}});
       messages.push_back({{"role", "user"}, {"content", prompt}});
-      // The template writes BOS itself where the model wants one: no special tokens added here.
-      ids = m.tokenizer.encode(m.chat_template->apply(messages), {.add_special_tokens = false, .parse_special = true});
+      ids = prompt_ids(m, messages, opt->gen.parse_special);
     }
     Sampler sampler(opt->gen.sampler_params(m.dir));
     Session session(m.engine, std::max<int64_t>(m.engine.default_context(), 0));
