@@ -7,6 +7,7 @@
 
 #include "moerun/error.h"
 #include "moerun/tokenizer.h"
+#include "support/expect.h"
 #include "support/writer.h"
 
 namespace moerun {
@@ -17,16 +18,7 @@ using Json = nlohmann::json;
 
 const fs::path kData = fs::path(MOERUN_TEST_DATA) / "tokenizers";
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a moerun::Error";
-  return "";
-}
+using testing::error_of;
 
 void expect_contains(const std::string& s, std::initializer_list<std::string> parts) {
   for (const std::string& p : parts) EXPECT_NE(s.find(p), std::string::npos) << "missing '" << p << "' in: " << s;
