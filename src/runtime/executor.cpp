@@ -224,9 +224,7 @@ struct Session::Impl {
         throw Error("context", cat("a session with ", what, " needs ", gib(need), " (KV cache ", gib(kv), ") but this machine has ",
                                    gib(have), " of memory; use a smaller -c"));
     }
-    memory_bytes = need;
   }
-  size_t memory_bytes = 0;
 
   void update_rope(int64_t seq_len) {
     // Only dynamic NTK depends on the length; the others are computed once.
@@ -401,7 +399,7 @@ struct Session::Impl {
     float* xb = fbuf(x, n * D);
     be->embed({.out = xb, .table = wp(w.embed_tokens), .dtype = w.embed_tokens.dtype(),
                .ids = static_cast<const int32_t*>(ids_buf.data), .n_tokens = n, .dim = D});
-    checkpoint(xb, n * D, "the token embeddings (embed_tokens)");
+    if (diagnosing) checkpoint(xb, n * D, "the token embeddings (embed_tokens)");
     const float eps = static_cast<float>(c.rms_norm_eps);
     for (size_t l = 0; l < w.layers.size(); ++l) {
       const LayerWeights& L = w.layers[l];
@@ -431,8 +429,7 @@ struct Session::Impl {
   // run again with the hidden state checked after each block, to name the first block that broke.
   bool diagnosing = false;
   std::vector<float> probe;
-  void checkpoint(const float* data, int64_t count, const std::string& where) {
-    if (!diagnosing) return;
+  void checkpoint(const float* data, int64_t count, const std::string& where) {  // only while diagnosing
     probe.resize(static_cast<size_t>(count));
     be->download(probe.data(), data, probe.size() * sizeof(float));
     for (float value : probe)
@@ -451,8 +448,6 @@ struct Session::Impl {
     diagnosing = false;
     throw Error("forward", "the logits hold NaN or infinite values");  // unreachable unless the second run differs
   }
-
-  // One micro-batch of at most kMaxBatch tokens at positions [pos, pos + n).
 
   std::vector<float> forward(std::span<const int32_t> ids, bool all_positions) {
     const int64_t n = static_cast<int64_t>(ids.size());
@@ -479,6 +474,7 @@ struct Session::Impl {
     return result;
   }
 
+  // One micro-batch of at most kMaxBatch tokens at positions [pos, pos + n).
   std::vector<float> step(std::span<const int32_t> ids, bool all_positions) {
     const int64_t n = static_cast<int64_t>(ids.size());
     positions.resize(static_cast<size_t>(n));

@@ -354,7 +354,7 @@ void add_chat_command(CLI::App& root, std::vector<Command>& commands) {
       std::fprintf(stderr, "# %s: /help for commands, Ctrl+D to leave\n", chat.m.dir.c_str());
     }
     // A piped turn longer than the context could ever hold is refused as it is read.
-    const size_t line_cap = static_cast<size_t>(std::max<int64_t>(chat.session.context(), 4096)) * kMaxBytesPerToken;
+    const size_t line_cap = prompt_bytes_cap(chat.session.context());
     std::string turn;
     int left_by_signal = 0;
     while (read_turn(tty, line_cap, turn)) {
@@ -368,13 +368,9 @@ void add_chat_command(CLI::App& root, std::vector<Command>& commands) {
           if (!chat.command(turn)) break;
         } else {
           chat.answer(turn);
-          // Outside a terminal an interrupt ends the script's session after the partial answer.
-          if (!tty && InterruptGuard::signal()) {
-            left_by_signal = InterruptGuard::signal();
-            break;
-          }
-          if (InterruptGuard::signal() == SIGTERM) {
-            left_by_signal = SIGTERM;
+          // SIGTERM ends the session after the partial answer; outside a terminal Ctrl+C does too.
+          if (const int sig = InterruptGuard::signal(); sig == SIGTERM || (sig && !tty)) {
+            left_by_signal = sig;
             break;
           }
         }

@@ -36,6 +36,8 @@ void end_progress_line();  // a bare newline if the line is open (before an erro
 // No real tokenizer has tokens longer than this, so text longer than context x this cannot fit the
 // context: the cap on a prompt read from stdin or a file.
 constexpr size_t kMaxBytesPerToken = 256;
+// The most bytes a prompt for a `context`-token session can usefully have (at least 1 MiB).
+inline size_t prompt_bytes_cap(int64_t context) { return static_cast<size_t>(context < 4096 ? 4096 : context) * kMaxBytesPerToken; }
 // The cap on text that no context bounds (tokenize's input, a conversation file): large enough for
 // any real use, small enough that /dev/zero fails in a second.
 constexpr size_t kMaxTextBytes = size_t{256} << 20;

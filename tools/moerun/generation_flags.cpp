@@ -52,12 +52,16 @@ SamplerParams GenerationFlags::sampler_params(const std::string& model_dir) cons
   return p;
 }
 
+std::vector<int32_t> user_text_ids(const Tokenizer& tokenizer, const std::string& text, bool parse_special) {
+  const TextSpan all{0, text.size()};
+  return tokenizer.encode(text, {.plain_spans = parse_special ? std::span<const TextSpan>() : std::span(&all, 1)});
+}
+
 std::vector<int32_t> prompt_ids(const LoadedModel& m, const ChatJson& messages, bool parse_special) {
   if (!m.chat_template) {
     std::string text;
     for (const auto& x : messages) text += x["content"].get<std::string>() + "\n";
-    const TextSpan all{0, text.size()};
-    return m.tokenizer.encode(text, {.plain_spans = parse_special ? std::span<const TextSpan>() : std::span(&all, 1)});
+    return user_text_ids(m.tokenizer, text, parse_special);
   }
   // The template writes BOS itself where the model wants one: no special tokens added here.
   const RenderedPrompt prompt = m.chat_template->apply_tracked(messages);

@@ -39,6 +39,9 @@ struct GenerationFlags {
 };
 
 struct LoadedModel;
+// Text a user typed, encoded as plain text: no added token ("<|im_end|>") is recognised in it unless
+// `parse_special`.
+std::vector<int32_t> user_text_ids(const Tokenizer& tokenizer, const std::string& text, bool parse_special);
 // The token ids of a conversation's prompt. Text from the messages (what a user typed, a /load'ed
 // file) is encoded as plain text: "<|im_end|>" in it stays text, only the chat template's own markup
 // yields control tokens; `parse_special` (--parse-special) parses the whole prompt as transformers

@@ -37,8 +37,7 @@ void add_run_command(CLI::App& root, std::vector<Command>& commands) {
       // the context is longer than kMaxBytesPerToken bytes a token: more fails now, not after
       // reading an endless pipe into memory.
       const int64_t ctx = m.engine.default_context();
-      prompt = read_stdin(static_cast<size_t>(std::max<int64_t>(ctx, 4096)) * kMaxBytesPerToken,
-                          "a " + std::to_string(ctx) + "-token context");
+      prompt = read_stdin(prompt_bytes_cap(ctx), "a " + std::to_string(ctx) + "-token context");
       while (!prompt.empty() && (prompt.back() == '\n' || prompt.back() == '\r')) prompt.pop_back();
     }
 
@@ -47,8 +46,7 @@ void add_run_command(CLI::App& root, std::vector<Command>& commands) {
       ids = m.tokenizer.encode(prompt);  // the user writes the whole prompt, markup and all
     } else if (!m.chat_template) {
       if (!opt->quiet) std::fprintf(stderr, "# the model has no chat template: using the prompt as is\n");
-      const TextSpan all{0, prompt.size()};  // the user's text: plain unless --parse-special
-      ids = m.tokenizer.encode(prompt, {.plain_spans = opt->gen.parse_special ? std::span<const TextSpan>() : std::span(&all, 1)});
+      ids = user_text_ids(m.tokenizer, prompt, opt->gen.parse_special);
     } else {
       ChatJson messages = ChatJson::array();
       if (!opt->gen.system.empty()) messages.push_back({{"role", "system"}, {"content", opt->gen.system}});
