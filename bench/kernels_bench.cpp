@@ -12,6 +12,7 @@
 #include <memory>
 #include <vector>
 
+#include "kernels/cpu/context.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/ops.h"
@@ -66,9 +67,13 @@ std::vector<unsigned char> make_weight(DType dtype, int64_t out, int64_t in, uin
   return raw;
 }
 
-std::unique_ptr<cpu::ThreadPool> pool_for(int threads) {
-  return threads > 1 ? std::make_unique<cpu::ThreadPool>(threads) : nullptr;
-}
+// What a benchmark's ops run with: a pool of `threads` (none for one thread) and its context.
+struct Threads {
+  std::unique_ptr<cpu::ThreadPool> pool;
+  cpu::Context ctx;
+  explicit Threads(int threads)
+      : pool(threads > 1 ? std::make_unique<cpu::ThreadPool>(threads) : nullptr), ctx(pool.get()) {}
+};
 
 // The roofline for BM_Gemv: the same read-bandwidth ceiling `moerun bench` measures (1 GiB, wide
 // loads, best of 5 passes), as the counter ceiling_bytes_per_second. args: threads.
@@ -84,7 +89,7 @@ BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->ArgName("threads")->Iterations(1)->
 void BM_Gemv(benchmark::State& state) {
   const auto dtype = static_cast<DType>(state.range(0));
   const int64_t out = state.range(1), in = state.range(2);
-  const auto pool = pool_for(static_cast<int>(state.range(3)));
+  Threads threads(static_cast<int>(state.range(3)));
   const bool hot = state.range(4) != 0;
   const std::vector<unsigned char> one = make_weight(dtype, out, in, 1);
   const size_t copies = hot ? 1 : std::max<size_t>(1, kStreamBytes / one.size());
@@ -95,7 +100,8 @@ void BM_Gemv(benchmark::State& state) {
   size_t c = 0;
   for (auto _ : state) {
     cpu::matmul({.out = y.data(), .x = x.data(), .weight = all.data() + c * one.size(), .weight_dtype = dtype, .n = 1,
-                 .in_features = in, .out_features = out, .pool = pool.get()});
+                 .in_features = in, .out_features = out},
+                threads.ctx);
     benchmark::DoNotOptimize(y.data());
     c = (c + 1) % copies;
   }
@@ -116,13 +122,14 @@ BENCHMARK(BM_Gemv)->Apply(gemv_args);
 void BM_Gemm(benchmark::State& state) {
   const auto dtype = static_cast<DType>(state.range(0));
   const int64_t n = state.range(1), out = 2048, in = 2048;
-  const auto pool = pool_for(static_cast<int>(state.range(2)));
+  Threads threads(static_cast<int>(state.range(2)));
   const std::vector<unsigned char> w = make_weight(dtype, out, in, 3);
   const std::vector<float> x = random_floats(n * in, 4);
   std::vector<float> y(static_cast<size_t>(n * out));
   for (auto _ : state) {
     cpu::matmul({.out = y.data(), .x = x.data(), .weight = w.data(), .weight_dtype = dtype, .n = n,
-                 .in_features = in, .out_features = out, .pool = pool.get()});
+                 .in_features = in, .out_features = out},
+                threads.ctx);
     benchmark::DoNotOptimize(y.data());
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);  // tokens/s
@@ -144,19 +151,19 @@ BENCHMARK(BM_Gemm)
 void BM_AttentionDecode(benchmark::State& state) {
   const int64_t ctx = state.range(0);
   const bool mla = state.range(1) != 0;
-  const auto pool = pool_for(static_cast<int>(state.range(2)));
+  Threads threads(static_cast<int>(state.range(2)));
   const int64_t H = mla ? 16 : 32, Hkv = mla ? 1 : 4, qk = mla ? 576 : 128, vd = mla ? 512 : 128;
   const int64_t k_row = Hkv * qk, v_row = mla ? qk : Hkv * vd;
   const std::vector<float> q = random_floats(H * qk, 5), k = random_floats(ctx * k_row, 6);
   const std::vector<float> v = mla ? std::vector<float>() : random_floats(ctx * v_row, 7);
-  std::vector<float> out(static_cast<size_t>(H * vd)), scratch(static_cast<size_t>(ctx));
+  std::vector<float> out(static_cast<size_t>(H * vd));
   const int64_t pos = ctx - 1;
   for (auto _ : state) {
     cpu::attention({.out = out.data(), .q = q.data(), .k = k.data(), .v = mla ? k.data() : v.data(), .positions = &pos,
                     .n_tokens = 1, .n_heads = H, .n_kv_heads = Hkv, .qk_dim = qk, .v_dim = vd,
                     .q_token_stride = H * qk, .q_head_stride = qk, .k_pos_stride = k_row, .k_head_stride = mla ? 0 : qk,
-                    .v_pos_stride = v_row, .v_head_stride = mla ? 0 : vd, .scale = 0.08f, .scratch = scratch.data(),
-                    .pool = pool.get()});
+                    .v_pos_stride = v_row, .v_head_stride = mla ? 0 : vd, .scale = 0.08f},
+                   threads.ctx);
     benchmark::DoNotOptimize(out.data());
   }
   const int64_t cache_bytes = ctx * (k_row + (mla ? 0 : v_row)) * 4;
@@ -174,14 +181,15 @@ void BM_Route(benchmark::State& state) {
   const bool v3 = state.range(2) != 0;
   const std::vector<float> logits = random_floats(n * E, 8), bias = random_floats(E, 9);
   std::vector<int32_t> ids(static_cast<size_t>(n * K));
-  std::vector<float> weights(static_cast<size_t>(n * K)), scratch(static_cast<size_t>(3 * E + 8));
+  std::vector<float> weights(static_cast<size_t>(n * K));
+  cpu::Context ctx;
   for (auto _ : state) {
     cpu::route({.expert_ids = ids.data(), .expert_weights = weights.data(), .logits = logits.data(),
                 .correction_bias = v3 ? bias.data() : nullptr, .n_tokens = n, .n_experts = E, .top_k = K,
                 .score = v3 ? ScoreFunc::sigmoid : ScoreFunc::softmax,
                 .method = v3 ? TopkMethod::noaux_tc : TopkMethod::greedy, .n_group = v3 ? 8 : 1,
-                .topk_group = v3 ? 4 : 1, .norm_topk_prob = true, .routed_scaling_factor = v3 ? 2.5f : 1.0f,
-                .scratch = scratch.data()});
+                .topk_group = v3 ? 4 : 1, .norm_topk_prob = true, .routed_scaling_factor = v3 ? 2.5f : 1.0f},
+               ctx);
     benchmark::DoNotOptimize(ids.data());
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);

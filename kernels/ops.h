@@ -1,6 +1,8 @@
 #pragma once
-// The op set every backend implements. cpu:: ops take host pointers; cuda:: ops take device pointers
-// and a stream. Each op has one params struct so both backends and their tests agree on its meaning.
+// The op set every backend implements. cpu:: ops take host pointers and a cpu::Context (threads and
+// scratch); cuda:: ops take device pointers and a cuda::Context (stream and workspace). Each op has
+// one params struct, the same for both backends, so they and their tests agree on its meaning; what
+// only one backend needs to run an op lives in its Context, never in the params.
 // Activations are fp32; weights may be f32, bf16 or f16 ([out, in] as HF nn.Linear stores them).
 // Nothing here knows about model families: ops see capabilities (rope layout, router kind) only.
 // No CUDA header here: the CPU-only build and the CLI never need the toolkit. nvcc compiles this
@@ -9,13 +11,10 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "moerun/config.h"
+#include "moerun/model_desc.h"
 #include "moerun/dtype.h"
 
 namespace moerun {
-namespace cpu {
-class ThreadPool;
-}  // namespace cpu
 
 // y[t, o] = sum_i x[t, i] * W[o, i] + bias[o]   (y = x W^T + b), fp32 accumulation.
 struct MatmulParams {
@@ -31,7 +30,6 @@ struct MatmulParams {
   // weight_scale_inv); element (o, i) is w * scale[o / block_out, i / block_in].
   const float* weight_scale = nullptr;
   int64_t block_out = 128, block_in = 128;
-  cpu::ThreadPool* pool = nullptr;  // CPU: split output rows across it; nullptr: the calling thread
 };
 
 // RMSNorm over the last dimension, as HF's T5-style norm (docs/MODELS.md §2.1):
@@ -76,13 +74,10 @@ struct AttentionParams {
   int64_t k_pos_stride = 0, k_head_stride = 0;
   int64_t v_pos_stride = 0, v_head_stride = 0;
   float scale = 1.0f;
-  float* scratch = nullptr;    // CPU without a pool: [max position + 1] floats (a pool's threads, and
-                               // the AVX-512 path, keep their own); CUDA: unused
   // Cache rows any token may attend (the session's context). CUDA sizes its split-K grid by it so a
   // captured decode graph stays valid as positions grow; 0: positions[n_tokens - 1] + 1 (read on the
   // host, CPU only).
   int64_t max_len = 0;
-  cpu::ThreadPool* pool = nullptr;  // CPU: split (token, head) pairs across it
 };
 
 // out = act(gate) * up, elementwise: the gated FFN's middle (SwiGLU for silu, GeGLU for the GELUs),
@@ -110,7 +105,6 @@ struct RouteParams {
   int64_t n_group = 1, topk_group = 1;
   bool norm_topk_prob = false;
   float routed_scaling_factor = 1.0f;
-  float* scratch = nullptr;              // [3 * n_experts + n_group] floats
 };
 
 // out[t, :] = table[ids[t], :] widened to fp32 (the token embedding).
@@ -171,7 +165,6 @@ struct HeadMatmulParams {
   int64_t x_token_stride = 0, x_head_stride = 0;
   int64_t out_token_stride = 0, out_head_stride = 0;
   bool transposed = false;
-  cpu::ThreadPool* pool = nullptr;
 };
 
 // The routed experts of one MoE layer (docs/MODELS.md §3), after routing:
@@ -192,29 +185,31 @@ struct MoeParams {
   DType weight_dtype = DType::f32;
   int64_t n_tokens = 0, top_k = 0, n_experts = 0, hidden = 0, intermediate = 0;
   Activation act = Activation::silu;   // hidden_act
-  cpu::ThreadPool* pool = nullptr;
 };
 
+// CPU ops: host pointers, run to completion on the context's pool (or the calling thread without
+// one), with scratch from the context, never from the params.
 namespace cpu {
-void matmul(const MatmulParams& p);
+class Context;  // kernels/cpu/context.h: the thread pool and per-thread scratch
+void matmul(const MatmulParams& p, Context& ctx);
 // Up to kMatmulGroupMax matmuls (the q/k/v or gate/up projections of the same rows, a decode step's
 // experts) in one pass over the pool: their output rows are split together, so the group costs one
 // dispatch and the threads stay balanced, and entries reading the same activations prepare them
-// once. Each entry's results are exactly matmul()'s; the entries' own pool fields are ignored.
+// once. Each entry's results are exactly matmul()'s.
 inline constexpr size_t kMatmulGroupMax = 32;
-void matmul_group(const MatmulParams* ps, size_t count, ThreadPool* pool);
-void rms_norm(const RmsNormParams& p);
-void rope(const RopeParams& p);
-void attention(const AttentionParams& p);
-void gated_act(const GatedActParams& p);
-void route(const RouteParams& p);
-void embed(const EmbedParams& p);
-void add(const AddParams& p);
-void clamp(const ClampParams& p);
-void store_rows(const StoreRowsParams& p);
-void copy(const CopyParams& p);
-void head_matmul(const HeadMatmulParams& p);
-void moe(const MoeParams& p);
+void matmul_group(const MatmulParams* ps, size_t count, Context& ctx);
+void rms_norm(const RmsNormParams& p, Context& ctx);
+void rope(const RopeParams& p, Context& ctx);
+void attention(const AttentionParams& p, Context& ctx);  // (token, head) pairs split across the pool
+void gated_act(const GatedActParams& p, Context& ctx);
+void route(const RouteParams& p, Context& ctx);
+void embed(const EmbedParams& p, Context& ctx);
+void add(const AddParams& p, Context& ctx);
+void clamp(const ClampParams& p, Context& ctx);
+void store_rows(const StoreRowsParams& p, Context& ctx);
+void copy(const CopyParams& p, Context& ctx);
+void head_matmul(const HeadMatmulParams& p, Context& ctx);  // heads split across the pool
+void moe(const MoeParams& p, Context& ctx);
 // Element conversions used by the CPU ops and the loader.
 float bf16_to_f32(uint16_t h) noexcept;
 uint16_t f32_to_bf16(float f) noexcept;  // round to nearest even

@@ -11,6 +11,8 @@
 #     --quick            op tests and one bench model only
 #     --no-sanitizer     skip the compute-sanitizer passes
 #     --out DIR          where logs and JSON go (default: $OUT if set, else build-gpu/gpu-check)
+#   Each step runs under a time limit (seconds; MOERUN_STEP_SCALE=2 doubles them all), so a hung
+#   kernel costs one step, not the whole lease.
 #
 # What it runs: every CUDA op test and every end-to-end CUDA-vs-CPU golden test (cuda_tests); the op
 # tests once under compute-sanitizer memcheck and the attention/MLA/routing/MoE tests under racecheck;
@@ -71,6 +73,13 @@ fi
 [[ -x $bundle/moerun ]] && build="$bundle"
 
 # --- on the GPU machine ---------------------------------------------------------------------------
+limit() {  # seconds, command...: run it under a time limit scaled by MOERUN_STEP_SCALE
+  local secs=$(( $1 * ${MOERUN_STEP_SCALE:-1} )); shift
+  timeout --kill-after=5 "$secs" "$@"
+  local rc=$?
+  ((rc == 124 || rc == 137)) && echo "gpu-check: timed out after ${secs}s: $(basename "$1") ${*:2:1}" >&2
+  return $rc
+}
 out="${out:-$build/gpu-check}"
 mkdir -p "$out"
 if [[ ! -x $build/moerun || ! -x $build/tests/cuda_tests ]]; then
@@ -100,39 +109,39 @@ missing="$(ldd "$build/moerun" | grep 'not found' || true)"
 filter_ops='-*CudaGolden*'
 gtest_args=(--gtest_output="json:$out/cuda_tests.json")
 ((quick)) && gtest_args+=(--gtest_filter="$filter_ops")
-"$build/tests/cuda_tests" "${gtest_args[@]}" 2>&1 | tee "$out/cuda_tests.log" |
+limit 120 "$build/tests/cuda_tests" "${gtest_args[@]}" 2>&1 | tee "$out/cuda_tests.log" |
   grep -E '^\[  (FAILED|PASSED|SKIPPED) |cuda golden|^\[==' || true
-"$build/tests/runtime_tests" --gtest_filter='Backend*' --gtest_output="json:$out/backend_tests.json" >"$out/backend_tests.log" 2>&1 || true
+limit 60 "$build/tests/runtime_tests" --gtest_filter='Backend*' --gtest_output="json:$out/backend_tests.json" >"$out/backend_tests.log" 2>&1 || true
 
 # 2. compute-sanitizer: memcheck over the op tests, racecheck over the kernels with shared memory.
 sanitizer_bin="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
 if ((sanitizer)) && [[ -n $sanitizer_bin ]]; then
-  "$sanitizer_bin" --tool memcheck --leak-check full --error-exitcode 0 "$build/tests/cuda_tests" \
+  limit 60 "$sanitizer_bin" --tool memcheck --leak-check full --error-exitcode 0 "$build/tests/cuda_tests" \
     --gtest_filter="$filter_ops" >"$out/memcheck.log" 2>&1 || true
-  "$sanitizer_bin" --tool racecheck --error-exitcode 0 "$build/tests/cuda_tests" \
+  limit 90 "$sanitizer_bin" --tool racecheck --error-exitcode 0 "$build/tests/cuda_tests" \
     --gtest_filter='*Attention*:*Route*:*Moe*:*HeadMatmul*' >"$out/racecheck.log" 2>&1 || true
 fi
 
 # 3. Kernel ceilings: decode GEMV (bf16, FP8) and MLA/GQA decode attention against the copy bandwidth.
-"$build/bench/moerun_cuda_bench" --benchmark_format=json --benchmark_out="$out/kernels.json" \
+limit 90 "$build/bench/moerun_cuda_bench" --benchmark_min_time=0.1 --benchmark_format=json --benchmark_out="$out/kernels.json" \
   --benchmark_out_format=json >"$out/kernels.log" 2>&1 || echo "gpu-check: moerun_cuda_bench failed: $(tail -1 "$out/kernels.log")"
 
 # 4. Bench. Models are made in memory from config.json shapes (random weights; speed depends only on
 # shapes): the default model's own config when it is here, else its copy in tests/data/configs.
-bench() {  # name, args...
-  local name="$1"; shift
-  "$build/moerun" bench --backend cuda -o json -r 3 "$@" >"$out/bench_$name.json" 2>"$out/bench_$name.log" ||
+bench() {  # seconds, name, args...
+  local secs="$1" name="$2"; shift 2
+  limit "$secs" "$build/moerun" bench --backend cuda -o json -r 3 "$@" >"$out/bench_$name.json" 2>"$out/bench_$name.log" ||
     echo "gpu-check: bench $name failed: $(tail -1 "$out/bench_$name.log")"
 }
 default_cfg=tests/data/configs/smollm2_135m.json
 if [[ -f models/default/model.safetensors ]]; then
-  bench default -m models/default -p 512,2048 -n 128
+  bench 40 default -m models/default -p 512,2048 -n 128
 else
-  bench default --synthetic "$default_cfg" -p 512,2048 -n 128
+  bench 40 default --synthetic "$default_cfg" -p 512,2048 -n 128
 fi
 if ((!quick)); then
-  bench qwen3_30b_a3b --synthetic tests/data/configs/qwen3_30b_a3b.json --layers 12 -p 512,2048 -n 128
-  bench deepseek_v3 --synthetic tests/data/configs/deepseek_v3.json --layers 5 --experts 64 -p 512 -n 128 -d 0,8192
+  bench 110 qwen3_30b_a3b --synthetic tests/data/configs/qwen3_30b_a3b.json --layers 12 -p 512,2048 -n 128
+  bench 110 deepseek_v3 --synthetic tests/data/configs/deepseek_v3.json --layers 5 --experts 64 -p 512 -n 128 -d 0,8192
 fi
 
 # 5. The table.

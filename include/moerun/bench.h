@@ -4,6 +4,7 @@
 // fraction of a read-bandwidth ceiling measured on the same machine.
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -52,5 +53,34 @@ struct BenchResult {
 // Tests are named as llama-bench does: "pp512", "tg128", "tg128 @ d8192".
 BenchResult bench_prefill(const Engine& engine, int tokens, int reps, int depth = 0);
 BenchResult bench_decode(const Engine& engine, int tokens, int reps, int depth = 0);
+
+// One row of bench's report: one test on one engine, with the ceilings it is compared with.
+struct BenchRow {
+  std::string model;    // "llama 135.00 M bf16": model_type, total parameters, weight dtype
+  std::string size;     // the weight files' size ("256.00 MiB"), or "in memory" (synthetic)
+  std::string params;   // total parameters, and active ones for an MoE ("1.00 B / 300.00 M")
+  std::string backend;  // "CPU" or "CUDA"
+  int threads = 1;
+  BenchResult result;
+  double ceiling_gbps = 0;         // the read-bandwidth ceiling the tg rows are compared with
+  double gemm_ceiling_tflops = 0;  // the GEMM ceiling the pp rows are compared with; 0: none (CPU)
+  double tflops = 0;               // pp rows: dense-projection TFLOP/s achieved (prefill_flops_per_token)
+};
+
+// A row for `result`, measured on `engine` with `threads` threads (CUDA rows say 1), describing the
+// engine and, for a pp result, the TFLOP/s it achieved.
+BenchRow bench_row(const Engine& engine, int threads, const BenchResult& result, double ceiling_gbps,
+                   double gemm_ceiling_tflops = 0);
+
+enum class BenchFormat : uint8_t { markdown, json, csv };
+
+// The rows as a markdown table (llama-bench's columns, the TFLOP/s ones only when a row has a GEMM
+// ceiling), a JSON array of objects (2-space indent) or CSV with a header line; text ending in a
+// newline. All three come from one list of columns (name, JSON key, formatters): JSON and CSV carry
+// every column under the same keys -- model, size, params, backend, threads, test, tokens,
+// tps_mean, tps_sd, tps (every repetition; in CSV one quoted field, space-separated),
+// bytes_per_token, gbps, ceiling_gbps, bw_fraction, tflops, gemm_ceiling_tflops, gemm_fraction --
+// and the table a readable subset.
+std::string format_bench(std::span<const BenchRow> rows, BenchFormat format);
 
 }  // namespace moerun

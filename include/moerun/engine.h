@@ -13,6 +13,8 @@
 
 namespace moerun {
 
+struct MemoryPlan;  // moerun/plan.h
+
 enum class MlaMode : uint8_t {
   absorbed,  // attend over the latent cache with the key/value up-projections absorbed (decode form)
   naive,     // decompress per-head K and V from the latent cache first (HF's formulation)
@@ -31,14 +33,28 @@ struct EngineOptions {
   bool context_override = false;   // allow contexts above max_position_embeddings (output degrades)
   DType fp8_dequant = DType::bf16;  // FP8 block-scaled weights are dequantized at load to BF16 or F32
   MlaMode mla = MlaMode::absorbed;
-  int threads = 0;                 // CPU threads per session; 0: one per hardware thread
+  int threads = 0;                 // the engine's CPU threads (shared by its sessions); 0: one per hardware thread
   BackendKind backend = BackendKind::automatic;
-  WeightQuant quant = WeightQuant::none;
+  WeightQuant quant = WeightQuant::none;  // quantized weights run on the CPU: `automatic` then means cpu
   // Run although the checkpoint holds tensors the config does not use (Model::unexpected_tensors():
   // e.g. more layers than num_hidden_layers); they are left out. false: loading is an Error.
   bool allow_unexpected_tensors = false;
+  // Compute the memory plan (moerun/plan.h) before preparing the weights and refuse, with the
+  // numbers, a model that does not fit. false: load anyway.
+  bool memory_check = true;
 };
 
+// The context a session gets when none is asked for: min(max_position_embeddings, 4096), and no more
+// than a sliding window; options.context when set.
+int64_t default_context(const ModelDesc& desc, const EngineOptions& options);
+
+// Concurrency. An Engine is immutable once loaded and may be shared by any number of threads and
+// sessions. Its sessions share its resources (the CPU thread pool, the uploaded weights), so their
+// forward steps run one at a time: Session::forward and forward_view take the engine's step lock, and
+// steps of different sessions called from different threads are serialized, never interleaved. A
+// Session is one conversation's state and not thread-safe: one thread uses it at a time (a server
+// runs many sessions by taking turns, or one batched step over them). Loading, tokenizing and
+// sampling hold no engine lock.
 class Engine {
  public:
   static Engine load(const std::filesystem::path& dir, const EngineOptions& options = {});
@@ -50,6 +66,9 @@ class Engine {
   const EngineOptions& options() const noexcept;
   int64_t default_context() const noexcept;
   BackendKind backend() const noexcept;  // the backend sessions run on (automatic resolved)
+  // The memory plan the engine was loaded with (weights; KV cache and workspace of one session at
+  // the default context).
+  const MemoryPlan& plan() const noexcept;
 
   struct Impl;
 
@@ -76,9 +95,16 @@ class Session {
   // sequence would pass the context, or the logits are not finite (the error names the first
   // layer whose output was NaN or infinite).
   std::vector<float> forward(std::span<const int32_t> ids, bool all_positions = false);
+  // forward() without the copy: a view of the session's own logits buffer ([V], or [n, V] when
+  // `all_positions`), valid until the next call on this session. A decode step through it allocates
+  // nothing on the host.
+  std::span<const float> forward_view(std::span<const int32_t> ids, bool all_positions = false);
 
   int64_t position() const noexcept;  // tokens in the cache
   int64_t context() const noexcept;
+  // Bytes this session allocated (KV cache, workspace, expert tables): the plan's kv_bytes +
+  // workspace_bytes for its context, allocated when the session is made and never grown.
+  uint64_t memory_bytes() const noexcept;
   void truncate(int64_t n);  // keep the first n cached tokens (chat turns reuse a common prefix)
   void reset() { truncate(0); }
 

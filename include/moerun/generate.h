@@ -29,10 +29,18 @@ struct GenerateOptions {
 
 struct GenerateResult {
   std::string text;                // everything emitted
-  // "eos", "stop", "length", "context" (the context is full); "cancelled" when on_text returned
-  // false, "interrupted" when options.interrupted said so.
+  // Why generation ended:
+  //   "eos"         an EOS id was sampled (it is in `tokens`, not in `text`);
+  //   "stop"        a stop string appeared in the text (neither it nor anything after is emitted);
+  //   "length"      max_tokens were sampled;
+  //   "context"     the session's cache is full: the last sampled token has no position left to be
+  //                 fed back for the next one (session.position() == session.context()), so fewer
+  //                 than max_tokens were sampled;
+  //   "cancelled"   on_text returned false;
+  //   "interrupted" options.interrupted said so (before or during the prefill, or between tokens).
   std::string finish_reason;
-  int64_t prompt_tokens = 0;       // prefilled by this call (a reused cache prefix is not counted)
+  int64_t prompt_tokens = 0;       // prefilled by this call
+  int64_t cached_tokens = 0;       // prompt tokens the session already held (reused, not prefilled)
   int64_t generated_tokens = 0;    // sampled tokens, EOS included
   std::vector<int32_t> tokens;     // the sampled ids, EOS included
   double prompt_seconds = 0, gen_seconds = 0;
@@ -44,11 +52,14 @@ struct GenerateResult {
 // top_p, min_p, repetition_penalty), or SamplerParams{} when the file is absent.
 SamplerParams sampling_defaults(const std::filesystem::path& model_dir);
 
-// Runs `prompt` through `session` (which may already hold a prefix of it: only the tokens past
-// session.position() are prefilled, and the prompt must start with what the session holds when
-// `reuse_prefix`), then samples until a stop condition. `on_text` receives each piece of text as
-// it becomes final; returning false cancels. Throws Error before any work when the prompt does
-// not fit the context.
+// Runs `prompt` through `session`, then samples until a stop condition. The session may already
+// hold a prefix of the prompt: only the tokens past session.position() are prefilled (the caller
+// makes sure what it holds is the prompt's start; Conversation does, by truncating the session to
+// the common prefix). Every token comes from `sampler` (greedy too: the argmax after its penalties
+// over the prompt and the tokens so far); the decode loop reads the session's logits in place.
+// `on_text` receives each piece of text as it becomes final; returning false cancels. Throws Error
+// before any work when the prompt is empty, shorter than what the session holds, or longer than
+// the context.
 GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& sampler, std::span<const int32_t> prompt,
                         const GenerateOptions& options, const std::function<bool(std::string_view)>& on_text);
 

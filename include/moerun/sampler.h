@@ -45,25 +45,32 @@ class Sampler {
   explicit Sampler(const SamplerParams& params);
 
   // `history`: the tokens so far (prompt and generated), for the penalties. Same seed, same logits
-  // and history: same token.
+  // and history: same token. Greedy (temperature 0) is the argmax after the penalties, the first
+  // of equal logits. Once the working buffers are sized for the vocabulary, a call allocates
+  // nothing. A NaN logit is an Error.
   int32_t sample(std::span<const float> logits, std::span<const int32_t> history = {});
 
   // The probability of every token after the whole chain (zero for removed ones): what sample()
-  // draws from. For tests and for `--json` diagnostics.
+  // draws from. For tests and for `--json` diagnostics (the returned copy is its one allocation).
   std::vector<float> distribution(std::span<const float> logits, std::span<const int32_t> history = {});
 
   const SamplerParams& params() const noexcept { return params_; }
   void set_params(const SamplerParams& p);  // reseeds when the seed changes
 
  private:
+  void load(std::span<const float> logits, std::span<const int32_t> history);  // work_ = logits after penalties
   void apply_penalties(std::span<const int32_t> history);
-  void warp();  // temperature, top-k, top-p, min-p on work_: removed tokens become -inf
+  void warp();           // temperature, top-k, top-p, min-p on work_: removed tokens become -inf
+  void probabilities();  // probs_ = softmax of work_ after warp() (greedy: one-hot at the argmax)
 
   SamplerParams params_;
   Rng rng_;
+  // Working buffers, sized to the vocabulary on first use and reused (their capacity is kept).
   std::vector<float> work_;      // the logits being processed
   std::vector<int32_t> order_;   // token ids sorted by logit, descending
-  std::vector<int32_t> counts_;  // occurrences in the penalty window
+  std::vector<int32_t> counts_;  // occurrences in the penalty window (all zero between calls)
+  std::vector<double> kept_;     // probabilities of the tokens top-k kept, for top-p and min-p
+  std::vector<float> probs_;     // what sample() draws from
 };
 
 }  // namespace moerun

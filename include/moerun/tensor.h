@@ -1,6 +1,7 @@
 #pragma once
-// Tensor: a non-owning view (dtype, shape, strides, data pointer, device) plus a handle that keeps its
-// owner (an mmap'd file, a converted buffer, later a device buffer) alive. Copying a view is cheap.
+// Tensor: a non-owning host view (dtype, shape, strides, data pointer) plus a handle that keeps its
+// owner (an mmap'd file or a converted buffer) alive; device copies belong to the backend. Copying a
+// view is cheap.
 
 #include <cstdint>
 #include <memory>
@@ -13,7 +14,6 @@ namespace moerun {
 
 using Shape = std::vector<int64_t>;
 
-enum class Device : uint8_t { cpu, cuda };
 
 std::string shape_str(const Shape& shape);  // "[2048, 768]"; "[]" for a scalar
 
@@ -21,8 +21,7 @@ class Tensor {
  public:
   Tensor() = default;
   // A contiguous row-major view of `data`; `owner` keeps the memory alive.
-  Tensor(DType dtype, Shape shape, const void* data, std::shared_ptr<const void> owner,
-         Device device = Device::cpu);
+  Tensor(DType dtype, Shape shape, const void* data, std::shared_ptr<const void> owner);
 
   bool defined() const noexcept { return data_ != nullptr; }  // views of empty tensors still point into their file
   explicit operator bool() const noexcept { return defined(); }
@@ -34,7 +33,6 @@ class Tensor {
   int64_t dim(int i) const { return shape_.at(static_cast<size_t>(i)); }
   int64_t numel() const noexcept;
   size_t nbytes() const noexcept { return dtype_bytes(dtype_, numel()); }  // block types: whole blocks
-  Device device() const noexcept { return device_; }
   bool is_contiguous() const noexcept;
 
   const void* data() const noexcept { return data_; }
@@ -53,7 +51,6 @@ class Tensor {
   Shape strides_;
   const void* data_ = nullptr;
   std::shared_ptr<const void> owner_;
-  Device device_ = Device::cpu;
 };
 
 }  // namespace moerun

@@ -3,6 +3,8 @@
 // name. Every field is a view into the mapped safetensors shards (or a converted copy made at load).
 // Shapes are in HF orientation: a Linear weight is [out_features, in_features].
 
+#include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "moerun/tensor.h"
@@ -58,5 +60,101 @@ struct ModelWeights {
   Tensor norm;                       // [D]
   Tensor lm_head;                    // [V, D]; the embedding when tied
 };
+
+// --- The walk ------------------------------------------------------------------------------------
+// for_each_weight visits every weight of a ModelWeights once, in one fixed order, with where it sits
+// and what it is. Binding's counts, load-time conversion, the CUDA upload, bench's bytes per token
+// and the memory plan all walk through it, so a tensor added to the structs above is added here
+// once and cannot be forgotten by one of them.
+
+enum class WeightKind : uint8_t {
+  linear,  // a projection run through matmul: [out, in], may be FP8 (with block scales) or quantized
+  table,   // the token embedding [V, D]: rows looked up by id
+  plain,   // norms, the router [E, D], gates, the correction bias: never FP8 and never quantized
+};
+
+struct WeightSite {
+  const char* role = "";  // the field name: "q_proj", "input_layernorm", "gate_proj", "lm_head", ...
+  WeightKind kind = WeightKind::plain;
+  int64_t layer = -1;     // -1: outside the layers (embedding, final norm, LM head)
+  int64_t expert = -1;    // a routed expert's index; -1 otherwise
+  bool shared_expert = false;
+  bool per_head = false;  // read per head, element by element (MLA's kv_b_proj): never quantized
+  bool f32_at_run_time = false;  // a vector the kernels read as f32 (norms, correction bias)
+  bool routed() const noexcept { return expert >= 0; }
+};
+
+// `visit(site, LinearWeight&)` for every projection and `visit(site, Tensor&)` for every other
+// tensor, skipping those a model does not have (undefined). W is ModelWeights or const ModelWeights.
+template <class W, class Visit>
+  requires std::is_same_v<std::remove_const_t<W>, ModelWeights>
+void for_each_weight(W& w, Visit&& visit) {
+  auto lin = [&](const WeightSite& s, auto& l) {
+    if (l.defined()) visit(s, l);
+  };
+  auto vec = [&](const WeightSite& s, auto& t) {
+    if (t.defined()) visit(s, t);
+  };
+  auto mlp = [&](WeightSite s, auto& m) {
+    s.kind = WeightKind::linear;
+    s.role = "gate_proj";
+    lin(s, m.gate_proj);
+    s.role = "up_proj";
+    lin(s, m.up_proj);
+    s.role = "down_proj";
+    lin(s, m.down_proj);
+  };
+  const auto norm = [](const char* role, int64_t layer) {
+    return WeightSite{.role = role, .kind = WeightKind::plain, .layer = layer, .f32_at_run_time = true};
+  };
+  const auto proj = [](const char* role, int64_t layer) { return WeightSite{.role = role, .kind = WeightKind::linear, .layer = layer}; };
+  vec(WeightSite{.role = "embed_tokens", .kind = WeightKind::table}, w.embed_tokens);
+  for (size_t i = 0; i < w.layers.size(); ++i) {
+    auto& L = w.layers[i];
+    const auto l = static_cast<int64_t>(i);
+    vec(norm("input_layernorm", l), L.input_layernorm);
+    vec(norm("post_attention_layernorm", l), L.post_attention_layernorm);
+    lin(proj("q_proj", l), L.q_proj);
+    lin(proj("k_proj", l), L.k_proj);
+    lin(proj("v_proj", l), L.v_proj);
+    lin(proj("o_proj", l), L.o_proj);
+    vec(norm("q_norm", l), L.q_norm);
+    vec(norm("k_norm", l), L.k_norm);
+    lin(proj("q_a_proj", l), L.q_a_proj);
+    vec(norm("q_a_layernorm", l), L.q_a_layernorm);
+    lin(proj("q_b_proj", l), L.q_b_proj);
+    lin(proj("kv_a_proj_with_mqa", l), L.kv_a_proj_with_mqa);
+    vec(norm("kv_a_layernorm", l), L.kv_a_layernorm);
+    lin(WeightSite{.role = "kv_b_proj", .kind = WeightKind::linear, .layer = l, .per_head = true}, L.kv_b_proj);
+    mlp(WeightSite{.layer = l}, L.mlp);
+    vec(WeightSite{.role = "router", .kind = WeightKind::plain, .layer = l}, L.router);
+    vec(norm("e_score_correction_bias", l), L.e_score_correction_bias);
+    for (size_t e = 0; e < L.experts.size(); ++e) mlp(WeightSite{.layer = l, .expert = static_cast<int64_t>(e)}, L.experts[e]);
+    mlp(WeightSite{.layer = l, .shared_expert = true}, L.shared_expert);
+    vec(WeightSite{.role = "shared_expert_gate", .kind = WeightKind::plain, .layer = l}, L.shared_expert_gate);
+  }
+  vec(norm("norm", -1), w.norm);
+  // The LM head is a projection even when tied (it is then the embedding's tensor: walkers that count
+  // bytes see the same data pointer twice).
+  lin(WeightSite{.role = "lm_head", .kind = WeightKind::linear}, w.lm_head);
+}
+
+// The parts of a projection, for walks over tensors.
+enum class LinearPart : uint8_t { weight, scale, bias, whole };
+
+// `visit(site, part, Tensor&)` for every tensor: a projection's weight, block scales and bias one by
+// one (part says which; other tensors come with LinearPart::whole).
+template <class W, class Visit>
+void for_each_tensor(W& w, Visit&& visit) {
+  for_each_weight(w, [&](const WeightSite& s, auto& x) {
+    if constexpr (std::is_same_v<std::remove_const_t<std::remove_reference_t<decltype(x)>>, LinearWeight>) {
+      visit(s, LinearPart::weight, x.weight);
+      if (x.weight_scale_inv) visit(s, LinearPart::scale, x.weight_scale_inv);
+      if (x.bias) visit(s, LinearPart::bias, x.bias);
+    } else {
+      visit(s, s.kind == WeightKind::linear ? LinearPart::weight : LinearPart::whole, x);  // lm_head
+    }
+  });
+}
 
 }  // namespace moerun

@@ -30,7 +30,7 @@ void gated(const GatedActParams& p) {
 
 }  // namespace
 
-void gated_act(const GatedActParams& p) {
+void gated_act(const GatedActParams& p, Context&) {
   switch (p.act) {
     case Activation::silu: return gated<silu>(p);
     case Activation::gelu: return gated<gelu>(p);

@@ -2,14 +2,15 @@
 // position up to the token's own, fp32 softmax, weighted sum of values. The portable loop below
 // takes one (token, head) at a time with the vector loops of kernels/cpu/vec.h; on AVX-512 the heads
 // that share a KV head go together (attention_avx512.cpp), so each cache row is read once for the
-// group. With a pool the items are split across threads, each with its own score rows.
+// group. With a pool the items are split across threads, each with its own score rows (the
+// context's worker scratch).
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "kernels/cpu/attention_impl.h"
-#include "kernels/cpu/thread_pool.h"
+#include "kernels/cpu/context.h"
 #include "kernels/cpu/vec.h"
 #include "kernels/ops.h"
 
@@ -47,61 +48,57 @@ void attend(const AttentionParams& p, int64_t t, int64_t h, float* scores) {
 namespace detail {
 namespace {
 
+// Cache rows the call's longest query reads: the length of a score row.
+int64_t longest_row(const AttentionParams& p) {
+  int64_t longest = 0;
+  for (int64_t t = 0; t < p.n_tokens; ++t) longest = std::max(longest, p.positions[t] + 1);
+  return longest;
+}
+
 // AVX-512: items are (block of tokens, chunk of a KV head's query heads), about 12 queries each so
 // a block of keys serves them all from L1. Whole groups and up to 12 / group tokens; fewer tokens
 // while that leaves under 4 items per thread, and halved groups while there are fewer items than
 // threads (decode on few KV heads, e.g. MLA's one latent head; each chunk reads the whole cache, so
 // chunks are kept as large as the threads allow).
-void attention_grouped(const AttentionParams& p) {
+void attention_grouped(const AttentionParams& p, Context& ctx) {
   constexpr int64_t kTileQueries = 12;
   const int64_t group = p.n_heads / p.n_kv_heads;
-  const int64_t threads = p.pool ? p.pool->size() : 1;
+  const int64_t threads = ctx.threads();
   int64_t chunk = group, tokens = std::clamp<int64_t>(kTileQueries / group, 1, p.n_tokens);
   auto per_kv = [&] { return (group + chunk - 1) / chunk; };
   auto items = [&] { return (p.n_tokens + tokens - 1) / tokens * p.n_kv_heads * per_kv(); };
   while (tokens > 1 && items() < 4 * threads) tokens = (tokens + 1) / 2;
   while (chunk > 1 && items() < threads) chunk = (chunk + 1) / 2;
-  int64_t longest = 0;
-  for (int64_t t = 0; t < p.n_tokens; ++t) longest = std::max(longest, p.positions[t] + 1);
+  const int64_t longest = longest_row(p);
   const int64_t kv_items = p.n_kv_heads * per_kv();
-  auto run = [&](int64_t b, int64_t e) {
-    thread_local std::vector<float> scores;  // grows to the longest context seen, then stays
-    const auto need = static_cast<size_t>(tokens * chunk * longest);
-    if (scores.size() < need) scores.resize(need);
+  ctx.reserve_each(&WorkerScratch::scores, tokens * chunk * longest);  // to the longest context seen
+  ctx.parallel_for(items(), [&](int64_t b, int64_t e, int worker) {
+    float* scores = ctx.worker(worker).scores.data();
     for (int64_t i = b; i < e; ++i) {
       const int64_t t0 = i / kv_items * tokens, rest = i % kv_items;
       const int64_t h0 = rest / per_kv() * group + rest % per_kv() * chunk;
       const int64_t heads = std::min(chunk, (rest / per_kv() + 1) * group - h0);
-      attend_avx512(p, t0, std::min(tokens, p.n_tokens - t0), h0, heads, scores.data());
+      attend_avx512(p, t0, std::min(tokens, p.n_tokens - t0), h0, heads, scores);
     }
-  };
-  if (p.pool) p.pool->parallel_for(items(), run);
-  else run(0, items());
+  });
 }
 
 }  // namespace
 
-void attention_isa(const AttentionParams& p, Isa isa) {
+void attention_isa(const AttentionParams& p, Context& ctx, Isa isa) {
   if (isa == Isa::avx512) {
-    attention_grouped(p);
+    attention_grouped(p, ctx);
     return;
   }
-  if (!p.pool) {
-    for (int64_t t = 0; t < p.n_tokens; ++t)
-      for (int64_t h = 0; h < p.n_heads; ++h) attend(p, t, h, p.scratch);
-    return;
-  }
-  int64_t longest = 0;
-  for (int64_t t = 0; t < p.n_tokens; ++t) longest = std::max(longest, p.positions[t] + 1);
-  p.pool->parallel_for(p.n_tokens * p.n_heads, [&](int64_t b, int64_t e) {
-    thread_local std::vector<float> scores;
-    if (static_cast<int64_t>(scores.size()) < longest) scores.resize(static_cast<size_t>(longest));
-    for (int64_t i = b; i < e; ++i) attend(p, i / p.n_heads, i % p.n_heads, scores.data());
+  ctx.reserve_each(&WorkerScratch::scores, longest_row(p));
+  ctx.parallel_for(p.n_tokens * p.n_heads, [&](int64_t b, int64_t e, int worker) {
+    float* scores = ctx.worker(worker).scores.data();
+    for (int64_t i = b; i < e; ++i) attend(p, i / p.n_heads, i % p.n_heads, scores);
   });
 }
 
 }  // namespace detail
 
-void attention(const AttentionParams& p) { detail::attention_isa(p, detail::best_isa()); }
+void attention(const AttentionParams& p, Context& ctx) { detail::attention_isa(p, ctx, detail::best_isa()); }
 
 }  // namespace moerun::cpu

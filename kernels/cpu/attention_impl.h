@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/context.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/ops.h"
 
@@ -16,6 +17,6 @@ void attend_avx512(const AttentionParams& p, int64_t t0, int64_t tokens, int64_t
 
 // cpu::attention on a chosen instruction set (which this CPU must support); scalar and avx2 share
 // the portable loop.
-void attention_isa(const AttentionParams& p, Isa isa);
+void attention_isa(const AttentionParams& p, Context& ctx, Isa isa);
 
 }  // namespace moerun::cpu::detail

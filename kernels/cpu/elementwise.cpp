@@ -10,7 +10,7 @@
 
 namespace moerun::cpu {
 
-void embed(const EmbedParams& p) {
+void embed(const EmbedParams& p, Context&) {
   for (int64_t t = 0; t < p.n_tokens; ++t) {
     float* dst = p.out + t * p.dim;
     const int64_t base = static_cast<int64_t>(p.ids[t]) * p.dim;
@@ -22,7 +22,7 @@ void embed(const EmbedParams& p) {
   }
 }
 
-void add(const AddParams& p) {
+void add(const AddParams& p, Context&) {
   for (int64_t r = 0; r < p.rows; ++r) {
     const float g = p.gate ? 1.0f / (1.0f + std::exp(-p.gate[r])) : 1.0f;
     float* o = p.out + r * p.cols;
@@ -35,17 +35,17 @@ void add(const AddParams& p) {
   }
 }
 
-void clamp(const ClampParams& p) {
+void clamp(const ClampParams& p, Context&) {
   for (int64_t i = 0; i < p.n; ++i) p.x[i] = std::clamp(p.x[i], -p.limit, p.limit);
 }
 
-void store_rows(const StoreRowsParams& p) {
+void store_rows(const StoreRowsParams& p, Context&) {
   for (int64_t t = 0; t < p.n; ++t)
     std::memcpy(p.cache + p.positions[t] * p.cache_stride, p.src + t * p.src_stride,
                 static_cast<size_t>(p.cols) * sizeof(float));
 }
 
-void copy(const CopyParams& p) {
+void copy(const CopyParams& p, Context&) {
   for (int64_t r = 0; r < p.rows; ++r)
     std::memmove(p.dst + r * p.dst_stride, p.src + r * p.src_stride, static_cast<size_t>(p.cols) * sizeof(float));
 }

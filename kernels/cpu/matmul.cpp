@@ -1,9 +1,9 @@
 // y = x W^T + b on the CPU: the dispatcher and the scalar kernels. The call's activations are
 // prepared once by the calling thread (padded and reordered for float weights, quantized per
-// 32-block for q8_0 / q4_0), then output rows are split across the pool in slices of 16 so each
-// thread streams its own contiguous weight rows. The kernels themselves live per instruction set
-// (matmul_avx512.cpp, matmul_avx2.cpp) and are picked at run time; this file's scalar kernels are
-// the fallback and the readable reference. Accumulation is fp32 everywhere; activations stay fp32
+// 32-block for q8_0 / q4_0) into the context's call scratch, then output rows are split across the
+// context's pool in slices of 16 so each thread streams its own contiguous weight rows. The kernels
+// themselves live per instruction set (matmul_avx512.cpp, matmul_avx2.cpp) and are picked at run
+// time; this file's scalar kernels are the fallback and the readable reference. Accumulation is fp32 everywhere; activations stay fp32
 // for float weights (bf16 weights are widened, never the activations narrowed).
 
 #include <algorithm>
@@ -12,27 +12,14 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/context.h"
 #include "kernels/cpu/matmul_impl.h"
 #include "kernels/cpu/quant.h"
-#include "kernels/cpu/thread_pool.h"
 #include "moerun/error.h"
 
 namespace moerun::cpu {
 namespace detail {
 namespace {
-
-// Scratch of the calling thread: grows, keeps its capacity (a decode step allocates nothing).
-struct Scratch {
-  std::vector<float> xp, xd, xdp;
-  std::vector<int8_t> xq, xq4;
-  std::vector<int32_t> xsum, xcorr;
-};
-
-template <class T>
-T* grow(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
 
 bool quantized(DType t) { return t == DType::q8_0 || t == DType::q4_0; }
 
@@ -122,7 +109,7 @@ void quantize_acts_scalar(const float* x, int64_t xs, int64_t n, int64_t k, int6
   }
 }
 
-void rows_scalar(const MatmulCall& c, int64_t o0, int64_t o1) {
+void rows_scalar(const MatmulCall& c, int64_t o0, int64_t o1, WorkerScratch& s) {
   const MatmulParams& p = *c.p;
   const int64_t in = p.in_features;
   if (quantized(p.weight_dtype)) {
@@ -133,8 +120,7 @@ void rows_scalar(const MatmulCall& c, int64_t o0, int64_t o1) {
     }
     return;
   }
-  thread_local std::vector<float> row;
-  float* w = grow(row, in);
+  float* w = grow(s.rows, in);
   for (int64_t o = o0; o < o1; ++o) {
     widen_row(p, o, w);
     for (int64_t t = 0; t < p.n; ++t) {
@@ -150,7 +136,7 @@ namespace {
 
 // Everything a call does once before its rows are split: x reordered, padded or quantized into the
 // scratch `s` (which must live until the rows are done).
-MatmulCall prepare_call(const MatmulParams& p, Isa isa, Scratch& s) {
+MatmulCall prepare_call(const MatmulParams& p, Isa isa, MatmulActs& s) {
   MatmulCall c;
   c.p = &p;
   c.xs = p.x_stride ? p.x_stride : p.in_features;
@@ -238,33 +224,28 @@ bool shares_activations(const MatmulParams& a, const MatmulParams& b) {
   return a.x == b.x && as == bs && a.n == b.n && a.in_features == b.in_features && a.weight_dtype == b.weight_dtype;
 }
 
-void run_rows(const MatmulCall& c, Isa isa, int64_t o0, int64_t o1) {
+void run_rows(const MatmulCall& c, Isa isa, int64_t o0, int64_t o1, WorkerScratch& s) {
   switch (isa) {
-    case Isa::avx512: rows_avx512(c, o0, o1); break;
-    case Isa::avx2: rows_avx2(c, o0, o1); break;
-    default: rows_scalar(c, o0, o1);
+    case Isa::avx512: rows_avx512(c, o0, o1, s); break;
+    case Isa::avx2: rows_avx2(c, o0, o1, s); break;
+    default: rows_scalar(c, o0, o1, s);
   }
 }
 
 }  // namespace
 
-void matmul_isa(const MatmulParams& p, Isa isa) {
+void matmul_isa(const MatmulParams& p, Context& ctx, Isa isa) { matmul_group_isa(&p, 1, ctx, isa); }
+
+void matmul_alone(const MatmulParams& p, WorkerScratch& s, Isa isa) {
   check(p);
   if (p.n <= 0 || p.out_features <= 0) return;
-  thread_local Scratch s;
-  const MatmulCall c = prepare_call(p, isa, s);
-  auto rows = [&](int64_t o0, int64_t o1) { run_rows(c, isa, o0, o1); };
-  if (p.pool) {
-    p.pool->parallel_for(p.out_features, rows, /*align=*/16);
-  } else {
-    rows(0, p.out_features);
-  }
+  run_rows(prepare_call(p, isa, s.acts), isa, 0, p.out_features, s);
 }
 
-void matmul_group_isa(const MatmulParams* ps, size_t count, ThreadPool* pool, Isa isa) {
+void matmul_group_isa(const MatmulParams* ps, size_t count, Context& ctx, Isa isa) {
   constexpr size_t kMax = kMatmulGroupMax;
   if (count > kMax) throw Error("matmul_group", "at most 32 matmuls per group");
-  thread_local std::array<Scratch, kMax> scratch;
+  std::array<MatmulActs, kMax>& acts = ctx.call().matmul;
   std::array<MatmulCall, kMax> calls;
   std::array<int64_t, kMax + 1> first{};  // entry i owns rows [first[i], first[i + 1]) of the union
   for (size_t i = 0; i < count; ++i) {
@@ -278,33 +259,29 @@ void matmul_group_isa(const MatmulParams* ps, size_t count, ThreadPool* pool, Is
     for (size_t j = 0; j < i && same == i; ++j)
       if (calls[j].p && shares_activations(ps[i], ps[j])) same = j;
     if (same == i) {
-      calls[i] = prepare_call(ps[i], isa, scratch[i]);
+      calls[i] = prepare_call(ps[i], isa, acts[i]);
     } else {
       calls[i] = calls[same];
       calls[i].p = &ps[i];
       calls[i].os = ps[i].out_stride ? ps[i].out_stride : ps[i].out_features;
     }
   }
-  auto rows = [&](int64_t g0, int64_t g1) {
+  auto rows = [&](int64_t g0, int64_t g1, int worker) {
+    WorkerScratch& s = ctx.worker(worker);
     for (size_t i = 0; i < count; ++i) {
       const int64_t lo = std::max(g0, first[i]), hi = std::min(g1, first[i + 1]);
-      if (lo < hi) run_rows(calls[i], isa, lo - first[i], hi - first[i]);
+      if (lo < hi) run_rows(calls[i], isa, lo - first[i], hi - first[i], s);
     }
   };
-  const int64_t total = first[count];
-  if (pool) {
-    pool->parallel_for(total, rows, /*align=*/16);
-  } else {
-    rows(0, total);
-  }
+  ctx.parallel_for(first[count], rows, /*align=*/16);
 }
 
 }  // namespace detail
 
-void matmul(const MatmulParams& p) { detail::matmul_isa(p, detail::best_isa()); }
+void matmul(const MatmulParams& p, Context& ctx) { detail::matmul_isa(p, ctx, detail::best_isa()); }
 
-void matmul_group(const MatmulParams* ps, size_t count, ThreadPool* pool) {
-  detail::matmul_group_isa(ps, count, pool, detail::best_isa());
+void matmul_group(const MatmulParams* ps, size_t count, Context& ctx) {
+  detail::matmul_group_isa(ps, count, ctx, detail::best_isa());
 }
 
 }  // namespace moerun::cpu

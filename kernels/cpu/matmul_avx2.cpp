@@ -154,11 +154,10 @@ MOERUN_AVX2 void tile(const float* const* w, const float* x, int64_t xs, int64_t
     for (int t = 0; t < T; ++t) out[t * os + o + r] = hsum(acc[r][t]) + (bias ? bias[o + r] : 0.0f);
 }
 
-MOERUN_AVX2 void gemm_rows(const MatmulCall& c, int64_t o0, int64_t o1) {
+MOERUN_AVX2 void gemm_rows(const MatmulCall& c, int64_t o0, int64_t o1, WorkerScratch& s) {
   const MatmulParams& p = *c.p;
   const int64_t k = p.in_features, n = p.n;
-  thread_local std::vector<float> buf;
-  if (p.weight_dtype != DType::f32 && static_cast<int64_t>(buf.size()) < kR * k) buf.resize(static_cast<size_t>(kR * k));
+  float* buf = p.weight_dtype != DType::f32 ? grow(s.rows, kR * k) : nullptr;
   const int64_t tile_tokens = std::max<int64_t>(2, kTileBytes / (k * static_cast<int64_t>(sizeof(float))) / 2 * 2);
   for (int64_t t0 = 0; t0 < n; t0 += tile_tokens) {
     const int64_t t1 = std::min(n, t0 + tile_tokens);
@@ -169,8 +168,8 @@ MOERUN_AVX2 void gemm_rows(const MatmulCall& c, int64_t o0, int64_t o1) {
         if (p.weight_dtype == DType::f32) {
           w[r] = static_cast<const float*>(p.weight) + (o + r) * k;
         } else {
-          widen_row(p, o + r, buf.data() + r * k);
-          w[r] = buf.data() + r * k;
+          widen_row(p, o + r, buf + r * k);
+          w[r] = buf + r * k;
         }
       }
       for (int64_t t = t0; t < t1; t += 2) {
@@ -257,7 +256,7 @@ MOERUN_AVX2 void quant_rows(const MatmulCall& c, int64_t o0, int64_t o1) {
 
 }  // namespace
 
-MOERUN_AVX2 void rows_avx2(const MatmulCall& c, int64_t o0, int64_t o1) {
+MOERUN_AVX2 void rows_avx2(const MatmulCall& c, int64_t o0, int64_t o1, WorkerScratch& s) {
   switch (c.p->weight_dtype) {
     case DType::q8_0: quant_rows<DType::q8_0>(c, o0, o1); return;
     case DType::q4_0: quant_rows<DType::q4_0>(c, o0, o1); return;
@@ -270,7 +269,7 @@ MOERUN_AVX2 void rows_avx2(const MatmulCall& c, int64_t o0, int64_t o1) {
       default: gemv_rows<DType::f32>(c, o0, o1); return;
     }
   }
-  gemm_rows(c, o0, o1);
+  gemm_rows(c, o0, o1, s);
 }
 
 }  // namespace moerun::cpu::detail

@@ -302,31 +302,30 @@ MOERUN_AVX512 void float_panel(const MatmulCall& c, const float* w, int64_t o, i
   }
 }
 
-MOERUN_AVX512 void gemm_rows(const MatmulCall& c, int64_t o0, int64_t o1) {
+MOERUN_AVX512 void gemm_rows(const MatmulCall& c, int64_t o0, int64_t o1, WorkerScratch& s) {
   const MatmulParams& p = *c.p;
   const int64_t k = p.in_features;
-  thread_local std::vector<float> panel, rowbuf;  // reused across calls
   constexpr int kRows = kPanelVecs * 16;
-  if (static_cast<int64_t>(panel.size()) < kRows * kKc) panel.resize(static_cast<size_t>(kRows * kKc));
+  float* panel = grow(s.panel, kRows * kKc);
   const bool f8 = p.weight_dtype == DType::f8_e4m3;
-  if (f8 && static_cast<int64_t>(rowbuf.size()) < kRows * k) rowbuf.resize(static_cast<size_t>(kRows * k));
+  float* rowbuf = f8 ? grow(s.rows, kRows * k) : nullptr;
   for (int64_t o = o0; o < o1; o += kRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kRows, o1 - o));
     const char* base = static_cast<const char*>(p.weight) + static_cast<size_t>(o) * dtype_bytes(p.weight_dtype, k);
     DType dtype = p.weight_dtype;
     int64_t stride = static_cast<int64_t>(dtype_bytes(p.weight_dtype, k));
     if (f8) {  // no vector fp8 conversion here: widen the panel's rows once, then pack those
-      for (int r = 0; r < rows; ++r) widen_row(p, o + r, rowbuf.data() + r * k);
-      base = reinterpret_cast<const char*>(rowbuf.data());
+      for (int r = 0; r < rows; ++r) widen_row(p, o + r, rowbuf + r * k);
+      base = reinterpret_cast<const char*>(rowbuf);
       dtype = DType::f32;
       stride = k * static_cast<int64_t>(sizeof(float));
     }
     const int vecs = (rows + 15) / 16;
     for (int64_t k0 = 0; k0 < k; k0 += kKc) {
       const int64_t kc = std::min(kKc, k - k0);
-      pack_panel(base, dtype, stride, rows, k0, kc, panel.data());
+      pack_panel(base, dtype, stride, rows, k0, kc, panel);
       const bool first = k0 == 0, last = k0 + kc == k;
-      const float* w = panel.data();
+      const float* w = panel;
       if (dtype == DType::bf16) {
         switch (vecs) {
           case 1: float_panel<1, true>(c, w, o, rows, k0, kc, first, last); break;
@@ -562,13 +561,11 @@ MOERUN_AVX512 void quant_panel(const MatmulCall& c, const QuantPanel& w, int32_t
 }
 
 template <DType D>
-MOERUN_AVX512 void quant_gemm_rows(const MatmulCall& c, int64_t o0, int64_t o1) {
-  thread_local std::vector<uint8_t> qbuf;  // reused across calls
-  thread_local std::vector<float> sbuf;
+MOERUN_AVX512 void quant_gemm_rows(const MatmulCall& c, int64_t o0, int64_t o1, WorkerScratch& s) {
   const int32_t offset = D == DType::q8_0 ? 128 : 8;
   for (int64_t o = o0; o < o1; o += kPanelVecs * 16) {
     const int rows = static_cast<int>(std::min<int64_t>(kPanelVecs * 16, o1 - o));
-    const QuantPanel w = repack_panel<D>(c, o, rows, qbuf, sbuf);
+    const QuantPanel w = repack_panel<D>(c, o, rows, s.qpanel, s.qscales);
     switch (w.vecs) {
       case 1: quant_panel<1>(c, w, offset, o, rows); break;
       case 2: quant_panel<2>(c, w, offset, o, rows); break;
@@ -578,10 +575,10 @@ MOERUN_AVX512 void quant_gemm_rows(const MatmulCall& c, int64_t o0, int64_t o1) 
 }
 
 template <DType D>
-MOERUN_AVX512 void quant_rows(const MatmulCall& c, int64_t o0, int64_t o1) {
+MOERUN_AVX512 void quant_rows(const MatmulCall& c, int64_t o0, int64_t o1, WorkerScratch& s) {
   const int64_t n = c.p->n;
   if (n >= kQuantGemmMinTokens) {
-    quant_gemm_rows<D>(c, o0, o1);
+    quant_gemm_rows<D>(c, o0, o1, s);
     return;
   }
   for (int64_t o = o0; o < o1; o += kR) {
@@ -620,10 +617,10 @@ MOERUN_AVX512 void quantize_acts_avx512(const float* x, int64_t xs, int64_t n, i
   }
 }
 
-MOERUN_AVX512 void rows_avx512(const MatmulCall& c, int64_t o0, int64_t o1) {
+MOERUN_AVX512 void rows_avx512(const MatmulCall& c, int64_t o0, int64_t o1, WorkerScratch& s) {
   switch (c.p->weight_dtype) {
-    case DType::q8_0: quant_rows<DType::q8_0>(c, o0, o1); return;
-    case DType::q4_0: quant_rows<DType::q4_0>(c, o0, o1); return;
+    case DType::q8_0: quant_rows<DType::q8_0>(c, o0, o1, s); return;
+    case DType::q4_0: quant_rows<DType::q4_0>(c, o0, o1, s); return;
     default: break;
   }
   if (c.xp) {  // few tokens, prepared by matmul.cpp
@@ -633,7 +630,7 @@ MOERUN_AVX512 void rows_avx512(const MatmulCall& c, int64_t o0, int64_t o1) {
       default: gemv_dispatch<DType::f32>(c, o0, o1); return;
     }
   }
-  gemm_rows(c, o0, o1);
+  gemm_rows(c, o0, o1, s);
 }
 
 }  // namespace moerun::cpu::detail

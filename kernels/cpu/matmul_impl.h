@@ -4,10 +4,12 @@
 // path this CPU supports against the scalar one.
 //
 // A call is prepared once by the calling thread (activations padded, reordered or quantized into
-// scratch that all workers read), then output rows [o0, o1) are computed per thread.
+// the context's call scratch, which all workers read), then output rows [o0, o1) are computed per
+// thread, each with its own worker scratch.
 
 #include <cstdint>
 
+#include "kernels/cpu/context.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/ops.h"
 
@@ -57,10 +59,10 @@ struct MatmulCall {
   const int8_t* xq4 = nullptr;
 };
 
-// Output rows [o0, o1) on each instruction set.
-void rows_scalar(const MatmulCall& c, int64_t o0, int64_t o1);
-void rows_avx2(const MatmulCall& c, int64_t o0, int64_t o1);
-void rows_avx512(const MatmulCall& c, int64_t o0, int64_t o1);
+// Output rows [o0, o1) on each instruction set, with the scratch of the worker running them.
+void rows_scalar(const MatmulCall& c, int64_t o0, int64_t o1, WorkerScratch& s);
+void rows_avx2(const MatmulCall& c, int64_t o0, int64_t o1, WorkerScratch& s);
+void rows_avx512(const MatmulCall& c, int64_t o0, int64_t o1, WorkerScratch& s);
 
 // Activations for quantized weights: per token and 32-block, d = max|x| / 127 and
 // q = round(x * 127 / max|x|) (nearest even), the same bits on every instruction set.
@@ -73,7 +75,9 @@ void quantize_acts_avx512(const float* x, int64_t xs, int64_t n, int64_t k, int6
 void widen_row(const MatmulParams& p, int64_t o, float* dst);
 
 // The matmul on a chosen instruction set (which this CPU must support).
-void matmul_isa(const MatmulParams& p, Isa isa);
-void matmul_group_isa(const MatmulParams* ps, size_t count, ThreadPool* pool, Isa isa);
+void matmul_isa(const MatmulParams& p, Context& ctx, Isa isa);
+void matmul_group_isa(const MatmulParams* ps, size_t count, Context& ctx, Isa isa);
+// The matmul run by one worker alone, inside another op's chunk (no dispatch), with its scratch.
+void matmul_alone(const MatmulParams& p, WorkerScratch& s, Isa isa);
 
 }  // namespace moerun::cpu::detail

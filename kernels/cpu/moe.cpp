@@ -1,13 +1,13 @@
 // The routed experts of a MoE layer on the CPU: token->expert pairs are grouped by expert, each
 // selected expert runs once as a small GEMM over its tokens (its weights are read once per batch),
 // and the weighted outputs are scattered back. One token (decode) takes a grouped path below.
-// Scratch is per thread and keeps its capacity, so a decode step allocates nothing after the first.
+// Scratch is the context's and keeps its capacity, so a decode step allocates nothing after the first.
 
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <vector>
 
+#include "kernels/cpu/context.h"
 #include "kernels/cpu/vec.h"
 #include "kernels/moe_plan.h"
 #include "kernels/ops.h"
@@ -20,13 +20,12 @@ namespace {
 // matmul_group (one dispatch, x prepared once) and all down projections another, instead of three
 // dispatches per expert. Outputs are summed in ascending expert id, as the batched path does, so
 // the result is the same bits.
-void moe_one_token(const MoeParams& p, std::vector<float>& g, std::vector<float>& u, std::vector<float>& y) {
+void moe_one_token(const MoeParams& p, Context& ctx) {
   const int64_t D = p.hidden, I = p.intermediate, k = p.top_k;
-  if (static_cast<int64_t>(g.size()) < k * I) {
-    g.resize(static_cast<size_t>(k * I));
-    u.resize(static_cast<size_t>(k * I));
-  }
-  if (static_cast<int64_t>(y.size()) < k * D) y.resize(static_cast<size_t>(k * D));
+  CallScratch& s = ctx.call();
+  float* g = grow(s.moe_gate, k * I);
+  float* u = grow(s.moe_up, k * I);
+  float* y = grow(s.moe_down, k * D);
   std::array<int64_t, kMatmulGroupMax / 2> order;  // slots by ascending expert id
   for (int64_t j = 0; j < k; ++j) order[static_cast<size_t>(j)] = j;
   std::sort(order.begin(), order.begin() + k, [&](int64_t a, int64_t b) { return p.expert_ids[a] < p.expert_ids[b]; });
@@ -35,35 +34,35 @@ void moe_one_token(const MoeParams& p, std::vector<float>& g, std::vector<float>
     const int32_t e = p.expert_ids[j];
     const MatmulParams proj{.x = p.x, .weight_dtype = p.weight_dtype, .n = 1, .in_features = D, .out_features = I};
     ps[static_cast<size_t>(2 * j)] = proj;
-    ps[static_cast<size_t>(2 * j)].out = g.data() + j * I;
+    ps[static_cast<size_t>(2 * j)].out = g + j * I;
     ps[static_cast<size_t>(2 * j)].weight = p.gate[e];
     ps[static_cast<size_t>(2 * j + 1)] = proj;
-    ps[static_cast<size_t>(2 * j + 1)].out = u.data() + j * I;
+    ps[static_cast<size_t>(2 * j + 1)].out = u + j * I;
     ps[static_cast<size_t>(2 * j + 1)].weight = p.up[e];
   }
-  matmul_group(ps.data(), static_cast<size_t>(2 * k), p.pool);
-  gated_act({.out = g.data(), .gate = g.data(), .up = u.data(), .n = k * I, .act = p.act});
+  matmul_group(ps.data(), static_cast<size_t>(2 * k), ctx);
+  gated_act({.out = g, .gate = g, .up = u, .n = k * I, .act = p.act}, ctx);
   for (int64_t j = 0; j < k; ++j)
-    ps[static_cast<size_t>(j)] = {.out = y.data() + j * D, .x = g.data() + j * I, .weight = p.down[p.expert_ids[j]],
+    ps[static_cast<size_t>(j)] = {.out = y + j * D, .x = g + j * I, .weight = p.down[p.expert_ids[j]],
                                   .weight_dtype = p.weight_dtype, .n = 1, .in_features = I, .out_features = D};
-  matmul_group(ps.data(), static_cast<size_t>(k), p.pool);
+  matmul_group(ps.data(), static_cast<size_t>(k), ctx);
   std::fill(p.out, p.out + D, 0.0f);
   for (int64_t i = 0; i < k; ++i) {
     const int64_t j = order[static_cast<size_t>(i)];
-    vec::axpy(p.out, p.expert_weights[j], y.data() + j * D, D);
+    vec::axpy(p.out, p.expert_weights[j], y + j * D, D);
   }
 }
 
 }  // namespace
 
-void moe(const MoeParams& p) {
+void moe(const MoeParams& p, Context& ctx) {
   const int64_t D = p.hidden, I = p.intermediate, pairs = p.n_tokens * p.top_k;
-  thread_local MoePlan plan;
-  thread_local std::vector<float> xin, g, u, y;
   if (p.n_tokens == 1 && 2 * p.top_k <= static_cast<int64_t>(kMatmulGroupMax)) {
-    moe_one_token(p, g, u, y);
+    moe_one_token(p, ctx);
     return;
   }
+  CallScratch& s = ctx.call();
+  MoePlan& plan = s.moe_plan;
   plan_moe(p.expert_ids, pairs, p.n_experts, plan);
   std::fill(p.out, p.out + p.n_tokens * D, 0.0f);
   for (int64_t e = 0; e < p.n_experts; ++e) {
@@ -71,29 +70,28 @@ void moe(const MoeParams& p) {
     if (count == 0) continue;
     const float* in = p.x;
     if (p.n_tokens > 1) {  // gather this expert's tokens (decode reads x in place)
-      if (static_cast<int64_t>(xin.size()) < count * D) xin.resize(static_cast<size_t>(count * D));
+      float* xin = grow(s.moe_x, count * D);
       for (int64_t j = 0; j < count; ++j)
-        std::memcpy(xin.data() + j * D, p.x + (plan.order[static_cast<size_t>(b + j)] / p.top_k) * D,
+        std::memcpy(xin + j * D, p.x + (plan.order[static_cast<size_t>(b + j)] / p.top_k) * D,
                     static_cast<size_t>(D) * sizeof(float));
-      in = xin.data();
+      in = xin;
     }
-    if (static_cast<int64_t>(g.size()) < count * I) {
-      g.resize(static_cast<size_t>(count * I));
-      u.resize(static_cast<size_t>(count * I));
-    }
-    if (static_cast<int64_t>(y.size()) < count * D) y.resize(static_cast<size_t>(count * D));
+    float* g = grow(s.moe_gate, count * I);
+    float* u = grow(s.moe_up, count * I);
+    float* y = grow(s.moe_down, count * D);
     const MatmulParams gate_up[] = {
-        {.out = g.data(), .x = in, .weight = p.gate[e], .weight_dtype = p.weight_dtype, .n = count, .in_features = D,
+        {.out = g, .x = in, .weight = p.gate[e], .weight_dtype = p.weight_dtype, .n = count, .in_features = D,
          .out_features = I},
-        {.out = u.data(), .x = in, .weight = p.up[e], .weight_dtype = p.weight_dtype, .n = count, .in_features = D,
+        {.out = u, .x = in, .weight = p.up[e], .weight_dtype = p.weight_dtype, .n = count, .in_features = D,
          .out_features = I}};
-    matmul_group(gate_up, 2, p.pool);  // one dispatch, x prepared once
-    gated_act({.out = g.data(), .gate = g.data(), .up = u.data(), .n = count * I, .act = p.act});
-    matmul({.out = y.data(), .x = g.data(), .weight = p.down[e], .weight_dtype = p.weight_dtype, .n = count,
-            .in_features = I, .out_features = D, .pool = p.pool});
+    matmul_group(gate_up, 2, ctx);  // one dispatch, x prepared once
+    gated_act({.out = g, .gate = g, .up = u, .n = count * I, .act = p.act}, ctx);
+    matmul({.out = y, .x = g, .weight = p.down[e], .weight_dtype = p.weight_dtype, .n = count, .in_features = I,
+            .out_features = D},
+           ctx);
     for (int64_t j = 0; j < count; ++j) {
       const int64_t pair = plan.order[static_cast<size_t>(b + j)];
-      vec::axpy(p.out + (pair / p.top_k) * D, p.expert_weights[pair], y.data() + j * D, D);
+      vec::axpy(p.out + (pair / p.top_k) * D, p.expert_weights[pair], y + j * D, D);
     }
   }
 }

@@ -7,7 +7,7 @@
 
 namespace moerun::cpu {
 
-void rms_norm(const RmsNormParams& p) {
+void rms_norm(const RmsNormParams& p, Context&) {
   const int64_t stride = p.stride ? p.stride : p.cols;
   for (int64_t r = 0; r < p.rows; ++r) {
     const float* x = p.x + r * stride;

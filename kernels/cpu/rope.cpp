@@ -7,7 +7,7 @@
 
 namespace moerun::cpu {
 
-void rope(const RopeParams& p) {
+void rope(const RopeParams& p, Context&) {
   const int64_t half = p.rot_dim / 2;
   for (int64_t t = 0; t < p.n_tokens; ++t) {
     const float pos = static_cast<float>(p.positions[t]);

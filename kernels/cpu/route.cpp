@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/context.h"
 #include "kernels/ops.h"
 
 namespace moerun::cpu {
@@ -23,12 +24,12 @@ void top_k(int32_t* out, const float* v, int64_t n, int64_t k) {
 
 }  // namespace
 
-void route(const RouteParams& p) {
+void route(const RouteParams& p, Context& ctx) {
   const int64_t E = p.n_experts;
-  float* scores = p.scratch;          // [E] the unbiased scores: weights come from these
-  float* select = p.scratch + E;      // [E] scores + correction bias: selection uses these
-  float* group_score = p.scratch + 2 * E;  // [n_group]
-  int32_t* kept = reinterpret_cast<int32_t*>(p.scratch + 2 * E + p.n_group);  // [topk_group]
+  float* scores = grow(ctx.call().route, 2 * E + p.n_group);  // [E] unbiased scores: weights come from these
+  float* select = scores + E;           // [E] scores + correction bias: selection uses these
+  float* group_score = scores + 2 * E;  // [n_group]
+  int32_t* kept = grow(ctx.call().route_groups, p.topk_group);  // [topk_group]
   const int64_t per_group = E / p.n_group;
 
   for (int64_t t = 0; t < p.n_tokens; ++t) {

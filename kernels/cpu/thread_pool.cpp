@@ -62,11 +62,11 @@ void ThreadPool::stop_workers() {
   workers_.clear();
 }
 
-void ThreadPool::run_slice(int) {
+void ThreadPool::run_slice(int index) {
   for (;;) {
     const int64_t begin = cursor_.fetch_add(chunk_, std::memory_order_relaxed);
     if (begin >= n_) return;
-    (*fn_)(begin, std::min(n_, begin + chunk_));
+    (*fn_)(begin, std::min(n_, begin + chunk_), index);
   }
 }
 
@@ -98,7 +98,7 @@ void ThreadPool::work(int index) {
 void ThreadPool::parallel_for(int64_t n, FunctionRef fn, int64_t align) {
   align = std::max<int64_t>(align, 1);
   if (workers_.empty() || n <= align) {
-    if (n > 0) fn(0, n);
+    if (n > 0) fn(0, n, 0);
     return;
   }
   fn_ = &fn;

@@ -17,20 +17,27 @@
 
 namespace moerun::cpu {
 
-// A non-owning reference to a callable taking (begin, end): two pointers, no allocation. The callable
-// must outlive the call (a lambda argument lives until the end of the full expression).
+// A non-owning reference to a callable taking (begin, end) or (begin, end, worker): two pointers, no
+// allocation. The callable must outlive the call (a lambda argument lives until the end of the full
+// expression). `worker` is the index of the thread running the chunk, in [0, ThreadPool::size()):
+// 0 is the calling thread; a kernel indexes its per-thread scratch with it (kernels/cpu/context.h).
 class FunctionRef {
  public:
   template <class F>
-    requires(!std::is_same_v<std::remove_cvref_t<F>, FunctionRef> && std::is_invocable_v<F&, int64_t, int64_t>)
+    requires(!std::is_same_v<std::remove_cvref_t<F>, FunctionRef> &&
+             (std::is_invocable_v<F&, int64_t, int64_t> || std::is_invocable_v<F&, int64_t, int64_t, int>))
   FunctionRef(F&& f) noexcept  // NOLINT(google-explicit-constructor): converts like std::function
       : obj_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
-        call_([](void* o, int64_t b, int64_t e) { (*static_cast<std::remove_reference_t<F>*>(o))(b, e); }) {}
-  void operator()(int64_t begin, int64_t end) const { call_(obj_, begin, end); }
+        call_([](void* o, int64_t b, int64_t e, int worker) {
+          auto& fn = *static_cast<std::remove_reference_t<F>*>(o);
+          if constexpr (std::is_invocable_v<F&, int64_t, int64_t, int>) fn(b, e, worker);
+          else fn(b, e);
+        }) {}
+  void operator()(int64_t begin, int64_t end, int worker = 0) const { call_(obj_, begin, end, worker); }
 
  private:
   void* obj_;
-  void (*call_)(void*, int64_t, int64_t);
+  void (*call_)(void*, int64_t, int64_t, int);
 };
 
 class ThreadPool {
@@ -42,10 +49,11 @@ class ThreadPool {
 
   int size() const noexcept { return static_cast<int>(workers_.size()) + 1; }
 
-  // Calls fn(begin, end) on contiguous chunks covering [0, n) exactly once (chunk starts are
-  // multiples of `align`) and returns when all are done. Threads claim chunks from a shared cursor,
-  // about eight per thread, so a core slowed by the other's traffic or by a neighbour on the host
-  // does less instead of holding everyone up. n <= align runs inline. Not reentrant.
+  // Calls fn(begin, end[, worker]) on contiguous chunks covering [0, n) exactly once (chunk starts
+  // are multiples of `align`) and returns when all are done; no two chunks run on one worker index at
+  // the same time. Threads claim chunks from a shared cursor, about eight per thread, so a core
+  // slowed by the other's traffic or by a neighbour on the host does less instead of holding
+  // everyone up. n <= align runs inline (worker 0). Not reentrant.
   void parallel_for(int64_t n, FunctionRef fn, int64_t align = 1);
 
  private:

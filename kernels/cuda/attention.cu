@@ -33,6 +33,7 @@
 
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/context.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
 
@@ -414,8 +415,6 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(Args a) {
     a.out[idx * a.v_dim + c] = o * inv_sum;
   }
 }
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 }  // namespace
 

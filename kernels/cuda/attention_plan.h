@@ -14,6 +14,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cuda/launch.h"
+
 namespace moerun::cuda::attention_plan {
 
 inline constexpr int kThreads = 256;           // 8 warps per block
@@ -24,8 +26,8 @@ inline constexpr int64_t kRowAlign = 32;       // split lengths are whole tiles 
 inline constexpr int64_t kMinSplitRows = 128;  // below this a split's fixed costs (Q load, partial write) dominate
 inline constexpr int kBlocksPerSm = 2;         // target blocks per multiprocessor when splitting
 
-constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-constexpr int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+using ::moerun::cuda::ceil_div;
+using ::moerun::cuda::round_up;
 
 // Query rows of one KV head (tokens x heads per KV head) and the tiles they make.
 constexpr int64_t query_rows(int64_t n_tokens, int64_t group) { return n_tokens * group; }

@@ -13,21 +13,12 @@
 
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/context.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
 
 namespace moerun::cuda {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 65535;  // grid.y limit; also plenty of blocks for a 1-D grid-stride loop
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-// Blocks for n work items of one thread each, capped (the kernels loop).
-unsigned blocks_for(int64_t n) {
-  return static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
-}
 
 void check_rows(const char* op, int64_t rows) {
   if (rows > 0x7fffffff) throw Error(op, "more than 2^31 - 1 rows for one launch");
@@ -45,7 +36,7 @@ __global__ void gated_act_kernel(float* out, const float* gate, const float* __r
                                  Activation act) {
   using detail::act_mul;
   const int64_t nv = n / V;
-  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < nv; i += int64_t{gridDim.x} * kThreads) {
+  for (int64_t i = blockIdx.x * int64_t{kEltThreads} + threadIdx.x; i < nv; i += int64_t{gridDim.x} * kEltThreads) {
     if constexpr (V == 4) {
       const float4 g = load4(gate + 4 * i), u = load4(up + 4 * i);
       store4(out + 4 * i, make_float4(act_mul(act, g.x, u.x), act_mul(act, g.y, u.y), act_mul(act, g.z, u.z),
@@ -97,7 +88,7 @@ __global__ void embed_kernel(float* __restrict__ out,          // [n_tokens, dim
   float* o = out + t * dim;
   constexpr int kPer = !kVec ? 1 : (D == DType::f32 ? 4 : 8);
   const int64_t nv = dim / kPer;
-  for (int64_t j = blockIdx.y * int64_t{kThreads} + threadIdx.x; j < nv; j += int64_t{gridDim.y} * kThreads) {
+  for (int64_t j = blockIdx.y * int64_t{kEltThreads} + threadIdx.x; j < nv; j += int64_t{gridDim.y} * kEltThreads) {
     if constexpr (!kVec) {
       o[j] = widen<D>(table, row + j);
     } else if constexpr (D == DType::f32) {
@@ -117,11 +108,11 @@ void launch_embed(const EmbedParams& p, cudaStream_t stream) {
   constexpr int64_t kPer = D == DType::f32 ? 4 : 8;
   const size_t bytes = D == DType::f32 ? 4 : 2;
   const bool vec = p.dim % kPer == 0 && aligned16(p.table) && aligned16(p.out) && (p.dim * bytes) % 16 == 0;
-  const dim3 grid(static_cast<unsigned>(p.n_tokens), blocks_for(vec ? p.dim / kPer : p.dim));
+  const dim3 grid(static_cast<unsigned>(p.n_tokens), elt_blocks(vec ? p.dim / kPer : p.dim));
   if (vec)
-    embed_kernel<D, true><<<grid, kThreads, 0, stream>>>(p.out, p.table, p.ids, p.dim);
+    embed_kernel<D, true><<<grid, kEltThreads, 0, stream>>>(p.out, p.table, p.ids, p.dim);
   else
-    embed_kernel<D, false><<<grid, kThreads, 0, stream>>>(p.out, p.table, p.ids, p.dim);
+    embed_kernel<D, false><<<grid, kEltThreads, 0, stream>>>(p.out, p.table, p.ids, p.dim);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -139,7 +130,7 @@ __global__ void add_kernel(float* __restrict__ out,         // [rows, cols]
   const float* xr = x + r * cols;
   constexpr int kPer = kVec ? 4 : 1;
   const int64_t nv = cols / kPer;
-  for (int64_t j = blockIdx.y * int64_t{kThreads} + threadIdx.x; j < nv; j += int64_t{gridDim.y} * kThreads) {
+  for (int64_t j = blockIdx.y * int64_t{kEltThreads} + threadIdx.x; j < nv; j += int64_t{gridDim.y} * kEltThreads) {
     if constexpr (kVec) {
       float4 a = load4(o + 4 * j);
       const float4 b = load4(xr + 4 * j);
@@ -161,7 +152,7 @@ __global__ void add_kernel(float* __restrict__ out,         // [rows, cols]
 template <int V>
 __global__ void clamp_kernel(float* __restrict__ x, int64_t n, float limit) {
   const int64_t nv = n / V;
-  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < nv; i += int64_t{gridDim.x} * kThreads) {
+  for (int64_t i = blockIdx.x * int64_t{kEltThreads} + threadIdx.x; i < nv; i += int64_t{gridDim.x} * kEltThreads) {
     if constexpr (V == 4) {
       float4 v = load4(x + 4 * i);
       v.x = fminf(fmaxf(v.x, -limit), limit);
@@ -188,7 +179,7 @@ __global__ void move_rows_kernel(float* __restrict__ dst, const float* __restric
   const float* s = src + r * src_stride;
   constexpr int kPer = kVec ? 4 : 1;
   const int64_t nv = cols / kPer;
-  for (int64_t j = blockIdx.y * int64_t{kThreads} + threadIdx.x; j < nv; j += int64_t{gridDim.y} * kThreads) {
+  for (int64_t j = blockIdx.y * int64_t{kEltThreads} + threadIdx.x; j < nv; j += int64_t{gridDim.y} * kEltThreads) {
     if constexpr (kVec)
       store4(d + 4 * j, load4(s + 4 * j));
     else
@@ -199,11 +190,11 @@ __global__ void move_rows_kernel(float* __restrict__ dst, const float* __restric
 void launch_move_rows(float* dst, const float* src, const int64_t* dst_rows, int64_t rows, int64_t cols,
                       int64_t dst_stride, int64_t src_stride, cudaStream_t stream) {
   const bool vec = cols % 4 == 0 && dst_stride % 4 == 0 && src_stride % 4 == 0 && aligned16(dst) && aligned16(src);
-  const dim3 grid(static_cast<unsigned>(rows), blocks_for(vec ? cols / 4 : cols));
+  const dim3 grid(static_cast<unsigned>(rows), elt_blocks(vec ? cols / 4 : cols));
   if (vec)
-    move_rows_kernel<true><<<grid, kThreads, 0, stream>>>(dst, src, dst_rows, cols, dst_stride, src_stride);
+    move_rows_kernel<true><<<grid, kEltThreads, 0, stream>>>(dst, src, dst_rows, cols, dst_stride, src_stride);
   else
-    move_rows_kernel<false><<<grid, kThreads, 0, stream>>>(dst, src, dst_rows, cols, dst_stride, src_stride);
+    move_rows_kernel<false><<<grid, kEltThreads, 0, stream>>>(dst, src, dst_rows, cols, dst_stride, src_stride);
 }
 
 }  // namespace
@@ -215,9 +206,9 @@ void gated_act(const GatedActParams& p, Context& ctx) {
   const bool vec = aligned16(p.out) && aligned16(p.gate) && aligned16(p.up);
   const int64_t body = vec ? p.n / 4 * 4 : 0;
   if (body > 0)
-    gated_act_kernel<4><<<blocks_for(body / 4), kThreads, 0, ctx.stream()>>>(p.out, p.gate, p.up, body, p.act);
+    gated_act_kernel<4><<<elt_blocks(body / 4), kEltThreads, 0, ctx.stream()>>>(p.out, p.gate, p.up, body, p.act);
   if (p.n > body)
-    gated_act_kernel<1><<<blocks_for(p.n - body), kThreads, 0, ctx.stream()>>>(p.out + body, p.gate + body,
+    gated_act_kernel<1><<<elt_blocks(p.n - body), kEltThreads, 0, ctx.stream()>>>(p.out + body, p.gate + body,
                                                                               p.up + body, p.n - body, p.act);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
@@ -247,11 +238,11 @@ void add(const AddParams& p, Context& ctx) {
   check_rows("cuda::add", p.rows);
   if (p.rows == 0 || p.cols == 0) return;
   const bool vec = p.cols % 4 == 0 && aligned16(p.out) && aligned16(p.x);
-  const dim3 grid(static_cast<unsigned>(p.rows), blocks_for(vec ? p.cols / 4 : p.cols));
+  const dim3 grid(static_cast<unsigned>(p.rows), elt_blocks(vec ? p.cols / 4 : p.cols));
   if (vec)
-    add_kernel<true><<<grid, kThreads, 0, ctx.stream()>>>(p.out, p.x, p.gate, p.cols);
+    add_kernel<true><<<grid, kEltThreads, 0, ctx.stream()>>>(p.out, p.x, p.gate, p.cols);
   else
-    add_kernel<false><<<grid, kThreads, 0, ctx.stream()>>>(p.out, p.x, p.gate, p.cols);
+    add_kernel<false><<<grid, kEltThreads, 0, ctx.stream()>>>(p.out, p.x, p.gate, p.cols);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -259,9 +250,9 @@ void clamp(const ClampParams& p, Context& ctx) {
   if (p.n < 0) throw Error("cuda::clamp", "n must be >= 0");
   if (p.n == 0) return;
   const int64_t body = aligned16(p.x) ? p.n / 4 * 4 : 0;
-  if (body > 0) clamp_kernel<4><<<blocks_for(body / 4), kThreads, 0, ctx.stream()>>>(p.x, body, p.limit);
+  if (body > 0) clamp_kernel<4><<<elt_blocks(body / 4), kEltThreads, 0, ctx.stream()>>>(p.x, body, p.limit);
   if (p.n > body)
-    clamp_kernel<1><<<blocks_for(p.n - body), kThreads, 0, ctx.stream()>>>(p.x + body, p.n - body, p.limit);
+    clamp_kernel<1><<<elt_blocks(p.n - body), kEltThreads, 0, ctx.stream()>>>(p.x + body, p.n - body, p.limit);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 

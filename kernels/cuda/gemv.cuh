@@ -17,6 +17,8 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/launch.h"
+
 namespace moerun::cuda::gemv {
 
 constexpr int kMaxThreads = 256;  // 8 warps: a row of 2048 bf16 is one vector per thread
@@ -239,8 +241,6 @@ __device__ __forceinline__ void accumulate(float (&acc)[R][NT], const Rows<R>& r
   }
   for (int64_t i = tail + threadIdx.x; i < in; i += step) fma_scalar<W, R, NT>(acc, rows, x, x_stride, n, i);
 }
-
-__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/context.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
 
@@ -233,12 +234,12 @@ __global__ void __launch_bounds__(kThreads) tiled_kernel(Args a) {
 template <DType D>
 void launch(const HeadMatmulParams& p, const Args& a, cudaStream_t stream) {
   constexpr int V = kVec<D>;
-  const bool aligned = (reinterpret_cast<uintptr_t>(p.weight) & 15u) == 0 && p.row_len % V == 0;
+  const bool aligned = aligned16(p.weight) && p.row_len % V == 0;
   const bool few = p.n_tokens <= kMaxGemvTokens;
   const int tok = p.n_tokens == 1 ? 1 : kMaxGemvTokens;
   const size_t x_bytes = static_cast<size_t>(tok * p.in_dim) * sizeof(float);
   if (few && aligned && !p.transposed && p.in_dim % V == 0 && x_bytes <= kMaxGemvSmem) {
-    const dim3 grid(static_cast<unsigned>(p.n_heads), static_cast<unsigned>((p.out_dim + kWarps - 1) / kWarps));
+    const dim3 grid(static_cast<unsigned>(p.n_heads), static_cast<unsigned>(ceil_div(p.out_dim, kWarps)));
     if (tok == 1)
       gemv_rows_kernel<D, 1><<<grid, kThreads, x_bytes, stream>>>(a);
     else
@@ -247,16 +248,16 @@ void launch(const HeadMatmulParams& p, const Args& a, cudaStream_t stream) {
   }
   const size_t red_bytes = static_cast<size_t>(kWarps) * 32 * V * sizeof(float);
   if (few && aligned && p.transposed && p.out_dim % V == 0 && red_bytes + x_bytes <= kMaxGemvSmem) {
-    const dim3 grid(static_cast<unsigned>(p.n_heads), static_cast<unsigned>((p.out_dim + 32 * V - 1) / (32 * V)));
+    const dim3 grid(static_cast<unsigned>(p.n_heads), static_cast<unsigned>(ceil_div(p.out_dim, 32 * V)));
     if (tok == 1)
       gemv_cols_kernel<D, 1><<<grid, kThreads, red_bytes + x_bytes, stream>>>(a);
     else
       gemv_cols_kernel<D, kMaxGemvTokens><<<grid, kThreads, red_bytes + x_bytes, stream>>>(a);
     return;
   }
-  const int64_t token_tiles = (p.n_tokens + kTile - 1) / kTile;
+  const int64_t token_tiles = ceil_div(p.n_tokens, kTile);
   if (token_tiles > 65535) throw Error("cuda::head_matmul", "more than 65535 * 64 tokens in one call");
-  const dim3 grid(static_cast<unsigned>((p.out_dim + kTile - 1) / kTile), static_cast<unsigned>(token_tiles),
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.out_dim, kTile)), static_cast<unsigned>(token_tiles),
                   static_cast<unsigned>(p.n_heads));
   if (p.transposed)
     tiled_kernel<D, true><<<grid, kThreads, 0, stream>>>(a);

@@ -20,6 +20,7 @@
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/gemv.cuh"
+#include "kernels/cuda/launch.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
 
@@ -30,7 +31,6 @@ using ::moerun::detail::cat;
 
 constexpr int64_t kGemvMaxTokens = 8;        // beyond this the weights are worth staging through tensor cores
 constexpr int64_t kFp8TileBytes = 64 << 20;  // bf16 dequantization tile of the FP8 GEMM path
-constexpr int kEltThreads = 256;             // elementwise helper kernels
 
 // Rows per GEMV block. A thread holds R x NT accumulators and 2R weight vectors; more rows reuse each
 // x load for more weights (x traffic per weight byte falls as 1/R), fewer keep registers for tokens.
@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(gemv::kMaxThreads) gemv_kernel(const GemvArgs 
     const int64_t o = o0 + r < a.out_features ? o0 + r : a.out_features - 1;  // past the end: a duplicate, dropped
     rows.w[r] = static_cast<const char*>(a.w) + o * a.row_bytes;
     rows.scale[r] = gemv::kScaled<W> ? a.scale + (o / a.block_out) * a.scale_cols : nullptr;
-    vec = vec && gemv::aligned16(rows.w[r]);  // odd rows of an odd-length bf16 matrix take the scalar path
+    vec = vec && aligned16(rows.w[r]);  // odd rows of an odd-length bf16 matrix take the scalar path
   }
   rows.block_in = a.block_in;
 
@@ -109,11 +109,6 @@ void launch_gemv_tokens(const GemvArgs& a, cudaStream_t stream) {
   }
 }
 
-// Grid-stride launch size for an elementwise kernel over `total` items.
-unsigned elt_blocks(int64_t total) {
-  return static_cast<unsigned>(std::clamp<int64_t>((total + kEltThreads - 1) / kEltThreads, 1, 65536));
-}
-
 // dst[r, c] = x[r, c] rounded to nearest (even) bf16 or f16; dst dense [n, in], x row stride x_stride.
 template <class T>
 __global__ void round_rows_kernel(T* __restrict__ dst, const float* __restrict__ x, int64_t n, int64_t in,
@@ -151,8 +146,6 @@ __global__ void add_bias_kernel(float* __restrict__ out, const float* __restrict
     out[(i / cols) * out_stride + o] += bias[o];
   }
 }
-
-size_t round_up(size_t bytes) { return (bytes + 255) & ~size_t{255}; }
 
 }  // namespace
 
@@ -221,7 +214,7 @@ void matmul(const MatmulParams& p, Context& ctx) {
     a.block_out = p.block_out;
     a.block_in = static_cast<uint32_t>(fp8 ? p.block_in : 1);
     a.vec = !fp8 || p.block_in % 16 == 0;
-    a.x_vec = reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && (p.n == 1 || xs % 4 == 0);
+    a.x_vec = aligned16(p.x) && (p.n == 1 || xs % 4 == 0);
     if (O > INT_MAX) throw Error("cuda::matmul", cat("out_features ", O, " exceeds the grid"));
     switch (dt) {
       case DType::f32: launch_gemv_tokens<gemv::F32>(a, ctx.stream()); break;
@@ -237,7 +230,7 @@ void matmul(const MatmulParams& p, Context& ctx) {
     detail::gemm_xwt(ctx, p.out, os, p.weight, p.x, xs, DType::f32, p.n, in, O);
   } else {
     // x rounded to the GEMM's 16-bit type, dense [n, in]; FP8 also needs a bf16 tile of weight rows.
-    const size_t x_bytes = round_up(static_cast<size_t>(p.n * in) * 2);
+    const size_t x_bytes = round_up(static_cast<size_t>(p.n * in) * 2, kWorkspaceAlign);
     const int64_t tile_rows = fp8 ? std::clamp<int64_t>(kFp8TileBytes / (2 * in), 1, O) : 0;
     char* ws = static_cast<char*>(ctx.workspace(x_bytes + static_cast<size_t>(tile_rows * in) * 2));
     const DType gemm_type = dt == DType::f16 ? DType::f16 : DType::bf16;

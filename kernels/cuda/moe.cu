@@ -30,6 +30,7 @@
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/gemv.cuh"
+#include "kernels/cuda/launch.h"
 #include "kernels/moe_plan.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
@@ -41,7 +42,6 @@ using ::moerun::detail::cat;
 
 constexpr int64_t kDecodeMaxTokens = 4;  // beyond this, grouping pairs by expert pays for the host sync
 constexpr int kRows = 4;                 // weight rows per decode block (gate_up streams 2 x kRows rows)
-constexpr int kEltThreads = 256;
 
 struct DecodeArgs {
   float* h;                 // [pairs, I]  act(gate x) * up x
@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(gemv::kMaxThreads) moe_gate_up_kernel(const De
     const int64_t i = i0 + r < I ? i0 + r : I - 1;  // past the end: a duplicate row, dropped
     rows.w[r] = g + i * a.hidden * a.elem_bytes;
     rows.w[R + r] = u + i * a.hidden * a.elem_bytes;
-    vec = vec && gemv::aligned16(rows.w[r]) && gemv::aligned16(rows.w[R + r]);
+    vec = vec && aligned16(rows.w[r]) && aligned16(rows.w[R + r]);
   }
 #pragma unroll
   for (int r = 0; r < 2 * R; ++r) rows.scale[r] = nullptr;
@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(gemv::kMaxThreads) moe_down_kernel(const Decod
     const int64_t d = d0 + r < D ? d0 + r : D - 1;
     rows.w[r] = w + d * a.intermediate * a.elem_bytes;
     rows.scale[r] = nullptr;
-    vec = vec && gemv::aligned16(rows.w[r]);
+    vec = vec && aligned16(rows.w[r]);
   }
   rows.block_in = 1;
 
@@ -181,16 +181,10 @@ __global__ void moe_act_mul_kernel(T* __restrict__ h, const float* __restrict__ 
   }
 }
 
-unsigned elt_blocks(int64_t total) {
-  return static_cast<unsigned>(std::clamp<int64_t>((total + kEltThreads - 1) / kEltThreads, 1, 65536));
-}
-
-size_t round_up(size_t bytes) { return (bytes + 255) & ~size_t{255}; }
-
 template <class W>
 void moe_decode(const MoeParams& p, Context& ctx) {
   const int64_t pairs = p.n_tokens * p.top_k, D = p.hidden, I = p.intermediate;
-  const size_t h_bytes = round_up(static_cast<size_t>(pairs * I) * sizeof(float));
+  const size_t h_bytes = round_up(static_cast<size_t>(pairs * I) * sizeof(float), kWorkspaceAlign);
   char* ws = static_cast<char*>(ctx.workspace(h_bytes + static_cast<size_t>(pairs * D) * sizeof(float)));
   DecodeArgs a{};
   a.h = reinterpret_cast<float*>(ws);
@@ -205,14 +199,14 @@ void moe_decode(const MoeParams& p, Context& ctx) {
   a.hidden = D;
   a.intermediate = I;
   a.elem_bytes = W::kBytes;
-  a.x_vec = reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && D % 4 == 0;
+  a.x_vec = aligned16(p.x) && D % 4 == 0;
   a.h_vec = I % 4 == 0;  // the workspace is 256-byte aligned
   a.act = p.act;
   cudaStream_t stream = ctx.stream();
-  const dim3 gate_grid(static_cast<unsigned>((I + kRows - 1) / kRows), static_cast<unsigned>(pairs));
+  const dim3 gate_grid(static_cast<unsigned>(ceil_div(I, kRows)), static_cast<unsigned>(pairs));
   moe_gate_up_kernel<W><<<gate_grid, gemv::threads_for(D, gemv::kVec<W>), 0, stream>>>(a);
   MOERUN_CUDA_CHECK(cudaGetLastError());
-  const dim3 down_grid(static_cast<unsigned>((D + kRows - 1) / kRows), static_cast<unsigned>(pairs));
+  const dim3 down_grid(static_cast<unsigned>(ceil_div(D, kRows)), static_cast<unsigned>(pairs));
   moe_down_kernel<W><<<down_grid, gemv::threads_for(I, gemv::kVec<W>), 0, stream>>>(a);
   MOERUN_CUDA_CHECK(cudaGetLastError());
   moe_combine_kernel<<<elt_blocks(p.n_tokens * D), kEltThreads, 0, stream>>>(p.out, a.partial, p.expert_weights,
@@ -252,8 +246,8 @@ void moe_prefill(const MoeParams& p, Context& ctx) {
   // Workspace: index | A: gathered x [pairs, D], later h [pairs, I] (T) | B: gate and up [2, pairs, I],
   // later the expert outputs [pairs, D] (fp32). Each area's first use is finished, in stream order,
   // before its second begins.
-  const size_t index_bytes = round_up(index.size() * sizeof(int32_t));
-  const size_t a_bytes = round_up(static_cast<size_t>(pairs * std::max(D, I)) * sizeof(T));
+  const size_t index_bytes = round_up(index.size() * sizeof(int32_t), kWorkspaceAlign);
+  const size_t a_bytes = round_up(static_cast<size_t>(pairs * std::max(D, I)) * sizeof(T), kWorkspaceAlign);
   const size_t b_bytes = static_cast<size_t>(pairs * std::max(2 * I, D)) * sizeof(float);
   char* ws = static_cast<char*>(ctx.workspace(index_bytes + a_bytes + b_bytes));
   auto* dev_token = reinterpret_cast<int32_t*>(ws);
@@ -302,8 +296,8 @@ void moe(const MoeParams& p, Context& ctx) {
   if (!p.out || !p.x || !p.expert_ids || !p.expert_weights || !p.gate || !p.up || !p.down)
     throw Error("cuda::moe", "out, x, expert_ids, expert_weights and the gate/up/down tables must be set");
   if (p.n_tokens <= kDecodeMaxTokens) {
-    if (p.n_tokens * p.top_k > 65535 || (p.intermediate + kRows - 1) / kRows > 0x7fffffff ||
-        (p.hidden + kRows - 1) / kRows > 0x7fffffff)
+    if (p.n_tokens * p.top_k > 65535 || ceil_div(p.intermediate, kRows) > 0x7fffffff ||
+        ceil_div(p.hidden, kRows) > 0x7fffffff)
       throw Error("cuda::moe", cat("decode grid too large: ", p.n_tokens, " tokens x top_k ", p.top_k));
     switch (dt) {
       case DType::f32: moe_decode<gemv::F32>(p, ctx); break;

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/context.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
 
@@ -48,7 +49,7 @@ void rope(const RopeParams& p, Context& ctx) {
   const int64_t half = p.rot_dim / 2;
   if (p.n_tokens == 0 || p.n_heads == 0 || half == 0) return;
   const int64_t per_token = p.n_heads * half;
-  const int64_t y_blocks = (per_token + kThreads - 1) / kThreads;
+  const int64_t y_blocks = ceil_div(per_token, kThreads);
   if (p.n_tokens > 0x7fffffff || y_blocks > 65535)
     throw Error("cuda::rope", "too many tokens (max 2^31 - 1) or heads * rot_dim / 2 (max 65535 * 256) for one launch");
   const dim3 grid(static_cast<unsigned>(p.n_tokens), static_cast<unsigned>(y_blocks));

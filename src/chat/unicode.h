@@ -11,24 +11,19 @@
 
 namespace moerun::chat {
 
-bool is_valid_utf8(std::string_view s);
+using detail::is_valid_utf8;  // src/util/utf8.h
 // Code points of valid UTF-8 (checked where strings enter: the template source and the context).
 std::u32string decode_utf8(std::string_view s);
 using detail::append_utf8;  // src/util/utf8.h
 std::string encode_utf8(std::u32string_view cps);
 size_t code_point_count(std::string_view s);
 // Bytes of the character that starts with `lead` (valid UTF-8); the code point's UTF-8 length.
-inline size_t char_bytes(char lead) {
-  const auto c = static_cast<unsigned char>(lead);
-  return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
-}
+inline size_t char_bytes(char lead) { return detail::utf8_len(static_cast<unsigned char>(lead)); }
 inline size_t utf8_bytes(char32_t cp) { return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; }
 // The code point of valid UTF-8 that starts at byte i.
 inline char32_t code_point_at(std::string_view s, size_t i) {
-  const auto c = static_cast<unsigned char>(s[i]);
-  const size_t n = char_bytes(s[i]);
-  char32_t cp = n == 1 ? c : n == 2 ? (c & 0x1F) : n == 3 ? (c & 0x0F) : (c & 0x07);
-  for (size_t k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
+  char32_t cp = 0;
+  detail::decode_utf8(s, i, cp);
   return cp;
 }
 // The start of the code point that ends at byte e (> 0) of valid UTF-8.

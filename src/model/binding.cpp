@@ -192,7 +192,7 @@ class Binder {
  private:
   Tensor take(const std::string& name, const Shape& want, Kind kind) {
     const io::StoredTensor* t = store_.find(name);
-    if (!t && factory_) return factory_(name, want);
+    if (!t && factory_) return factory_(name, want, kind == Kind::linear);
     if (!t) {
       problems_.add(name, cat("missing (expected ", shape_str(want), ")"));
       return Tensor();
@@ -221,20 +221,6 @@ class Binder {
   FoldedNames problems_;
   std::set<std::string, std::less<>> used_;
 };
-
-int64_t numel(const Tensor& t) { return t ? t.numel() : 0; }
-int64_t numel(const LinearWeight& w) { return numel(w.weight) + numel(w.bias); }
-int64_t numel(const MlpWeights& m) { return numel(m.gate_proj) + numel(m.up_proj) + numel(m.down_proj); }
-
-int64_t layer_params(const LayerWeights& l) {
-  int64_t n = numel(l.input_layernorm) + numel(l.post_attention_layernorm) + numel(l.q_proj) + numel(l.k_proj) +
-              numel(l.v_proj) + numel(l.o_proj) + numel(l.q_norm) + numel(l.k_norm) + numel(l.q_a_proj) +
-              numel(l.q_a_layernorm) + numel(l.q_b_proj) + numel(l.kv_a_proj_with_mqa) + numel(l.kv_a_layernorm) +
-              numel(l.kv_b_proj) + numel(l.mlp) + numel(l.router) + numel(l.e_score_correction_bias) +
-              numel(l.shared_expert) + numel(l.shared_expert_gate);
-  for (const MlpWeights& e : l.experts) n += numel(e);
-  return n;
-}
 
 }  // namespace
 
@@ -320,10 +306,17 @@ Binding bind_weights(const ModelConfig& c, const io::WeightStore& store, const s
                            family_name(c.family), " model: ", detail::join_problems(problems, 1000)));
   b.unused(out);
 
-  out.total_params = numel(w.embed_tokens) + numel(w.norm) + (c.tie_word_embeddings && !b.has("lm_head.weight") ? 0 : numel(w.lm_head));
-  for (const LayerWeights& L : w.layers) out.total_params += layer_params(L);
-  const int64_t per_expert = 3 * c.moe_intermediate_size * d;
-  out.active_params = out.total_params - c.num_moe_layers() * (c.router.n_routed_experts - c.router.num_experts_per_tok) * per_expert;
+  // Parameters: every weight once (a tied head is the embedding), FP8 scales excluded; active: less
+  // the routed experts a token does not use (all experts of a layer have the same size).
+  const void* embedding = w.embed_tokens.data();
+  int64_t routed = 0;
+  for_each_tensor(w, [&](const WeightSite& site, LinearPart part, const Tensor& t) {
+    if (part == LinearPart::scale || (site.kind == WeightKind::linear && t.data() == embedding)) return;
+    out.total_params += t.numel();
+    if (site.routed()) routed += t.numel();
+  });
+  const int64_t E = c.router.n_routed_experts;
+  out.active_params = out.total_params - (E > 0 ? routed / E * (E - c.router.num_experts_per_tok) : 0);
   return out;
 }
 

@@ -22,8 +22,12 @@ struct Binding {
   int64_t active_params = 0;          // per token: total minus the experts not routed to
 };
 
-// Makes a tensor the store lacks (synthetic models: random weights at the config's shapes).
-using TensorFactory = std::function<Tensor(const std::string& name, const Shape& shape)>;
+// Makes a tensor the store lacks (synthetic models: random weights at the config's shapes; memory
+// plans: shapes without data). `linear`: a projection weight (which a checkpoint may store as FP8).
+using TensorFactory = std::function<Tensor(const std::string& name, const Shape& shape, bool linear)>;
+
+// The dtype Model::synthetic makes a tensor in: bf16 matrices, f32 vectors and router.
+DType synthetic_dtype(const std::string& name, const Shape& shape);
 
 // Throws one Error (where = `where`) that lists every missing, mis-shaped or wrongly typed tensor,
 // with runs of layers and experts folded into ranges. With a factory, missing tensors are made.

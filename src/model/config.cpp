@@ -121,7 +121,7 @@ void check_range(const JsonFields& f, const char* key, int64_t v, int64_t lo, in
   if (v < lo || v > hi) f.fail(key, cat("must be in [", lo, ", ", hi, "], found ", v));
 }
 
-void validate_and_derive(const JsonFields& f, ModelConfig& c) {
+void validate_and_derive(const JsonFields& f, ModelConfig& c, const model::FamilySpec& spec) {
   check_range(f, "vocab_size", c.vocab_size, 1, kMaxDim);
   check_range(f, "hidden_size", c.hidden_size, 1, kMaxDim);
   check_range(f, "num_hidden_layers", c.num_hidden_layers, 1, kMaxLayers);
@@ -161,12 +161,9 @@ void validate_and_derive(const JsonFields& f, ModelConfig& c) {
   const bool any_moe = std::find(c.layer_ffn.begin(), c.layer_ffn.end(), FfnKind::moe) != c.layer_ffn.end();
   if (c.is_moe() || any_moe) {
     RouterSpec& r = c.router;
-    const char* experts_key = c.family == Family::mixtral ? "num_local_experts"
-                              : c.attention == AttentionKind::mla ? "n_routed_experts" : "num_experts";
-    check_range(f, experts_key, r.n_routed_experts, 1, 65536);
+    check_range(f, spec.experts_key, r.n_routed_experts, 1, 65536);
     check_range(f, "num_experts_per_tok", r.num_experts_per_tok, 1, r.n_routed_experts);
-    check_range(f, c.family == Family::mixtral || c.family == Family::olmoe ? "intermediate_size" : "moe_intermediate_size",
-                c.moe_intermediate_size, 1, kMaxDim);
+    check_range(f, spec.expert_width_key, c.moe_intermediate_size, 1, kMaxDim);
     check_range(f, "n_group", r.n_group, 1, r.n_routed_experts);
     if (r.n_routed_experts % r.n_group != 0)
       f.fail("n_group", cat(r.n_group, " groups do not divide ", r.n_routed_experts, " experts"));
@@ -189,10 +186,14 @@ double yarn_mscale(double factor, double mscale) noexcept {
   return factor <= 1.0 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0;
 }
 
-int64_t ModelConfig::num_moe_layers() const noexcept {
+int64_t ModelDesc::num_moe_layers() const noexcept {
   int64_t n = 0;
   for (FfnKind k : layer_ffn) n += k == FfnKind::moe;
   return n;
+}
+
+int64_t ModelDesc::kv_floats_per_position() const noexcept {
+  return attention == AttentionKind::gqa ? 2 * num_key_value_heads * head_dim : kv_lora_rank + qk_rope_head_dim;
 }
 
 std::string supported_architectures() {
@@ -240,8 +241,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   c.intermediate_size = f.i64_or("intermediate_size", 0);
   c.max_position_embeddings = f.i64("max_position_embeddings");
   if (c.num_attention_heads > 0) c.head_dim = f.i64_or("head_dim", c.hidden_size / c.num_attention_heads);
-  const bool mixtral_like = c.family == Family::mixtral || c.family == Family::olmoe;
-  c.rms_norm_eps = f.f64_or("rms_norm_eps", mixtral_like ? 1e-5 : 1e-6);
+  c.rms_norm_eps = f.f64_or("rms_norm_eps", spec->rms_norm_eps);
   c.tie_word_embeddings = f.boolean_or("tie_word_embeddings", false);
   c.hidden_act = read_activation(f);
   c.bos_token_id = f.opt_i64("bos_token_id");
@@ -251,13 +251,12 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   c.sliding_window = f.opt_i64("sliding_window");
   if (c.num_hidden_layers < 1 || c.num_hidden_layers > kMaxLayers)
     f.fail("num_hidden_layers", cat("must be in [1, ", kMaxLayers, "], found ", c.num_hidden_layers));
-  if (f.has("intermediate_size") || spec->family == Family::llama || mixtral_like)
-    c.intermediate_size = f.i64("intermediate_size");
-  read_rope(f, c, c.family == Family::mixtral ? 1e6 : 10000.0);
+  if (f.has("intermediate_size") || spec->requires_intermediate_size) c.intermediate_size = f.i64("intermediate_size");
+  read_rope(f, c, spec->rope_theta);
   read_quantization(f, c);
 
-  spec->read(f, c);
-  validate_and_derive(f, c);
+  spec->read(f, c, *spec);
+  validate_and_derive(f, c, *spec);
   return c;
 }
 
@@ -296,15 +295,8 @@ ModelConfig load_model_config(const std::filesystem::path& config_json, const Co
 }
 
 const char* family_name(Family f) noexcept {
-  switch (f) {
-    case Family::llama: return "llama";
-    case Family::mixtral: return "mixtral";
-    case Family::qwen2_moe: return "qwen2_moe";
-    case Family::qwen3_moe: return "qwen3_moe";
-    case Family::olmoe: return "olmoe";
-    case Family::deepseek_v2: return "deepseek_v2";
-    case Family::deepseek_v3: return "deepseek_v3";
-  }
+  for (const model::FamilySpec& s : model::family_table())
+    if (s.family == f) return s.model_type;
   return "?";
 }
 const char* to_string(AttentionKind v) noexcept { return v == AttentionKind::gqa ? "gqa" : "mla"; }

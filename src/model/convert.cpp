@@ -50,29 +50,6 @@ Tensor prepare_matrix(const Tensor& t) {
   return owned(t.dtype(), t.shape(), [&](std::byte* dst, int64_t) { std::memcpy(dst, t.data(), t.nbytes()); });
 }
 
-struct Preparer {
-  const ModelConfig& c;
-  DType fp8_to;
-  WeightQuant quant;
-
-  // quantize: whether this projection may be quantized (kv_b_proj may not).
-  LinearWeight linear(const LinearWeight& w, bool quantize = true) const {
-    LinearWeight out;
-    if (quantize && quant != WeightQuant::none && w.weight && w.weight.rank() == 2 && w.weight.dim(1) % 32 == 0 &&
-        is_float(w.weight.dtype())) {
-      out.weight = quantize_matrix(w.weight, w.weight_scale_inv, c.fp8.block_out, c.fp8.block_in,
-                                   quant == WeightQuant::q8 ? DType::q8_0 : DType::q4_0);
-    } else if (w.weight && w.weight.dtype() == DType::f8_e4m3) {
-      out.weight = dequantize_fp8(w.weight, w.weight_scale_inv, c.fp8.block_out, c.fp8.block_in, fp8_to);
-    } else {
-      out.weight = prepare_matrix(w.weight);
-    }
-    out.bias = to_f32(w.bias);
-    return out;
-  }
-  MlpWeights mlp(const MlpWeights& m) const { return {linear(m.gate_proj), linear(m.up_proj), linear(m.down_proj)}; }
-};
-
 }  // namespace
 
 Tensor dequantize_fp8(const Tensor& q, const Tensor& s, int64_t block_out, int64_t block_in, DType to) {
@@ -113,38 +90,52 @@ Tensor quantize_matrix(const Tensor& w, const Tensor& scale_inv, int64_t block_o
   });
 }
 
-ModelWeights prepare_weights(const ModelWeights& w, const ModelConfig& c, DType fp8_to, WeightQuant quant) {
-  const Preparer p{c, fp8_to, quant};
-  ModelWeights out;
-  out.embed_tokens = prepare_matrix(w.embed_tokens);
-  out.norm = to_f32(w.norm);
-  // A tied LM head shares the embedding, except under quantization: the head is the largest matrix a
-  // decode step reads, so it gets its own quantized copy while lookups keep the exact table.
-  const bool tied = w.lm_head.data() == w.embed_tokens.data();
-  out.lm_head = tied && quant == WeightQuant::none ? out.embed_tokens : p.linear({w.lm_head, {}, {}}).weight;
-  for (const LayerWeights& L : w.layers) {
-    LayerWeights& o = out.layers.emplace_back();
-    o.input_layernorm = to_f32(L.input_layernorm);
-    o.post_attention_layernorm = to_f32(L.post_attention_layernorm);
-    o.q_proj = p.linear(L.q_proj);
-    o.k_proj = p.linear(L.k_proj);
-    o.v_proj = p.linear(L.v_proj);
-    o.o_proj = p.linear(L.o_proj);
-    o.q_norm = to_f32(L.q_norm);
-    o.k_norm = to_f32(L.k_norm);
-    o.q_a_proj = p.linear(L.q_a_proj);
-    o.q_a_layernorm = to_f32(L.q_a_layernorm);
-    o.q_b_proj = p.linear(L.q_b_proj);
-    o.kv_a_proj_with_mqa = p.linear(L.kv_a_proj_with_mqa);
-    o.kv_a_layernorm = to_f32(L.kv_a_layernorm);
-    o.kv_b_proj = p.linear(L.kv_b_proj, /*quantize=*/false);  // read per head, element by element
-    o.mlp = p.mlp(L.mlp);
-    o.router = prepare_matrix(L.router);
-    o.e_score_correction_bias = to_f32(L.e_score_correction_bias);
-    for (const MlpWeights& e : L.experts) o.experts.push_back(p.mlp(e));
-    o.shared_expert = p.mlp(L.shared_expert);
-    o.shared_expert_gate = prepare_matrix(L.shared_expert_gate);
+PreparedForm prepared_form(const WeightSite& site, LinearPart part, const Tensor& t, const PrepareOptions& o) {
+  const DType dt = t.dtype();
+  const bool misaligned = t.defined() && !aligned(t);
+  if (part == LinearPart::scale) return {.dtype = dt, .owned = false, .kept = false};  // folded into its weight
+  if (part == LinearPart::bias || site.f32_at_run_time) return {.dtype = DType::f32, .owned = true};
+  if (site.kind == WeightKind::linear) {
+    const bool quantize = o.quant != WeightQuant::none && !site.per_head && t.rank() == 2 &&
+                          t.dim(1) % cpu::kQuantBlock == 0 && is_float(dt);
+    if (quantize) return {.dtype = o.quant == WeightQuant::q8 ? DType::q8_0 : DType::q4_0, .owned = true};
+    if (dt == DType::f8_e4m3) return {.dtype = o.fp8_to, .owned = true};
   }
+  return {.dtype = dt, .owned = misaligned};  // a view of the mapped file unless misaligned
+}
+
+namespace {
+
+Tensor prepare_tensor(const WeightSite& site, LinearPart part, const Tensor& t, const Tensor& scale, const ModelDesc& d,
+                      const PrepareOptions& o) {
+  const PreparedForm f = prepared_form(site, part, t, o);
+  if (!f.owned) return t;
+  if (is_block(f.dtype)) return quantize_matrix(t, scale, d.fp8.block_out, d.fp8.block_in, f.dtype);
+  if (t.dtype() == DType::f8_e4m3) return dequantize_fp8(t, scale, d.fp8.block_out, d.fp8.block_in, f.dtype);
+  if (f.dtype == DType::f32) return to_f32(t);
+  return prepare_matrix(t);  // an aligned copy
+}
+
+}  // namespace
+
+ModelWeights prepare_weights(const ModelWeights& w, const ModelDesc& d, const PrepareOptions& o) {
+  ModelWeights out = w;  // views; the walk replaces each tensor by its prepared form
+  const void* embedding = w.embed_tokens.data();
+  for_each_weight(out, [&](const WeightSite& site, auto& x) {
+    if constexpr (std::is_same_v<std::remove_reference_t<decltype(x)>, LinearWeight>) {
+      const Tensor scale = x.weight_scale_inv;
+      x.weight = prepare_tensor(site, LinearPart::weight, x.weight, scale, d, o);
+      x.weight_scale_inv = Tensor();  // dequantized or quantized: the scales are folded in
+      if (x.bias) x.bias = prepare_tensor(site, LinearPart::bias, x.bias, {}, d, o);
+    } else if (site.kind == WeightKind::linear && x.data() == embedding) {
+      // A tied LM head shares the prepared embedding, except under quantization: the head is the
+      // largest matrix a decode step reads, so it gets its own quantized copy while lookups keep the
+      // exact table.
+      x = o.quant == WeightQuant::none ? out.embed_tokens : prepare_tensor(site, LinearPart::weight, x, {}, d, o);
+    } else {
+      x = prepare_tensor(site, site.kind == WeightKind::linear ? LinearPart::weight : LinearPart::whole, x, {}, d, o);
+    }
+  });
   return out;
 }
 

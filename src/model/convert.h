@@ -4,7 +4,7 @@
 // aligned for its dtype copied to aligned memory, and with a WeightQuant the 2-D projections
 // quantized to q8_0 / q4_0 (kernels/cpu/quant.h). Everything else stays a view of the mmap.
 
-#include "moerun/config.h"
+#include "moerun/model_desc.h"
 #include "moerun/engine.h"
 #include "moerun/weights.h"
 
@@ -17,11 +17,27 @@ Tensor dequantize_fp8(const Tensor& q, const Tensor& scale_inv, int64_t block_ou
 // in must be a multiple of 32.
 Tensor quantize_matrix(const Tensor& w, const Tensor& scale_inv, int64_t block_out, int64_t block_in, DType to);
 
-// quant: every projection the executor runs through matmul (attention incl. MLA's q_a/q_b/kv_a,
-// dense MLP, experts, shared expert, an untied lm_head) whose in_features is a multiple of 32 is
-// quantized; norms, router, embeddings, kv_b_proj (read per head by head_matmul) and the shared
-// expert gate stay as they are.
-ModelWeights prepare_weights(const ModelWeights& w, const ModelConfig& c, DType fp8_to,
-                             WeightQuant quant = WeightQuant::none);
+struct PrepareOptions {
+  DType fp8_to = DType::bf16;  // FP8 projections are dequantized to this (bf16 or f32)
+  WeightQuant quant = WeightQuant::none;
+};
+
+// What preparation makes of one tensor of the walk (moerun/weights.h): its dtype at run time and
+// whether that is a new owned copy (else the mapped view itself is used); `kept` is false for FP8
+// block scales, which are folded into their weight. The memory plan predicts the weights' bytes with
+// it and prepare_weights() follows it, so the two cannot disagree.
+//   quant: every projection the executor runs through matmul (attention incl. MLA's q_a/q_b/kv_a,
+//   dense MLP, experts, shared expert, the LM head) whose in_features is a multiple of 32 is
+//   quantized; norms, router, embeddings, kv_b_proj (read per head by head_matmul) and the shared
+//   expert gate stay as they are. Norms, biases and the correction bias become f32 copies.
+struct PreparedForm {
+  DType dtype = DType::f32;
+  bool owned = false;
+  bool kept = true;
+};
+PreparedForm prepared_form(const WeightSite& site, LinearPart part, const Tensor& t, const PrepareOptions& options);
+
+// Every tensor of `w` in its prepared form (views where nothing changes).
+ModelWeights prepare_weights(const ModelWeights& w, const ModelDesc& desc, const PrepareOptions& options);
 
 }  // namespace moerun::model

@@ -45,7 +45,8 @@ void qwen_sliding_window(const JsonFields& f, ModelConfig& c) {
   if (!f.boolean_or("use_sliding_window", false)) c.sliding_window.reset();
 }
 
-void softmax_router(const JsonFields& f, ModelConfig& c, const char* experts_key, bool norm_default, bool zero_ok) {
+void softmax_router(const JsonFields& f, ModelConfig& c, const FamilySpec& spec, bool norm_default, bool zero_ok) {
+  const char* experts_key = spec.experts_key;
   c.router.score = ScoreFunc::softmax;
   c.router.method = TopkMethod::greedy;
   // transformers v5 writes Qwen3-MoE's expert count as num_local_experts (its attribute_map).
@@ -56,23 +57,23 @@ void softmax_router(const JsonFields& f, ModelConfig& c, const char* experts_key
   c.router.norm_topk_prob = f.boolean_or("norm_topk_prob", norm_default);
 }
 
-void read_llama(const JsonFields& f, ModelConfig& c) {
+void read_llama(const JsonFields& f, ModelConfig& c, const FamilySpec&) {
   c.sliding_window.reset();  // LlamaAttention has no sliding window, whatever the file says
   c.qkv_bias = c.o_bias = f.boolean_or("attention_bias", false);
   if (f.boolean_or("mlp_bias", false)) f.fail("mlp_bias", "biases on MLP projections are not supported");
   all_layers(c, FfnKind::dense);
 }
 
-void read_mixtral(const JsonFields& f, ModelConfig& c) {
-  softmax_router(f, c, "num_local_experts", true, /*zero_ok=*/false);
+void read_mixtral(const JsonFields& f, ModelConfig& c, const FamilySpec& spec) {
+  softmax_router(f, c, spec, true, /*zero_ok=*/false);
   c.router.norm_topk_prob = true;  // HF MixtralSparseMoeBlock always renormalises the top-k
   c.moe_intermediate_size = c.intermediate_size;  // intermediate_size is the per-expert width
   all_layers(c, FfnKind::moe);
 }
 
-void read_qwen2_moe(const JsonFields& f, ModelConfig& c) {
+void read_qwen2_moe(const JsonFields& f, ModelConfig& c, const FamilySpec& spec) {
   c.qkv_bias = f.boolean_or("qkv_bias", true);  // older configs omit it; the weights always have biases
-  softmax_router(f, c, "num_experts", false, /*zero_ok=*/true);
+  softmax_router(f, c, spec, false, /*zero_ok=*/true);
   c.moe_intermediate_size = f.i64("moe_intermediate_size");
   const int64_t shared = f.i64_or("shared_expert_intermediate_size", 0);
   if (shared < 0) f.fail("shared_expert_intermediate_size", cat("must be 0 (none) or more, found ", shared));
@@ -81,21 +82,21 @@ void read_qwen2_moe(const JsonFields& f, ModelConfig& c) {
   qwen_layer_kinds(f, c);
 }
 
-void read_qwen3_moe(const JsonFields& f, ModelConfig& c) {
+void read_qwen3_moe(const JsonFields& f, ModelConfig& c, const FamilySpec& spec) {
   c.qkv_bias = c.o_bias = f.boolean_or("attention_bias", false);
   c.qk_norm = QkNorm::per_head;
-  softmax_router(f, c, "num_experts", false, /*zero_ok=*/true);
+  softmax_router(f, c, spec, false, /*zero_ok=*/true);
   c.moe_intermediate_size = f.i64("moe_intermediate_size");
   qwen_sliding_window(f, c);
   qwen_layer_kinds(f, c);
 }
 
-void read_olmoe(const JsonFields& f, ModelConfig& c) {
+void read_olmoe(const JsonFields& f, ModelConfig& c, const FamilySpec& spec) {
   c.qkv_bias = c.o_bias = f.boolean_or("attention_bias", false);
   c.qk_norm = QkNorm::full;
   c.clip_qkv = f.opt_f64("clip_qkv");
   if (c.clip_qkv && !(*c.clip_qkv > 0)) f.fail("clip_qkv", cat("must be positive, found ", *c.clip_qkv));
-  softmax_router(f, c, "num_experts", false, /*zero_ok=*/false);
+  softmax_router(f, c, spec, false, /*zero_ok=*/false);
   c.moe_intermediate_size = c.intermediate_size;  // per-expert width
   all_layers(c, FfnKind::moe);
   c.sliding_window.reset();  // OLMoE attends to every position
@@ -110,7 +111,7 @@ constexpr DeepseekDefaults kV2Defaults{.n_group = 1, .topk_group = 1, .first_k_d
 constexpr DeepseekDefaults kV3Defaults{.n_group = 8, .topk_group = 4, .first_k_dense_replace = 3, .routed_scaling_factor = 2.5};
 
 // DeepSeek-V2 and V3 share MLA and most MoE keys (docs/MODELS.md §3.6, §3.7, §4).
-void read_deepseek_common(const JsonFields& f, ModelConfig& c, const DeepseekDefaults& defaults) {
+void read_deepseek_common(const JsonFields& f, ModelConfig& c, const FamilySpec& spec, const DeepseekDefaults& defaults) {
   c.sliding_window.reset();  // DeepSeek attends to every position
   c.attention = AttentionKind::mla;
   c.mla_bias = f.boolean_or("attention_bias", false);
@@ -122,10 +123,9 @@ void read_deepseek_common(const JsonFields& f, ModelConfig& c, const DeepseekDef
   c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
   c.num_key_value_heads = c.num_attention_heads;  // irrelevant for MLA: every head has its own k, v
   c.rope.style = RopeStyle::interleaved;
-  c.router.fp32 = true;  // both HF and the authors' code compute DeepSeek router logits in fp32
 
   // n_routed_experts (aliases: num_experts for V2, num_local_experts for V3); null means dense.
-  const char* experts_key = "n_routed_experts";
+  const char* experts_key = spec.experts_key;
   for (const char* alias : {"num_experts", "num_local_experts"})
     if (!f.has(experts_key) && f.has(alias)) experts_key = alias;
   const std::optional<int64_t> experts = f.opt_i64(experts_key);
@@ -154,8 +154,8 @@ void read_deepseek_common(const JsonFields& f, ModelConfig& c, const DeepseekDef
   }
 }
 
-void read_deepseek_v2(const JsonFields& f, ModelConfig& c) {
-  read_deepseek_common(f, c, kV2Defaults);
+void read_deepseek_v2(const JsonFields& f, ModelConfig& c, const FamilySpec& spec) {
+  read_deepseek_common(f, c, spec, kV2Defaults);
   // HF DeepseekV2TopkRouter never renormalises and always applies routed_scaling_factor; the
   // authors' code renormalises when norm_topk_prob is set. HF is the conformance target (equal for
   // every released V2 config, which all say false), so the key is read for validation only.
@@ -173,8 +173,8 @@ void read_deepseek_v2(const JsonFields& f, ModelConfig& c) {
   }
 }
 
-void read_deepseek_v3(const JsonFields& f, ModelConfig& c) {
-  read_deepseek_common(f, c, kV3Defaults);
+void read_deepseek_v3(const JsonFields& f, ModelConfig& c, const FamilySpec& spec) {
+  read_deepseek_common(f, c, spec, kV3Defaults);
   c.router.norm_topk_prob = f.boolean_or("norm_topk_prob", true);
   // HF DeepseekV3TopkRouter ignores topk_method / scoring_func: always sigmoid + noaux_tc.
   c.router.score = ScoreFunc::sigmoid;
@@ -198,13 +198,22 @@ constexpr TensorNames kQwen2MoeNames{.shared_expert = "shared_expert"};
 
 const std::vector<FamilySpec>& family_table() {
   static const std::vector<FamilySpec> kTable = {
-      {Family::llama, "llama", {"LlamaForCausalLM"}, read_llama, kStandardNames},
-      {Family::mixtral, "mixtral", {"MixtralForCausalLM"}, read_mixtral, kMixtralNames},
-      {Family::qwen2_moe, "qwen2_moe", {"Qwen2MoeForCausalLM"}, read_qwen2_moe, kQwen2MoeNames},
-      {Family::qwen3_moe, "qwen3_moe", {"Qwen3MoeForCausalLM"}, read_qwen3_moe, kStandardNames},
-      {Family::olmoe, "olmoe", {"OlmoeForCausalLM"}, read_olmoe, kStandardNames},
-      {Family::deepseek_v2, "deepseek_v2", {"DeepseekV2ForCausalLM"}, read_deepseek_v2, kStandardNames},
-      {Family::deepseek_v3, "deepseek_v3", {"DeepseekV3ForCausalLM"}, read_deepseek_v3, kStandardNames},
+      {.family = Family::llama, .model_type = "llama", .architectures = {"LlamaForCausalLM"}, .read = read_llama,
+       .names = kStandardNames, .requires_intermediate_size = true},
+      {.family = Family::mixtral, .model_type = "mixtral", .architectures = {"MixtralForCausalLM"}, .read = read_mixtral,
+       .names = kMixtralNames, .rms_norm_eps = 1e-5, .rope_theta = 1e6, .experts_key = "num_local_experts",
+       .expert_width_key = "intermediate_size", .requires_intermediate_size = true},
+      {.family = Family::qwen2_moe, .model_type = "qwen2_moe", .architectures = {"Qwen2MoeForCausalLM"},
+       .read = read_qwen2_moe, .names = kQwen2MoeNames},
+      {.family = Family::qwen3_moe, .model_type = "qwen3_moe", .architectures = {"Qwen3MoeForCausalLM"},
+       .read = read_qwen3_moe, .names = kStandardNames},
+      {.family = Family::olmoe, .model_type = "olmoe", .architectures = {"OlmoeForCausalLM"}, .read = read_olmoe,
+       .names = kStandardNames, .rms_norm_eps = 1e-5, .expert_width_key = "intermediate_size",
+       .requires_intermediate_size = true},
+      {.family = Family::deepseek_v2, .model_type = "deepseek_v2", .architectures = {"DeepseekV2ForCausalLM"},
+       .read = read_deepseek_v2, .names = kStandardNames, .experts_key = "n_routed_experts"},
+      {.family = Family::deepseek_v3, .model_type = "deepseek_v3", .architectures = {"DeepseekV3ForCausalLM"},
+       .read = read_deepseek_v3, .names = kStandardNames, .experts_key = "n_routed_experts"},
   };
   return kTable;
 }

@@ -44,8 +44,8 @@ uint64_t name_hash(const std::string& s) {  // FNV-1a
 Tensor random_tensor(const std::string& name, const Shape& shape, uint64_t seed) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
-  const bool matrix = shape.size() >= 2 && name.find("gate.weight") == std::string::npos;
-  const DType dtype = matrix ? DType::bf16 : DType::f32;
+  const DType dtype = model::synthetic_dtype(name, shape);
+  const bool matrix = dtype == DType::bf16;
   auto buf = std::shared_ptr<std::byte[]>(new std::byte[static_cast<size_t>(n) * dtype_size(dtype) + 1]);
   uint64_t x = (name_hash(name) ^ (seed * 0x9e3779b97f4a7c15ull)) | 1;
   auto next = [&x] {
@@ -68,12 +68,16 @@ Tensor random_tensor(const std::string& name, const Shape& shape, uint64_t seed)
 
 }  // namespace
 
+DType model::synthetic_dtype(const std::string& name, const Shape& shape) {
+  return shape.size() >= 2 && name.find("gate.weight") == std::string::npos ? DType::bf16 : DType::f32;
+}
+
 Model Model::synthetic(const ModelConfig& config, uint64_t seed) {
   auto impl = std::make_shared<Impl>();
   impl->files.dir = std::string("synthetic ") + family_name(config.family);
   impl->config = config;
   impl->binding = model::bind_weights(config, impl->store, impl->files.dir.string(),
-                                      [seed](const std::string& name, const Shape& shape) { return random_tensor(name, shape, seed); });
+                                      [seed](const std::string& name, const Shape& shape, bool) { return random_tensor(name, shape, seed); });
   return Model(std::move(impl));
 }
 

@@ -115,8 +115,7 @@ Json config_json(const ModelConfig& c) {
           {"n_group", r.n_group},
           {"topk_group", r.topk_group},
           {"routed_scaling_factor", r.routed_scaling_factor},
-          {"e_score_correction_bias", r.e_score_correction_bias},
-          {"fp32", r.fp32}}},
+          {"e_score_correction_bias", r.e_score_correction_bias}}},
     };
   } else {
     j["moe"] = nullptr;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -15,13 +16,17 @@
 #include "moerun/weights.h"
 #include "util/checked.h"
 
+namespace moerun::cpu {
+class ThreadPool;
+}  // namespace moerun::cpu
+
 namespace moerun::runtime {
 
-// Memory that lives where the ops run. Grows on demand and keeps its capacity, so a decode step
-// after the first allocates nothing.
+// Memory that lives where the ops run. Sessions reserve each buffer once at its planned size
+// (runtime/workspace.h), so no forward step allocates.
 struct Buffer {
   void* data = nullptr;
-  size_t bytes = 0;
+  size_t bytes = 0;  // usable bytes: what was reserved (backends may pad the allocation for alignment)
   std::shared_ptr<void> holder;  // frees with the backend's deallocator
 };
 
@@ -75,13 +80,20 @@ class Backend {
 // The engine-wide state of a backend: for CUDA the uploaded weights (shared by all sessions).
 struct BackendState;
 
+// The backend options ask for, with the quantization policy applied (quantized weights: the CPU).
+BackendKind requested_backend(const EngineOptions& options);
 // Resolves `automatic` and checks that the chosen backend can run here (throws Error otherwise).
 BackendKind resolve_backend(BackendKind requested);
+// "1.50 GiB", "12.0 MiB", "3.0 KiB": sizes in messages and plans.
+std::string format_bytes(uint64_t bytes);
 std::shared_ptr<const BackendState> prepare_backend(BackendKind kind, const ModelWeights& weights, const EngineOptions& options);
-std::unique_ptr<Backend> make_backend(BackendKind kind, const std::shared_ptr<const BackendState>& state, int threads);
+// pool: the engine's CPU threads (the CPU backend runs its ops on them; CUDA ignores it).
+std::unique_ptr<Backend> make_backend(BackendKind kind, const std::shared_ptr<const BackendState>& state,
+                                      std::shared_ptr<cpu::ThreadPool> pool);
 
-std::unique_ptr<Backend> make_cpu_backend(int threads);
+std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<cpu::ThreadPool> pool);
 #if MOERUN_HAVE_CUDA
+uint64_t cuda_free_bytes();  // free memory of the device sessions use
 std::shared_ptr<const BackendState> upload_weights(const ModelWeights& weights);
 std::unique_ptr<Backend> make_cuda_backend(const std::shared_ptr<const BackendState>& state);
 #endif

@@ -95,9 +95,6 @@ double read_sum(const float* p, size_t n) {
   return s;
 }
 
-int64_t bytes(const Tensor& t) { return t ? static_cast<int64_t>(t.nbytes()) : 0; }
-int64_t bytes(const LinearWeight& w) { return bytes(w.weight) + bytes(w.bias); }
-int64_t bytes(const MlpWeights& m) { return bytes(m.gate_proj) + bytes(m.up_proj) + bytes(m.down_proj); }
 
 }  // namespace
 
@@ -172,26 +169,19 @@ double prefill_flops_per_token(const Engine& engine) {
 
 double decode_bytes_per_token(const Engine& engine, double context) {
   const ModelConfig& c = engine.config();
-  const ModelWeights& w = engine.weights();
-  double total = static_cast<double>(bytes(w.norm) + bytes(w.lm_head));
-  total += static_cast<double>(bytes(w.embed_tokens)) / static_cast<double>(c.vocab_size);  // one row
-  for (const LayerWeights& L : w.layers) {
-    total += static_cast<double>(bytes(L.input_layernorm) + bytes(L.post_attention_layernorm) + bytes(L.q_proj) +
-                                 bytes(L.k_proj) + bytes(L.v_proj) + bytes(L.o_proj) + bytes(L.q_norm) +
-                                 bytes(L.k_norm) + bytes(L.q_a_proj) + bytes(L.q_a_layernorm) + bytes(L.q_b_proj) +
-                                 bytes(L.kv_a_proj_with_mqa) + bytes(L.kv_a_layernorm) + bytes(L.kv_b_proj) +
-                                 bytes(L.mlp) + bytes(L.router) + bytes(L.e_score_correction_bias) +
-                                 bytes(L.shared_expert) + bytes(L.shared_expert_gate));
-    if (!L.experts.empty()) {
-      int64_t all = 0;
-      for (const MlpWeights& e : L.experts) all += bytes(e);
-      total += static_cast<double>(all) / static_cast<double>(L.experts.size()) *
-               static_cast<double>(c.router.num_experts_per_tok);
-    }
-  }
+  // Every prepared weight once per token, except: one row of the embedding, and of each MoE layer's
+  // routed experts only the k a token selects (experts of a layer have equal sizes). A tied LM head
+  // is read whole as the head.
+  double total = 0.0, routed = 0.0;
+  for_each_tensor(engine.weights(), [&](const WeightSite& site, LinearPart, const Tensor& t) {
+    const auto b = static_cast<double>(t.nbytes());
+    if (site.kind == WeightKind::table) total += b / static_cast<double>(c.vocab_size);
+    else if (site.routed()) routed += b;
+    else total += b;
+  });
+  if (c.is_moe()) total += routed / static_cast<double>(c.router.n_routed_experts) * static_cast<double>(c.router.num_experts_per_tok);
   // KV rows read by attention (the fp32 cache): GQA K and V per KV head; MLA one latent row.
-  const double row = c.attention == AttentionKind::gqa ? 2.0 * static_cast<double>(c.num_key_value_heads * c.head_dim)
-                                                       : static_cast<double>(c.kv_lora_rank + c.qk_rope_head_dim);
+  const auto row = static_cast<double>(c.kv_floats_per_position());
   total += row * sizeof(float) * context * static_cast<double>(c.num_hidden_layers);
   return total;
 }

@@ -1,10 +1,11 @@
 // The CPU backend: host memory (64-byte aligned for the vector kernels) and the cpu:: ops, each run
-// on this session's thread pool.
+// on the engine's thread pool with this session's scratch (one cpu::Context).
 
 #include <cstdlib>
 #include <cstring>
 #include <new>
 
+#include "kernels/cpu/context.h"
 #include "kernels/cpu/thread_pool.h"
 #include "moerun/error.h"
 #include "runtime/backend.h"
@@ -18,7 +19,8 @@ constexpr size_t kAlign = 64;
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : pool_(threads) {}
+  // pool: the engine's threads, shared by its sessions (Engine serializes their steps).
+  explicit CpuBackend(std::shared_ptr<cpu::ThreadPool> pool) : pool_(std::move(pool)) {}
 
   BackendKind kind() const noexcept override { return BackendKind::cpu; }
 
@@ -31,50 +33,37 @@ class CpuBackend final : public Backend {
     if (!p) throw Error("CPU backend", detail::cat("cannot allocate ", size, " bytes of scratch"));
     b.holder = std::shared_ptr<void>(p, std::free);
     b.data = p;
-    b.bytes = size;
+    b.bytes = bytes;  // the usable (planned) size; the allocation adds the alignment padding
   }
   void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   const void* weight(const Tensor& t) const override { return t.data(); }
 
-  void matmul(const MatmulParams& p) override {
-    MatmulParams q = p;
-    q.pool = &pool_;
-    cpu::matmul(q);
-  }
-  void matmul_group(std::span<const MatmulParams> ps) override { cpu::matmul_group(ps.data(), ps.size(), &pool_); }
-  void rms_norm(const RmsNormParams& p) override { cpu::rms_norm(p); }
-  void rope(const RopeParams& p) override { cpu::rope(p); }
-  void attention(const AttentionParams& p) override {
-    AttentionParams q = p;
-    q.pool = &pool_;
-    cpu::attention(q);
-  }
-  void gated_act(const GatedActParams& p) override { cpu::gated_act(p); }
-  void route(const RouteParams& p) override { cpu::route(p); }
-  void embed(const EmbedParams& p) override { cpu::embed(p); }
-  void add(const AddParams& p) override { cpu::add(p); }
-  void clamp(const ClampParams& p) override { cpu::clamp(p); }
-  void store_rows(const StoreRowsParams& p) override { cpu::store_rows(p); }
-  void copy(const CopyParams& p) override { cpu::copy(p); }
-  void head_matmul(const HeadMatmulParams& p) override {
-    HeadMatmulParams q = p;
-    q.pool = &pool_;
-    cpu::head_matmul(q);
-  }
-  void moe(const MoeParams& p) override {
-    MoeParams q = p;
-    q.pool = &pool_;
-    cpu::moe(q);
-  }
+  void matmul(const MatmulParams& p) override { cpu::matmul(p, ctx_); }
+  void matmul_group(std::span<const MatmulParams> ps) override { cpu::matmul_group(ps.data(), ps.size(), ctx_); }
+  void rms_norm(const RmsNormParams& p) override { cpu::rms_norm(p, ctx_); }
+  void rope(const RopeParams& p) override { cpu::rope(p, ctx_); }
+  void attention(const AttentionParams& p) override { cpu::attention(p, ctx_); }
+  void gated_act(const GatedActParams& p) override { cpu::gated_act(p, ctx_); }
+  void route(const RouteParams& p) override { cpu::route(p, ctx_); }
+  void embed(const EmbedParams& p) override { cpu::embed(p, ctx_); }
+  void add(const AddParams& p) override { cpu::add(p, ctx_); }
+  void clamp(const ClampParams& p) override { cpu::clamp(p, ctx_); }
+  void store_rows(const StoreRowsParams& p) override { cpu::store_rows(p, ctx_); }
+  void copy(const CopyParams& p) override { cpu::copy(p, ctx_); }
+  void head_matmul(const HeadMatmulParams& p) override { cpu::head_matmul(p, ctx_); }
+  void moe(const MoeParams& p) override { cpu::moe(p, ctx_); }
 
  private:
-  cpu::ThreadPool pool_;
+  std::shared_ptr<cpu::ThreadPool> pool_;
+  cpu::Context ctx_{pool_.get()};  // the ops' threads (the engine's pool) and this session's scratch
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<cpu::ThreadPool> pool) {
+  return std::make_unique<CpuBackend>(std::move(pool));
+}
 
 BackendKind resolve_backend(BackendKind requested) {
   switch (requested) {
@@ -109,14 +98,16 @@ std::shared_ptr<const BackendState> prepare_backend(BackendKind kind, const Mode
 #endif
 }
 
-std::unique_ptr<Backend> make_backend(BackendKind kind, const std::shared_ptr<const BackendState>& state, int threads) {
+std::unique_ptr<Backend> make_backend(BackendKind kind, const std::shared_ptr<const BackendState>& state,
+                                      std::shared_ptr<cpu::ThreadPool> pool) {
 #if MOERUN_HAVE_CUDA
   if (kind == BackendKind::cuda) return make_cuda_backend(state);
 #else
   (void)state;
 #endif
   (void)kind;
-  return make_cpu_backend(threads);
+  if (!pool) throw Error("CPU backend", "the engine made no thread pool");
+  return make_cpu_backend(std::move(pool));
 }
 
 }  // namespace moerun::runtime

@@ -26,34 +26,6 @@ namespace {
 constexpr size_t kTensorAlign = 256;
 constexpr double kMiB = 1024.0 * 1024.0;
 
-template <class Fn>
-void for_each_tensor(const ModelWeights& w, Fn&& fn) {
-  auto lin = [&](const LinearWeight& l) {
-    fn(l.weight);
-    fn(l.weight_scale_inv);
-    fn(l.bias);
-  };
-  auto mlp = [&](const MlpWeights& m) {
-    lin(m.gate_proj);
-    lin(m.up_proj);
-    lin(m.down_proj);
-  };
-  fn(w.embed_tokens);
-  fn(w.norm);
-  fn(w.lm_head);
-  for (const LayerWeights& L : w.layers) {
-    for (const Tensor* t : {&L.input_layernorm, &L.post_attention_layernorm, &L.q_norm, &L.k_norm, &L.q_a_layernorm,
-                            &L.kv_a_layernorm, &L.router, &L.e_score_correction_bias, &L.shared_expert_gate})
-      fn(*t);
-    for (const LinearWeight* l : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.q_a_proj, &L.q_b_proj,
-                                  &L.kv_a_proj_with_mqa, &L.kv_b_proj})
-      lin(*l);
-    mlp(L.mlp);
-    for (const MlpWeights& e : L.experts) mlp(e);
-    mlp(L.shared_expert);
-  }
-}
-
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(std::shared_ptr<const BackendState> state) : state_(std::move(state)) {}
@@ -64,10 +36,12 @@ class CudaBackend final : public Backend {
     if (bytes <= b.bytes && b.data) return;
     if (ctx_.capturing())
       throw Error("CUDA backend", cat("a buffer grew to ", bytes, " bytes while the decode step was being recorded"));
-    auto mem = std::make_shared<cuda::DeviceBuffer>(detail::checked_add(bytes, bytes / 8 + 256, "CUDA session scratch"),
-                                                    "session scratch");
+    // Sessions reserve their planned sizes once (runtime/workspace.h), so no growth slack: the size
+    // rounded to 256 bytes, with b.bytes the usable (planned) size.
+    auto mem = std::make_shared<cuda::DeviceBuffer>(detail::checked_add(bytes, 255, "CUDA session memory") / 256 * 256,
+                                                    "session memory");
     b.data = mem->data();
-    b.bytes = mem->bytes();
+    b.bytes = bytes;
     b.holder = std::move(mem);  // the old buffer is freed here (cudaFree waits for work using it)
     ++generation_;
   }
@@ -115,13 +89,15 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
+uint64_t cuda_free_bytes() { return cuda::memory_info().free; }
+
 std::shared_ptr<const BackendState> upload_weights(const ModelWeights& weights) {
   auto state = std::make_shared<BackendState>();
   std::unordered_map<const void*, size_t> offset_of;
   std::vector<const Tensor*> order;
   size_t total = 0;
-  for_each_tensor(weights, [&](const Tensor& t) {
-    if (!t || offset_of.count(t.data())) return;  // tied weights are uploaded once
+  for_each_tensor(weights, [&](const WeightSite&, LinearPart, const Tensor& t) {
+    if (offset_of.count(t.data())) return;  // tied weights are uploaded once
     offset_of.emplace(t.data(), total);
     order.push_back(&t);
     total += (t.nbytes() + kTensorAlign - 1) / kTensorAlign * kTensorAlign;

@@ -5,19 +5,20 @@
 // Per layer (docs/MODELS.md §2.7):   x += Attn(RMSNorm_in(x));   x += FFN_or_MoE(RMSNorm_post(x))
 // then logits = RMSNorm_final(x) W_lm^T. Activations and the KV cache are fp32.
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <fstream>
+#include <mutex>
 
+#include "kernels/cpu/thread_pool.h"
 #include "kernels/ops.h"
 #include "model/convert.h"
 #include "moerun/engine.h"
 #include "moerun/error.h"
 #include "runtime/backend.h"
+#include "moerun/plan.h"
 #include "runtime/rope.h"
+#include "runtime/workspace.h"
 #include "util/checked.h"
 #include "util/strings.h"
 
@@ -30,15 +31,14 @@ constexpr float kMlaNormEps = 1e-6f;
 constexpr int64_t kDefaultContextCap = 4096;
 // Positions are indexed with 32-bit integers in the kernels; no context may pass this, override or not.
 constexpr int64_t kMaxContext = int64_t{1} << 31;
-// A forward pass runs at most this many tokens at once: longer inputs run in micro-batches, so the
-// activations of a step are bounded whatever the prompt length (results equal up to rounding).
-constexpr int64_t kMaxBatch = 512;
+using runtime::kMaxBatch;
+using runtime::Ws;
 
 namespace {
 
 // A context must fit the model (max_position_embeddings) unless the caller overrides, and the
 // kernels' indexing in every case.
-void check_context(int64_t ctx, const ModelConfig& c, bool override_limit) {
+void check_context(int64_t ctx, const ModelDesc& c, bool override_limit) {
   if (ctx < 1) throw Error("context", cat("must be at least 1 token, found ", ctx));
   if (ctx > kMaxContext) throw Error("context", cat(ctx, " tokens is more than the largest supported (", kMaxContext, ")"));
   if (ctx > c.max_position_embeddings && !override_limit)
@@ -52,30 +52,72 @@ void check_context(int64_t ctx, const ModelConfig& c, bool override_limit) {
                                " or less"));
 }
 
-// Memory this machine can give a session: physical memory, or the cgroup's limit when lower.
-uint64_t host_memory_bytes() {
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  uint64_t total = pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : UINT64_MAX;
-  for (const char* f : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
-    std::ifstream in(f);
-    uint64_t limit = 0;
-    if (in >> limit && limit > 0) total = std::min(total, limit);  // "max" (no limit) does not parse
-  }
-  return total;
-}
+std::string gib(uint64_t bytes) { return runtime::format_bytes(bytes); }
 
-std::string gib(uint64_t bytes) { return cat(static_cast<double>(bytes) / double(1ull << 30), " GiB"); }
+// The recorded decode step (CUDA graphs) as three states. A single-token step runs unrecorded once
+// (cold -> warm: every buffer the backend sizes lazily is sized), is recorded and replayed the
+// second time (warm -> recorded), and is replayed from then on. When the backend's memory
+// generation changes (memory a recording points into was reallocated), it starts cold again.
+class RecordedStep {
+ public:
+  template <class Layers>
+  void run(runtime::Backend& be, Layers&& layers) {
+    if (state_ != State::cold && generation_ != be.generation()) state_ = State::cold;
+    switch (state_) {
+      case State::recorded:
+        be.replay();
+        return;
+      case State::warm:
+        be.begin_record();
+        try {
+          layers();
+          be.end_record();
+        } catch (...) {
+          be.drop_record();
+          state_ = State::cold;
+          throw;
+        }
+        be.replay();
+        state_ = State::recorded;
+        return;
+      case State::cold:
+        be.drop_record();
+        layers();
+        generation_ = be.generation();
+        state_ = State::warm;
+        return;
+    }
+  }
+
+ private:
+  enum class State : uint8_t { cold, warm, recorded };
+  State state_ = State::cold;
+  uint64_t generation_ = 0;  // the backend's memory generation when the state was entered
+};
 
 }  // namespace
 
 struct Engine::Impl {
+  explicit Impl(Model m) : model(std::move(m)) {}
   Model model;
   ModelWeights weights;  // prepared: FP8 dequantized, vectors in f32, projections quantized if asked
   EngineOptions options;
   int64_t default_context = 0;
   BackendKind backend = BackendKind::cpu;  // resolved
   std::shared_ptr<const runtime::BackendState> backend_state;  // CUDA: the uploaded weights
+  MemoryPlan plan;  // computed before the weights were prepared; sessions allocate what it says
+  // CPU: the one thread pool every session's ops run on (sized by options.threads), and the lock
+  // that lets one session's step use it at a time (see the concurrency contract in engine.h).
+  std::shared_ptr<cpu::ThreadPool> pool;
+  mutable std::mutex step;
 };
+
+int64_t default_context(const ModelDesc& d, const EngineOptions& options) {
+  if (options.context > 0) return options.context;
+  int64_t fits = std::min(d.max_position_embeddings, kDefaultContextCap);
+  if (d.sliding_window && *d.sliding_window > 0) fits = std::min(fits, *d.sliding_window);
+  return fits;
+}
 
 Engine::Engine(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
 
@@ -98,15 +140,20 @@ static void check_unexpected_tensors(const Model& model, const EngineOptions& op
 
 Engine Engine::from_model(Model model, const EngineOptions& options) {
   check_unexpected_tensors(model, options);
-  const BackendKind backend = runtime::resolve_backend(options.backend);
-  auto impl = std::make_shared<Impl>(Impl{model, model::prepare_weights(model.weights(), model.config(), options.fp8_dequant, options.quant),
-                                          options, 0, backend, nullptr});
-  impl->backend_state = runtime::prepare_backend(backend, impl->weights, options);
-  const int64_t trained = model.config().max_position_embeddings;
   if (options.context != 0) check_context(options.context, model.config(), options.context_override);
-  int64_t fits = std::min(trained, kDefaultContextCap);
-  if (const auto& w = model.config().sliding_window; w && *w > 0) fits = std::min(fits, *w);
-  impl->default_context = options.context > 0 ? options.context : fits;
+  const BackendKind backend = runtime::resolve_backend(runtime::requested_backend(options));
+  // The plan comes first: a model that cannot fit is refused before its weights are converted or
+  // uploaded (the mapped files cost nothing until read).
+  MemoryPlan plan = plan_memory(model, options);
+  if (options.memory_check && !plan.fits) throw Error("memory", plan.refusal());
+  auto impl = std::make_shared<Impl>(model);
+  impl->weights = model::prepare_weights(model.weights(), model.config(), {options.fp8_dequant, options.quant});
+  impl->options = options;
+  impl->default_context = moerun::default_context(model.config(), options);
+  impl->backend = backend;
+  impl->plan = std::move(plan);
+  impl->backend_state = runtime::prepare_backend(backend, impl->weights, options);
+  if (backend == BackendKind::cpu) impl->pool = std::make_shared<cpu::ThreadPool>(options.threads);
   return Engine(std::move(impl));
 }
 
@@ -116,11 +163,12 @@ const ModelWeights& Engine::weights() const noexcept { return impl_->weights; }
 const EngineOptions& Engine::options() const noexcept { return impl_->options; }
 int64_t Engine::default_context() const noexcept { return impl_->default_context; }
 BackendKind Engine::backend() const noexcept { return impl_->backend; }
+const MemoryPlan& Engine::plan() const noexcept { return impl_->plan; }
 
 struct Session::Impl {
   const Engine::Impl* engine;
   std::shared_ptr<const Engine::Impl> keep;  // the engine outlives its sessions
-  const ModelConfig& c;
+  const ModelDesc& c;  // the executor sees capabilities and dimensions, never the family
   const ModelWeights& w;
   int64_t context;
   int64_t pos = 0;
@@ -136,18 +184,26 @@ struct Session::Impl {
   };
   std::vector<ExpertTables> experts;
 
-  // Scratch in backend memory, grown on demand (sized by the first step of each shape).
-  runtime::Buffer x, h, q, k, v, attn, out, tmp, kv_row, gate, up, logits, router, expert_ids, expert_weights, shared,
-      shared_gate, kv_full, k_full, ids_buf, positions_buf, inv_freq_buf;
+  // The workspace (runtime/workspace.h): one buffer per role, allocated once at the planned size.
+  runtime::WorkspacePlan ws_plan;
+  std::array<runtime::Buffer, static_cast<size_t>(Ws::count)> ws;
   std::vector<int64_t> positions;  // host copy of this step's positions
   runtime::RopeTable rope;
   int64_t rope_seq_len = -1;
-  // The recorded decode step: valid while the backend's memory generation is unchanged.
-  uint64_t record_generation = 0;
-  bool decode_warm = false;  // one single-token step ran unrecorded, so every buffer is sized
+  RecordedStep decode_step;  // single-token steps on a backend that can record them
 
   const void* wp(const Tensor& t) const { return be->weight(t); }
-  float* fbuf(runtime::Buffer& b, int64_t n) { return be->get<float>(b, n); }
+  // Room for `count` elements of a workspace role; asking for more than the plan is a bug.
+  template <class T = float>
+  T* buf(Ws role, int64_t count) {
+    const auto r = static_cast<size_t>(role);
+    if (count < 0 || static_cast<uint64_t>(count) * sizeof(T) > ws_plan[r].bytes)
+      throw Error("workspace", cat("role '", ws_plan[r].role, "' was planned for ", ws_plan[r].bytes, " bytes but a step asked for ",
+                                   count, " elements of ", sizeof(T), " bytes"));
+    return static_cast<T*>(ws[r].data);
+  }
+  template <class T = float>
+  T* at(Ws role) const { return static_cast<T*>(ws[static_cast<size_t>(role)].data); }
 
   MatmulParams lin_params(float* dst, const float* src, int64_t n, const LinearWeight& weight, int64_t src_stride = 0) {
     return {.out = dst, .x = src, .weight = wp(weight.weight), .weight_dtype = weight.weight.dtype(),
@@ -166,16 +222,22 @@ struct Session::Impl {
 
   Impl(std::shared_ptr<const Engine::Impl> e, int64_t ctx)
       : engine(e.get()), keep(std::move(e)), c(engine->model.config()), w(engine->weights), context(ctx),
-        be(runtime::make_backend(engine->backend, engine->backend_state, engine->options.threads)) {
+        be(runtime::make_backend(engine->backend, engine->backend_state, engine->pool)) {
     check_context(ctx, c, engine->options.context_override);
-    plan_memory();
+    ws_plan = runtime::plan_workspace(c, ctx, engine->options.mla);
+    check_memory();
+    for (size_t r = 0; r < ws.size(); ++r)
+      if (ws_plan[r].bytes > 0) be->reserve(ws[r], ws_plan[r].bytes);
     const size_t L = static_cast<size_t>(c.num_hidden_layers);
     k_cache.resize(L);
     v_cache.resize(L);
     experts.resize(L);
+    // K and V caches of one layer (GQA: half of a position's floats each; MLA: the latent row in K).
+    const int64_t per_cache = c.attention == AttentionKind::gqa ? c.kv_floats_per_position() / 2 : c.kv_floats_per_position();
+    const size_t cache_bytes = static_cast<size_t>(ctx) * static_cast<size_t>(per_cache) * sizeof(float);  // checked above
     for (size_t l = 0; l < L; ++l) {
-      be->reserve(k_cache[l], kv_row_bytes * static_cast<size_t>(ctx));  // sizes checked by plan_memory()
-      if (c.attention == AttentionKind::gqa) be->reserve(v_cache[l], kv_row_bytes * static_cast<size_t>(ctx));
+      be->reserve(k_cache[l], cache_bytes);
+      if (c.attention == AttentionKind::gqa) be->reserve(v_cache[l], cache_bytes);
       const LayerWeights& LW = w.layers[l];
       if (c.layer_ffn[l] != FfnKind::moe || LW.experts.empty()) continue;
       ExpertTables& t = experts[l];
@@ -196,34 +258,21 @@ struct Session::Impl {
     }
   }
 
-  // The memory plan (docs/DESIGN.md): the KV cache of the whole context plus the activations of
-  // one micro-batch, computed with overflow checks before anything is allocated. The CPU backend
-  // refuses a plan larger than the machine's memory (allocations there succeed lazily and would
-  // fail later, under the OOM killer); CUDA allocations fail at once with a clear error.
-  size_t kv_row_bytes = 0;  // one position of one layer's cache (K or V, or the MLA latent row)
-  void plan_memory() {
+  // A session's part of the memory plan: its KV cache and workspace, computed with overflow checks
+  // before anything is allocated. The CPU backend refuses more than the host has free (allocations
+  // there succeed lazily and would fail later, under the OOM killer); CUDA allocations fail at once
+  // with a clear error.
+  void check_memory() {
     const std::string what = cat("the ", context, "-token context");
-    const int64_t row = c.attention == AttentionKind::gqa ? c.num_key_value_heads * c.head_dim : c.kv_lora_rank + c.qk_rope_head_dim;
-    kv_row_bytes = detail::checked_bytes(what, sizeof(float), row);
-    const size_t per_layer = detail::checked_mul(detail::checked_bytes(what, kv_row_bytes, context),
-                                                 c.attention == AttentionKind::gqa ? 2 : 1, what);
-    const size_t kv = detail::checked_bytes(what, per_layer, c.num_hidden_layers);
-    // Activations of a micro-batch: the widest rows the step keeps at once (a few of each).
-    const int64_t B = std::min(context, kMaxBatch);
-    int64_t wide = std::max({c.hidden_size, c.intermediate_size, c.moe_intermediate_size * c.router.num_experts_per_tok,
-                             c.num_attention_heads * std::max<int64_t>(c.head_dim, c.kv_lora_rank + c.qk_rope_head_dim)});
-    size_t scratch = detail::checked_bytes(what, sizeof(float), B, wide, 8);
-    scratch = detail::checked_add(scratch, detail::checked_bytes(what, sizeof(float), B, c.vocab_size), what);  // logits
-    if (c.attention == AttentionKind::mla && engine->options.mla == MlaMode::naive)  // K and V of every cached position
-      scratch = detail::checked_add(
-          scratch, detail::checked_bytes(what, sizeof(float), context, c.num_attention_heads, 2 * (c.qk_nope_head_dim + c.v_head_dim + c.qk_rope_head_dim)), what);
-    const size_t need = detail::checked_add(kv, scratch, what);
-    if (be->kind() == BackendKind::cpu) {
-      const uint64_t have = host_memory_bytes();
-      if (need > have)
-        throw Error("context", cat("a session with ", what, " needs ", gib(need), " (KV cache ", gib(kv), ") but this machine has ",
-                                   gib(have), " of memory; use a smaller -c"));
-    }
+    const size_t kv = detail::checked_bytes(what, sizeof(float), context, c.kv_floats_per_position(), c.num_hidden_layers);
+    size_t need = kv;
+    for (const runtime::WorkspaceEntry& e : ws_plan) need = detail::checked_add(need, e.bytes, what);
+    if (be->kind() != BackendKind::cpu || !engine->options.memory_check) return;
+    std::string source;
+    const uint64_t have = host_available_bytes(&source);
+    if (need > have)
+      throw Error("context", cat("a session with ", what, " needs ", gib(need), " (KV cache ", gib(kv), ") but ", gib(have),
+                                 " is available (", source, "); use a smaller -c"));
   }
 
   void update_rope(int64_t seq_len) {
@@ -231,16 +280,16 @@ struct Session::Impl {
     if (rope_seq_len >= 0 && (c.rope.scaling.type != RopeType::dynamic || seq_len == rope_seq_len)) return;
     rope = runtime::rope_table(c.rope, c.max_position_embeddings, seq_len);
     rope_seq_len = seq_len;
-    float* f = fbuf(inv_freq_buf, static_cast<int64_t>(rope.inv_freq.size()));
+    float* f = buf(Ws::inv_freq, static_cast<int64_t>(rope.inv_freq.size()));
     be->upload(f, rope.inv_freq.data(), rope.inv_freq.size() * sizeof(float));
   }
 
-  const int64_t* dev_positions() { return static_cast<const int64_t*>(positions_buf.data); }
+  const int64_t* dev_positions() { return at<const int64_t>(Ws::positions); }
 
   void apply_rope(float* data, int64_t n, int64_t heads, int64_t token_stride, int64_t head_stride, int64_t offset) {
     be->rope({.x = data, .n_tokens = n, .n_heads = heads, .token_stride = token_stride, .head_stride = head_stride,
               .rot_offset = offset, .rot_dim = c.rope.dim, .positions = dev_positions(),
-              .inv_freq = static_cast<const float*>(inv_freq_buf.data), .attention_factor = rope.attention_factor,
+              .inv_freq = at<const float>(Ws::inv_freq), .attention_factor = rope.attention_factor,
               .style = c.rope.style});
   }
 
@@ -248,9 +297,9 @@ struct Session::Impl {
   void gqa(size_t l, const float* in, int64_t n, float* o) {
     const LayerWeights& L = w.layers[l];
     const int64_t H = c.num_attention_heads, Hkv = c.num_key_value_heads, dh = c.head_dim;
-    float* qb = fbuf(q, n * H * dh);
-    float* kb = fbuf(k, n * Hkv * dh);
-    float* vb = fbuf(v, n * Hkv * dh);
+    float* qb = buf(Ws::q, n * H * dh);
+    float* kb = buf(Ws::k, n * Hkv * dh);
+    float* vb = buf(Ws::v, n * Hkv * dh);
     const MatmulParams qkv[] = {lin_params(qb, in, n, L.q_proj), lin_params(kb, in, n, L.k_proj), lin_params(vb, in, n, L.v_proj)};
     be->matmul_group(qkv);
     const float eps = static_cast<float>(c.rms_norm_eps);
@@ -275,7 +324,7 @@ struct Session::Impl {
     be->store_rows({.cache = kc, .src = kb, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row, .cache_stride = row});
     be->store_rows({.cache = vc, .src = vb, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row, .cache_stride = row});
 
-    float* ab = fbuf(attn, n * H * dh);
+    float* ab = buf(Ws::attn, n * H * dh);
     be->attention({.out = ab, .q = qb, .k = kc, .v = vc, .positions = dev_positions(), .n_tokens = n, .n_heads = H,
                    .n_kv_heads = Hkv, .qk_dim = dh, .v_dim = dh, .q_token_stride = H * dh, .q_head_stride = dh,
                    .k_pos_stride = row, .k_head_stride = dh, .v_pos_stride = row, .v_head_stride = dh,
@@ -288,12 +337,12 @@ struct Session::Impl {
     const LayerWeights& L = w.layers[l];
     const int64_t H = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
     const int64_t r = c.kv_lora_rank, dq = dn + dr, row = r + dr;
-    float* qb = fbuf(q, n * H * dq);
+    float* qb = buf(Ws::q, n * H * dq);
     // [c_raw, k_rope] = x W_kva^T (the cache keeps the normed latent and the rotated rope key), in one
     // pass with the query's first projection of the same rows.
-    float* new_rows = fbuf(kv_row, n * row);
+    float* new_rows = buf(Ws::kv_new, n * row);
     if (c.q_lora_rank) {
-      float* qa = fbuf(tmp, n * *c.q_lora_rank);
+      float* qa = buf(Ws::q_lora, n * *c.q_lora_rank);
       const MatmulParams first[] = {lin_params(qa, in, n, L.q_a_proj), lin_params(new_rows, in, n, L.kv_a_proj_with_mqa)};
       be->matmul_group(first);
       norm(qa, qa, n, *c.q_lora_rank, L.q_a_layernorm, kMlaNormEps);
@@ -310,16 +359,16 @@ struct Session::Impl {
                     .cache_stride = row});
 
     const Tensor& kvb = L.kv_b_proj.weight;  // [H*(dn+dv), r]: per head dn rows of W_UK, then dv rows of W_UV
-    float* ab = fbuf(attn, n * H * std::max(r, dv));
+    float* ab = buf(Ws::attn, n * H * dv);
     if (engine->options.mla == MlaMode::absorbed) {
       // q~_h = W_UK^h^T q_h^N, then MQA over [c, k_rope] with values c (MODELS.md §4).
-      float* qcat = fbuf(k, n * H * row);
+      float* qcat = buf(Ws::q_absorbed, n * H * row);
       be->head_matmul({.out = qcat, .x = qb, .weight = wp(kvb), .weight_dtype = kvb.dtype(), .n_tokens = n, .n_heads = H,
                        .in_dim = dn, .out_dim = r, .head_rows = dn + dv, .row_offset = 0, .row_len = r,
                        .x_token_stride = H * dq, .x_head_stride = dq, .out_token_stride = H * row,
                        .out_head_stride = row, .transposed = true});
       be->copy({.dst = qcat + r, .src = qb + dn, .rows = n * H, .cols = dr, .dst_stride = row, .src_stride = dq});
-      float* latent_out = fbuf(v, n * H * r);
+      float* latent_out = buf(Ws::latent_out, n * H * r);
       be->attention({.out = latent_out, .q = qcat, .k = cache, .v = cache, .positions = dev_positions(), .n_tokens = n,
                      .n_heads = H, .n_kv_heads = 1, .qk_dim = row, .v_dim = r, .q_token_stride = H * row,
                      .q_head_stride = row, .k_pos_stride = row, .k_head_stride = 0, .v_pos_stride = row,
@@ -332,9 +381,9 @@ struct Session::Impl {
     } else {
       // Naive: per-head K = [W_UK c, k_rope] and V = W_UV c for every cached position.
       const int64_t len = pos + n;
-      float* kvf = fbuf(kv_full, len * H * (dn + dv));
+      float* kvf = buf(Ws::kv_full, len * H * (dn + dv));
       lin(kvf, cache, len, L.kv_b_proj, row);
-      float* kf = fbuf(k_full, len * H * dq);
+      float* kf = buf(Ws::k_full, len * H * dq);
       be->copy({.dst = kf, .src = kvf, .rows = len * H, .cols = dn, .dst_stride = dq, .src_stride = dn + dv});
       for (int64_t hh = 0; hh < H; ++hh)
         be->copy({.dst = kf + hh * dq + dn, .src = cache + r, .rows = len, .cols = dr, .dst_stride = H * dq, .src_stride = row});
@@ -349,8 +398,8 @@ struct Session::Impl {
   // The gated FFN over n rows: out = down(act(gate x) * up x), act = hidden_act (SwiGLU for silu).
   void swiglu(const MlpWeights& m, const float* in, int64_t n, float* o) {
     const int64_t I = m.gate_proj.weight.dim(0);
-    float* g = fbuf(gate, n * I);
-    float* u = fbuf(up, n * I);
+    float* g = buf(Ws::ffn_gate, n * I);
+    float* u = buf(Ws::ffn_up, n * I);
     const MatmulParams gate_up[] = {lin_params(g, in, n, m.gate_proj), lin_params(u, in, n, m.up_proj)};
     be->matmul_group(gate_up);
     be->gated_act({.out = g, .gate = g, .up = u, .n = n * I, .act = c.hidden_act});
@@ -363,27 +412,26 @@ struct Session::Impl {
     const LayerWeights& L = w.layers[l];
     const RouterSpec& rs = c.router;
     const int64_t D = c.hidden_size, E = rs.n_routed_experts, K = rs.num_experts_per_tok;
-    float* z = fbuf(router, n * E);
+    float* z = buf(Ws::router_logits, n * E);
     lin(z, in, n, L.router);
-    int32_t* ids = be->get<int32_t>(expert_ids, n * K);
-    float* wts = fbuf(expert_weights, n * K);
+    int32_t* ids = buf<int32_t>(Ws::expert_ids, n * K);
+    float* wts = buf(Ws::expert_weights, n * K);
     be->route({.expert_ids = ids, .expert_weights = wts, .logits = z,
                .correction_bias = L.e_score_correction_bias ? static_cast<const float*>(wp(L.e_score_correction_bias)) : nullptr,
                .n_tokens = n, .n_experts = E, .top_k = K, .score = rs.score, .method = rs.method, .n_group = rs.n_group,
                .topk_group = rs.topk_group, .norm_topk_prob = rs.norm_topk_prob,
-               .routed_scaling_factor = static_cast<float>(rs.routed_scaling_factor),
-               .scratch = fbuf(tmp, 3 * E + rs.n_group)});
+               .routed_scaling_factor = static_cast<float>(rs.routed_scaling_factor)});
     const ExpertTables& t = experts[l];
     be->moe({.out = o, .x = in, .expert_ids = ids, .expert_weights = wts,
              .gate = static_cast<const void* const*>(t.gate.data), .up = static_cast<const void* const*>(t.up.data),
              .down = static_cast<const void* const*>(t.down.data), .weight_dtype = t.dtype, .n_tokens = n, .top_k = K,
              .n_experts = E, .hidden = D, .intermediate = L.experts[0].gate_proj.weight.dim(0), .act = c.hidden_act});
     if (c.shared.count > 0) {
-      float* s = fbuf(shared, n * D);
+      float* s = buf(Ws::shared_out, n * D);
       swiglu(L.shared_expert, in, n, s);
       const float* g = nullptr;
       if (c.shared.gated) {  // Qwen2-MoE: sigmoid(x . w_sg) scales the shared expert per token
-        float* gb = fbuf(shared_gate, n);
+        float* gb = buf(Ws::shared_gate, n);
         lin(gb, in, n, L.shared_expert_gate);
         g = gb;
       }
@@ -396,15 +444,15 @@ struct Session::Impl {
   // single-token step can be recorded once and replayed.
   float* layers(int64_t n, int64_t rows) {
     const int64_t D = c.hidden_size;
-    float* xb = fbuf(x, n * D);
+    float* xb = buf(Ws::x, n * D);
     be->embed({.out = xb, .table = wp(w.embed_tokens), .dtype = w.embed_tokens.dtype(),
-               .ids = static_cast<const int32_t*>(ids_buf.data), .n_tokens = n, .dim = D});
+               .ids = at<const int32_t>(Ws::ids), .n_tokens = n, .dim = D});
     if (diagnosing) checkpoint(xb, n * D, "the token embeddings (embed_tokens)");
     const float eps = static_cast<float>(c.rms_norm_eps);
     for (size_t l = 0; l < w.layers.size(); ++l) {
       const LayerWeights& L = w.layers[l];
-      float* hb = fbuf(h, n * D);
-      float* ob = fbuf(out, n * D);
+      float* hb = buf(Ws::h, n * D);
+      float* ob = buf(Ws::out, n * D);
       norm(hb, xb, n, D, L.input_layernorm, eps);
       if (c.attention == AttentionKind::gqa) gqa(l, hb, n, ob);
       else mla(l, hb, n, ob);
@@ -416,9 +464,9 @@ struct Session::Impl {
       be->add({.out = xb, .x = ob, .rows = n, .cols = D});
       if (diagnosing) checkpoint(xb, n * D, cat("layer ", l, "'s ", c.layer_ffn[l] == FfnKind::moe ? "MoE block" : "MLP"));
     }
-    float* hb = fbuf(h, rows * D);
+    float* hb = buf(Ws::h, rows * D);
     norm(hb, xb + (n - rows) * D, rows, D, w.norm, eps);
-    float* lg = fbuf(logits, rows * c.vocab_size);
+    float* lg = buf(Ws::logits, rows * c.vocab_size);
     lin(lg, hb, rows, w.lm_head);
     if (diagnosing) checkpoint(lg, rows * c.vocab_size, "the final norm and LM head");
     return lg;
@@ -449,73 +497,53 @@ struct Session::Impl {
     throw Error("forward", "the logits hold NaN or infinite values");  // unreachable unless the second run differs
   }
 
-  std::vector<float> forward(std::span<const int32_t> ids, bool all_positions) {
+  std::span<const float> forward(std::span<const int32_t> ids, bool all_positions) {
     const int64_t n = static_cast<int64_t>(ids.size());
     if (n == 0) throw Error("forward", "no tokens given");
     for (int32_t id : ids)
       if (id < 0 || id >= c.vocab_size) throw Error("forward", cat("token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
     if (n > context - pos)
       throw Error("forward", cat(pos, " cached + ", n, " new tokens exceed the context of ", context, " tokens"));
-    if (n <= kMaxBatch) return step(ids, all_positions);
+    const size_t rows = all_positions ? static_cast<size_t>(n) : 1;
+    host_logits.resize(detail::checked_bytes("logits", 1, rows, c.vocab_size));  // keeps its capacity
     const int64_t start = pos;
-    std::vector<float> result;
-    if (all_positions) result.reserve(detail::checked_bytes("logits of every position", 1, n, c.vocab_size));
     try {
       for (int64_t b = 0; b < n; b += kMaxBatch) {
         const auto chunk = ids.subspan(static_cast<size_t>(b), static_cast<size_t>(std::min(kMaxBatch, n - b)));
-        std::vector<float> part = step(chunk, all_positions);
-        if (all_positions) result.insert(result.end(), part.begin(), part.end());
-        else result = std::move(part);
+        // all_positions: each micro-batch's rows land at their place; else the last one's row wins.
+        float* dst = host_logits.data() + (all_positions ? static_cast<size_t>(b) * static_cast<size_t>(c.vocab_size) : 0);
+        step(chunk, all_positions, dst);
       }
     } catch (...) {
       pos = start;  // a failed call changes nothing
       throw;
     }
-    return result;
+    return host_logits;
   }
 
-  // One micro-batch of at most kMaxBatch tokens at positions [pos, pos + n).
-  std::vector<float> step(std::span<const int32_t> ids, bool all_positions) {
+  std::vector<float> host_logits;  // what forward() returns a view of
+
+  // One micro-batch of at most kMaxBatch tokens at positions [pos, pos + n); its logits go to `dst`.
+  void step(std::span<const int32_t> ids, bool all_positions, float* dst) {
     const int64_t n = static_cast<int64_t>(ids.size());
     positions.resize(static_cast<size_t>(n));
     for (int64_t t = 0; t < n; ++t) positions[static_cast<size_t>(t)] = pos + t;
     update_rope(pos + n);
-    be->upload(be->get<int32_t>(ids_buf, n), ids.data(), static_cast<size_t>(n) * sizeof(int32_t));
-    be->upload(be->get<int64_t>(positions_buf, n), positions.data(), static_cast<size_t>(n) * sizeof(int64_t));
+    be->upload(buf<int32_t>(Ws::ids, n), ids.data(), static_cast<size_t>(n) * sizeof(int32_t));
+    be->upload(buf<int64_t>(Ws::positions, n), positions.data(), static_cast<size_t>(n) * sizeof(int64_t));
 
     const int64_t rows = all_positions ? n : 1;
-    const float* lg = nullptr;
-    // A single-token step records once (after one unrecorded step sized every buffer) and then
-    // replays; the naive MLA form reads the cache length on the host, so it never records.
+    // The naive MLA form reads the cache length on the host, so its steps are never recorded.
     const bool recordable = be->can_record() && n == 1 && !all_positions &&
                             !(c.attention == AttentionKind::mla && engine->options.mla == MlaMode::naive);
-    if (!recordable) {
-      lg = layers(n, rows);
-    } else if (be->has_record() && record_generation == be->generation()) {
-      be->replay();
-      lg = static_cast<const float*>(logits.data);
-    } else if (decode_warm && record_generation == be->generation()) {
-      be->begin_record();
-      try {
-        lg = layers(n, rows);
-        be->end_record();
-      } catch (...) {
-        be->drop_record();
-        throw;
-      }
-      be->replay();
-    } else {
-      be->drop_record();
-      lg = layers(n, rows);
-      decode_warm = true;
-      record_generation = be->generation();
-    }
-    std::vector<float> result(static_cast<size_t>(rows * c.vocab_size));
+    if (recordable) decode_step.run(*be, [&] { layers(n, rows); });
+    else layers(n, rows);
+    const float* lg = at<const float>(Ws::logits);
+    const std::span<float> result(dst, static_cast<size_t>(rows * c.vocab_size));
     be->download(result.data(), lg, result.size() * sizeof(float));
     for (float value : result)
       if (!std::isfinite(value)) diagnose_non_finite(n, rows);
     pos += n;
-    return result;
   }
 };
 
@@ -526,10 +554,23 @@ Session& Session::operator=(Session&&) noexcept = default;
 Session::~Session() = default;
 
 std::vector<float> Session::forward(std::span<const int32_t> ids, bool all_positions) {
+  const std::span<const float> v = forward_view(ids, all_positions);
+  return {v.begin(), v.end()};
+}
+std::span<const float> Session::forward_view(std::span<const int32_t> ids, bool all_positions) {
+  const std::lock_guard<std::mutex> lock(impl_->engine->step);  // the engine's threads, one step at a time
   return impl_->forward(ids, all_positions);
 }
 int64_t Session::position() const noexcept { return impl_->pos; }
 int64_t Session::context() const noexcept { return impl_->context; }
+uint64_t Session::memory_bytes() const noexcept {
+  uint64_t n = 0;
+  for (const auto* list : {&impl_->k_cache, &impl_->v_cache})
+    for (const runtime::Buffer& b : *list) n += b.bytes;
+  for (const runtime::Buffer& b : impl_->ws) n += b.bytes;
+  for (const auto& t : impl_->experts) n += t.gate.bytes + t.up.bytes + t.down.bytes;
+  return n;
+}
 void Session::truncate(int64_t n) {
   if (n < 0 || n > impl_->pos) throw Error("Session::truncate", cat("cannot keep ", n, " of ", impl_->pos, " cached tokens"));
   impl_->pos = n;  // rows past n are overwritten by the next forward

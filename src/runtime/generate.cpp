@@ -81,8 +81,6 @@ double seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-int32_t argmax(const std::vector<float>& v) { return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin()); }
-
 }  // namespace
 
 GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& sampler, std::span<const int32_t> prompt,
@@ -97,24 +95,31 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
   if (n == cached) session.truncate(n - 1);  // the last prompt token must run to give the next logits
 
   GenerateResult r;
+  r.cached_tokens = session.position();
   auto interrupted = [&] { return options.interrupted && options.interrupted(); };
   const auto t0 = std::chrono::steady_clock::now();
   const std::span<const int32_t> fresh = prompt.subspan(static_cast<size_t>(session.position()));
-  // Prefill in pieces, so an interrupt does not wait for a long prompt to finish.
+  // Prefill in pieces, so an interrupt does not wait for a long prompt to finish. The logits are a
+  // view of the session's own buffer (valid until its next forward): no copy, no allocation.
   constexpr size_t kPiece = 512;
-  std::vector<float> logits;
+  std::span<const float> logits;
   for (size_t done = 0; done < fresh.size(); done += kPiece) {
     if (interrupted()) {
       r.finish_reason = "interrupted";
       r.prompt_seconds = seconds(t0);
       return r;
     }
-    logits = session.forward(fresh.subspan(done, std::min(kPiece, fresh.size() - done)));
+    logits = session.forward_view(fresh.subspan(done, std::min(kPiece, fresh.size() - done)));
     r.prompt_tokens += static_cast<int64_t>(std::min(kPiece, fresh.size() - done));
   }
   r.prompt_seconds = seconds(t0);
 
-  std::vector<int32_t> history(prompt.begin(), prompt.end());
+  // Room for every token this call can add, so the decode loop does not reallocate.
+  const size_t room = static_cast<size_t>(std::max<int64_t>(0, std::min(options.max_tokens, session.context() - n + 1)));
+  std::vector<int32_t> history;
+  history.reserve(prompt.size() + room);
+  history.assign(prompt.begin(), prompt.end());
+  r.tokens.reserve(room);
   StreamDecoder decoder(tokenizer, options.skip_special_tokens);
   StopMatcher stops(options.stop);
   auto emit = [&](const std::string& text) {
@@ -124,14 +129,14 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
   };
   const auto t1 = std::chrono::steady_clock::now();
   r.finish_reason = "length";
-  // Plain greedy needs no sampler pass; greedy with penalties does (as transformers applies them).
-  const bool plain_greedy = sampler.params().greedy() && !sampler.params().penalties();
   while (r.generated_tokens < options.max_tokens) {
     if (interrupted()) {
       r.finish_reason = "interrupted";
       break;
     }
-    const int32_t id = plain_greedy ? argmax(logits) : sampler.sample(logits, history);
+    // Every token comes from the sampler: greedy is its argmax after the penalties, as transformers
+    // applies them.
+    const int32_t id = sampler.sample(logits, history);
     ++r.generated_tokens;
     r.tokens.push_back(id);
     history.push_back(id);
@@ -153,7 +158,7 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
       r.finish_reason = "context";
       break;
     }
-    logits = session.forward(std::span<const int32_t>(&id, 1));
+    logits = session.forward_view(std::span<const int32_t>(&id, 1));
   }
   if (r.finish_reason != "stop" && r.finish_reason != "cancelled") {  // interrupted: keep what was decoded
     bool stopped = false;

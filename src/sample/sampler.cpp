@@ -62,20 +62,46 @@ void Sampler::set_params(const SamplerParams& p) {
   params_ = p;
 }
 
+namespace {
+
+// The first index of the largest value (a NaN is an Error: it has no place in the order).
+size_t argmax(std::span<const float> v) {
+  size_t best = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (std::isnan(v[i])) throw Error("sampler", detail::cat("logit ", i, " is NaN"));
+    if (v[i] > v[best]) best = i;
+  }
+  return best;
+}
+
+}  // namespace
+
+void Sampler::load(std::span<const float> logits, std::span<const int32_t> history) {
+  if (logits.empty()) throw Error("sampler", "no logits");
+  work_.assign(logits.begin(), logits.end());  // keeps its capacity: no allocation once sized
+  for (size_t i = 0; i < work_.size(); ++i)
+    if (std::isnan(work_[i])) throw Error("sampler", detail::cat("logit ", i, " is NaN"));
+  apply_penalties(history);
+}
+
 void Sampler::apply_penalties(std::span<const int32_t> history) {
   const SamplerParams& p = params_;
   if (!p.penalties()) return;
   const size_t window = p.penalty_last_n < 0 ? history.size() : std::min(history.size(), static_cast<size_t>(p.penalty_last_n));
   const auto recent = history.subspan(history.size() - window);
-  counts_.assign(work_.size(), 0);
+  // counts_ is all zero between calls, so only the window's tokens are touched (not the vocabulary).
+  if (counts_.size() < work_.size()) counts_.resize(work_.size(), 0);
+  auto valid = [&](int32_t id) { return id >= 0 && static_cast<size_t>(id) < work_.size(); };
   for (int32_t id : recent)
-    if (id >= 0 && static_cast<size_t>(id) < work_.size()) ++counts_[static_cast<size_t>(id)];
-  for (size_t i = 0; i < work_.size(); ++i) {
-    const int32_t n = counts_[i];
-    if (n == 0) continue;
-    float& l = work_[i];
+    if (valid(id)) ++counts_[static_cast<size_t>(id)];
+  for (int32_t id : recent) {
+    if (!valid(id)) continue;
+    int32_t& n = counts_[static_cast<size_t>(id)];
+    if (n == 0) continue;  // a repeat of a token already penalised
+    float& l = work_[static_cast<size_t>(id)];
     l = l > 0 ? l / p.repeat_penalty : l * p.repeat_penalty;  // HF RepetitionPenaltyLogitsProcessor
     l -= p.presence_penalty + p.frequency_penalty * static_cast<float>(n);
+    n = 0;
   }
 }
 
@@ -85,8 +111,12 @@ void Sampler::warp() {
   for (float& l : work_) l /= p.temperature;
   order_.resize(n);
   std::iota(order_.begin(), order_.end(), 0);
-  // Descending by logit, ties by id, so every step is deterministic.
-  std::stable_sort(order_.begin(), order_.end(), [&](int32_t a, int32_t b) { return work_[static_cast<size_t>(a)] > work_[static_cast<size_t>(b)]; });
+  // Descending by logit, ties by id, so every step is deterministic (a total order: std::sort needs
+  // no scratch buffer, unlike std::stable_sort).
+  std::sort(order_.begin(), order_.end(), [&](int32_t a, int32_t b) {
+    const float la = work_[static_cast<size_t>(a)], lb = work_[static_cast<size_t>(b)];
+    return la > lb || (la == lb && a < b);
+  });
   size_t keep = n;
   if (p.top_k > 0 && static_cast<size_t>(p.top_k) < n) {
     // HF TopKLogitsWarper: drop everything strictly below the k-th value (ties at the edge stay).
@@ -95,58 +125,65 @@ void Sampler::warp() {
   }
   // Probabilities of the kept tokens, for top-p and min-p.
   const float top = work_[static_cast<size_t>(order_[0])];
-  std::vector<double> prob(keep);
+  kept_.resize(keep);
   double sum = 0;
-  for (size_t i = 0; i < keep; ++i) sum += prob[i] = std::exp(static_cast<double>(work_[static_cast<size_t>(order_[i])] - top));
-  for (double& q : prob) q /= sum;
+  for (size_t i = 0; i < keep; ++i) sum += kept_[i] = std::exp(static_cast<double>(work_[static_cast<size_t>(order_[i])] - top));
+  for (double& q : kept_) q /= sum;
   if (p.top_p < 1.0f) {
     // The smallest most-likely prefix whose mass reaches top_p (at least one token).
     double cum = 0;
     size_t i = 0;
     while (i < keep) {
-      cum += prob[i++];
+      cum += kept_[i++];
       if (cum >= p.top_p) break;
     }
     keep = std::max<size_t>(i, 1);
   }
   if (p.min_p > 0.0f) {
-    const double threshold = p.min_p * prob[0];
+    const double threshold = p.min_p * kept_[0];
     size_t i = 1;
-    while (i < keep && prob[i] >= threshold) ++i;
+    while (i < keep && kept_[i] >= threshold) ++i;
     keep = i;
   }
   for (size_t i = keep; i < n; ++i) work_[static_cast<size_t>(order_[i])] = -INFINITY;
 }
 
-std::vector<float> Sampler::distribution(std::span<const float> logits, std::span<const int32_t> history) {
-  if (logits.empty()) throw Error("sampler", "no logits");
-  work_.assign(logits.begin(), logits.end());
-  apply_penalties(history);
-  std::vector<float> out(work_.size(), 0.0f);
+void Sampler::probabilities() {
+  probs_.assign(work_.size(), 0.0f);
   if (params_.greedy()) {
-    out[static_cast<size_t>(std::max_element(work_.begin(), work_.end()) - work_.begin())] = 1.0f;
-    return out;
+    probs_[argmax(work_)] = 1.0f;
+    return;
   }
   warp();
   const float top = *std::max_element(work_.begin(), work_.end());
   double sum = 0;
   for (float l : work_) sum += std::exp(static_cast<double>(l - top));
-  for (size_t i = 0; i < work_.size(); ++i) out[i] = static_cast<float>(std::exp(static_cast<double>(work_[i] - top)) / sum);
-  return out;
+  for (size_t i = 0; i < work_.size(); ++i) probs_[i] = static_cast<float>(std::exp(static_cast<double>(work_[i] - top)) / sum);
+}
+
+std::vector<float> Sampler::distribution(std::span<const float> logits, std::span<const int32_t> history) {
+  load(logits, history);
+  probabilities();
+  return probs_;
 }
 
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {
-  const std::vector<float> probs = distribution(logits, history);
-  if (params_.greedy())
-    return static_cast<int32_t>(std::max_element(probs.begin(), probs.end()) - probs.begin());
+  if (params_.greedy()) {
+    if (logits.empty()) throw Error("sampler", "no logits");
+    if (!params_.penalties()) return static_cast<int32_t>(argmax(logits));  // nothing to change: no copy
+    load(logits, history);
+    return static_cast<int32_t>(argmax(work_));
+  }
+  load(logits, history);
+  probabilities();
   // Inverse CDF over token ids in order; the last kept token takes any rounding remainder.
   const double u = rng_.uniform();
   double cum = 0;
   int32_t last = 0;
-  for (size_t i = 0; i < probs.size(); ++i) {
-    if (probs[i] <= 0.0f) continue;
+  for (size_t i = 0; i < probs_.size(); ++i) {
+    if (probs_[i] <= 0.0f) continue;
     last = static_cast<int32_t>(i);
-    cum += probs[i];
+    cum += probs_[i];
     if (u < cum) return last;
   }
   return last;

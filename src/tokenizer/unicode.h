@@ -13,24 +13,14 @@
 
 namespace moerun::tok {
 
-// --- UTF-8 ----------------------------------------------------------------------------------
+// --- UTF-8 (src/util/utf8.h) -----------------------------------------------------------------
 
-// Offset of the first byte that does not belong to a well-formed UTF-8 sequence (no overlongs, no
-// surrogates, nothing above U+10FFFF), or nullopt when the whole string is valid.
-std::optional<size_t> find_invalid_utf8(std::string_view s);
-
-// Decodes the code point at s[i]; `s` must be valid UTF-8 and i < s.size(). Returns its length.
-size_t decode_utf8(std::string_view s, size_t i, char32_t& cp);
-// Length in bytes of the character starting at lead byte `c` of valid UTF-8.
-inline size_t utf8_len(unsigned char c) { return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4; }
-using detail::append_utf8;  // src/util/utf8.h
-
-// String::from_utf8_lossy as Rust defines it: every maximal ill-formed subpart becomes one U+FFFD.
-std::string utf8_lossy(std::string_view bytes);
-// The length of the suffix of `bytes` that starts a well-formed sequence and is only cut short by the
-// end of the buffer (0 to 3 bytes). Holding it back and converting the rest with utf8_lossy gives the
-// same text as converting the whole once the sequence is complete.
-size_t utf8_incomplete_tail(std::string_view bytes);
+using detail::append_utf8;
+using detail::decode_utf8;           // the code point at s[i] of valid UTF-8, and its length
+using detail::find_invalid_utf8;     // the first byte not in a well-formed sequence
+using detail::utf8_incomplete_tail;  // a sequence only cut short by the end of the buffer
+using detail::utf8_len;              // bytes of the character with this lead byte
+using detail::utf8_lossy;            // Rust's String::from_utf8_lossy
 
 // --- character classes (Rust semantics) ------------------------------------------------------
 

@@ -14,9 +14,8 @@ std::string shape_str(const Shape& shape) {
   return out + "]";
 }
 
-Tensor::Tensor(DType dtype, Shape shape, const void* data, std::shared_ptr<const void> owner,
-               Device device)
-    : dtype_(dtype), shape_(std::move(shape)), data_(data), owner_(std::move(owner)), device_(device) {
+Tensor::Tensor(DType dtype, Shape shape, const void* data, std::shared_ptr<const void> owner)
+    : dtype_(dtype), shape_(std::move(shape)), data_(data), owner_(std::move(owner)) {
   strides_.resize(shape_.size());
   int64_t stride = 1;
   for (size_t i = shape_.size(); i-- > 0;) {

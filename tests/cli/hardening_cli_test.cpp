@@ -142,7 +142,7 @@ TEST(Hardening, HugeContextIsRefusedNotACrash) {
   expect_error_line(run_sh("logits " + m + "--ids '1 2 3' -c 4096"), 1, "--ctx-override");
   EXPECT_EQ(run_sh("logits " + m + "--ids '1 2 3' -c 4096 --ctx-override").code, 0);
   // ...and the memory plan refuses what this machine cannot hold, override or not.
-  expect_error_line(run_sh("logits " + m + "--ids '1 2 3' -c 2147483647 --ctx-override"), 1, "smaller -c");
+  expect_error_line(run_sh("logits " + m + "--ids '1 2 3' -c 2147483647 --ctx-override"), 1, "would fit: -c ");
 }
 
 TEST(Hardening, HugeContextInRunAndChat) {
@@ -172,7 +172,7 @@ TEST(Hardening, WriteErrorsInGeneratingCommands) {
   expect_error_line(run_sh("tokenize -m " + q(default_model()) + " -p hi", "/dev/null", "", ">/dev/full"), 1, "stdout");
   testing::write_file(scratch() / "msgs.json", R"([{"role": "user", "content": "hi"}])");
   expect_error_line(run_sh("template --messages " + q(scratch() / "msgs.json"), "/dev/null", "", ">/dev/full"), 1, "stdout");
-  expect_error_line(run_sh("perplexity -c 64 --chunks 1 -f " + q(fs::path(MOERUN_SOURCE_DIR) / "README.md"), "/dev/null", "",
+  expect_error_line(run_sh("perplexity -c 64 --chunks 1 -f " + q(fs::path(MOERUN_SOURCE_DIR) / "LICENSE"), "/dev/null", "",
                            ">/dev/full"),
                     1, "stdout");
   testing::write_file(scratch() / "turns", "hi\n");

@@ -11,28 +11,14 @@
 #include <vector>
 
 #include "moerun/engine.h"
+#include "support/cli.h"
 #include "support/writer.h"
 
 namespace moerun {
 namespace {
 
-struct CliRun {
-  int code = -1;
-  std::string out, err;
-};
-
-CliRun run_cli(const std::string& args) {
-  static const auto dir = testing::fresh_dir("cli_output");
-  const auto out = dir / "stdout", err = dir / "stderr";
-  const std::string cmd = std::string("'") + MOERUN_CLI + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "' </dev/null";
-  const int status = std::system(cmd.c_str());
-  CliRun r;
-  EXPECT_TRUE(WIFEXITED(status)) << "moerun " << args << " ended by a signal";
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = testing::read_file(out);
-  r.err = testing::read_file(err);
-  return r;
-}
+using testing::CliRun;
+CliRun run_cli(const std::string& args) { return testing::run_moerun(args); }
 
 // An error is exactly one line on stderr that starts with "moerun: " and nothing on stdout.
 void expect_one_line_error(const CliRun& r, const std::string& needle) {

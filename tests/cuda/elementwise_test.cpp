@@ -10,19 +10,22 @@
 #include <vector>
 
 #include "cuda_test_util.h"
+#include "kernels/cpu/context.h"
 #include "kernels/cuda/context.h"
 #include "kernels/ops.h"
+#include "support/op_tolerances.h"
 
 namespace moerun {
 namespace {
 
 using namespace cuda::testing;
+using ::moerun::testing::Check;
+using ::moerun::testing::Op;
+using ::moerun::testing::tolerance;
 
-// gated_act and gated add: expf/erff/tanhf vs std:: (a few ulps) and FMA contraction; outputs are at most ~20 in
-// magnitude, so a few ulps of 20.
-constexpr float kTolTranscendental = 2e-5f;
-// Pure moves, widening (bf16 and f16 are exact in fp32), clamp and a single fp32 add: bit-exact.
-constexpr float kTolExact = 0.0f;
+// The largest difference the op's row of tests/support/op_tolerances.h allows (rows without a relative
+// part: the outputs here are O(1) or exact).
+float max_diff(Op op, DType dtype = DType::f32) { return static_cast<float>(tolerance(op, Check::cuda, dtype).abs); }
 
 TEST(ElementwiseCuda, GatedActMatchesCpuEveryActivation) {
   MOERUN_SKIP_WITHOUT_CUDA();
@@ -33,7 +36,9 @@ TEST(ElementwiseCuda, GatedActMatchesCpuEveryActivation) {
         auto gate = uniform(static_cast<size_t>(n + offset), -20.0f, 20.0f, seed);
         auto up = uniform(static_cast<size_t>(n + offset), -1.0f, 1.0f, seed + 1);
         std::vector<float> want(static_cast<size_t>(n));
-        cpu::gated_act({.out = want.data(), .gate = gate.data() + offset, .up = up.data() + offset, .n = n, .act = act});
+        cpu::Context cpu_ctx;
+        cpu::gated_act({.out = want.data(), .gate = gate.data() + offset, .up = up.data() + offset, .n = n, .act = act},
+                       cpu_ctx);
 
         DeviceBuffer dg = upload(gate), du = upload(up), dout = output_with_guard(static_cast<size_t>(n + offset));
         cuda::Context ctx;
@@ -42,7 +47,7 @@ TEST(ElementwiseCuda, GatedActMatchesCpuEveryActivation) {
                         ctx);
         const auto got_all = download(dout);
         const std::vector<float> got(got_all.begin() + offset, got_all.begin() + offset + n);
-        EXPECT_LE(max_abs_diff(got, want), kTolTranscendental)
+        EXPECT_LE(max_abs_diff(got, want), max_diff(Op::gated_act))
             << to_string(act) << " n=" << n << " offset=" << offset << " seed=" << seed;
         EXPECT_EQ(first_bad_guard(got_all, static_cast<size_t>(n + offset)), -1) << "n=" << n;
 
@@ -52,7 +57,7 @@ TEST(ElementwiseCuda, GatedActMatchesCpuEveryActivation) {
                         ctx);
         const auto inplace_all = download(dg);
         const std::vector<float> inplace(inplace_all.begin() + offset, inplace_all.end());
-        EXPECT_LE(max_abs_diff(inplace, want), kTolTranscendental) << "in place, " << to_string(act) << " n=" << n;
+        EXPECT_LE(max_abs_diff(inplace, want), max_diff(Op::gated_act)) << "in place, " << to_string(act) << " n=" << n;
       }
     }
   }
@@ -83,6 +88,8 @@ TEST(ElementwiseCuda, MoeAppliesTheActivationOnBothPaths) {
     down_d.push_back(dw[static_cast<size_t>(3 * e + 2)].as<float>());
   }
   DeviceBuffer dgate = upload(gate_d), dup = upload(up_d), ddown = upload(down_d);
+  // The moe row's budget for an output scale of 2: outputs here stay below 2 (|x| <= 1, weights <= 0.3).
+  const auto tol = static_cast<float>(tolerance(Op::moe, Check::cuda).at(0.0, 2.0));
   for (int64_t n : {1, 9}) {  // decode (<= 4 tokens) and prefill
     const auto x = uniform(static_cast<size_t>(n * D), -1.0f, 1.0f, 3100 + static_cast<uint64_t>(n));
     std::vector<int32_t> ids;
@@ -91,9 +98,11 @@ TEST(ElementwiseCuda, MoeAppliesTheActivationOnBothPaths) {
     DeviceBuffer dx = upload(x), dids = upload(ids), dwts = upload(wts), dout = output_with_guard(static_cast<size_t>(n * D));
     for (Activation act : {Activation::silu, Activation::gelu, Activation::gelu_tanh}) {
       std::vector<float> want(static_cast<size_t>(n * D));
+      cpu::Context cpu_ctx;
       cpu::moe({.out = want.data(), .x = x.data(), .expert_ids = ids.data(), .expert_weights = wts.data(),
                 .gate = gate_h.data(), .up = up_h.data(), .down = down_h.data(), .weight_dtype = DType::f32,
-                .n_tokens = n, .top_k = K, .n_experts = E, .hidden = D, .intermediate = I, .act = act});
+                .n_tokens = n, .top_k = K, .n_experts = E, .hidden = D, .intermediate = I, .act = act},
+               cpu_ctx);
       cuda::Context ctx;
       cuda::moe({.out = dout.as<float>(), .x = dx.as<float>(), .expert_ids = dids.as<int32_t>(),
                  .expert_weights = dwts.as<float>(), .gate = dgate.as<const void* const>(),
@@ -103,7 +112,7 @@ TEST(ElementwiseCuda, MoeAppliesTheActivationOnBothPaths) {
                 ctx);
       const auto got_all = download(dout);
       const std::vector<float> got(got_all.begin(), got_all.begin() + n * D);
-      EXPECT_LE(max_abs_diff(got, want), 1e-4f) << to_string(act) << " n=" << n;
+      EXPECT_LE(max_abs_diff(got, want), tol) << to_string(act) << " n=" << n;
       EXPECT_EQ(first_bad_guard(got_all, static_cast<size_t>(n * D)), -1) << to_string(act) << " n=" << n;
     }
   }
@@ -119,12 +128,14 @@ TEST(ElementwiseCuda, EmbedMatchesCpuEveryDtype) {
       const std::vector<int32_t> ids = {0, 36, 5, 5, 17};  // first, last, a repeat
       const auto n_tokens = static_cast<int64_t>(ids.size());
       std::vector<float> want(static_cast<size_t>(n_tokens * dim));
+      cpu::Context cpu_ctx;
       cpu::embed({.out = want.data(),
                   .table = table.bytes.data(),
                   .dtype = dtype,
                   .ids = ids.data(),
                   .n_tokens = n_tokens,
-                  .dim = dim});
+                  .dim = dim},
+                 cpu_ctx);
 
       DeviceBuffer dt = upload(table.bytes), di = upload(ids), dout = output_with_guard(want.size());
       cuda::Context ctx;
@@ -136,7 +147,7 @@ TEST(ElementwiseCuda, EmbedMatchesCpuEveryDtype) {
                    .dim = dim},
                   ctx);
       const auto got = download(dout);
-      EXPECT_LE(max_abs_diff(got, want), kTolExact) << dtype_name(dtype) << " dim=" << dim;
+      EXPECT_LE(max_abs_diff(got, want), max_diff(Op::embed, dtype)) << dtype_name(dtype) << " dim=" << dim;
       EXPECT_EQ(first_bad_guard(got, want.size()), -1) << dtype_name(dtype) << " dim=" << dim;
     }
   }
@@ -151,7 +162,9 @@ TEST(ElementwiseCuda, AddMatchesCpuPlainAndGated) {
       const auto x = uniform(static_cast<size_t>(rows * cols), -2.0f, 2.0f, seed + 1);
       const auto gate = uniform(static_cast<size_t>(rows), -6.0f, 6.0f, seed + 2);
       std::vector<float> want = out0;
-      cpu::add({.out = want.data(), .x = x.data(), .gate = gated ? gate.data() : nullptr, .rows = rows, .cols = cols});
+      cpu::Context cpu_ctx;
+      cpu::add({.out = want.data(), .x = x.data(), .gate = gated ? gate.data() : nullptr, .rows = rows, .cols = cols},
+               cpu_ctx);
 
       std::vector<float> dev_out = out0;
       dev_out.resize(out0.size() + kGuardCount, kGuard);
@@ -164,7 +177,7 @@ TEST(ElementwiseCuda, AddMatchesCpuPlainAndGated) {
                  .cols = cols},
                 ctx);
       const auto got = download(dout);
-      EXPECT_LE(max_abs_diff(got, want), gated ? kTolTranscendental : kTolExact)
+      EXPECT_LE(max_abs_diff(got, want), max_diff(gated ? Op::add_gated : Op::add))
           << "rows=" << rows << " cols=" << cols << " gated=" << gated << " seed=" << seed;
       EXPECT_EQ(first_bad_guard(got, want.size()), -1);
     }
@@ -177,7 +190,8 @@ TEST(ElementwiseCuda, ClampMatchesCpu) {
     for (int64_t offset : {0, 1}) {
       const auto x = uniform(static_cast<size_t>(n + offset), -10.0f, 10.0f, static_cast<uint64_t>(n + offset));
       std::vector<float> want(x.begin() + offset, x.end());
-      cpu::clamp({.x = want.data(), .n = n, .limit = 8.0f});
+      cpu::Context cpu_ctx;
+      cpu::clamp({.x = want.data(), .n = n, .limit = 8.0f}, cpu_ctx);
 
       std::vector<float> dev_x = x;
       dev_x.resize(x.size() + kGuardCount, kGuard);
@@ -186,7 +200,7 @@ TEST(ElementwiseCuda, ClampMatchesCpu) {
       cuda::clamp({.x = dx.as<float>() + offset, .n = n, .limit = 8.0f}, ctx);
       const auto all = download(dx);
       const std::vector<float> got(all.begin() + offset, all.begin() + offset + n);
-      EXPECT_LE(max_abs_diff(got, want), kTolExact) << "n=" << n << " offset=" << offset;
+      EXPECT_LE(max_abs_diff(got, want), max_diff(Op::clamp)) << "n=" << n << " offset=" << offset;
       EXPECT_EQ(first_bad_guard(all, x.size()), -1);
       if (offset) {
         EXPECT_EQ(all[0], x[0]) << "the element before the range was touched";
@@ -208,13 +222,15 @@ TEST(ElementwiseCuda, StoreRowsWritesAtDevicePositions) {
     std::vector<int64_t> positions;
     for (int64_t t = 0; t < c.n; ++t) positions.push_back((t * 7 + 3) % c.capacity);  // distinct, unordered
     std::vector<float> want = cache0;
+    cpu::Context cpu_ctx;
     cpu::store_rows({.cache = want.data(),
                      .src = src.data(),
                      .positions = positions.data(),
                      .n = c.n,
                      .cols = c.cols,
                      .src_stride = c.src_stride,
-                     .cache_stride = c.cache_stride});
+                     .cache_stride = c.cache_stride},
+                    cpu_ctx);
 
     std::vector<float> dev_cache = cache0;
     dev_cache.resize(cache0.size() + kGuardCount, kGuard);
@@ -229,7 +245,7 @@ TEST(ElementwiseCuda, StoreRowsWritesAtDevicePositions) {
                       .cache_stride = c.cache_stride},
                      ctx);
     const auto got = download(dcache);
-    EXPECT_LE(max_abs_diff(got, want), kTolExact) << "n=" << c.n << " cols=" << c.cols;
+    EXPECT_LE(max_abs_diff(got, want), max_diff(Op::store_rows)) << "n=" << c.n << " cols=" << c.cols;
     EXPECT_EQ(first_bad_guard(got, want.size()), -1);
   }
 }
@@ -245,12 +261,14 @@ TEST(ElementwiseCuda, CopyStrided) {
     const auto src = uniform(static_cast<size_t>(c.rows * c.src_stride), -1.0f, 1.0f, seed);
     const auto dst0 = uniform(static_cast<size_t>(c.rows * c.dst_stride), -1.0f, 1.0f, seed + 1);
     std::vector<float> want = dst0;
+    cpu::Context cpu_ctx;
     cpu::copy({.dst = want.data(),
                .src = src.data(),
                .rows = c.rows,
                .cols = c.cols,
                .dst_stride = c.dst_stride,
-               .src_stride = c.src_stride});
+               .src_stride = c.src_stride},
+              cpu_ctx);
 
     std::vector<float> dev_dst = dst0;
     dev_dst.resize(dst0.size() + kGuardCount, kGuard);
@@ -264,7 +282,7 @@ TEST(ElementwiseCuda, CopyStrided) {
                 .src_stride = c.src_stride},
                ctx);
     const auto got = download(ddst);
-    EXPECT_LE(max_abs_diff(got, want), kTolExact) << "rows=" << c.rows << " cols=" << c.cols;
+    EXPECT_LE(max_abs_diff(got, want), max_diff(Op::copy)) << "rows=" << c.rows << " cols=" << c.cols;
     EXPECT_EQ(first_bad_guard(got, want.size()), -1);
   }
 }

@@ -8,28 +8,20 @@
 #include <vector>
 
 #include "cuda_test_util.h"
+#include "kernels/cpu/context.h"
 #include "kernels/cuda/context.h"
 #include "kernels/ops.h"
+#include "support/op_tolerances.h"
 
 namespace moerun {
 namespace {
 
 using namespace cuda::testing;
 
-// Per weight dtype. The bf16/f16 weights are built exactly representable and both backends widen them
-// exactly, so every dtype leaves only the fp32 summation order: <= 512 products of magnitude <= 1 with random
-// signs, whose rounding errors stay near sqrt(512) * 2^-24 * |partial sums| ~ 1e-5; 1e-4 is 10x headroom.
+// Per weight dtype (tests/support/op_tolerances.h). The bf16/f16 weights are built exactly representable
+// and both backends widen them exactly, so every dtype leaves only the fp32 summation order.
 float tolerance(DType dtype) {
-  switch (dtype) {
-    case DType::f32:
-      return 1e-4f;
-    case DType::bf16:
-      return 1e-4f;
-    case DType::f16:
-      return 1e-4f;
-    default:
-      return 0.0f;
-  }
+  return static_cast<float>(testing::tolerance(testing::Op::head_matmul, testing::Check::cuda, dtype).abs);
 }
 
 struct HeadCase {
@@ -63,7 +55,8 @@ void check_head_matmul(const HeadCase& c, DType dtype, uint64_t seed) {
   std::vector<float> want = out0;
   HeadMatmulParams cp = base;
   cp.out = want.data(), cp.x = x.data(), cp.weight = w.bytes.data();
-  cpu::head_matmul(cp);
+  cpu::Context cpu_ctx;
+  cpu::head_matmul(cp, cpu_ctx);
 
   std::vector<float> dev_out = out0;
   dev_out.resize(out_size + kGuardCount, kGuard);

@@ -15,9 +15,11 @@
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
+#include "kernels/cpu/context.h"
 #include "kernels/cuda/ceilings.h"
 #include "kernels/cuda/context.h"
 #include "kernels/ops.h"
+#include "support/op_tolerances.h"
 
 namespace moerun {
 namespace {
@@ -30,15 +32,11 @@ using cuda::testing::upload;
 
 constexpr const char* kNoDevice = "no usable CUDA device (cudaGetDeviceCount failed or found none)";
 
-// Tolerances are relative to s[t, o] = sum_i |x[t, i] * W[o, i]| + |bias[o]| (the size of the terms, so
+// Tolerances (tests/support/op_tolerances.h: matmul against its CPU twin, and on the tensor-core
+// path) are relative to s[t, o] = sum_i |x[t, i] * W[o, i]| + |bias[o]| (the size of the terms, so
 // cancellation cannot make a small result fail). The reference multiplies exactly the numbers the GPU
 // does (x rounded where the GPU rounds it, FP8 dequantized as the GPU does), so only the order of the
-// fp32 additions differs:
-// - GEMV and fp32 GEMM: fp32 FMA chains in another order: ~sqrt(in) * 2^-24 of s, in <= 4095, so 2e-5.
-constexpr double kTolFp32 = 2e-5;
-// - bf16/f16 GEMM on tensor cores: products exact, fp32 accumulation inside the MMA units may truncate
-//   rather than round between partial sums; allow 2^-13 of s (a dropped term is ~1/in of s, larger).
-constexpr double kTolTensorCore = 1.25e-4;
+// fp32 additions differs.
 
 constexpr int64_t kGemvMaxTokens = 8;  // matmul.cu's switch between GEMV and cuBLAS
 
@@ -119,6 +117,7 @@ void run_case(const Case& c, uint64_t seed, cuda::Context& ctx) {
   for (size_t i = 0; i < w.values.size(); ++i) w_abs[i] = std::fabs(w.values[i]);
   for (size_t i = 0; i < bias.size(); ++i) b_abs[i] = std::fabs(bias[i]);
   std::vector<float> want(static_cast<size_t>(c.n * c.out)), scale(want.size());
+  cpu::Context cpu_ctx;
   cpu::matmul({.out = want.data(),
                .x = x_ref.data(),
                .weight = w.values.data(),
@@ -127,7 +126,8 @@ void run_case(const Case& c, uint64_t seed, cuda::Context& ctx) {
                .n = c.n,
                .in_features = c.in,
                .out_features = c.out,
-               .x_stride = xs});
+               .x_stride = xs},
+              cpu_ctx);
   cpu::matmul({.out = scale.data(),
                .x = x_abs.data(),
                .weight = w_abs.data(),
@@ -136,7 +136,8 @@ void run_case(const Case& c, uint64_t seed, cuda::Context& ctx) {
                .n = c.n,
                .in_features = c.in,
                .out_features = c.out,
-               .x_stride = xs});
+               .x_stride = xs},
+              cpu_ctx);
 
   const auto dx = upload(x), dw = upload(w.bytes), db = upload(bias), ds = upload(w.scale);
   const auto dout = output_with_guard(static_cast<size_t>(c.n * os));  // NaN: unwritten entries show
@@ -156,7 +157,9 @@ void run_case(const Case& c, uint64_t seed, cuda::Context& ctx) {
                ctx);
   const std::vector<float> got = download(dout);
 
-  const double tol = gemm_path && c.dtype != DType::f32 ? kTolTensorCore : kTolFp32;
+  const testing::Tolerance tol = testing::tolerance(
+      testing::Op::matmul, gemm_path && c.dtype != DType::f32 ? testing::Check::cuda_tensor : testing::Check::cuda,
+      c.dtype);
   for (int64_t t = 0; t < c.n; ++t) {
     for (int64_t o = 0; o < os; ++o) {
       const float g = got[static_cast<size_t>(t * os + o)];
@@ -167,7 +170,7 @@ void run_case(const Case& c, uint64_t seed, cuda::Context& ctx) {
       const size_t k = static_cast<size_t>(t * c.out + o);
       ASSERT_TRUE(std::isfinite(g)) << "t=" << t << " o=" << o;
       const double err = std::fabs(static_cast<double>(g) - want[k]);
-      ASSERT_LE(err, tol * scale[k] + 1e-30) << "t=" << t << " o=" << o << " got " << g << " want " << want[k];
+      ASSERT_LE(err, tol.at(want[k], scale[k])) << "t=" << t << " o=" << o << " got " << g << " want " << want[k];
     }
   }
   EXPECT_EQ(first_bad_guard(got, static_cast<size_t>(c.n * os)), -1);

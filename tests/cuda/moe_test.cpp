@@ -19,8 +19,10 @@
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
+#include "kernels/cpu/context.h"
 #include "kernels/cuda/context.h"
 #include "kernels/ops.h"
+#include "support/op_tolerances.h"
 
 namespace moerun {
 namespace {
@@ -34,20 +36,15 @@ using cuda::testing::upload;
 constexpr const char* kNoDevice = "no usable CUDA device (cudaGetDeviceCount failed or found none)";
 constexpr int64_t kDecodeMaxTokens = 4;  // moe.cu's switch between the decode and prefill paths
 
-// Tolerances on max |got - want| relative to max |want| (outputs are O(1) by construction):
-// - decode (any dtype) and f32 prefill: the same fp32 products summed in another order through two
-//   matmuls of <= 256 terms and a silu: a few hundred ulps of the output scale at most.
-constexpr double kTolFp32 = 5e-5;
-// - bf16 prefill: x and h are rounded to bf16 (2^-8 relative) before the GEMMs; the errors of ~100-term
-//   sums average out to ~2^-8 / sqrt(3) of a typical term sum, a few 1e-3 of the largest output.
-constexpr double kTolBf16Gemm = 2e-2;
-// - f16 prefill: the same with 2^-11 rounding.
-constexpr double kTolF16Gemm = 4e-3;
-
+// Tolerances on max |got - want| relative to max |want| (outputs are O(1) by construction), from
+// tests/support/op_tolerances.h: decode (any dtype) and f32 prefill sum the same fp32 products in
+// another order; bf16 and f16 prefill round x and h to the weight dtype for the tensor-core GEMMs.
 double tolerance(DType dt, int64_t n_tokens) {
-  if (n_tokens <= kDecodeMaxTokens || dt == DType::f32) return kTolFp32;
-  return dt == DType::bf16 ? kTolBf16Gemm : kTolF16Gemm;
+  using testing::Check;
+  const bool tensor = n_tokens > kDecodeMaxTokens && dt != DType::f32;
+  return testing::tolerance(testing::Op::moe, tensor ? Check::cuda_tensor : Check::cuda, dt).mag;
 }
+const double kTolFp32 = tolerance(DType::f32, 1);
 
 struct MoeCase {
   DType dtype;
@@ -105,6 +102,7 @@ struct Experts {
   std::vector<float> reference(const std::vector<float>& x, const std::vector<int32_t>& ids,
                                const std::vector<float>& w, int64_t n_tokens, int64_t top_k) const {
     std::vector<float> out(static_cast<size_t>(n_tokens * c.hidden));
+    cpu::Context cpu_ctx;
     cpu::moe({.out = out.data(),
               .x = x.data(),
               .expert_ids = ids.data(),
@@ -117,7 +115,8 @@ struct Experts {
               .top_k = top_k,
               .n_experts = c.n_experts,
               .hidden = c.hidden,
-              .intermediate = c.intermediate});
+              .intermediate = c.intermediate},
+             cpu_ctx);
     return out;
   }
 

@@ -9,8 +9,10 @@
 #include <vector>
 
 #include "cuda_test_util.h"
+#include "kernels/cpu/context.h"
 #include "kernels/cuda/context.h"
 #include "kernels/ops.h"
+#include "support/op_tolerances.h"
 
 namespace moerun {
 namespace {
@@ -18,8 +20,9 @@ namespace {
 using namespace cuda::testing;
 
 // f32: the angle is the same fp32 product on both sides; CUDA's sincosf is within 2 ulps of the CPU's and
-// the rotation may fuse into an FMA, so outputs (|x| <= 2, factor <= 1.2) differ by a few ulps of ~5.
-constexpr float kTolF32 = 1e-5f;
+// the rotation may fuse into an FMA, so outputs (|x| <= 2, factor <= 1.2) differ by a few ulps of ~5
+// (tests/support/op_tolerances.h).
+const float kTolF32 = static_cast<float>(testing::tolerance(testing::Op::rope, testing::Check::cuda).abs);
 
 struct RopeCase {
   int64_t n_tokens, n_heads, head_dim, rot_offset, rot_dim, token_pad;
@@ -47,7 +50,8 @@ void check_rope(const RopeCase& c, RopeStyle style, uint64_t seed) {
                         .style = style};
   RopeParams cpu_p = base;
   cpu_p.x = want.data(), cpu_p.positions = positions.data(), cpu_p.inv_freq = inv_freq.data();
-  cpu::rope(cpu_p);
+  cpu::Context cpu_ctx;
+  cpu::rope(cpu_p, cpu_ctx);
 
   std::vector<float> dev_x = x;
   dev_x.resize(x.size() + kGuardCount, kGuard);

@@ -19,8 +19,10 @@
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
+#include "kernels/cpu/context.h"
 #include "kernels/cuda/context.h"
 #include "kernels/ops.h"
+#include "support/op_tolerances.h"
 
 namespace moerun {
 namespace {
@@ -32,8 +34,8 @@ using cuda::testing::upload;
 constexpr const char* kNoDevice = "no usable CUDA device (cudaGetDeviceCount failed or found none)";
 
 // Weights: both sides compute the same formula in fp32; expf vs std::exp and the softmax sum's order
-// differ by a few ulps, and normalisation divides two such values: 1e-5 relative is ~100 ulps.
-constexpr double kTolWeightRel = 1e-5;
+// differ by a few ulps, and normalisation divides two such values (tests/support/op_tolerances.h).
+const testing::Tolerance kTolWeight = testing::tolerance(testing::Op::route, testing::Check::cuda);
 // Decision margins below this (relative to the scores compared) are re-drawn: ~100x the fp32 noise.
 constexpr double kMinMargin = 1e-4;
 
@@ -126,7 +128,7 @@ void run_variant(const Variant& v, int64_t n_tokens, uint64_t seed, cuda::Contex
   }
 
   std::vector<int32_t> want_ids(static_cast<size_t>(n_tokens * K));
-  std::vector<float> want_w(want_ids.size()), scratch(static_cast<size_t>(3 * E + v.n_group));
+  std::vector<float> want_w(want_ids.size());
   const RouteParams base{.logits = logits.data(),
                          .correction_bias = v.bias ? bias.data() : nullptr,
                          .n_tokens = n_tokens,
@@ -141,8 +143,8 @@ void run_variant(const Variant& v, int64_t n_tokens, uint64_t seed, cuda::Contex
   RouteParams cp = base;
   cp.expert_ids = want_ids.data();
   cp.expert_weights = want_w.data();
-  cp.scratch = scratch.data();
-  cpu::route(cp);
+  cpu::Context cpu_ctx;
+  cpu::route(cp, cpu_ctx);
 
   const auto dlogits = upload(logits), dbias = upload(bias);
   const auto dids = upload(std::vector<int32_t>(want_ids.size() + 16, -7));  // -7 after the output: a guard
@@ -164,7 +166,7 @@ void run_variant(const Variant& v, int64_t n_tokens, uint64_t seed, cuda::Contex
       const size_t i = static_cast<size_t>(t * K + j);
       ASSERT_EQ(got_ids[i], want_ids[i]) << "token " << t << " slot " << j;
       ASSERT_TRUE(std::isfinite(got_w[i])) << "token " << t << " slot " << j;
-      ASSERT_LE(std::fabs(got_w[i] - want_w[i]), kTolWeightRel * std::fabs(want_w[i]) + 1e-30)
+      ASSERT_LE(std::fabs(got_w[i] - want_w[i]), kTolWeight.at(want_w[i]))
           << "token " << t << " slot " << j << " got " << got_w[i] << " want " << want_w[i];
     }
   }
@@ -227,12 +229,12 @@ TEST(RouteCuda, ExactTiesGoToTheLowerIndex) {
                            .norm_topk_prob = true,
                            .routed_scaling_factor = 1.0f};
     std::vector<int32_t> want_ids(static_cast<size_t>(3 * K));
-    std::vector<float> want_w(want_ids.size()), scratch(static_cast<size_t>(3 * E + 4));
+    std::vector<float> want_w(want_ids.size());
     RouteParams cp = base;
     cp.expert_ids = want_ids.data();
     cp.expert_weights = want_w.data();
-    cp.scratch = scratch.data();
-    cpu::route(cp);
+    cpu::Context cpu_ctx;
+    cpu::route(cp, cpu_ctx);
     const auto dlogits = upload(logits), dids = upload(std::vector<int32_t>(want_ids.size())), dw = upload(want_w);
     RouteParams gp = base;
     gp.expert_ids = dids.as<int32_t>();

@@ -14,11 +14,13 @@
 #include <sstream>
 #include <vector>
 
+#include "kernels/cpu/context.h"
 #include "kernels/cpu/matmul_impl.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/ops.h"
 #include "moerun/tensor.h"
+#include "support/op_tolerances.h"
 
 namespace moerun {
 namespace {
@@ -133,11 +135,10 @@ MatmulParams params(const Weights& w) {
   return p;
 }
 
-// fp32 accumulation of `in` products in 16 or 32 lanes: relative error well under in/16 * 2^-24.
-double float_tolerance(int64_t in) { return 2e-5 * std::max<double>(1.0, static_cast<double>(in) / 512.0); }
-
 // Runs the matmul of n random tokens (x rows strided with NaN gaps, out rows strided with guards)
-// on `isa` and checks it against `want(t, o, x_row) -> {value, tolerance}`.
+// on `isa` and checks it against `want(t, o, x_row) -> {value, sum of |products|}` (without the bias),
+// within the matmul tolerance of tests/support/op_tolerances.h: fp32 accumulation of `in` products in
+// 16 or 32 lanes, relative error well under in/16 * 2^-24 of the sum of |terms|.
 template <class Want>
 void run_and_check(const Weights& w, int64_t n, Isa isa, bool bias, uint64_t seed, Want want) {
   const int64_t xs = w.in + 3, os = w.out + 2;
@@ -159,13 +160,19 @@ void run_and_check(const Weights& w, int64_t n, Isa isa, bool bias, uint64_t see
   p.n = n;
   p.x_stride = xs;
   p.out_stride = os;
-  cpu::detail::matmul_isa(p, isa);
+  cpu::Context ctx;
+  cpu::detail::matmul_isa(p, ctx, isa);
+  const testing::Tolerance budget = testing::tolerance(testing::Op::matmul, testing::Check::reference, w.dtype);
+  const double per_512 = std::max(1.0, static_cast<double>(w.in) / 512.0);
   int failures = 0;
   for (int64_t t = 0; t < n && failures < 5; ++t) {
     for (int64_t o = 0; o < w.out && failures < 5; ++o) {
-      auto [value, tol] = want(t, o, x.data() + t * xs);
-      if (bias) value += b[static_cast<size_t>(o)];
-      tol += 1e-6 * (std::fabs(value) + (bias ? std::fabs(b[static_cast<size_t>(o)]) : 0.0));  // the last roundings
+      auto [value, mag] = want(t, o, x.data() + t * xs);
+      if (bias) {
+        value += b[static_cast<size_t>(o)];
+        mag += std::fabs(b[static_cast<size_t>(o)]);
+      }
+      const double tol = budget.at(value, mag * per_512);
       const float got = out[static_cast<size_t>(t * os + o)];
       const bool ok = std::isfinite(got) && std::fabs(got - value) <= tol;
       EXPECT_TRUE(ok) << "t " << t << " o " << o << ": got " << got << ", want " << value << " +- " << tol;
@@ -190,7 +197,7 @@ TEST(MatmulFast, FloatDtypesMatchDoubleReferenceOnEveryIsa) {
               v += static_cast<double>(x[i]) * w.value[static_cast<size_t>(o * in + i)];
               mag += std::fabs(static_cast<double>(x[i]) * w.value[static_cast<size_t>(o * in + i)]);
             }
-            return std::pair{v, float_tolerance(in) * mag + 1e-30};
+            return std::pair{v, mag};
           });
       }
     }
@@ -224,9 +231,8 @@ TEST(MatmulFast, QuantizedMatchExactBlockFormulaAndActivationBound) {
               real += wi * x[i];
               bound += std::fabs(wi) * d[static_cast<size_t>(i / 32)] / 2.0;
             }
-            const double tol = float_tolerance(in) * mag + 1e-30;
             EXPECT_LE(std::fabs(exact - real), bound * (1 + 1e-6) + 1e-9) << "the activation bound itself";
-            return std::pair{exact, tol};
+            return std::pair{exact, mag};
           });
         }
       }
@@ -235,6 +241,7 @@ TEST(MatmulFast, QuantizedMatchExactBlockFormulaAndActivationBound) {
 
 TEST(MatmulFast, ThreadedEqualsSingleThreadedBitForBit) {
   cpu::ThreadPool pool(3);
+  cpu::Context alone, threaded(&pool);
   uint64_t seed = 5000;
   for (DType dt : {DType::f32, DType::bf16, DType::f16, DType::f8_e4m3, DType::q8_0, DType::q4_0}) {
     const Weights w = make_weights(dt, 133, 288, ++seed);
@@ -248,10 +255,9 @@ TEST(MatmulFast, ThreadedEqualsSingleThreadedBitForBit) {
         p.x = x.data();
         p.n = n;
         p.out = one.data();
-        cpu::detail::matmul_isa(p, isa);
+        cpu::detail::matmul_isa(p, alone, isa);
         p.out = many.data();
-        p.pool = &pool;
-        cpu::detail::matmul_isa(p, isa);
+        cpu::detail::matmul_isa(p, threaded, isa);
         EXPECT_EQ(std::memcmp(one.data(), many.data(), one.size() * sizeof(float)), 0)
             << dtype_name(dt) << " n " << n << " " << cpu::detail::isa_name(isa);
       }

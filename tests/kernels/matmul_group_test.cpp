@@ -11,11 +11,13 @@
 #include <random>
 #include <vector>
 
+#include "kernels/cpu/context.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/ops.h"
 #include "moerun/dtype.h"
 #include "moerun/error.h"
+#include "support/op_tolerances.h"
 
 namespace moerun {
 namespace {
@@ -55,19 +57,21 @@ TEST(MatmulGroup, EqualsEachMatmulAloneBitForBit) {
     std::vector<std::vector<uint8_t>> w;
     std::vector<std::vector<float>> alone(4), grouped(4);
     std::vector<MatmulParams> ps;
+    cpu::Context alone_ctx;
     for (size_t i = 0; i < 4; ++i) {
       w.push_back(weights(dtypes[i], outs[i], in, 100 + i));
       alone[i].assign(static_cast<size_t>(n * outs[i]), 0.0f);
       grouped[i].assign(static_cast<size_t>(n * outs[i]), -1.0f);
       MatmulParams p{.out = alone[i].data(), .x = x.data(), .weight = w[i].data(), .weight_dtype = dtypes[i], .n = n,
                      .in_features = in, .out_features = outs[i]};
-      cpu::matmul(p);
+      cpu::matmul(p, alone_ctx);
       p.out = grouped[i].data();
       ps.push_back(p);
     }
     for (int threads : {1, 2, 3}) {
       cpu::ThreadPool pool(threads);
-      cpu::matmul_group(ps.data(), ps.size(), threads == 1 ? nullptr : &pool);
+      cpu::Context ctx(threads == 1 ? nullptr : &pool);
+      cpu::matmul_group(ps.data(), ps.size(), ctx);
       for (size_t i = 0; i < 4; ++i) EXPECT_EQ(grouped[i], alone[i]) << "entry " << i << " n " << n << " threads " << threads;
     }
   }
@@ -81,11 +85,12 @@ TEST(MatmulGroup, EmptyEntriesAndTooManyEntries) {
   MatmulParams none = ok;
   none.n = 0;  // nothing to compute: skipped
   const MatmulParams two[] = {none, ok};
-  cpu::matmul_group(two, 2, nullptr);
+  cpu::Context ctx;
+  cpu::matmul_group(two, 2, ctx);
   EXPECT_NE(out[7], -1.0f);
   std::vector<MatmulParams> many(cpu::kMatmulGroupMax + 1, ok);
-  EXPECT_NO_THROW(cpu::matmul_group(many.data(), cpu::kMatmulGroupMax, nullptr));
-  EXPECT_THROW(cpu::matmul_group(many.data(), many.size(), nullptr), Error);
+  EXPECT_NO_THROW(cpu::matmul_group(many.data(), cpu::kMatmulGroupMax, ctx));
+  EXPECT_THROW(cpu::matmul_group(many.data(), many.size(), ctx), Error);
 }
 
 TEST(MatmulGroup, EntriesSharingActivationsStayExact) {
@@ -106,6 +111,7 @@ TEST(MatmulGroup, EntriesSharingActivationsStayExact) {
     std::vector<std::vector<uint8_t>> w;
     std::vector<std::vector<float>> alone, grouped;
     std::vector<MatmulParams> ps;
+    cpu::Context alone_ctx;
     for (size_t i = 0; i < std::size(entries); ++i) {
       const Entry& e = entries[i];
       w.push_back(weights(e.dtype, e.out, in, 200 + i));
@@ -114,12 +120,13 @@ TEST(MatmulGroup, EntriesSharingActivationsStayExact) {
       grouped.emplace_back(static_cast<size_t>(n * os), 0.0f);
       MatmulParams p{.out = alone[i].data(), .x = e.x, .weight = w[i].data(), .weight_dtype = e.dtype, .n = n,
                      .in_features = in, .out_features = e.out, .out_stride = os};
-      cpu::matmul(p);
+      cpu::matmul(p, alone_ctx);
       p.out = grouped[i].data();
       ps.push_back(p);
     }
     cpu::ThreadPool pool(2);
-    cpu::matmul_group(ps.data(), ps.size(), &pool);
+    cpu::Context ctx(&pool);
+    cpu::matmul_group(ps.data(), ps.size(), ctx);
     for (size_t i = 0; i < std::size(entries); ++i) EXPECT_EQ(grouped[i], alone[i]) << "entry " << i << " n " << n;
   }
 }
@@ -130,6 +137,7 @@ TEST(MatmulGroup, EntriesSharingActivationsStayExact) {
 TEST(MoeCpu, OneTokenGroupedPathEqualsBatchedPathAndFormula) {
   const int64_t D = 64, I = 64, E = 10;
   cpu::ThreadPool pool(2);
+  cpu::Context alone, threaded(&pool);
   for (DType dt : {DType::f32, DType::bf16, DType::q8_0})
     for (int64_t top_k : {1, 4, 8}) {
       std::vector<std::vector<uint8_t>> gate, up, down;
@@ -149,13 +157,13 @@ TEST(MoeCpu, OneTokenGroupedPathEqualsBatchedPathAndFormula) {
       std::vector<int32_t> ids;  // distinct, not sorted
       for (int64_t j = 0; j < top_k; ++j) ids.push_back(static_cast<int32_t>((7 * j + 3) % E));
       std::vector<float> wts = random_floats(static_cast<size_t>(top_k), 700);
-      for (cpu::ThreadPool* pl : {static_cast<cpu::ThreadPool*>(nullptr), &pool}) {
-        SCOPED_TRACE(::testing::Message() << dtype_name(dt) << " top_k " << top_k << " pool " << (pl != nullptr));
+      for (cpu::Context* ctx : {&alone, &threaded}) {
+        SCOPED_TRACE(::testing::Message() << dtype_name(dt) << " top_k " << top_k << " pool " << (ctx->pool() != nullptr));
         std::vector<float> one(static_cast<size_t>(D), -1.0f);
         MoeParams p{.out = one.data(), .x = x.data(), .expert_ids = ids.data(), .expert_weights = wts.data(),
                     .gate = gp.data(), .up = upp.data(), .down = dp.data(), .weight_dtype = dt, .n_tokens = 1,
-                    .top_k = top_k, .n_experts = E, .hidden = D, .intermediate = I, .pool = pl};
-        cpu::moe(p);
+                    .top_k = top_k, .n_experts = E, .hidden = D, .intermediate = I};
+        cpu::moe(p, *ctx);
         std::vector<float> x2 = x, ids_w = wts, two(static_cast<size_t>(2 * D), -1.0f);
         x2.insert(x2.end(), x.begin(), x.end());
         std::vector<int32_t> ids2 = ids;
@@ -167,10 +175,11 @@ TEST(MoeCpu, OneTokenGroupedPathEqualsBatchedPathAndFormula) {
         b.expert_ids = ids2.data();
         b.expert_weights = ids_w.data();
         b.n_tokens = 2;
-        cpu::moe(b);
+        cpu::moe(b, *ctx);
         EXPECT_TRUE(std::equal(one.begin(), one.end(), two.begin())) << "token 0 of the batch";
         EXPECT_TRUE(std::equal(one.begin(), one.end(), two.begin() + D)) << "token 1 of the batch";
         if (dt == DType::q8_0) continue;  // quantized activations: the formula holds to their rounding only
+        const testing::Tolerance tol = testing::tolerance(testing::Op::moe, testing::Check::reference, dt);
         for (int64_t d = 0; d < D; ++d) {
           double want = 0.0, mag = 0.0;
           for (int64_t j = 0; j < top_k; ++j) {
@@ -188,7 +197,7 @@ TEST(MoeCpu, OneTokenGroupedPathEqualsBatchedPathAndFormula) {
             want += wts[static_cast<size_t>(j)] * dot;
             mag += std::fabs(wts[static_cast<size_t>(j)] * dot);
           }
-          EXPECT_NEAR(one[static_cast<size_t>(d)], want, 1e-5 * (mag + 1e-3)) << "d " << d;
+          EXPECT_NEAR(one[static_cast<size_t>(d)], want, tol.at(want, mag)) << "d " << d;
         }
       }
     }

@@ -19,11 +19,17 @@
 #include <vector>
 
 #include "kernels/cpu/attention_impl.h"
+#include "kernels/cpu/context.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/ops.h"
+#include "support/op_tolerances.h"
 
 namespace moerun {
 namespace {
+
+using testing::Check;
+using testing::Op;
+using testing::tolerance;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -288,18 +294,6 @@ TEST(ConvertCpu, LoadF32ReadsEachDtypeAtAnyIndex) {
 // ---------------------------------------------------------------------------------------------
 // matmul
 
-// Tolerance per weight dtype, relative to sum_i |x_i w_i| + |b|. bf16 and f16 weights decode exactly to
-// fp32, so for every dtype the only error against the double reference is the fp32 accumulation of
-// in_features products (<= ~in_features * 2^-24 in the worst case; our largest in_features is 517).
-double matmul_tolerance(DType t) {
-  switch (t) {
-    case DType::f32: return 2e-5;
-    case DType::bf16: return 2e-5;
-    case DType::f16: return 2e-5;
-    default: return 0.0;
-  }
-}
-
 // Random weights [out, in] of `dtype` as raw bytes, and their exact values as double.
 struct Weights {
   std::vector<unsigned char> raw;
@@ -364,9 +358,13 @@ void check_matmul(DType dtype, MatmulShape s, bool with_bias, int64_t x_pad, int
   p.out_features = s.out;
   p.x_stride = x_pad ? xs : 0;
   p.out_stride = out_pad ? os : 0;
-  cpu::matmul(p);
+  cpu::Context ctx;
+  cpu::matmul(p, ctx);
 
-  const double tol = matmul_tolerance(dtype);
+  // bf16 and f16 weights decode exactly to fp32: against the double reference only the fp32
+  // accumulation of in_features products differs.
+  const testing::Tolerance tol = tolerance(Op::matmul, Check::reference, dtype);
+  const double per_512 = std::max(1.0, static_cast<double>(s.in) / 512.0);
   for (int64_t t = 0; t < s.n; ++t) {
     for (int64_t o = 0; o < s.out; ++o) {
       double want = with_bias ? bias[static_cast<size_t>(o)] : 0.0, mag = std::fabs(want);
@@ -375,7 +373,7 @@ void check_matmul(DType dtype, MatmulShape s, bool with_bias, int64_t x_pad, int
         want += prod;
         mag += std::fabs(prod);
       }
-      EXPECT_TRUE(close(out[static_cast<size_t>(t * os + o)], want, tol * mag + 1e-30)) << "t " << t << " o " << o;
+      EXPECT_TRUE(close(out[static_cast<size_t>(t * os + o)], want, tol.at(want, mag * per_512))) << "t " << t << " o " << o;
     }
     for (int64_t o = s.out; o < os; ++o)
       EXPECT_EQ(bits(out[static_cast<size_t>(t * os + o)]), bits(kGuard)) << "guard overwritten at t " << t << " col " << o;
@@ -416,17 +414,14 @@ TEST(MatmulCpu, KnownAnswer) {
   p.n = 1;
   p.in_features = 3;
   p.out_features = 2;
-  cpu::matmul(p);
+  cpu::Context ctx;
+  cpu::matmul(p, ctx);
   EXPECT_EQ(y[0], 8.0f);
   EXPECT_EQ(y[1], 2.0f);
 }
 
 // ---------------------------------------------------------------------------------------------
 // rms_norm
-
-// fp32 sum of squares over <= 67 values, then one sqrt and two products: each output within ~1e-5
-// relative of the double formula.
-constexpr double kRmsNormTol = 1e-5;
 
 void rms_norm_ref(std::vector<double>& want, const std::vector<float>& x, const std::vector<float>& w, int64_t rows,
                   int64_t cols, int64_t stride, double eps) {
@@ -441,6 +436,7 @@ void rms_norm_ref(std::vector<double>& want, const std::vector<float>& x, const 
 }
 
 TEST(RmsNormCpu, MatchesDoubleReferenceWithStride) {
+  const testing::Tolerance tol = tolerance(Op::rms_norm, Check::reference);
   uint64_t seed = 300;
   for (int64_t cols : {1, 3, 7, 33, 67}) {
     for (int64_t pad : {0, 3}) {
@@ -463,13 +459,14 @@ TEST(RmsNormCpu, MatchesDoubleReferenceWithStride) {
       p.cols = cols;
       p.eps = 1e-6f;
       p.stride = pad ? stride : 0;
-      cpu::rms_norm(p);
+      cpu::Context ctx;
+      cpu::rms_norm(p, ctx);
       std::vector<double> want;
       rms_norm_ref(want, x, w, rows, cols, stride, 1e-6f);
       for (int64_t r = 0; r < rows; ++r) {
         for (int64_t i = 0; i < cols; ++i) {
           const double wv = want[static_cast<size_t>(r * cols + i)];
-          EXPECT_TRUE(close(out[static_cast<size_t>(r * stride + i)], wv, kRmsNormTol * std::fabs(wv) + 1e-30)) << "r " << r << " i " << i;
+          EXPECT_TRUE(close(out[static_cast<size_t>(r * stride + i)], wv, tol.at(wv))) << "r " << r << " i " << i;
         }
         for (int64_t i = cols; i < stride; ++i)
           EXPECT_EQ(bits(out[static_cast<size_t>(r * stride + i)]), bits(kGuard)) << "gap written at r " << r << " i " << i;
@@ -479,6 +476,7 @@ TEST(RmsNormCpu, MatchesDoubleReferenceWithStride) {
 }
 
 TEST(RmsNormCpu, InPlaceEqualsOutOfPlace) {
+  const testing::Tolerance tol = tolerance(Op::rms_norm, Check::reference);
   uint64_t seed = 400;
   for (int64_t cols : {1, 7, 31, 67}) {
     const int64_t rows = 3, stride = cols + 2;
@@ -499,14 +497,15 @@ TEST(RmsNormCpu, InPlaceEqualsOutOfPlace) {
     p.cols = cols;
     p.eps = 1e-5f;
     p.stride = stride;
-    cpu::rms_norm(p);
+    cpu::Context ctx;
+    cpu::rms_norm(p, ctx);
     p.out = x.data();  // in place
-    cpu::rms_norm(p);
+    cpu::rms_norm(p, ctx);
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t i = 0; i < cols; ++i) {
         const size_t at = static_cast<size_t>(r * stride + i);
         EXPECT_EQ(bits(x[at]), bits(separate[at])) << "r " << r << " i " << i;
-        EXPECT_TRUE(close(x[at], want[static_cast<size_t>(r * cols + i)], kRmsNormTol * std::fabs(want[static_cast<size_t>(r * cols + i)])));
+        EXPECT_TRUE(close(x[at], want[static_cast<size_t>(r * cols + i)], tol.at(want[static_cast<size_t>(r * cols + i)])));
       }
       for (int64_t i = cols; i < stride; ++i) EXPECT_EQ(bits(x[static_cast<size_t>(r * stride + i)]), bits(kGuard));
     }
@@ -519,7 +518,7 @@ TEST(RmsNormCpu, InPlaceEqualsOutOfPlace) {
 // The op takes the angle position * inv_freq in fp32 (docs/MODELS.md §2.3), so the reference does
 // too and computes cos/sin and the rotation in double. What remains is fp32 cos/sin and two products:
 // a few ulps of |x0| + |x1| (times the attention factor).
-constexpr double kRopeTol = 1e-6;
+const testing::Tolerance kRopeTol = tolerance(Op::rope, Check::reference);
 
 struct RopeLayout {
   int64_t n_tokens, n_heads, head_dim, rot_offset, rot_dim, head_stride, token_stride;
@@ -551,7 +550,8 @@ void apply_rope(std::vector<float>& x, const RopeLayout& l, const std::vector<in
   p.inv_freq = inv_freq.data();
   p.attention_factor = attention_factor;
   p.style = style;
-  cpu::rope(p);
+  cpu::Context ctx;
+  cpu::rope(p, ctx);
 }
 
 // Checks every element of x (rotated) against x0 (before): slice dims against the formula of the
@@ -582,7 +582,7 @@ void check_rope(const std::vector<float>& x, const std::vector<float>& x0, const
           want0 = z.real();
           want1 = z.imag();
         }
-        const double tol = kRopeTol * std::max(1.0f, af) * (std::fabs(x0[a]) + std::fabs(x0[b]));
+        const double tol = kRopeTol.at(0.0, std::max(1.0f, af) * (std::fabs(x0[a]) + std::fabs(x0[b])));
         EXPECT_TRUE(close(x[a], want0, tol)) << "t " << t << " h " << h << " pair " << i << " (first)";
         EXPECT_TRUE(close(x[b], want1, tol)) << "t " << t << " h " << h << " pair " << i << " (second)";
         in_slice[a] = in_slice[b] = true;
@@ -649,7 +649,9 @@ TEST(RopeCpu, AttentionFactorScalesTheResult) {
       check_rope(scaled, x0, l, positions, inv_freq, af, style);
       for (size_t k = 0; k < x0.size(); ++k) {
         if (std::isnan(x0[k])) continue;  // gaps: checked bit-identical above
-        EXPECT_TRUE(close(scaled[k], static_cast<double>(af) * unit[k], 1e-6 * std::fabs(af * unit[k]) + 1e-6)) << "af " << af << " element " << k;
+        // Both in fp32 from the same angles: the budget of |af * unit| (and of 1, for elements near zero).
+        EXPECT_TRUE(close(scaled[k], static_cast<double>(af) * unit[k], kRopeTol.at(0.0, std::fabs(af * unit[k]) + 1.0)))
+            << "af " << af << " element " << k;
       }
     }
   }
@@ -702,7 +704,7 @@ TEST(RopeCpu, LayoutsGiveTheSameDotProductsAfterPermutation) {
       dot_inter += static_cast<double>(inter[l.at(0, 0, d)]) * inter[l.at(1, 0, d)];
       mag += std::fabs(static_cast<double>(neox[l.at(0, 0, d)]) * neox[l.at(1, 0, d)]);
     }
-    EXPECT_TRUE(close(dot_inter, dot_neox, 1e-6 * mag)) << "rot_dim " << rot_dim;
+    EXPECT_TRUE(close(dot_inter, dot_neox, kRopeTol.at(0.0, mag))) << "rot_dim " << rot_dim;
     for (int64_t t = 0; t < 2; ++t)
       for (int64_t i = 0; i < half; ++i) {
         EXPECT_FLOAT_EQ(inter[l.at(t, 0, 2 * i)], neox[l.at(t, 0, i)]) << "rot_dim " << rot_dim << " t " << t << " i " << i;
@@ -713,7 +715,8 @@ TEST(RopeCpu, LayoutsGiveTheSameDotProductsAfterPermutation) {
     apply_rope(shifted, l, {132, 100}, inv_freq, 1.0f, RopeStyle::neox);
     double dot_shifted = 0.0;
     for (int64_t d = 0; d < rot_dim; ++d) dot_shifted += static_cast<double>(shifted[l.at(0, 0, d)]) * shifted[l.at(1, 0, d)];
-    EXPECT_TRUE(close(dot_shifted, dot_neox, 1e-4 * mag)) << "rot_dim " << rot_dim;  // fp32 angles: looser
+    // Other positions give other fp32 angles (rounded at 132 rad, not 37): 100 times the op's budget.
+    EXPECT_TRUE(close(dot_shifted, dot_neox, 100 * kRopeTol.at(0.0, mag))) << "rot_dim " << rot_dim;
   }
 }
 
@@ -729,7 +732,7 @@ struct AttentionCase {
   float scale = 1.0f;
   bool shared_kv = false;  // MLA: v points into k's rows
 
-  AttentionParams params(std::vector<float>& out, std::vector<float>& scratch) const {
+  AttentionParams params(std::vector<float>& out) const {
     AttentionParams p;
     p.out = out.data();
     p.q = q.data();
@@ -748,16 +751,21 @@ struct AttentionCase {
     p.v_pos_stride = v_ps;
     p.v_head_stride = v_hs;
     p.scale = scale;
-    p.scratch = scratch.data();
     return p;
   }
 
-  // Runs the op with an exactly sized output and scratch ([max position + 1], per ops.h).
+  // Runs the op with an exactly sized output, on a context whose score scratch holds stale NaNs (the
+  // op must write every score it reads).
   std::vector<float> run() const {
     std::vector<float> out(static_cast<size_t>(n_tokens * n_heads * v_dim), kGuard);
-    std::vector<float> scratch(static_cast<size_t>(*std::max_element(positions.begin(), positions.end()) + 1), kNaN);
-    cpu::attention(params(out, scratch));
+    cpu::Context context;
+    poison_scores(context, n_tokens * n_heads * ctx);
+    cpu::attention(params(out), context);
     return out;
+  }
+
+  static void poison_scores(cpu::Context& context, int64_t n) {
+    for (int w = 0; w < context.threads(); ++w) context.worker(w).scores.assign(static_cast<size_t>(n), kNaN);
   }
 
   std::vector<double> reference() const {
@@ -821,18 +829,17 @@ AttentionCase random_gqa(int64_t n_tokens, int64_t n_heads, int64_t n_kv_heads, 
   return c;
 }
 
-// Outputs are convex combinations of values in [-1, 1]; fp32 dot products of <= 67 terms and an fp32
-// softmax over <= 32 rows keep every output within ~1e-6 of the double reference; 1e-5 leaves room.
-constexpr double kAttentionTol = 1e-5;
-
+// Outputs are convex combinations of values in [-1, 1]; fp32 dot products and an fp32 softmax keep
+// every output within ~1e-6 of the double reference.
 void expect_matches_reference(const AttentionCase& c, const std::vector<float>& got) {
+  const testing::Tolerance tol = tolerance(Op::attention, Check::reference);
   const std::vector<double> want = c.reference();
   ASSERT_EQ(got.size(), want.size());
   double vmax = 1.0;  // the tolerance is relative to the largest output (values need not be in [-1, 1])
   for (double w : want) vmax = std::max(vmax, std::fabs(w));
   for (size_t k = 0; k < got.size(); ++k) {
     const int64_t i = static_cast<int64_t>(k);
-    EXPECT_TRUE(close(got[k], want[k], kAttentionTol * vmax))
+    EXPECT_TRUE(close(got[k], want[k], tol.at(want[k], vmax)))
         << "t " << i / (c.n_heads * c.v_dim) << " h " << i / c.v_dim % c.n_heads << " i " << i % c.v_dim;
   }
 }
@@ -901,8 +908,9 @@ TEST(AttentionCpu, NeverReadsRowsAfterItsPosition) {
     std::fill(c.k.begin() + (p + 1) * c.k_ps, c.k.end(), kNaN);
     std::fill(c.v.begin() + (p + 1) * c.v_ps, c.v.end(), kNaN);
     std::vector<float> out(static_cast<size_t>(c.n_heads * c.v_dim), kGuard);
-    std::vector<float> scratch(static_cast<size_t>(ctx), kNaN);  // more scratch than needed is fine
-    cpu::attention(c.params(out, scratch));
+    cpu::Context context;
+    AttentionCase::poison_scores(context, 3 * ctx);  // more scratch than needed is fine
+    cpu::attention(c.params(out), context);
     for (size_t k = 0; k < out.size(); ++k) EXPECT_TRUE(std::isfinite(out[k])) << "p " << p << " element " << k << " = " << out[k];
     expect_matches_reference(c, out);
   }
@@ -1022,6 +1030,7 @@ TEST(AttentionCpu, EveryIsaMatchesDoubleReferenceAtModelShapes) {
     cases.push_back(c);
   }
   cpu::ThreadPool pool(2);
+  cpu::Context alone, pooled_ctx(&pool);
   for (const AttentionCase& c : cases)
     for (Isa isa : isas)
       for (bool pooled : {false, true}) {
@@ -1029,10 +1038,7 @@ TEST(AttentionCpu, EveryIsaMatchesDoubleReferenceAtModelShapes) {
                                           << c.n_heads << "/" << c.n_kv_heads << " dims " << c.qk_dim << "/" << c.v_dim
                                           << " tokens " << c.n_tokens);
         std::vector<float> out(static_cast<size_t>(c.n_tokens * c.n_heads * c.v_dim), kGuard);
-        std::vector<float> scratch(static_cast<size_t>(c.ctx), kNaN);
-        AttentionParams p = c.params(out, scratch);
-        p.pool = pooled ? &pool : nullptr;
-        cpu::detail::attention_isa(p, isa);
+        cpu::detail::attention_isa(c.params(out), pooled ? pooled_ctx : alone, isa);
         expect_matches_reference(c, out);
       }
 }
@@ -1051,8 +1057,8 @@ double act_ref(Activation act, double x) {
 }
 
 // fp32 with its transcendental: a few ulps of the result, plus the cancellation in 1 + erf / 1 + tanh
-// for negative x (an ulp of 1 times x / 2, as torch's fp32 kernels have too).
-double act_tol(double x, double want) { return 1e-6 * std::fabs(want) + 1.2e-7 * std::fabs(x) + 1e-30; }
+// for negative x (the table's magnitude is |x|).
+double act_tol(double x, double want) { return tolerance(Op::gated_act, Check::reference).at(want, std::fabs(x)); }
 
 GatedActParams gated(std::vector<float>& out, const std::vector<float>& gate, const std::vector<float>& up, Activation act) {
   return {.out = out.data(), .gate = gate.data(), .up = up.data(), .n = static_cast<int64_t>(gate.size()), .act = act};
@@ -1085,7 +1091,8 @@ TEST(GatedActCpu, KnownValuesFromPythonMath) {
   const std::vector<float> up(gate.size(), 1.0f);
   for (Activation act : {Activation::silu, Activation::gelu, Activation::gelu_tanh}) {
     std::vector<float> out(gate.size(), kGuard);
-    cpu::gated_act(gated(out, gate, up, act));
+    cpu::Context ctx;
+    cpu::gated_act(gated(out, gate, up, act), ctx);
     for (size_t i = 0; i < gate.size(); ++i) {
       const Case& c = cases[i];
       const double want = act == Activation::silu ? c.silu : act == Activation::gelu ? c.gelu : c.gelu_tanh;
@@ -1110,7 +1117,8 @@ TEST(GatedActCpu, MatchesFormulaIncludingLargeGates) {
     SCOPED_TRACE(to_string(act));
     std::vector<float> out(gate.size() + 1, kGuard);
     GatedActParams p = gated(out, gate, up, act);
-    cpu::gated_act(p);
+    cpu::Context ctx;
+    cpu::gated_act(p, ctx);
     for (size_t i = 0; i < gate.size(); ++i) {
       const double want = act_ref(act, gate[i]) * up[i];
       // Below 1e-30 an fp32 silu may give 0 (for gate -89.5, exp overflows and g / inf = -0 while the
@@ -1123,7 +1131,7 @@ TEST(GatedActCpu, MatchesFormulaIncludingLargeGates) {
     std::vector<float> in_place = gate;
     p.out = in_place.data();
     p.gate = in_place.data();
-    cpu::gated_act(p);
+    cpu::gated_act(p, ctx);
     for (size_t i = 0; i < gate.size(); ++i) EXPECT_EQ(bits(in_place[i]), bits(out[i])) << "i " << i;
   }
 }
@@ -1154,9 +1162,11 @@ TEST(GatedActCpu, MoeExpertsApplyTheActivation) {
     for (Activation act : {Activation::silu, Activation::gelu, Activation::gelu_tanh}) {
       SCOPED_TRACE(::testing::Message() << to_string(act) << " n " << n);
       std::vector<float> out(static_cast<size_t>(n * D), kGuard);
+      cpu::Context ctx;
       cpu::moe({.out = out.data(), .x = x.data(), .expert_ids = ids.data(), .expert_weights = wts.data(),
                 .gate = gp.data(), .up = upp.data(), .down = dp.data(), .weight_dtype = DType::f32, .n_tokens = n,
-                .top_k = K, .n_experts = E, .hidden = D, .intermediate = I, .act = act});
+                .top_k = K, .n_experts = E, .hidden = D, .intermediate = I, .act = act},
+               ctx);
       for (int64_t t = 0; t < n; ++t)
         for (int64_t d = 0; d < D; ++d) {
           double want = 0.0, mag = 0.0;
@@ -1174,7 +1184,8 @@ TEST(GatedActCpu, MoeExpertsApplyTheActivation) {
             want += wts[static_cast<size_t>(t * K + k)] * dot;
             mag += std::fabs(wts[static_cast<size_t>(t * K + k)] * dot);
           }
-          EXPECT_TRUE(close(out[static_cast<size_t>(t * D + d)], want, 1e-5 * (mag + 1e-3))) << "t " << t << " d " << d;
+          EXPECT_TRUE(close(out[static_cast<size_t>(t * D + d)], want, tolerance(Op::moe, Check::reference).at(want, mag)))
+              << "t " << t << " d " << d;
         }
     }
   }
@@ -1198,13 +1209,14 @@ struct Routed {
   std::vector<float> weights;
 };
 
-// Runs the op with exactly sized outputs and scratch ([3 * n_experts + n_group] floats, per ops.h).
+// Runs the op with exactly sized outputs, on a context whose scratch holds stale NaNs.
 Routed run_route(const RouteConfig& c, const std::vector<float>& logits) {
   const int64_t n_tokens = static_cast<int64_t>(logits.size()) / c.n_experts;
   Routed r;
   r.ids.assign(static_cast<size_t>(n_tokens * c.top_k), -7);
   r.weights.assign(static_cast<size_t>(n_tokens * c.top_k), kGuard);
-  std::vector<float> scratch(static_cast<size_t>(3 * c.n_experts + c.n_group), kNaN);
+  cpu::Context ctx;
+  ctx.call().route.assign(static_cast<size_t>(3 * c.n_experts + c.n_group), kNaN);
   RouteParams p;
   p.expert_ids = r.ids.data();
   p.expert_weights = r.weights.data();
@@ -1219,8 +1231,7 @@ Routed run_route(const RouteConfig& c, const std::vector<float>& logits) {
   p.topk_group = c.topk_group;
   p.norm_topk_prob = c.norm_topk_prob;
   p.routed_scaling_factor = c.routed_scaling_factor;
-  p.scratch = scratch.data();
-  cpu::route(p);
+  cpu::route(p, ctx);
   return r;
 }
 
@@ -1281,14 +1292,12 @@ std::vector<std::pair<int32_t, double>> route_ref(const RouteConfig& c, const fl
 }
 
 // fp32 softmax/sigmoid over <= 67 experts and one normalisation: weights within ~1e-6 relative.
-constexpr double kRouteTol = 2e-6;
-
 void expect_choice(const Routed& r, int64_t t, int64_t k, const std::vector<std::pair<int32_t, double>>& want) {
   const auto got = sorted_choice(r, t, k);
   ASSERT_EQ(got.size(), want.size());
   for (size_t j = 0; j < got.size(); ++j) {
     EXPECT_EQ(got[j].first, want[j].first) << "token " << t << " choice " << j;
-    EXPECT_TRUE(close(got[j].second, want[j].second, kRouteTol * std::fabs(want[j].second) + 1e-12))
+    EXPECT_TRUE(close(got[j].second, want[j].second, tolerance(Op::route, Check::reference).at(want[j].second)))
         << "token " << t << " expert " << want[j].first;
   }
 }

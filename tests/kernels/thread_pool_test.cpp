@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/cpu/context.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
@@ -132,6 +133,67 @@ TEST(ThreadPool, TakesAnyCallableByReference) {
   EXPECT_EQ(covered2.load(), 100);
 }
 
+TEST(ThreadPool, PassesEachChunkItsWorkerIndex) {
+  // Kernels index their per-thread scratch by it (kernels/cpu/context.h): every index is in
+  // [0, size()), and no two chunks run on one index at the same time.
+  for (int threads : {1, 2, 3}) {
+    cpu::ThreadPool pool(threads);
+    std::vector<std::atomic<int>> busy(static_cast<size_t>(threads));
+    std::atomic<int64_t> covered{0};
+    std::atomic<bool> bad_index{false}, shared{false};
+    for (int call = 0; call < 50; ++call)
+      pool.parallel_for(1000, [&](int64_t b, int64_t e, int worker) {
+        if (worker < 0 || worker >= threads) {
+          bad_index = true;
+          return;
+        }
+        if (busy[static_cast<size_t>(worker)].fetch_add(1) != 0) shared = true;
+        covered += e - b;
+        std::this_thread::yield();
+        busy[static_cast<size_t>(worker)].fetch_sub(1);
+      });
+    EXPECT_FALSE(bad_index) << "threads " << threads;
+    EXPECT_FALSE(shared) << "threads " << threads;
+    EXPECT_EQ(covered.load(), 50 * 1000) << "threads " << threads;
+  }
+}
+
+TEST(CpuContext, HasScratchPerThreadAndKeepsItsCapacity) {
+  cpu::ThreadPool pool(3);
+  cpu::Context alone, threaded(&pool);
+  EXPECT_EQ(alone.pool(), nullptr);
+  EXPECT_EQ(alone.threads(), 1);
+  EXPECT_EQ(threaded.pool(), &pool);
+  EXPECT_EQ(threaded.threads(), 3);
+  // A decode-like step (bf16 GEMV and GQA attention over a long cache) run twice: the second run
+  // finds every buffer large enough, so no scratch moves (nothing is allocated in steady state).
+  const int64_t in = 67, out = 131, ctx_len = 300;
+  std::vector<float> x(static_cast<size_t>(in), 0.5f), y(static_cast<size_t>(out));
+  std::vector<uint16_t> w(static_cast<size_t>(in * out), cpu::f32_to_bf16(0.25f));
+  std::vector<float> q(4 * 16, 0.1f), kv(static_cast<size_t>(ctx_len * 2 * 16), 0.2f), att(4 * 16);
+  const int64_t pos = ctx_len - 1;
+  auto step = [&] {
+    cpu::matmul({.out = y.data(), .x = x.data(), .weight = w.data(), .weight_dtype = DType::bf16, .n = 1,
+                 .in_features = in, .out_features = out},
+                threaded);
+    cpu::attention({.out = att.data(), .q = q.data(), .k = kv.data(), .v = kv.data() + 16, .positions = &pos,
+                    .n_tokens = 1, .n_heads = 4, .n_kv_heads = 1, .qk_dim = 16, .v_dim = 16, .q_token_stride = 64,
+                    .q_head_stride = 16, .k_pos_stride = 32, .k_head_stride = 0, .v_pos_stride = 32,
+                    .v_head_stride = 0, .scale = 0.25f},
+                   threaded);
+  };
+  auto buffers = [&] {
+    std::vector<const void*> v = {threaded.call().matmul[0].xp.data()};
+    for (int i = 0; i < threaded.threads(); ++i) v.push_back(threaded.worker(i).scores.data());
+    return v;
+  };
+  step();
+  const std::vector<const void*> first = buffers();
+  step();
+  EXPECT_EQ(buffers(), first);
+  EXPECT_EQ(y[0], y[out - 1]);
+}
+
 TEST(MatmulThreaded, EqualsSingleThreadedBitForBit) {
   // Random (never zero) bf16 and f32 weights, sizes that are not multiples of 16.
   uint64_t state = 12345;
@@ -153,11 +215,15 @@ TEST(MatmulThreaded, EqualsSingleThreadedBitForBit) {
       }
       const void* w = dt == DType::f32 ? static_cast<const void*>(wf.data()) : static_cast<const void*>(wb.data());
       std::vector<float> one(static_cast<size_t>(n * out)), many(one.size());
+      cpu::Context alone;
       cpu::matmul({.out = one.data(), .x = x.data(), .weight = w, .weight_dtype = dt, .bias = bias.data(), .n = n,
-                   .in_features = in, .out_features = out});
+                   .in_features = in, .out_features = out},
+                  alone);
       cpu::ThreadPool pool(3);
+      cpu::Context threaded(&pool);
       cpu::matmul({.out = many.data(), .x = x.data(), .weight = w, .weight_dtype = dt, .bias = bias.data(), .n = n,
-                   .in_features = in, .out_features = out, .pool = &pool});
+                   .in_features = in, .out_features = out},
+                  threaded);
       EXPECT_EQ(std::memcmp(one.data(), many.data(), one.size() * sizeof(float)), 0) << dtype_name(dt) << " n=" << n;
     }
   }

@@ -176,7 +176,6 @@ TEST(ConfigReal, Mixtral8x7B) {
   EXPECT_EQ(c.router.topk_group, 1);
   EXPECT_DOUBLE_EQ(c.router.routed_scaling_factor, 1.0);
   EXPECT_FALSE(c.router.e_score_correction_bias);
-  EXPECT_FALSE(c.router.fp32);
   EXPECT_EQ(c.shared.count, 0);
   EXPECT_EQ(c.layer_ffn, ffn_kinds(std::string(32, 'm')));
   EXPECT_EQ(c.num_moe_layers(), 32);
@@ -211,7 +210,6 @@ TEST(ConfigReal, Qwen15MoeA27B) {
   EXPECT_EQ(c.router.n_routed_experts, 60);
   EXPECT_EQ(c.router.num_experts_per_tok, 4);
   EXPECT_FALSE(c.router.norm_topk_prob);
-  EXPECT_FALSE(c.router.fp32);
   EXPECT_EQ(c.moe_intermediate_size, 1408);
   EXPECT_EQ(c.shared.count, 1);
   EXPECT_EQ(c.shared.intermediate_size, 5632);
@@ -257,7 +255,6 @@ TEST(ConfigReal, Qwen3_30B_A3B) {
   EXPECT_EQ(c.router.topk_group, 1);
   EXPECT_DOUBLE_EQ(c.router.routed_scaling_factor, 1.0);
   EXPECT_FALSE(c.router.e_score_correction_bias);
-  EXPECT_FALSE(c.router.fp32);
   EXPECT_EQ(c.moe_intermediate_size, 768);
   EXPECT_EQ(c.shared.count, 0);
   EXPECT_EQ(c.layer_ffn, ffn_kinds(std::string(48, 'm')));
@@ -322,7 +319,6 @@ TEST(ConfigReal, Olmoe1B7B) {
   EXPECT_EQ(c.router.n_routed_experts, 64);
   EXPECT_EQ(c.router.num_experts_per_tok, 8);
   EXPECT_FALSE(c.router.norm_topk_prob);
-  EXPECT_FALSE(c.router.fp32);
   EXPECT_EQ(c.shared.count, 0);
   EXPECT_EQ(c.layer_ffn, ffn_kinds(std::string(16, 'm')));
   EXPECT_EQ(c.num_moe_layers(), 16);
@@ -377,7 +373,6 @@ TEST(ConfigReal, DeepseekV2Lite) {
   EXPECT_EQ(c.router.topk_group, 1);
   EXPECT_DOUBLE_EQ(c.router.routed_scaling_factor, 1.0);
   EXPECT_FALSE(c.router.e_score_correction_bias);
-  EXPECT_TRUE(c.router.fp32);
   EXPECT_EQ(c.moe_intermediate_size, 1408);
   EXPECT_EQ(c.shared.count, 2);
   EXPECT_EQ(c.shared.intermediate_size, 2 * 1408);
@@ -420,7 +415,6 @@ TEST(ConfigReal, DeepseekV2_236B) {
   EXPECT_EQ(c.router.topk_group, 3);
   EXPECT_DOUBLE_EQ(c.router.routed_scaling_factor, 16.0);
   EXPECT_FALSE(c.router.e_score_correction_bias);
-  EXPECT_TRUE(c.router.fp32);
   EXPECT_EQ(c.moe_intermediate_size, 1536);
   EXPECT_EQ(c.shared.count, 2);
   EXPECT_EQ(c.shared.intermediate_size, 2 * 1536);
@@ -472,7 +466,6 @@ TEST(ConfigReal, DeepseekV3) {
   EXPECT_EQ(c.router.topk_group, 4);
   EXPECT_DOUBLE_EQ(c.router.routed_scaling_factor, 2.5);
   EXPECT_TRUE(c.router.e_score_correction_bias);
-  EXPECT_TRUE(c.router.fp32);
   EXPECT_EQ(c.moe_intermediate_size, 2048);
   EXPECT_EQ(c.shared.count, 1);
   EXPECT_EQ(c.shared.intermediate_size, 2048);

@@ -8,6 +8,7 @@
 #include "kernels/ops.h"
 #include "moerun/engine.h"
 #include "moerun/error.h"
+#include "kernels/cpu/thread_pool.h"
 #include "runtime/backend.h"
 #include "support/golden.h"
 
@@ -40,7 +41,7 @@ TEST(Backend, CudaWithoutAUsableGpuIsAClearError) {
 }
 
 TEST(Backend, CpuBuffersGrowKeepCapacityAndAreAligned) {
-  auto be = runtime::make_cpu_backend(1);
+  auto be = runtime::make_cpu_backend(std::make_shared<cpu::ThreadPool>(1));
   runtime::Buffer b;
   float* p = be->get<float>(b, 10);
   ASSERT_NE(p, nullptr);

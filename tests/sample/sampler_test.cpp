@@ -101,6 +101,57 @@ TEST(Sampler, RepetitionPenaltyDividesPositiveAndMultipliesNegativeLogits) {
   EXPECT_NEAR(p[1] / p[0], std::exp(-2.0), 1e-5);
 }
 
+TEST(Sampler, GreedyRepeatPenaltyOverturnsTheArgmaxThatWouldRepeat) {
+  // Temperature 0, repeat penalty 1.3: token 0 leads (2.0 vs 1.8) but was just said; 2.0 / 1.3 =
+  // 1.54 < 1.8, so greedy picks token 1 where the plain argmax would repeat token 0.
+  const std::vector<float> logits = {2.0f, 1.8f, 0.5f};
+  const std::vector<int32_t> history = {4, 0};
+  Sampler plain({.temperature = 0.0f});
+  EXPECT_EQ(plain.sample(logits, history), 0);
+  Sampler penalised({.temperature = 0.0f, .repeat_penalty = 1.3f});
+  EXPECT_EQ(penalised.sample(logits, history), 1);
+  expect_probs(penalised.distribution(logits, history), {0, 1, 0});
+  // A leader that is only slightly ahead survives a token that was not said...
+  EXPECT_EQ(penalised.sample(logits, std::vector<int32_t>{2, 2}), 0);
+  // ...and negative logits are multiplied: -1.0 * 1.3 = -1.3 < -1.2.
+  EXPECT_EQ(penalised.sample(std::vector<float>{-1.0f, -1.2f}, std::vector<int32_t>{0}), 1);
+  // Outside the window (the last 1 token) the penalty does not apply.
+  Sampler window({.temperature = 0.0f, .repeat_penalty = 1.3f, .penalty_last_n = 1});
+  EXPECT_EQ(window.sample(logits, std::vector<int32_t>{0, 2}), 0);
+  EXPECT_EQ(window.sample(logits, std::vector<int32_t>{2, 0}), 1);
+}
+
+TEST(Sampler, GreedyTiesGoToTheFirstToken) {
+  Sampler s({.temperature = 0.0f});
+  EXPECT_EQ(s.sample(std::vector<float>{1.0f, 3.0f, 3.0f, -2.0f}), 1);
+  Sampler penalised({.temperature = 0.0f, .repeat_penalty = 2.0f});
+  // 4 / 2 = 2 ties token 2: the first of equals wins, as the argmax of the distribution.
+  EXPECT_EQ(penalised.sample(std::vector<float>{4.0f, 1.0f, 2.0f}, std::vector<int32_t>{0}), 0);
+  expect_probs(penalised.distribution(std::vector<float>{4.0f, 1.0f, 2.0f}, std::vector<int32_t>{0}), {1, 0, 0});
+}
+
+TEST(Sampler, PenaltiesOfOneCallDoNotLeakIntoTheNext) {
+  // The window counts are kept between calls (no allocation); each call must start from zero.
+  Sampler s({.temperature = 0.0f, .frequency_penalty = 1.0f});
+  const std::vector<float> logits = {2.0f, 1.5f, 0.0f};
+  EXPECT_EQ(s.sample(logits, std::vector<int32_t>{0, 0, 0}), 1);  // 2 - 3 < 1.5
+  EXPECT_EQ(s.sample(logits, std::vector<int32_t>{}), 0);
+  EXPECT_EQ(s.sample(logits, std::vector<int32_t>{0}), 1);  // 2 - 1 < 1.5
+  EXPECT_EQ(s.sample(logits, std::vector<int32_t>{1}), 0);
+  // Ids outside the vocabulary in the history are ignored; a larger vocabulary later still works.
+  EXPECT_EQ(s.sample(logits, std::vector<int32_t>{-1, 7, 1}), 0);
+  EXPECT_EQ(s.sample(std::vector<float>{0.0f, 0.0f, 0.0f, 0.0f, 5.0f}, std::vector<int32_t>{4, 4, 4, 4, 4, 4}), 0);
+}
+
+TEST(Sampler, NanLogitsAreAnError) {
+  const std::vector<float> logits = {0.0f, std::nanf(""), 1.0f};
+  for (const SamplerParams& p : {SamplerParams{.temperature = 0.0f}, SamplerParams{.temperature = 0.0f, .repeat_penalty = 1.5f},
+                                 SamplerParams{.temperature = 1.0f}}) {
+    Sampler s(p);
+    EXPECT_THROW(s.sample(logits, std::vector<int32_t>{0}), Error);
+  }
+}
+
 TEST(Sampler, PresenceAndFrequencyPenaltiesCountTheWindow) {
   Sampler s({.presence_penalty = 0.5f, .frequency_penalty = 0.25f, .penalty_last_n = 3});
   // History 9 9 1 1 1: the window (last 3) holds token 1 three times, token 9 not at all.

@@ -4,9 +4,10 @@
 // answers, so it can be scripted and tested.
 //
 // Multi-line input: end a line with a backslash to continue it, or put """ alone on a line to start
-// and end a block. The KV cache is reused across turns: only the tokens after the longest common
-// prefix of the new prompt and the cached one are prefilled. When the context is full, chat says so
-// and /reset starts over (old turns are not dropped silently).
+// and end a block. The conversation (messages, system prompt, prompt ids, KV-cache reuse across
+// turns: only the tokens after the longest common prefix of the new prompt and the cached one are
+// prefilled) is a moerun::Conversation. When the context is full, chat says so and /reset starts
+// over (old turns are not dropped silently).
 
 #include <editline/readline.h>
 #include <signal.h>
@@ -106,65 +107,49 @@ struct Chat {
   SamplerParams params;
   Sampler sampler;
   Session session;
-  std::vector<int32_t> cached;  // the tokens the session's cache holds
-  ChatJson messages = ChatJson::array();
-  std::string system;
+  Conversation conversation;  // the messages, the system prompt and what the session's cache holds
   bool tty, hide_think;
   GenerateResult last;
-  int64_t last_reused = 0;
 
   Chat(LoadedModel model, GenerationFlags& f, bool is_tty, bool hide)
       : m(std::move(model)), flags(f), params(f.sampler_params(m.dir)), sampler(params),
-        session(m.engine, m.engine.default_context()), system(f.system), tty(is_tty), hide_think(hide) {}
+        session(m.engine, m.engine.default_context()), conversation(m.conversation(f)), tty(is_tty), hide_think(hide) {}
 
   void reset() {
-    messages = ChatJson::array();
-    session.reset();
-    cached.clear();
-  }
-
-  std::vector<int32_t> prompt_ids() const {
-    ChatJson all = ChatJson::array();
-    if (!system.empty()) all.push_back({{"role", "system"}, {"content", system}});
-    for (const auto& x : messages) all.push_back(x);
-    return cli::prompt_ids(m, all, flags.parse_special);
+    conversation.clear();
+    conversation.forget_cache(&session);
   }
 
   void answer(const std::string& user) {
-    messages.push_back({{"role", "user"}, {"content", user}});
-    const std::vector<int32_t> ids = prompt_ids();
-    if (static_cast<int64_t>(ids.size()) >= session.context()) {
-      messages.erase(messages.end() - 1);
-      const std::string what = detail::cat("the conversation (", ids.size(), " tokens) no longer fits the ", session.context(),
+    conversation.add_message("user", user);
+    size_t n = 0;
+    try {
+      n = conversation.prompt_ids().size();
+    } catch (...) {
+      conversation.pop_message();  // a template that cannot render this turn: it is not kept
+      throw;
+    }
+    if (static_cast<int64_t>(n) >= session.context()) {
+      conversation.pop_message();
+      const std::string what = detail::cat("the conversation (", n, " tokens) no longer fits the ", session.context(),
                                            "-token context; /reset starts over");
       if (!tty) throw Error("chat", what);  // a script must not get 2 answers for 3 questions and exit 0
       std::fprintf(stderr, "moerun: %s\n", what.c_str());
       return;
     }
-    // Reuse the cache up to the first token where the new prompt differs from what it holds.
-    size_t common = 0;
-    while (common < cached.size() && common < ids.size() && cached[common] == ids[common]) ++common;
-    session.truncate(static_cast<int64_t>(common));
-    last_reused = static_cast<int64_t>(common);
-
-    GenerateOptions go;
-    go.max_tokens = flags.max_tokens;
-    go.stop = flags.stop;
-    go.eos_ids = m.eos_ids;
+    GenerateOptions go = m.generate_options(flags);
     ThinkFilter out(tty, hide_think);
     // Ctrl+C (or SIGTERM) stops this answer; the session's InterruptGuard catches it.
     InterruptGuard::clear();
     go.interrupted = [] { return InterruptGuard::signal() != 0; };
+    // Reuses the cache up to the first token where the new prompt differs from what it holds.
     try {
-      last = generate(session, m.tokenizer, sampler, ids, go, [&](std::string_view piece) {
+      last = conversation.reply(session, sampler, go, [&](std::string_view piece) {
         out.write(piece);
         return true;
       });
     } catch (...) {
-      messages.erase(messages.end() - 1);
-      // What the cache holds is no longer known: the next turn prefills from the start.
-      cached.clear();
-      session.reset();
+      conversation.pop_message();  // the reply reset the session: the next turn prefills from the start
       throw;
     }
     out.finish();
@@ -173,21 +158,16 @@ struct Chat {
     if (last.finish_reason == "context")
       std::fprintf(stderr, "moerun: the context (%lld tokens) is full; /reset starts over\n",
                    static_cast<long long>(session.context()));
-    messages.push_back({{"role", "assistant"}, {"content", last.text}});
-    // What the cache holds now: the prompt and every sampled token that was fed back.
-    cached = ids;
-    cached.insert(cached.end(), last.tokens.begin(), last.tokens.end());
-    cached.resize(static_cast<size_t>(session.position()));
   }
 
   void stats() const {
     char line[512];
     std::snprintf(line, sizeof line, "last answer: %lld new prompt tokens prefilled (%lld reused from the cache) at %.1f t/s; "
                 "%lld tokens generated at %.1f t/s (%s)\ncache: %lld of %lld tokens; %zu messages\n",
-                static_cast<long long>(last.prompt_tokens), static_cast<long long>(last_reused), last.prompt_tps(),
+                static_cast<long long>(last.prompt_tokens), static_cast<long long>(last.cached_tokens), last.prompt_tps(),
                 static_cast<long long>(last.generated_tokens), last.gen_tps(),
                 last.finish_reason.empty() ? "-" : last.finish_reason.c_str(), static_cast<long long>(session.position()),
-                static_cast<long long>(session.context()), messages.size());
+                static_cast<long long>(session.context()), conversation.messages().size());
     write_out(line);
   }
 
@@ -221,10 +201,7 @@ struct Chat {
   }
 
   // Atomically: a failure (a full disk) leaves the old file as it was and says so.
-  void save(const std::string& file) const {
-    const ChatJson j = {{"system", system}, {"messages", messages}};
-    write_file_atomic(file, j.dump(2) + "\n");
-  }
+  void save(const std::string& file) const { write_file_atomic(file, conversation.to_json().dump(2) + "\n"); }
 
   void load(const std::string& file) {
     const std::string text = read_file(file, kMaxTextBytes, "the largest conversation read");
@@ -234,23 +211,12 @@ struct Chat {
     } catch (const ChatJson::exception& e) {
       throw Error(file, std::string("not a conversation: ") + e.what());
     }
-    if (!j.is_object() || !j.contains("messages") || !j["messages"].is_array())
-      throw Error(file, "not a conversation (expected {\"system\": ..., \"messages\": [...]})");
-    if (j.contains("system") && !j["system"].is_string() && !j["system"].is_null())
-      throw Error(file, "\"system\" must be a string");
-    const ChatJson& list = j["messages"];
-    for (size_t i = 0; i < list.size(); ++i) {
-      const ChatJson& x = list[i];
-      const std::string where = detail::cat("messages[", i, "]");
-      if (!x.is_object() || !x.contains("role") || !x["role"].is_string())
-        throw Error(file, where + ": expected an object with a string \"role\"");
-      // Without a template the turns are joined as text; a template may take richer content.
-      if (!m.chat_template && !(x.contains("content") && x["content"].is_string()))
-        throw Error(file, where + ": \"content\" must be a string (the model has no chat template)");
+    try {
+      conversation.from_json(j);
+    } catch (const Error& e) {
+      throw Error(file, e.detail());
     }
-    reset();
-    messages = list;
-    system = j.contains("system") && j["system"].is_string() ? j["system"].get<std::string>() : std::string();
+    conversation.forget_cache(&session);
   }
 
   // Returns false to leave.
@@ -265,7 +231,7 @@ struct Chat {
     if (cmd == "/help") write_out(kHelp);
     else if (cmd == "/reset") reset();
     else if (cmd == "/system") {
-      system = rest;
+      conversation.set_system(rest);
       reset();
     } else if (cmd == "/set") {
       std::istringstream kv(rest);

@@ -13,6 +13,7 @@ namespace moerun::cli {
 struct EngineFlags {
   std::string backend = "auto", quant = "none";
   bool ignore_unexpected_tensors = false;
+  bool no_memory_check = false;
 
   void add_to(CLI::App* app) {
     app->add_option("--backend", backend, "where to run: cpu, cuda, or auto (cuda when a GPU is usable)")
@@ -22,13 +23,14 @@ struct EngineFlags {
     app->add_flag("--ignore-unexpected-tensors", ignore_unexpected_tensors,
                   "run although the checkpoint holds tensors config.json does not use (e.g. more layers than "
                   "num_hidden_layers); they are left out");
+    app->add_flag("--no-memory-check", no_memory_check,
+                  "load even when the memory plan (moerun info --plan) says the model does not fit this machine");
   }
   void apply(EngineOptions& eo) const {
     eo.backend = backend == "cpu" ? BackendKind::cpu : backend == "cuda" ? BackendKind::cuda : BackendKind::automatic;
     eo.quant = quant == "q8" ? WeightQuant::q8 : quant == "q4" ? WeightQuant::q4 : WeightQuant::none;
-    eo.allow_unexpected_tensors = ignore_unexpected_tensors;
-    // A quantized model is a CPU-backend model: auto picks the CPU for it.
-    if (eo.quant != WeightQuant::none && eo.backend == BackendKind::automatic) eo.backend = BackendKind::cpu;
+    eo.allow_unexpected_tensors = ignore_unexpected_tensors;  // (auto with --quant picks the CPU: Engine::load)
+    eo.memory_check = !no_memory_check;
   }
 };
 

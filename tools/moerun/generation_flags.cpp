@@ -52,22 +52,20 @@ SamplerParams GenerationFlags::sampler_params(const std::string& model_dir) cons
   return p;
 }
 
-std::vector<int32_t> user_text_ids(const Tokenizer& tokenizer, const std::string& text, bool parse_special) {
-  const TextSpan all{0, text.size()};
-  return tokenizer.encode(text, {.plain_spans = parse_special ? std::span<const TextSpan>() : std::span(&all, 1)});
+Conversation LoadedModel::conversation(const GenerationFlags& flags) const {
+  ConversationOptions options;
+  options.parse_special = flags.parse_special;
+  Conversation c(tokenizer, chat_template, options);
+  c.set_system(flags.system);
+  return c;
 }
 
-std::vector<int32_t> prompt_ids(const LoadedModel& m, const ChatJson& messages, bool parse_special) {
-  if (!m.chat_template) {
-    std::string text;
-    for (const auto& x : messages) text += x["content"].get<std::string>() + "\n";
-    return user_text_ids(m.tokenizer, text, parse_special);
-  }
-  // The template writes BOS itself where the model wants one: no special tokens added here.
-  const RenderedPrompt prompt = m.chat_template->apply_tracked(messages);
-  return m.tokenizer.encode(prompt.text, {.add_special_tokens = false,
-                                          .parse_special = true,
-                                          .plain_spans = parse_special ? std::span<const TextSpan>() : std::span(prompt.content)});
+GenerateOptions LoadedModel::generate_options(const GenerationFlags& flags) const {
+  GenerateOptions go;
+  go.max_tokens = flags.max_tokens;
+  go.stop = flags.stop;
+  go.eos_ids = eos_ids;
+  return go;
 }
 
 LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
@@ -94,9 +92,9 @@ LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
     std::fprintf(stderr, "\r\033[K");
   }
   if (!quiet) open_progress("# loading " + dir + " ...");
-  LoadedModel m{dir, Engine::from_model(std::move(model), eo), Tokenizer::load(dir), nullptr, {}};
+  LoadedModel m{dir, Engine::from_model(std::move(model), eo), Tokenizer::load(dir), std::nullopt, {}};
   const ModelFiles& files = m.engine.model().files();
-  if (files.has_chat_template) m.chat_template = std::make_unique<ChatTemplate>(ChatTemplate::load(dir));
+  if (files.has_chat_template) m.chat_template = ChatTemplate::load(dir);
   m.eos_ids = m.tokenizer.eos_ids();
   for (int64_t id : m.engine.config().eos_token_ids)
     if (std::find(m.eos_ids.begin(), m.eos_ids.end(), id) == m.eos_ids.end()) m.eos_ids.push_back(static_cast<int32_t>(id));

@@ -2,7 +2,7 @@
 // Flags shared by `run` and `chat`: the model, threads, context and the sampling knobs (flags given
 // on the command line override generation_config.json's defaults).
 
-#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -10,6 +10,7 @@
 
 #include "engine_flags.h"
 #include "moerun/chat_template.h"
+#include "moerun/conversation.h"
 #include "moerun/engine.h"
 #include "moerun/generate.h"
 #include "moerun/sampler.h"
@@ -38,23 +39,19 @@ struct GenerationFlags {
   SamplerParams sampler_params(const std::string& model_dir) const;
 };
 
-struct LoadedModel;
-// Text a user typed, encoded as plain text: no added token ("<|im_end|>") is recognised in it unless
-// `parse_special`.
-std::vector<int32_t> user_text_ids(const Tokenizer& tokenizer, const std::string& text, bool parse_special);
-// The token ids of a conversation's prompt. Text from the messages (what a user typed, a /load'ed
-// file) is encoded as plain text: "<|im_end|>" in it stays text, only the chat template's own markup
-// yields control tokens; `parse_special` (--parse-special) parses the whole prompt as transformers
-// does. Without a chat template the turns are joined by newlines, as plain text likewise.
-std::vector<int32_t> prompt_ids(const LoadedModel& m, const ChatJson& messages, bool parse_special);
-
 // What run and chat load: the engine, its tokenizer and (when the model has one) its chat template.
 struct LoadedModel {
   std::string dir;
   Engine engine;
   Tokenizer tokenizer;
-  std::unique_ptr<ChatTemplate> chat_template;  // null when the model has none
-  std::vector<int32_t> eos_ids;                 // tokenizer's and config.json's
+  std::optional<ChatTemplate> chat_template;  // none when the model has none
+  std::vector<int32_t> eos_ids;               // tokenizer's and config.json's (none with --ignore-eos)
+
+  // A conversation with this model's tokenizer and template (the message text plain unless
+  // --parse-special), its system prompt --system.
+  Conversation conversation(const GenerationFlags& flags) const;
+  // The options generate() takes from the flags: -n, --stop, and the EOS ids.
+  GenerateOptions generate_options(const GenerationFlags& flags) const;
 };
 
 // Loads with a progress line on stderr unless `quiet`.

@@ -1,26 +1,65 @@
 // moerun info PATH [--json] [--tensors]: what is in a model directory or a .safetensors file.
+// moerun info PATH --plan [-c CTX] [--quant Q] [--backend B] [--json]: the memory plan of running it
+// here (PATH may be a bare config.json, or a directory without weights: no checkpoint needed).
 
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 #include "cli_io.h"
+#include "engine_flags.h"
 #include "moerun/commands.h"
+#include "moerun/error.h"
 #include "moerun/model.h"
+#include "moerun/plan.h"
+#include "validators.h"
 
 namespace moerun::cli {
+
+namespace {
+
+// A directory with weights plans from its tensors; a config.json (or a directory with none) from
+// the shapes its config implies, in its torch_dtype.
+MemoryPlan plan_path(const std::filesystem::path& path, const EngineOptions& options) {
+  if (std::filesystem::is_directory(path)) {
+    const ModelFiles files = discover_model_files(path);
+    if (!files.shards.empty()) return plan_memory(Model::load(path), options);
+    if (files.config.empty()) throw moerun::Error(path.string(), "config.json not found (not a Hugging Face model directory?)");
+    return plan_memory(load_model_config(files.config), options);
+  }
+  return plan_memory(load_model_config(path), options);
+}
+
+}  // namespace
 
 void add_info_command(CLI::App& root, std::vector<Command>& commands) {
   struct Options {
     std::string path;
     bool json = false;
     bool tensors = false;
+    bool plan = false;
+    int64_t context = 0;
+    EngineFlags engine;
   };
   auto opt = std::make_shared<Options>();
   CLI::App* app = root.add_subcommand("info", "Describe a Hugging Face model directory or a .safetensors file");
-  app->add_option("path", opt->path, "model directory or .safetensors file")->required();
+  app->add_option("path", opt->path, "model directory, .safetensors file, or (with --plan) a config.json")->required();
   app->add_flag("--json", opt->json, "print one JSON object instead of text");
   app->add_flag("--tensors", opt->tensors, "list every tensor: name, dtype, shape, shard");
+  app->add_flag("--plan", opt->plan,
+                "the memory plan: weights, KV cache and workspace by part and device against what this machine has free");
+  app->add_option("-c,--ctx", opt->context, "with --plan: context length (default: the model's, at most 4096)")
+      ->check(integer_in(1, int64_t{1} << 31));
+  opt->engine.add_to(app);
   commands.push_back({app, [opt] {
+                        if (opt->plan) {
+                          EngineOptions eo;
+                          opt->engine.apply(eo);
+                          eo.context = opt->context;
+                          const MemoryPlan p = plan_path(opt->path, eo);
+                          write_out(opt->json ? plan_json(p) : plan_text(p));
+                          return 0;
+                        }
                         const ModelSummary s = summarize_path(opt->path);
                         const std::string out = opt->json ? summary_json(s, opt->tensors) : summary_text(s, opt->tensors);
                         write_out(out);

@@ -1,11 +1,9 @@
-// moerun perplexity: how well a model predicts a text, llama-perplexity style. The text is split
-// into chunks of -c tokens; each chunk runs from an empty cache and every token after the chunk's
-// first half is scored (so each scored token sees at least half a chunk of context). Prints the
-// perplexity exp(mean negative log-likelihood) and the tokens scored; --quant and --backend
-// compare how much a quantization or another backend costs on the same text.
+// moerun perplexity: how well a model predicts a text, llama-perplexity style (moerun::perplexity
+// in include/moerun/score.h: chunks of -c tokens, each from an empty cache, its second half
+// scored). Prints the perplexity exp(mean negative log-likelihood) and the tokens scored; --quant
+// and --backend compare how much a quantization or another backend costs on the same text.
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <string>
 
@@ -16,6 +14,7 @@
 #include "moerun/commands.h"
 #include "moerun/engine.h"
 #include "moerun/error.h"
+#include "moerun/score.h"
 #include "moerun/tokenizer.h"
 #include "validators.h"
 
@@ -58,43 +57,23 @@ void add_perplexity_command(CLI::App& root, std::vector<Command>& commands) {
     const Engine engine = Engine::load(dir, eo);
     const Tokenizer tok = Tokenizer::load(dir);
     const std::vector<int32_t> ids = tok.encode(text, {.add_special_tokens = false});
-    const int64_t n_ctx = opt->context, V = engine.config().vocab_size;
-    int64_t chunks = static_cast<int64_t>(ids.size()) / n_ctx;
-    if (opt->max_chunks > 0) chunks = std::min(chunks, opt->max_chunks);
-    if (chunks == 0)
+    const int64_t n_ctx = opt->context;
+    if (static_cast<int64_t>(ids.size()) < n_ctx)
       throw Error(opt->file, "the text is " + std::to_string(ids.size()) + " tokens, shorter than one chunk of " + std::to_string(n_ctx) +
                                  " (use a smaller -c)");
-    double nll = 0;
-    int64_t scored = 0;
-    Session s(engine, n_ctx);
-    // A chunk runs in pieces of at most kPiece tokens, so the logits held at once are kPiece x V
-    // whatever -c is.
-    constexpr int64_t kPiece = 512;
-    for (int64_t k = 0; k < chunks; ++k) {
-      s.reset();
-      const std::span<const int32_t> chunk(ids.data() + k * n_ctx, static_cast<size_t>(n_ctx));
-      for (int64_t begin = 0; begin < n_ctx; begin += kPiece) {
-        const int64_t len = std::min(kPiece, n_ctx - begin);
-        const bool scores = begin + len > n_ctx / 2;  // a piece holding positions of the second half
-        const std::vector<float> logits = s.forward(chunk.subspan(static_cast<size_t>(begin), static_cast<size_t>(len)), scores);
-        if (!scores) continue;
-        for (int64_t t = std::max(begin, n_ctx / 2); t < begin + len && t + 1 < n_ctx; ++t) {  // logits at t predict t + 1
-          const float* row = logits.data() + (t - begin) * V;
-          const float mx = *std::max_element(row, row + V);
-          double sum = 0;
-          for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v] - mx));
-          nll += std::log(sum) + mx - row[chunk[static_cast<size_t>(t + 1)]];
-          ++scored;
-        }
-      }
-      if (!opt->json) {
+    PerplexityOptions po;
+    po.context = n_ctx;
+    po.max_chunks = opt->max_chunks;
+    if (!opt->json)
+      po.on_chunk = [](int64_t chunk, int64_t chunks, const ScoreResult& so_far) {
         char line[128];
-        std::snprintf(line, sizeof line, "\r# chunk %lld/%lld: perplexity so far %.4f", static_cast<long long>(k + 1),
-                      static_cast<long long>(chunks), std::exp(nll / static_cast<double>(scored)));
+        std::snprintf(line, sizeof line, "\r# chunk %lld/%lld: perplexity so far %.4f", static_cast<long long>(chunk),
+                      static_cast<long long>(chunks), so_far.perplexity());
         open_progress(line);
-      }
-    }
-    const double ppl = std::exp(nll / static_cast<double>(scored));
+      };
+    const PerplexityResult r = perplexity(engine, ids, po);
+    const double ppl = r.perplexity();
+    const int64_t scored = r.score.tokens, chunks = r.chunks;
     if (opt->json) {
       nlohmann::ordered_json j{{"perplexity", ppl}, {"tokens_scored", scored}, {"chunks", chunks}, {"ctx", n_ctx},
                                {"quant", opt->engine.quant}, {"backend", engine.backend() == BackendKind::cuda ? "cuda" : "cpu"}};

@@ -44,21 +44,22 @@ void add_run_command(CLI::App& root, std::vector<Command>& commands) {
     std::vector<int32_t> ids;
     if (opt->raw) {
       ids = m.tokenizer.encode(prompt);  // the user writes the whole prompt, markup and all
-    } else if (!m.chat_template) {
-      if (!opt->quiet) std::fprintf(stderr, "# the model has no chat template: using the prompt as is\n");
-      ids = user_text_ids(m.tokenizer, prompt, opt->gen.parse_special);
     } else {
-      ChatJson messages = ChatJson::array();
-      if (!opt->gen.system.empty()) messages.push_back({{"role", "system"}, {"content", opt->gen.system}});
-      messages.push_back({{"role", "user"}, {"content", prompt}});
-      ids = prompt_ids(m, messages, opt->gen.parse_special);
+      Conversation conversation = m.conversation(opt->gen);
+      if (!m.chat_template) {
+        // The prompt as is: the text continued, no system prompt and no newline after it.
+        if (!opt->quiet) std::fprintf(stderr, "# the model has no chat template: using the prompt as is\n");
+        conversation.set_system("");
+        ConversationOptions co = conversation.options();
+        co.chat.add_generation_prompt = false;
+        conversation.set_options(co);
+      }
+      conversation.add_message("user", prompt);
+      ids = conversation.prompt_ids();
     }
     Sampler sampler(opt->gen.sampler_params(m.dir));
     Session session(m.engine, std::max<int64_t>(m.engine.default_context(), 0));
-    GenerateOptions go;
-    go.max_tokens = opt->gen.max_tokens;
-    go.stop = opt->gen.stop;
-    go.eos_ids = m.eos_ids;
+    GenerateOptions go = m.generate_options(opt->gen);
     // SIGINT/SIGTERM stop generating: what was produced is printed and the exit code says why.
     InterruptGuard guard;
     go.interrupted = [] { return InterruptGuard::signal() != 0; };

@@ -1,0 +1,354 @@
+// The memory plan (include/moerun/plan.h): the weights' bytes from one walk over the bound weights
+// with the conversions prepare_weights() will make, the KV cache and the workspace from the
+// description and the context, placed on the host or the device by backend, against what is free.
+
+#include "moerun/plan.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "io/weight_store.h"
+#include "kernels/ops.h"
+#include "model/binding.h"
+#include "model/convert.h"
+#include "moerun/error.h"
+#include "moerun/model.h"
+#include "runtime/backend.h"
+#include "runtime/workspace.h"
+#include "util/checked.h"
+#include "util/strings.h"
+
+namespace moerun {
+
+using detail::cat;
+
+namespace runtime {
+
+BackendKind requested_backend(const EngineOptions& o) {
+  // Quantized weights run on the CPU (the CUDA kernels take f32/bf16/f16/FP8): `automatic` means
+  // cpu for them, whoever asks (the CLI and library callers alike).
+  return o.quant != WeightQuant::none && o.backend == BackendKind::automatic ? BackendKind::cpu : o.backend;
+}
+
+std::string format_bytes(uint64_t bytes) {
+  char buf[32];
+  const double b = static_cast<double>(bytes);
+  if (bytes >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1ull << 30));
+  else if (bytes >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.1f MiB", b / double(1ull << 20));
+  else std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
+  return buf;
+}
+
+WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla) {
+  const std::string what = cat("the workspace of a ", context, "-token context");
+  const int64_t B = std::min(context, kMaxBatch);
+  const bool gqa = d.attention == AttentionKind::gqa, mla_naive = !gqa && mla == MlaMode::naive;
+  const int64_t H = d.num_attention_heads, D = d.hidden_size;
+  const int64_t dqk = gqa ? d.head_dim : d.qk_nope_head_dim + d.qk_rope_head_dim;
+  const int64_t dv = gqa ? d.head_dim : d.v_head_dim;
+  const int64_t row = d.kv_lora_rank + d.qk_rope_head_dim;  // MLA latent row
+  const bool any_dense = std::find(d.layer_ffn.begin(), d.layer_ffn.end(), FfnKind::dense) != d.layer_ffn.end();
+  const bool any_moe = d.num_moe_layers() > 0;
+  const int64_t ffn = std::max(any_dense ? d.intermediate_size : 0, any_moe && d.shared.count > 0 ? d.shared.intermediate_size : 0);
+  const int64_t E = any_moe ? d.router.n_routed_experts : 0, K = any_moe ? d.router.num_experts_per_tok : 0;
+  auto f32 = [&](auto... dims) { return detail::checked_bytes(what, sizeof(float), dims...); };
+  WorkspacePlan p;
+  auto set = [&](Ws role, const char* name, size_t bytes) { p[static_cast<size_t>(role)] = {name, bytes}; };
+  set(Ws::ids, "ids", detail::checked_bytes(what, sizeof(int32_t), B));
+  set(Ws::positions, "positions", detail::checked_bytes(what, sizeof(int64_t), B));
+  set(Ws::inv_freq, "inv_freq", f32(std::max<int64_t>(d.rope.dim / 2, 1)));
+  set(Ws::x, "x", f32(B, D));
+  set(Ws::h, "h", f32(B, D));
+  set(Ws::out, "out", f32(B, D));
+  set(Ws::q, "q", f32(B, H, dqk));
+  set(Ws::k, "k", gqa ? f32(B, d.num_key_value_heads, d.head_dim) : 0);
+  set(Ws::v, "v", gqa ? f32(B, d.num_key_value_heads, d.head_dim) : 0);
+  set(Ws::attn, "attn", f32(B, H, dv));
+  set(Ws::q_lora, "q_lora", !gqa && d.q_lora_rank ? f32(B, *d.q_lora_rank) : 0);
+  set(Ws::kv_new, "kv_new", gqa ? 0 : f32(B, row));
+  set(Ws::q_absorbed, "q_absorbed", gqa || mla_naive ? 0 : f32(B, H, row));
+  set(Ws::latent_out, "latent_out", gqa || mla_naive ? 0 : f32(B, H, d.kv_lora_rank));
+  set(Ws::kv_full, "kv_full", mla_naive ? f32(context, H, d.qk_nope_head_dim + d.v_head_dim) : 0);
+  set(Ws::k_full, "k_full", mla_naive ? f32(context, H, dqk) : 0);
+  set(Ws::ffn_gate, "ffn_gate", ffn > 0 ? f32(B, ffn) : 0);
+  set(Ws::ffn_up, "ffn_up", ffn > 0 ? f32(B, ffn) : 0);
+  set(Ws::router_logits, "router_logits", any_moe ? f32(B, E) : 0);
+  set(Ws::expert_ids, "expert_ids", any_moe ? detail::checked_bytes(what, sizeof(int32_t), B, K) : 0);
+  set(Ws::expert_weights, "expert_weights", any_moe ? f32(B, K) : 0);
+  set(Ws::shared_out, "shared_out", any_moe && d.shared.count > 0 ? f32(B, D) : 0);
+  set(Ws::shared_gate, "shared_gate", any_moe && d.shared.gated ? f32(B) : 0);
+  set(Ws::logits, "logits", f32(B, d.vocab_size));
+  return p;
+}
+
+}  // namespace runtime
+
+namespace {
+
+constexpr size_t kDeviceAlign = 256;  // the CUDA upload's tensor alignment
+
+std::string gib(uint64_t bytes) { return runtime::format_bytes(bytes); }
+
+// The backend a plan is for: `automatic` as the engine resolves it, but an explicit cuda is planned
+// (with no device memory available) even where no GPU is usable.
+BackendKind planned_backend(const EngineOptions& o) {
+  const BackendKind requested = runtime::requested_backend(o);
+  return requested == BackendKind::automatic ? runtime::resolve_backend(requested) : requested;
+}
+
+struct DeviceRoom {
+  uint64_t bytes = 0;
+  std::string source;
+};
+DeviceRoom cuda_room() {
+#if MOERUN_HAVE_CUDA
+  if (cuda::available()) return {runtime::cuda_free_bytes(), "cudaMemGetInfo"};
+#endif
+  return {0, "no usable CUDA device"};
+}
+
+// `shape_only`: the weights are shapes without data (a plan from a config), so tying comes from the
+// description rather than from shared data.
+MemoryPlan make_plan(const ModelDesc& d, const ModelWeights& w, bool shape_only, const EngineOptions& o, int64_t context,
+                     BackendKind backend) {
+  MemoryPlan p;
+  p.backend = backend;
+  p.quant = o.quant;
+  p.context = context;
+  const model::PrepareOptions po{o.fp8_dequant, o.quant};
+  std::map<DType, MemoryPlan::Weights> by_dtype;
+  const bool tied = shape_only ? d.tie_word_embeddings : w.lm_head.data() == w.embed_tokens.data();
+  for_each_tensor(w, [&](const WeightSite& site, LinearPart part, const Tensor& t) {
+    const bool tied_head = tied && site.kind == WeightKind::linear && site.layer < 0;
+    // A tied head shares the prepared embedding unless quantization gives it its own copy.
+    if (tied_head && o.quant == WeightQuant::none) return;
+    const model::PreparedForm f = model::prepared_form(site, part, t, po);
+    if (!f.kept || (tied_head && !f.owned)) return;  // (a head left unquantized is the embedding's view)
+    const size_t bytes = dtype_bytes(f.dtype, t.numel());
+    MemoryPlan::Weights& entry = by_dtype[f.dtype];
+    entry.dtype = std::string(dtype_name(f.dtype));
+    (f.owned ? entry.owned_bytes : entry.mapped_bytes) += bytes;
+    (f.owned ? p.weights_owned_bytes : p.weights_mapped_bytes) += bytes;
+    p.weights_device_bytes += (bytes + kDeviceAlign - 1) / kDeviceAlign * kDeviceAlign;
+  });
+  p.weights_bytes = p.weights_mapped_bytes + p.weights_owned_bytes;
+  for (const auto& [dtype, entry] : by_dtype) p.weights.push_back(entry);
+  std::sort(p.weights.begin(), p.weights.end(), [](const auto& a, const auto& b) {
+    return a.mapped_bytes + a.owned_bytes > b.mapped_bytes + b.owned_bytes;
+  });
+
+  const std::string what = cat("the ", context, "-token context");
+  p.kv_bytes = detail::checked_bytes(what, sizeof(float), context, d.kv_floats_per_position(), d.num_hidden_layers);
+  for (const runtime::WorkspaceEntry& e : runtime::plan_workspace(d, context, o.mla))
+    if (e.bytes > 0) p.workspace.push_back({e.role, e.bytes});
+  if (const int64_t moe_layers = d.num_moe_layers(); moe_layers > 0)  // gate/up/down pointer tables
+    p.workspace.push_back({"expert_tables", detail::checked_bytes(what, 3 * sizeof(void*), moe_layers, d.router.n_routed_experts)});
+  for (const MemoryPlan::Buffer& b : p.workspace) p.workspace_bytes = detail::checked_add(p.workspace_bytes, b.bytes, what);
+
+  MemoryPlan::Device host;
+  host.name = "host";
+  host.available_bytes = host_available_bytes(&host.available_source);
+  const uint64_t session = detail::checked_add(p.kv_bytes, p.workspace_bytes, what);
+  if (backend == BackendKind::cuda) {
+    // Weight copies made at load stay on the host; the mapped views are read once, at upload.
+    host.needed_bytes = p.weights_owned_bytes;
+    const DeviceRoom room = cuda_room();
+    p.devices = {host, MemoryPlan::Device{.name = "cuda:0",
+                                          .needed_bytes = detail::checked_add(p.weights_device_bytes, session, what),
+                                          .available_bytes = room.bytes,
+                                          .available_source = room.source}};
+  } else {
+    host.needed_bytes = detail::checked_add(p.weights_bytes, session, what);
+    p.devices = {host};
+  }
+  p.fits = true;
+  for (const MemoryPlan::Device& dev : p.devices) {
+    p.total_bytes += dev.needed_bytes;
+    p.available_bytes += dev.available_bytes;
+    p.fits = p.fits && dev.fits();
+  }
+  return p;
+}
+
+// Flags that would make a plan fit: a 4-bit quantization (CPU) and the largest power-of-two context.
+std::string suggest(const ModelDesc& d, const ModelWeights& w, bool shape_only, const EngineOptions& o, const MemoryPlan& p) {
+  std::vector<std::string> out;
+  if (p.backend == BackendKind::cpu && o.quant == WeightQuant::none) {
+    for (WeightQuant q : {WeightQuant::q8, WeightQuant::q4}) {
+      EngineOptions alt = o;
+      alt.quant = q;
+      const MemoryPlan ap = make_plan(d, w, shape_only, alt, p.context, p.backend);
+      if (ap.fits) {
+        out.push_back(cat("--quant ", q == WeightQuant::q8 ? "q8" : "q4", " (needs ", gib(ap.total_bytes), ")"));
+        break;
+      }
+    }
+  }
+  int64_t c = 1;
+  while (c * 2 < p.context) c *= 2;
+  for (; c >= 256; c /= 2) {
+    const MemoryPlan cp = make_plan(d, w, shape_only, o, c, p.backend);
+    if (cp.fits) {
+      out.push_back(cat("-c ", c, " (needs ", gib(cp.total_bytes), ")"));
+      break;
+    }
+  }
+  std::string s;
+  for (const std::string& x : out) s += (s.empty() ? "" : " or ") + x;
+  return s;
+}
+
+MemoryPlan plan_for(const ModelDesc& d, const ModelWeights& w, bool shape_only, const EngineOptions& o) {
+  const int64_t context = o.context > 0 ? o.context : default_context(d, o);
+  MemoryPlan p = make_plan(d, w, shape_only, o, context, planned_backend(o));
+  if (!p.fits) p.suggestions = suggest(d, w, shape_only, o, p);
+  return p;
+}
+
+// Shape-only tensors: every tensor of a plan made from a config points here and is never read.
+alignas(64) const std::byte kShapeOnly[64] = {};
+
+DType checkpoint_dtype(const ModelConfig& c, const std::string& name, bool linear) {
+  if (name.ends_with("weight_scale_inv")) return DType::f32;
+  if (linear && c.fp8.enabled) return DType::f8_e4m3;
+  if (c.torch_dtype == "float32") return DType::f32;
+  if (c.torch_dtype == "float16") return DType::f16;
+  return DType::bf16;
+}
+
+}  // namespace
+
+uint64_t host_available_bytes(std::string* source) {
+  uint64_t avail = UINT64_MAX;
+  std::string from = "unknown";
+  std::ifstream meminfo("/proc/meminfo");
+  for (std::string line; std::getline(meminfo, line);) {
+    uint64_t kib = 0;
+    if (std::sscanf(line.c_str(), "MemAvailable: %lu kB", &kib) == 1) {
+      avail = kib * 1024;
+      from = "MemAvailable";
+    }
+  }
+  // cgroup v2 (memory.max - memory.current) or v1 (limit - usage), when lower.
+  for (const auto& [limit_file, usage_file] : {std::pair{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"},
+                                               std::pair{"/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                                         "/sys/fs/cgroup/memory/memory.usage_in_bytes"}}) {
+    std::ifstream lf(limit_file), uf(usage_file);
+    uint64_t limit = 0, usage = 0;
+    if (!(lf >> limit) || limit == 0) continue;  // "max" (no limit) does not parse
+    uf >> usage;
+    const uint64_t room = limit > usage ? limit - usage : 0;
+    if (room < avail) {
+      avail = room;
+      from = cat("cgroup ", limit_file);
+    }
+  }
+  if (source) *source = from;
+  return avail;
+}
+
+std::string MemoryPlan::refusal() const {
+  std::string line = cat("the model does not fit: needs ");
+  for (size_t i = 0; i < devices.size(); ++i) {
+    const Device& dev = devices[i];
+    std::string parts;
+    if (dev.name == "host") {
+      parts = backend == BackendKind::cuda ? cat("weight copies ", gib(weights_owned_bytes))
+                                           : cat("weights ", gib(weights_bytes), ", KV cache ", gib(kv_bytes), " at ", context,
+                                                 " tokens, workspace ", gib(workspace_bytes));
+    } else {
+      parts = cat("weights ", gib(weights_device_bytes), ", KV cache ", gib(kv_bytes), " at ", context, " tokens, workspace ",
+                  gib(workspace_bytes));
+    }
+    line += cat(i ? "; " : "", gib(dev.needed_bytes), " on ", dev.name, " (", parts, ") where ", gib(dev.available_bytes),
+                " is available (", dev.available_source, ")");
+  }
+  line += suggestions.empty() ? "; no smaller context or quantization fits" : cat("; would fit: ", suggestions);
+  return line + "; --no-memory-check skips this check";
+}
+
+namespace {
+
+const char* backend_name(BackendKind b) { return b == BackendKind::cuda ? "cuda" : "cpu"; }
+const char* quant_name(WeightQuant q) { return q == WeightQuant::q8 ? "q8" : q == WeightQuant::q4 ? "q4" : "none"; }
+
+}  // namespace
+
+std::string plan_text(const MemoryPlan& p) {
+  std::string weights, buffers;
+  for (const MemoryPlan::Weights& w : p.weights) {
+    if (w.mapped_bytes) weights += cat(weights.empty() ? "" : ", ", w.dtype, " ", gib(w.mapped_bytes), " mapped");
+    if (w.owned_bytes) weights += cat(weights.empty() ? "" : ", ", w.dtype, " ", gib(w.owned_bytes), " owned");
+  }
+  std::vector<MemoryPlan::Buffer> largest = p.workspace;
+  std::sort(largest.begin(), largest.end(), [](const auto& a, const auto& b) { return a.bytes > b.bytes; });
+  for (size_t i = 0; i < largest.size() && i < 4; ++i) buffers += cat(i ? ", " : "", largest[i].role, " ", gib(largest[i].bytes));
+  if (largest.size() > 4) buffers += cat(", ", largest.size() - 4, " more");
+  char line[512];
+  std::string out = cat("memory plan: backend ", backend_name(p.backend), ", context ", p.context, " tokens, quant ",
+                        quant_name(p.quant), "\n");
+  auto row = [&](const char* part, uint64_t bytes, const std::string& detail) {
+    std::snprintf(line, sizeof line, "  %-10s %12s  %s\n", part, gib(bytes).c_str(), detail.c_str());
+    out += line;
+  };
+  row("weights", p.weights_bytes, cat("(", weights, ")"));
+  if (p.backend == BackendKind::cuda) row("", p.weights_device_bytes, "(device copy)");
+  row("KV cache", p.kv_bytes, cat("(", p.context, " tokens)"));
+  row("workspace", p.workspace_bytes, cat("(", buffers, ")"));
+  for (const MemoryPlan::Device& d : p.devices) {
+    std::snprintf(line, sizeof line, "  %-10s %12s  needed, %s available (%s): %s\n", d.name.c_str(), gib(d.needed_bytes).c_str(),
+                  gib(d.available_bytes).c_str(), d.available_source.c_str(), d.fits() ? "fits" : "does not fit");
+    out += line;
+  }
+  out += cat("verdict: ", p.fits ? "fits" : "does not fit",
+             p.fits ? "" : p.suggestions.empty() ? " (no smaller context or quantization fits either)" : cat(" (would fit: ", p.suggestions, ")"), "\n");
+  return out;
+}
+
+std::string plan_json(const MemoryPlan& p) {
+  using Json = nlohmann::ordered_json;
+  Json j;
+  j["backend"] = backend_name(p.backend);
+  j["quant"] = quant_name(p.quant);
+  j["context"] = p.context;
+  j["weights_bytes"] = p.weights_bytes;
+  j["kv_bytes"] = p.kv_bytes;
+  j["workspace_bytes"] = p.workspace_bytes;
+  j["total_bytes"] = p.total_bytes;
+  j["available_bytes"] = p.available_bytes;
+  j["fits"] = p.fits;
+  j["weights_mapped_bytes"] = p.weights_mapped_bytes;
+  j["weights_owned_bytes"] = p.weights_owned_bytes;
+  j["weights_device_bytes"] = p.backend == BackendKind::cuda ? Json(p.weights_device_bytes) : Json(nullptr);
+  j["weights"] = Json::array();
+  for (const MemoryPlan::Weights& w : p.weights)
+    j["weights"].push_back({{"dtype", w.dtype}, {"mapped_bytes", w.mapped_bytes}, {"owned_bytes", w.owned_bytes}});
+  j["workspace"] = Json::array();
+  for (const MemoryPlan::Buffer& b : p.workspace) j["workspace"].push_back({{"role", b.role}, {"bytes", b.bytes}});
+  j["devices"] = Json::array();
+  for (const MemoryPlan::Device& d : p.devices)
+    j["devices"].push_back({{"name", d.name}, {"needed_bytes", d.needed_bytes}, {"available_bytes", d.available_bytes},
+                            {"available_source", d.available_source}, {"fits", d.fits()}});
+  j["suggestions"] = p.suggestions;
+  return j.dump(2) + "\n";
+}
+
+MemoryPlan plan_memory(const Model& model, const EngineOptions& options) {
+  return plan_for(model.config(), model.weights(), false, options);
+}
+
+MemoryPlan plan_memory(const ModelConfig& config, const EngineOptions& options, WeightSource stored) {
+  const io::WeightStore none;
+  const model::Binding b = model::bind_weights(config, none, "config", [&](const std::string& name, const Shape& shape, bool linear) {
+    const DType dt = stored == WeightSource::synthetic ? model::synthetic_dtype(name, shape) : checkpoint_dtype(config, name, linear);
+    return Tensor(dt, shape, kShapeOnly, nullptr);
+  });
+  return plan_for(config, b.weights, true, options);
+}
+
+}  // namespace moerun

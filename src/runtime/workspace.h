@@ -1,0 +1,58 @@
+#pragma once
+// A session's workspace: one named buffer per role, planned once from the model description and the
+// context, allocated once when the session is made, and never grown: no forward step allocates.
+// B = min(context, kMaxBatch) is the largest micro-batch (Session::forward splits longer inputs).
+// Every buffer holds one thing; its shape is written beside its role.
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+#include "moerun/engine.h"
+#include "moerun/model_desc.h"
+
+namespace moerun::runtime {
+
+// A forward pass runs at most this many tokens at once: longer inputs run in micro-batches, so the
+// activations of a step are bounded whatever the prompt length (results equal up to rounding).
+inline constexpr int64_t kMaxBatch = 512;
+
+enum class Ws : uint8_t {
+  ids,             // [B] int32: the step's token ids
+  positions,       // [B] int64: their positions
+  inv_freq,        // [rope.dim / 2]: RoPE inverse frequencies
+  x,               // [B, D]: the residual stream
+  h,               // [B, D]: the normed input of a block (and of the LM head)
+  out,             // [B, D]: a block's output, added to x
+  q,               // [B, H, d_qk]: queries (GQA d_h; MLA d_n + d_r)
+  k,               // [B, H_kv, d_h]: new keys (GQA)
+  v,               // [B, H_kv, d_h]: new values (GQA)
+  attn,            // [B, H, d_v]: attention output before o_proj (GQA d_v = d_h)
+  q_lora,          // [B, r_q]: MLA's compressed query
+  kv_new,          // [B, r_kv + d_r]: MLA's new latent rows [c, k_rope]
+  q_absorbed,      // [B, H, r_kv + d_r]: MLA absorbed queries [W_UK^T q_nope, q_rope]
+  latent_out,      // [B, H, r_kv]: MLA absorbed attention output in latent space
+  kv_full,         // [ctx, H, d_n + d_v]: MLA naive form: K_nope and V of every cached position
+  k_full,          // [ctx, H, d_n + d_r]: MLA naive form: full keys of every cached position
+  ffn_gate,        // [B, I]: gate projection, then act(gate) * up (I: the widest dense or shared FFN)
+  ffn_up,          // [B, I]: up projection
+  router_logits,   // [B, E]
+  expert_ids,      // [B, k] int32: routed experts per token
+  expert_weights,  // [B, k]: their weights
+  shared_out,      // [B, D]: the shared expert's output
+  shared_gate,     // [B]: Qwen2-MoE's sigmoid gate input per token
+  logits,          // [B, V]: LM-head output (every position of a micro-batch when asked)
+  count
+};
+
+struct WorkspaceEntry {
+  const char* role = "";
+  size_t bytes = 0;  // 0: not used by this model
+};
+using WorkspacePlan = std::array<WorkspaceEntry, static_cast<size_t>(Ws::count)>;
+
+// The bytes of every role for a session of `context` positions (overflow-checked: a context is user
+// input). Roles this model does not use get 0.
+WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla);
+
+}  // namespace moerun::runtime
