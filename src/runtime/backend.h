@@ -14,7 +14,6 @@
 #include "kernels/ops.h"
 #include "moerun/engine.h"
 #include "moerun/weights.h"
-#include "util/checked.h"
 
 namespace moerun::cpu {
 class ThreadPool;
@@ -37,12 +36,6 @@ class Backend {
 
   // Makes `b` at least `bytes` large (its old contents are lost when it grows).
   virtual void reserve(Buffer& b, size_t bytes) = 0;
-  // Room for `count` elements (overflow-checked: counts come from user and file input).
-  template <class T>
-  T* get(Buffer& b, int64_t count) {
-    reserve(b, detail::checked_bytes("session buffer", sizeof(T), count));
-    return static_cast<T*>(b.data);
-  }
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;    // host -> backend, stream-ordered
   virtual void download(void* dst, const void* src, size_t bytes) = 0;  // backend -> host; waits for it
   // Where the ops read a prepared weight tensor (the tensor itself on the CPU, its device copy on CUDA).

@@ -8,6 +8,7 @@
 #include "kernels/cuda/context.h"
 #include "moerun/error.h"
 #include "runtime/backend.h"
+#include "util/checked.h"
 #include "util/strings.h"
 
 namespace moerun::runtime {
