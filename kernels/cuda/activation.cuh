@@ -4,7 +4,7 @@
 // not the __ intrinsics, to stay within a few ulps of the CPU's std:: functions. The activation is a
 // runtime argument: the branch is the same for every thread of a launch, so it costs nothing.
 
-#include "moerun/config.h"
+#include "moerun/model_desc.h"
 
 namespace moerun::cuda::detail {
 
