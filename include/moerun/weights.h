@@ -89,54 +89,52 @@ struct WeightSite {
 template <class W, class Visit>
   requires std::is_same_v<std::remove_const_t<W>, ModelWeights>
 void for_each_weight(W& w, Visit&& visit) {
-  auto lin = [&](const WeightSite& s, auto& l) {
-    if (l.defined()) visit(s, l);
-  };
-  auto vec = [&](const WeightSite& s, auto& t) {
-    if (t.defined()) visit(s, t);
+  // Projections (LinearWeight) and tensors alike: visited when the model has them.
+  auto one = [&](const WeightSite& s, auto& x) {
+    if (x.defined()) visit(s, x);
   };
   auto mlp = [&](WeightSite s, auto& m) {
     s.kind = WeightKind::linear;
     s.role = "gate_proj";
-    lin(s, m.gate_proj);
+    one(s, m.gate_proj);
     s.role = "up_proj";
-    lin(s, m.up_proj);
+    one(s, m.up_proj);
     s.role = "down_proj";
-    lin(s, m.down_proj);
+    one(s, m.down_proj);
   };
   const auto norm = [](const char* role, int64_t layer) {
     return WeightSite{.role = role, .kind = WeightKind::plain, .layer = layer, .f32_at_run_time = true};
   };
   const auto proj = [](const char* role, int64_t layer) { return WeightSite{.role = role, .kind = WeightKind::linear, .layer = layer}; };
-  vec(WeightSite{.role = "embed_tokens", .kind = WeightKind::table}, w.embed_tokens);
+  one(WeightSite{.role = "embed_tokens", .kind = WeightKind::table}, w.embed_tokens);
   for (size_t i = 0; i < w.layers.size(); ++i) {
     auto& L = w.layers[i];
     const auto l = static_cast<int64_t>(i);
-    vec(norm("input_layernorm", l), L.input_layernorm);
-    vec(norm("post_attention_layernorm", l), L.post_attention_layernorm);
-    lin(proj("q_proj", l), L.q_proj);
-    lin(proj("k_proj", l), L.k_proj);
-    lin(proj("v_proj", l), L.v_proj);
-    lin(proj("o_proj", l), L.o_proj);
-    vec(norm("q_norm", l), L.q_norm);
-    vec(norm("k_norm", l), L.k_norm);
-    lin(proj("q_a_proj", l), L.q_a_proj);
-    vec(norm("q_a_layernorm", l), L.q_a_layernorm);
-    lin(proj("q_b_proj", l), L.q_b_proj);
-    lin(proj("kv_a_proj_with_mqa", l), L.kv_a_proj_with_mqa);
-    vec(norm("kv_a_layernorm", l), L.kv_a_layernorm);
-    lin(WeightSite{.role = "kv_b_proj", .kind = WeightKind::linear, .layer = l, .per_head = true}, L.kv_b_proj);
+    one(norm("input_layernorm", l), L.input_layernorm);
+    one(norm("post_attention_layernorm", l), L.post_attention_layernorm);
+    one(proj("q_proj", l), L.q_proj);
+    one(proj("k_proj", l), L.k_proj);
+    one(proj("v_proj", l), L.v_proj);
+    one(proj("o_proj", l), L.o_proj);
+    one(norm("q_norm", l), L.q_norm);
+    one(norm("k_norm", l), L.k_norm);
+    one(proj("q_a_proj", l), L.q_a_proj);
+    one(norm("q_a_layernorm", l), L.q_a_layernorm);
+    one(proj("q_b_proj", l), L.q_b_proj);
+    one(proj("kv_a_proj_with_mqa", l), L.kv_a_proj_with_mqa);
+    one(norm("kv_a_layernorm", l), L.kv_a_layernorm);
+    one(WeightSite{.role = "kv_b_proj", .kind = WeightKind::linear, .layer = l, .per_head = true}, L.kv_b_proj);
     mlp(WeightSite{.layer = l}, L.mlp);
-    vec(WeightSite{.role = "router", .kind = WeightKind::plain, .layer = l}, L.router);
-    vec(norm("e_score_correction_bias", l), L.e_score_correction_bias);
+    one(WeightSite{.role = "router", .kind = WeightKind::plain, .layer = l}, L.router);
+    one(norm("e_score_correction_bias", l), L.e_score_correction_bias);
     for (size_t e = 0; e < L.experts.size(); ++e) mlp(WeightSite{.layer = l, .expert = static_cast<int64_t>(e)}, L.experts[e]);
     mlp(WeightSite{.layer = l, .shared_expert = true}, L.shared_expert);
-    vec(WeightSite{.role = "shared_expert_gate", .kind = WeightKind::plain, .layer = l}, L.shared_expert_gate);
+    one(WeightSite{.role = "shared_expert_gate", .kind = WeightKind::plain, .layer = l}, L.shared_expert_gate);
   }
-  vec(norm("norm", -1), w.norm);
+  one(norm("norm", -1), w.norm);
   // The LM head is a projection even when tied (it is then the embedding's tensor: walkers that count
   // bytes see the same data pointer twice).
-  lin(WeightSite{.role = "lm_head", .kind = WeightKind::linear}, w.lm_head);
+  one(WeightSite{.role = "lm_head", .kind = WeightKind::linear}, w.lm_head);
 }
 
 // The parts of a projection, for walks over tensors.

@@ -52,8 +52,6 @@ void check_context(int64_t ctx, const ModelDesc& c, bool override_limit) {
                                " or less"));
 }
 
-std::string gib(uint64_t bytes) { return runtime::format_bytes(bytes); }
-
 // The recorded decode step (CUDA graphs) as three states. A single-token step runs unrecorded once
 // (cold -> warm: every buffer the backend sizes lazily is sized), is recorded and replayed the
 // second time (warm -> recorded), and is replayed from then on. When the backend's memory
@@ -185,7 +183,7 @@ struct Session::Impl {
   std::vector<ExpertTables> experts;
 
   // The workspace (runtime/workspace.h): one buffer per role, allocated once at the planned size.
-  runtime::WorkspacePlan ws_plan;
+  runtime::SessionMemory mem;  // what this session allocates (the memory plan's session part)
   std::array<runtime::Buffer, static_cast<size_t>(Ws::count)> ws;
   std::vector<int64_t> positions;  // host copy of this step's positions
   runtime::RopeTable rope;
@@ -197,8 +195,8 @@ struct Session::Impl {
   template <class T = float>
   T* buf(Ws role, int64_t count) {
     const auto r = static_cast<size_t>(role);
-    if (count < 0 || static_cast<uint64_t>(count) * sizeof(T) > ws_plan[r].bytes)
-      throw Error("workspace", cat("role '", ws_plan[r].role, "' was planned for ", ws_plan[r].bytes, " bytes but a step asked for ",
+    if (count < 0 || static_cast<uint64_t>(count) * sizeof(T) > mem.workspace[r].bytes)
+      throw Error("workspace", cat("role '", mem.workspace[r].role, "' was planned for ", mem.workspace[r].bytes, " bytes but a step asked for ",
                                    count, " elements of ", sizeof(T), " bytes"));
     return static_cast<T*>(ws[r].data);
   }
@@ -224,20 +222,17 @@ struct Session::Impl {
       : engine(e.get()), keep(std::move(e)), c(engine->model.config()), w(engine->weights), context(ctx),
         be(runtime::make_backend(engine->backend, engine->backend_state, engine->pool)) {
     check_context(ctx, c, engine->options.context_override);
-    ws_plan = runtime::plan_workspace(c, ctx, engine->options.mla);
+    mem = runtime::plan_session(c, ctx, engine->options.mla);
     check_memory();
     for (size_t r = 0; r < ws.size(); ++r)
-      if (ws_plan[r].bytes > 0) be->reserve(ws[r], ws_plan[r].bytes);
+      if (mem.workspace[r].bytes > 0) be->reserve(ws[r], mem.workspace[r].bytes);
     const size_t L = static_cast<size_t>(c.num_hidden_layers);
     k_cache.resize(L);
     v_cache.resize(L);
     experts.resize(L);
-    // K and V caches of one layer (GQA: half of a position's floats each; MLA: the latent row in K).
-    const int64_t per_cache = c.attention == AttentionKind::gqa ? c.kv_floats_per_position() / 2 : c.kv_floats_per_position();
-    const size_t cache_bytes = static_cast<size_t>(ctx) * static_cast<size_t>(per_cache) * sizeof(float);  // checked above
-    for (size_t l = 0; l < L; ++l) {
-      be->reserve(k_cache[l], cache_bytes);
-      if (c.attention == AttentionKind::gqa) be->reserve(v_cache[l], cache_bytes);
+    for (size_t l = 0; l < L; ++l) {  // GQA: K and V; MLA: the latent rows in k_cache
+      be->reserve(k_cache[l], mem.cache_bytes);
+      if (c.attention == AttentionKind::gqa) be->reserve(v_cache[l], mem.cache_bytes);
       const LayerWeights& LW = w.layers[l];
       if (c.layer_ffn[l] != FfnKind::moe || LW.experts.empty()) continue;
       ExpertTables& t = experts[l];
@@ -258,20 +253,17 @@ struct Session::Impl {
     }
   }
 
-  // A session's part of the memory plan: its KV cache and workspace, computed with overflow checks
-  // before anything is allocated. The CPU backend refuses more than the host has free (allocations
-  // there succeed lazily and would fail later, under the OOM killer); CUDA allocations fail at once
-  // with a clear error.
-  void check_memory() {
-    const std::string what = cat("the ", context, "-token context");
-    const size_t kv = detail::checked_bytes(what, sizeof(float), context, c.kv_floats_per_position(), c.num_hidden_layers);
-    size_t need = kv;
-    for (const runtime::WorkspaceEntry& e : ws_plan) need = detail::checked_add(need, e.bytes, what);
+  // A session's part of the memory plan (runtime::plan_session, overflow-checked) against what the
+  // host has free, before anything is allocated. The CPU backend refuses more (allocations there
+  // succeed lazily and would fail later, under the OOM killer); CUDA allocations fail at once with a
+  // clear error.
+  void check_memory() const {
     if (be->kind() != BackendKind::cpu || !engine->options.memory_check) return;
     std::string source;
     const uint64_t have = host_available_bytes(&source);
-    if (need > have)
-      throw Error("context", cat("a session with ", what, " needs ", gib(need), " (KV cache ", gib(kv), ") but ", gib(have),
+    if (mem.total_bytes > have)
+      throw Error("context", cat("a session with the ", context, "-token context needs ", runtime::format_bytes(mem.total_bytes),
+                                 " (KV cache ", runtime::format_bytes(mem.kv_bytes), ") but ", runtime::format_bytes(have),
                                  " is available (", source, "); use a smaller -c"));
   }
 

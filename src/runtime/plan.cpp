@@ -86,13 +86,28 @@ WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla) {
   return p;
 }
 
+SessionMemory plan_session(const ModelDesc& d, int64_t context, MlaMode mla) {
+  const std::string what = cat("the ", context, "-token context");
+  SessionMemory m;
+  // GQA keeps K and V in two buffers of half a position's floats each; MLA one latent row.
+  const int64_t per_buffer = d.kv_floats_per_position() / (d.attention == AttentionKind::gqa ? 2 : 1);
+  m.cache_bytes = detail::checked_bytes(what, sizeof(float), context, per_buffer);
+  m.kv_bytes = detail::checked_bytes(what, sizeof(float), context, d.kv_floats_per_position(), d.num_hidden_layers);
+  m.workspace = plan_workspace(d, context, mla);
+  if (const int64_t moe_layers = d.num_moe_layers(); moe_layers > 0)
+    m.expert_table_bytes = detail::checked_bytes(what, 3 * sizeof(void*), moe_layers, d.router.n_routed_experts);
+  m.total_bytes = detail::checked_add(m.kv_bytes, m.expert_table_bytes, what);
+  for (const WorkspaceEntry& e : m.workspace) m.total_bytes = detail::checked_add(m.total_bytes, e.bytes, what);
+  return m;
+}
+
 }  // namespace runtime
 
 namespace {
 
 constexpr size_t kDeviceAlign = 256;  // the CUDA upload's tensor alignment
 
-std::string gib(uint64_t bytes) { return runtime::format_bytes(bytes); }
+using runtime::format_bytes;
 
 // The backend a plan is for: `automatic` as the engine resolves it, but an explicit cuda is planned
 // (with no device memory available) even where no GPU is usable.
@@ -112,14 +127,26 @@ DeviceRoom cuda_room() {
   return {0, "no usable CUDA device"};
 }
 
-// `shape_only`: the weights are shapes without data (a plan from a config), so tying comes from the
-// description rather than from shared data.
-MemoryPlan make_plan(const ModelDesc& d, const ModelWeights& w, bool shape_only, const EngineOptions& o, int64_t context,
-                     BackendKind backend) {
+// What the machine has, read once per plan (every suggestion is compared with the same numbers).
+struct Room {
+  MemoryPlan::Device host;
+  DeviceRoom cuda;
+};
+Room measure_room() {
+  Room r;
+  r.host.name = "host";
+  r.host.available_bytes = host_available_bytes(&r.host.available_source);
+  r.cuda = cuda_room();
+  return r;
+}
+
+// The weights' part of a plan: one walk with the conversions options ask for. `shape_only`: the
+// weights are shapes without data (a plan from a config), so tying comes from the description
+// rather than from shared data.
+MemoryPlan weigh(const ModelDesc& d, const ModelWeights& w, bool shape_only, const EngineOptions& o, BackendKind backend) {
   MemoryPlan p;
   p.backend = backend;
   p.quant = o.quant;
-  p.context = context;
   const model::PrepareOptions po{o.fp8_dequant, o.quant};
   std::map<DType, MemoryPlan::Weights> by_dtype;
   const bool tied = shape_only ? d.tie_word_embeddings : w.lm_head.data() == w.embed_tokens.data();
@@ -141,29 +168,32 @@ MemoryPlan make_plan(const ModelDesc& d, const ModelWeights& w, bool shape_only,
   std::sort(p.weights.begin(), p.weights.end(), [](const auto& a, const auto& b) {
     return a.mapped_bytes + a.owned_bytes > b.mapped_bytes + b.owned_bytes;
   });
+  return p;
+}
 
+// A weighed plan completed for one session at `context`: KV cache, workspace, devices, verdict (any
+// session part `p` already had is replaced).
+MemoryPlan place(MemoryPlan p, const ModelDesc& d, MlaMode mla, int64_t context, const Room& room) {
   const std::string what = cat("the ", context, "-token context");
-  p.kv_bytes = detail::checked_bytes(what, sizeof(float), context, d.kv_floats_per_position(), d.num_hidden_layers);
-  for (const runtime::WorkspaceEntry& e : runtime::plan_workspace(d, context, o.mla))
+  p.context = context;
+  p.workspace.clear();
+  p.total_bytes = p.available_bytes = 0;
+  const runtime::SessionMemory s = runtime::plan_session(d, context, mla);
+  p.kv_bytes = s.kv_bytes;
+  for (const runtime::WorkspaceEntry& e : s.workspace)
     if (e.bytes > 0) p.workspace.push_back({e.role, e.bytes});
-  if (const int64_t moe_layers = d.num_moe_layers(); moe_layers > 0)  // gate/up/down pointer tables
-    p.workspace.push_back({"expert_tables", detail::checked_bytes(what, 3 * sizeof(void*), moe_layers, d.router.n_routed_experts)});
-  for (const MemoryPlan::Buffer& b : p.workspace) p.workspace_bytes = detail::checked_add(p.workspace_bytes, b.bytes, what);
-
-  MemoryPlan::Device host;
-  host.name = "host";
-  host.available_bytes = host_available_bytes(&host.available_source);
-  const uint64_t session = detail::checked_add(p.kv_bytes, p.workspace_bytes, what);
-  if (backend == BackendKind::cuda) {
+  if (s.expert_table_bytes > 0) p.workspace.push_back({"expert_tables", s.expert_table_bytes});
+  p.workspace_bytes = s.total_bytes - s.kv_bytes;
+  MemoryPlan::Device host = room.host;
+  if (p.backend == BackendKind::cuda) {
     // Weight copies made at load stay on the host; the mapped views are read once, at upload.
     host.needed_bytes = p.weights_owned_bytes;
-    const DeviceRoom room = cuda_room();
     p.devices = {host, MemoryPlan::Device{.name = "cuda:0",
-                                          .needed_bytes = detail::checked_add(p.weights_device_bytes, session, what),
-                                          .available_bytes = room.bytes,
-                                          .available_source = room.source}};
+                                          .needed_bytes = detail::checked_add(p.weights_device_bytes, s.total_bytes, what),
+                                          .available_bytes = room.cuda.bytes,
+                                          .available_source = room.cuda.source}};
   } else {
-    host.needed_bytes = detail::checked_add(p.weights_bytes, session, what);
+    host.needed_bytes = detail::checked_add(p.weights_bytes, s.total_bytes, what);
     p.devices = {host};
   }
   p.fits = true;
@@ -175,16 +205,18 @@ MemoryPlan make_plan(const ModelDesc& d, const ModelWeights& w, bool shape_only,
   return p;
 }
 
-// Flags that would make a plan fit: a 4-bit quantization (CPU) and the largest power-of-two context.
-std::string suggest(const ModelDesc& d, const ModelWeights& w, bool shape_only, const EngineOptions& o, const MemoryPlan& p) {
+// Flags that would make a plan fit: a quantization (CPU) and the largest power-of-two context. The
+// weights are walked again only for another quantization; other contexts reuse `p`'s weights.
+std::string suggest(const ModelDesc& d, const ModelWeights& w, bool shape_only, const EngineOptions& o, const MemoryPlan& p,
+                    const Room& room) {
   std::vector<std::string> out;
   if (p.backend == BackendKind::cpu && o.quant == WeightQuant::none) {
     for (WeightQuant q : {WeightQuant::q8, WeightQuant::q4}) {
       EngineOptions alt = o;
       alt.quant = q;
-      const MemoryPlan ap = make_plan(d, w, shape_only, alt, p.context, p.backend);
+      const MemoryPlan ap = place(weigh(d, w, shape_only, alt, p.backend), d, o.mla, p.context, room);
       if (ap.fits) {
-        out.push_back(cat("--quant ", q == WeightQuant::q8 ? "q8" : "q4", " (needs ", gib(ap.total_bytes), ")"));
+        out.push_back(cat("--quant ", q == WeightQuant::q8 ? "q8" : "q4", " (needs ", format_bytes(ap.total_bytes), ")"));
         break;
       }
     }
@@ -192,9 +224,9 @@ std::string suggest(const ModelDesc& d, const ModelWeights& w, bool shape_only, 
   int64_t c = 1;
   while (c * 2 < p.context) c *= 2;
   for (; c >= 256; c /= 2) {
-    const MemoryPlan cp = make_plan(d, w, shape_only, o, c, p.backend);
+    const MemoryPlan cp = place(p, d, o.mla, c, room);
     if (cp.fits) {
-      out.push_back(cat("-c ", c, " (needs ", gib(cp.total_bytes), ")"));
+      out.push_back(cat("-c ", c, " (needs ", format_bytes(cp.total_bytes), ")"));
       break;
     }
   }
@@ -205,8 +237,9 @@ std::string suggest(const ModelDesc& d, const ModelWeights& w, bool shape_only, 
 
 MemoryPlan plan_for(const ModelDesc& d, const ModelWeights& w, bool shape_only, const EngineOptions& o) {
   const int64_t context = o.context > 0 ? o.context : default_context(d, o);
-  MemoryPlan p = make_plan(d, w, shape_only, o, context, planned_backend(o));
-  if (!p.fits) p.suggestions = suggest(d, w, shape_only, o, p);
+  const Room room = measure_room();
+  MemoryPlan p = place(weigh(d, w, shape_only, o, planned_backend(o)), d, o.mla, context, room);
+  if (!p.fits) p.suggestions = suggest(d, w, shape_only, o, p, room);
   return p;
 }
 
@@ -258,14 +291,14 @@ std::string MemoryPlan::refusal() const {
     const Device& dev = devices[i];
     std::string parts;
     if (dev.name == "host") {
-      parts = backend == BackendKind::cuda ? cat("weight copies ", gib(weights_owned_bytes))
-                                           : cat("weights ", gib(weights_bytes), ", KV cache ", gib(kv_bytes), " at ", context,
-                                                 " tokens, workspace ", gib(workspace_bytes));
+      parts = backend == BackendKind::cuda ? cat("weight copies ", format_bytes(weights_owned_bytes))
+                                           : cat("weights ", format_bytes(weights_bytes), ", KV cache ", format_bytes(kv_bytes), " at ", context,
+                                                 " tokens, workspace ", format_bytes(workspace_bytes));
     } else {
-      parts = cat("weights ", gib(weights_device_bytes), ", KV cache ", gib(kv_bytes), " at ", context, " tokens, workspace ",
-                  gib(workspace_bytes));
+      parts = cat("weights ", format_bytes(weights_device_bytes), ", KV cache ", format_bytes(kv_bytes), " at ", context, " tokens, workspace ",
+                  format_bytes(workspace_bytes));
     }
-    line += cat(i ? "; " : "", gib(dev.needed_bytes), " on ", dev.name, " (", parts, ") where ", gib(dev.available_bytes),
+    line += cat(i ? "; " : "", format_bytes(dev.needed_bytes), " on ", dev.name, " (", parts, ") where ", format_bytes(dev.available_bytes),
                 " is available (", dev.available_source, ")");
   }
   line += suggestions.empty() ? "; no smaller context or quantization fits" : cat("; would fit: ", suggestions);
@@ -282,18 +315,18 @@ const char* quant_name(WeightQuant q) { return q == WeightQuant::q8 ? "q8" : q =
 std::string plan_text(const MemoryPlan& p) {
   std::string weights, buffers;
   for (const MemoryPlan::Weights& w : p.weights) {
-    if (w.mapped_bytes) weights += cat(weights.empty() ? "" : ", ", w.dtype, " ", gib(w.mapped_bytes), " mapped");
-    if (w.owned_bytes) weights += cat(weights.empty() ? "" : ", ", w.dtype, " ", gib(w.owned_bytes), " owned");
+    if (w.mapped_bytes) weights += cat(weights.empty() ? "" : ", ", w.dtype, " ", format_bytes(w.mapped_bytes), " mapped");
+    if (w.owned_bytes) weights += cat(weights.empty() ? "" : ", ", w.dtype, " ", format_bytes(w.owned_bytes), " owned");
   }
   std::vector<MemoryPlan::Buffer> largest = p.workspace;
   std::sort(largest.begin(), largest.end(), [](const auto& a, const auto& b) { return a.bytes > b.bytes; });
-  for (size_t i = 0; i < largest.size() && i < 4; ++i) buffers += cat(i ? ", " : "", largest[i].role, " ", gib(largest[i].bytes));
+  for (size_t i = 0; i < largest.size() && i < 4; ++i) buffers += cat(i ? ", " : "", largest[i].role, " ", format_bytes(largest[i].bytes));
   if (largest.size() > 4) buffers += cat(", ", largest.size() - 4, " more");
   char line[512];
   std::string out = cat("memory plan: backend ", backend_name(p.backend), ", context ", p.context, " tokens, quant ",
                         quant_name(p.quant), "\n");
   auto row = [&](const char* part, uint64_t bytes, const std::string& detail) {
-    std::snprintf(line, sizeof line, "  %-10s %12s  %s\n", part, gib(bytes).c_str(), detail.c_str());
+    std::snprintf(line, sizeof line, "  %-10s %12s  %s\n", part, format_bytes(bytes).c_str(), detail.c_str());
     out += line;
   };
   row("weights", p.weights_bytes, cat("(", weights, ")"));
@@ -301,8 +334,8 @@ std::string plan_text(const MemoryPlan& p) {
   row("KV cache", p.kv_bytes, cat("(", p.context, " tokens)"));
   row("workspace", p.workspace_bytes, cat("(", buffers, ")"));
   for (const MemoryPlan::Device& d : p.devices) {
-    std::snprintf(line, sizeof line, "  %-10s %12s  needed, %s available (%s): %s\n", d.name.c_str(), gib(d.needed_bytes).c_str(),
-                  gib(d.available_bytes).c_str(), d.available_source.c_str(), d.fits() ? "fits" : "does not fit");
+    std::snprintf(line, sizeof line, "  %-10s %12s  needed, %s available (%s): %s\n", d.name.c_str(), format_bytes(d.needed_bytes).c_str(),
+                  format_bytes(d.available_bytes).c_str(), d.available_source.c_str(), d.fits() ? "fits" : "does not fit");
     out += line;
   }
   out += cat("verdict: ", p.fits ? "fits" : "does not fit",

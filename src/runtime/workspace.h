@@ -55,4 +55,14 @@ using WorkspacePlan = std::array<WorkspaceEntry, static_cast<size_t>(Ws::count)>
 // input). Roles this model does not use get 0.
 WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla);
 
+// Everything one session allocates, as the memory plan counts it and the session reserves it.
+struct SessionMemory {
+  size_t cache_bytes = 0;         // one cache buffer of one layer (GQA: K or V; MLA: the latent rows)
+  size_t kv_bytes = 0;            // every layer's caches
+  WorkspacePlan workspace;
+  size_t expert_table_bytes = 0;  // the gate/up/down pointer tables of every MoE layer
+  size_t total_bytes = 0;         // kv + workspace + expert tables
+};
+SessionMemory plan_session(const ModelDesc& d, int64_t context, MlaMode mla);
+
 }  // namespace moerun::runtime
