@@ -221,8 +221,10 @@ std::string suggest(const ModelDesc& d, const ModelWeights& w, bool shape_only, 
       }
     }
   }
+  // Below the requested context, and within the trained one unless the caller overrides it.
+  const int64_t most = o.context_override ? p.context - 1 : std::min(p.context - 1, d.max_position_embeddings);
   int64_t c = 1;
-  while (c * 2 < p.context) c *= 2;
+  while (c * 2 <= most) c *= 2;
   for (; c >= 256; c /= 2) {
     const MemoryPlan cp = place(p, d, o.mla, c, room);
     if (cp.fits) {
