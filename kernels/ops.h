@@ -3,7 +3,8 @@
 // scratch); cuda:: ops take device pointers and a cuda::Context (stream and workspace). Each op has
 // one params struct, the same for both backends, so they and their tests agree on its meaning; what
 // only one backend needs to run an op lives in its Context, never in the params.
-// Activations are fp32; weights may be f32, bf16 or f16 ([out, in] as HF nn.Linear stores them).
+// Activations are fp32; weights may be f32, bf16, f16, FP8 e4m3 with block scales, or q8_0 / q4_0
+// ([out, in] as HF nn.Linear stores them); KV caches f32, f16, bf16 or q8_0 (KvType).
 // Nothing here knows about model families: ops see capabilities (rope layout, router kind) only.
 // No CUDA header here: the CPU-only build and the CLI never need the toolkit. nvcc compiles this
 // header as C++17 (no std::span).
@@ -63,11 +64,14 @@ struct RopeParams {
 // [0, positions[t]]; scores = scale * q.k, softmax in fp32, out = sum p * v.
 // MLA absorbed: one KV head whose key row is [c, k_rope] (kv_lora_rank + d_r) and whose value is
 // the first kv_lora_rank entries of the same row: k and v point into the same cache.
+// The cache holds kv_type elements (moerun/dtype.h: KvType); its strides count elements, and for
+// q8_0 every row and head offset is a multiple of 32 elements (whole blocks).
 struct AttentionParams {
   float* out = nullptr;        // [n_tokens, n_heads, v_dim]
   const float* q = nullptr;    // [n_tokens, n_heads, qk_dim], strides below
-  const float* k = nullptr;    // [ctx, n_kv_heads, qk_dim], strides below
-  const float* v = nullptr;    // [ctx, n_kv_heads, v_dim], strides below
+  const void* k = nullptr;     // [ctx, n_kv_heads, qk_dim] of kv_type, strides below
+  const void* v = nullptr;     // [ctx, n_kv_heads, v_dim] of kv_type, strides below
+  KvType kv_type = KvType::f32;
   const int64_t* positions = nullptr;  // [n_tokens]
   int64_t n_tokens = 0, n_heads = 0, n_kv_heads = 0, qk_dim = 0, v_dim = 0;
   int64_t q_token_stride = 0, q_head_stride = 0;
@@ -133,10 +137,12 @@ struct ClampParams {
 };
 
 // Writes new rows into a cache at their positions: cache[positions[t] * cache_stride + j] =
-// src[t * src_stride + j] for j < cols. Positions are read where the op runs, so a captured decode
-// step stays valid.
+// src[t * src_stride + j] for j < cols, converted to the cache's type (KvType; q8_0: cols and
+// cache_stride multiples of 32, each 32-block quantized on its own). Positions are read where the op
+// runs, so a captured decode step stays valid.
 struct StoreRowsParams {
-  float* cache = nullptr;
+  void* cache = nullptr;       // of cache_type, strides in elements
+  KvType cache_type = KvType::f32;
   const float* src = nullptr;
   const int64_t* positions = nullptr;  // [n]
   int64_t n = 0, cols = 0, src_stride = 0, cache_stride = 0;
@@ -165,6 +171,10 @@ struct HeadMatmulParams {
   int64_t x_token_stride = 0, x_head_stride = 0;
   int64_t out_token_stride = 0, out_head_stride = 0;
   bool transposed = false;
+  // FP8 (f8_e4m3) weights only: block scales of the whole weight [ceil(rows / block_out),
+  // ceil(row_len / block_in)]; element (row, i) of W is w * scale[row / block_out, i / block_in].
+  const float* weight_scale = nullptr;
+  int64_t block_out = 128, block_in = 128;
 };
 
 // The routed experts of one MoE layer (docs/MODELS.md §3), after routing:
@@ -185,6 +195,11 @@ struct MoeParams {
   DType weight_dtype = DType::f32;
   int64_t n_tokens = 0, top_k = 0, n_experts = 0, hidden = 0, intermediate = 0;
   Activation act = Activation::silu;   // hidden_act
+  // FP8 (f8_e4m3) experts only: each matrix's block scales, as MatmulParams::weight_scale.
+  const float* const* gate_scale = nullptr;  // [n_experts]
+  const float* const* up_scale = nullptr;    // [n_experts]
+  const float* const* down_scale = nullptr;  // [n_experts]
+  int64_t block_out = 128, block_in = 128;
 };
 
 // CPU ops: host pointers, run to completion on the context's pool (or the calling thread without

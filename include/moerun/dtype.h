@@ -31,4 +31,19 @@ size_t dtype_block_bytes(DType t) noexcept;                       // bytes per b
 // Bytes of `n` consecutive elements; for block types n must be a multiple of the block (it rounds up).
 size_t dtype_bytes(DType t, int64_t n) noexcept;
 
+// How a KV cache stores its rows (--kv-type; llama.cpp's -ctk/-ctv, one type for K and V). The
+// attention kernels read the chosen type directly; new rows are converted as they are stored.
+//   f32, f16, bf16: one element each (f16/bf16 rounded to nearest even).
+//   q8_0: blocks of 32 consecutive elements of the cache, each 34 bytes: an fp16 scale d then 32
+//         int8 q with x = d * q, d = max|x| / 127 (ggml's block_q8_0 layout). Element e lies in
+//         block e / 32, so every row, head and latent offset the kernels start at must be a multiple
+//         of 32 elements.
+enum class KvType : uint8_t { f32, f16, bf16, q8_0 };
+inline constexpr int64_t kKvBlock = 32;  // q8_0 elements per block
+inline constexpr size_t kKvBlockBytes = 34;
+std::string_view kv_type_name(KvType t) noexcept;                  // "f32", "f16", "bf16", "q8_0"
+std::optional<KvType> parse_kv_type(std::string_view name) noexcept;
+// Bytes of n consecutive cache elements (q8_0: n a multiple of 32).
+size_t kv_bytes(KvType t, int64_t n) noexcept;
+
 }  // namespace moerun

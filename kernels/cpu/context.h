@@ -38,10 +38,12 @@ struct MatmulActs {
 // One worker's scratch. On its own cache lines: workers grow theirs concurrently.
 struct alignas(64) WorkerScratch {
   std::vector<float> rows;        // matmul row kernels: weight rows widened to fp32
+  std::vector<float> f8x;         // FP8 matmul, few tokens: x times one row block's scales
   std::vector<float> panel;       // AVX-512 matmul, many tokens: a packed panel of weight rows
   std::vector<uint8_t> qpanel;    // AVX-512 quantized matmul, many tokens: a repacked panel
   std::vector<float> qscales;     // ... and its scales
   std::vector<float> scores;      // attention: the score rows of the worker's queries
+  std::vector<float> kv_rows;     // attention, f16/bf16/q8_0 caches: a few cache rows widened to fp32
   std::vector<float> head_row;    // head_matmul (transposed, f16 weights): one widened weight row
   MatmulActs acts;                // a matmul this worker runs alone (head_matmul's per-head products)
 };

@@ -1,11 +1,13 @@
 // Data movement and elementwise ops of the executor: embedding lookup, residual add (optionally
-// sigmoid-gated), clamp, cache stores and strided copies.
+// sigmoid-gated), clamp, cache stores (converted to the cache's KvType) and strided copies.
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cpu/kv.h"
 #include "kernels/cpu/vec.h"
+#include "moerun/error.h"
 #include "kernels/ops.h"
 
 namespace moerun::cpu {
@@ -40,9 +42,13 @@ void clamp(const ClampParams& p, Context&) {
 }
 
 void store_rows(const StoreRowsParams& p, Context&) {
+  // q8_0 quantizes whole blocks of the cache: a row that started or ended inside one would have to
+  // requantize its neighbours' elements.
+  if (p.cache_type == KvType::q8_0 && (p.cols % kKvBlock != 0 || p.cache_stride % kKvBlock != 0))
+    throw Error("cpu::store_rows", detail::cat("a q8_0 cache needs cols (", p.cols, ") and cache_stride (",
+                                               p.cache_stride, ") to be multiples of 32"));
   for (int64_t t = 0; t < p.n; ++t)
-    std::memcpy(p.cache + p.positions[t] * p.cache_stride, p.src + t * p.src_stride,
-                static_cast<size_t>(p.cols) * sizeof(float));
+    kv_from_f32(p.cache_type, p.src + t * p.src_stride, p.cols, kv_at(p.cache, p.cache_type, p.positions[t] * p.cache_stride));
 }
 
 void copy(const CopyParams& p, Context&) {

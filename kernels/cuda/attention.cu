@@ -426,6 +426,9 @@ void attention(const AttentionParams& p, Context& ctx) {
   if (p.max_len <= 0 || p.max_len > 0x7fffffff)
     throw Error("cuda::attention", "max_len (the cache rows any token may attend) must be set, below 2^31, on CUDA");
   if (p.n_kv_heads > 65535) throw Error("cuda::attention", "more than 65535 KV heads");
+  if (p.kv_type != KvType::f32)
+    throw Error("cuda::attention", std::string("a ") + std::string(kv_type_name(p.kv_type)) +
+                                       " KV cache is not supported on CUDA yet (f32 only; --kv-type f32)");
   if (p.n_tokens == 0) return;
 
   int sm_count = 0, smem_optin = 0;
@@ -451,7 +454,7 @@ void attention(const AttentionParams& p, Context& ctx) {
   }
 
   Args a{};
-  a.out = p.out, a.q = p.q, a.k = p.k, a.v = p.v, a.positions = p.positions, a.part_o = part_o, a.part_ml = part_ml;
+  a.out = p.out, a.q = p.q, a.k = static_cast<const float*>(p.k), a.v = static_cast<const float*>(p.v), a.positions = p.positions, a.part_o = part_o, a.part_ml = part_ml;
   a.n_tokens = p.n_tokens, a.n_heads = p.n_heads, a.group = group, a.qk_dim = p.qk_dim, a.v_dim = p.v_dim;
   a.max_len = p.max_len;
   a.q_token_stride = p.q_token_stride, a.q_head_stride = p.q_head_stride;

@@ -259,8 +259,11 @@ void clamp(const ClampParams& p, Context& ctx) {
 void store_rows(const StoreRowsParams& p, Context& ctx) {
   if (p.n < 0 || p.cols < 0) throw Error("cuda::store_rows", "n and cols must be >= 0");
   check_rows("cuda::store_rows", p.n);
+  if (p.cache_type != KvType::f32)
+    throw Error("cuda::store_rows", std::string("a ") + std::string(kv_type_name(p.cache_type)) +
+                                        " KV cache is not supported on CUDA yet (f32 only; --kv-type f32)");
   if (p.n == 0 || p.cols == 0) return;
-  launch_move_rows(p.cache, p.src, p.positions, p.n, p.cols, p.cache_stride, p.src_stride, ctx.stream());
+  launch_move_rows(static_cast<float*>(p.cache), p.src, p.positions, p.n, p.cols, p.cache_stride, p.src_stride, ctx.stream());
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 

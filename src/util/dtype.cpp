@@ -49,4 +49,29 @@ std::optional<DType> parse_dtype(std::string_view name) noexcept {
   return std::nullopt;
 }
 
+std::string_view kv_type_name(KvType t) noexcept {
+  switch (t) {
+    case KvType::f32: return "f32";
+    case KvType::f16: return "f16";
+    case KvType::bf16: return "bf16";
+    case KvType::q8_0: return "q8_0";
+  }
+  return "?";
+}
+
+std::optional<KvType> parse_kv_type(std::string_view name) noexcept {
+  for (KvType t : {KvType::f32, KvType::f16, KvType::bf16, KvType::q8_0})
+    if (kv_type_name(t) == name) return t;
+  return std::nullopt;
+}
+
+size_t kv_bytes(KvType t, int64_t n) noexcept {
+  switch (t) {
+    case KvType::f32: return static_cast<size_t>(n) * 4;
+    case KvType::f16: case KvType::bf16: return static_cast<size_t>(n) * 2;
+    case KvType::q8_0: return static_cast<size_t>((n + kKvBlock - 1) / kKvBlock) * kKvBlockBytes;
+  }
+  return 0;
+}
+
 }  // namespace moerun
