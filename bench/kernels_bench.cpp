@@ -1,5 +1,5 @@
 // Microbenchmarks of the CPU kernels: GEMV per weight dtype (the decode roofline: bytes/s of weight
-// streamed, compare with the machine's read bandwidth), GEMM prefill, attention decode over a long
+// streamed, and as a fraction of the machine's read bandwidth), GEMM prefill, attention decode over a long
 // cache (GQA and MLA absorbed shapes) and routing. Run e.g.
 //   build/bench/moerun_kernel_bench --benchmark_filter=Gemv --benchmark_repetitions=5
 // GEMV cycles through copies of the weight totalling kStreamBytes (more than the last-level cache), so
@@ -8,6 +8,8 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -45,7 +47,7 @@ std::vector<float> random_floats(int64_t n, uint64_t seed) {
   return v;
 }
 
-// One [out, in] weight of `dtype` as bytes.
+// One [out, in] weight of `dtype` as bytes (f8_e4m3: random finite bytes; its scales: f8_scales).
 std::vector<unsigned char> make_weight(DType dtype, int64_t out, int64_t in, uint64_t seed) {
   const std::vector<float> f = random_floats(out * in, seed);
   std::vector<unsigned char> raw(dtype_bytes(dtype, out * in));
@@ -61,10 +63,25 @@ std::vector<unsigned char> make_weight(DType dtype, int64_t out, int64_t in, uin
           std::memcpy(dst + 2 * i, &h, 2);
         }
         break;
+      case DType::f8_e4m3:
+        for (int64_t i = 0; i < in; ++i) {
+          const auto b = static_cast<unsigned char>((src[i] + 1.0f) * 127.5f);
+          dst[i] = (b & 0x7f) == 0x7f ? b ^ 1 : b;  // no NaN
+        }
+        break;
       default: cpu::quantize_row(dtype, src, in, dst);
     }
   }
   return raw;
+}
+
+// Block scales of an FP8 [out, in] weight in DeepSeek-V3's 128 x 128 blocks (empty for other dtypes).
+constexpr int64_t kF8Block = 128;
+std::vector<float> f8_scales(DType dtype, int64_t out, int64_t in) {
+  if (dtype != DType::f8_e4m3) return {};
+  std::vector<float> s = random_floats((out + kF8Block - 1) / kF8Block * ((in + kF8Block - 1) / kF8Block), 5);
+  for (float& v : s) v = 1e-3f + std::abs(v) * 1e-2f;
+  return s;
 }
 
 // What a benchmark's ops run with: a pool of `threads` (none for one thread) and its context.
@@ -84,8 +101,17 @@ void BM_ReadBandwidth(benchmark::State& state) {
 }
 BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->ArgName("threads")->Iterations(1)->UseRealTime();
 
+// The read-bandwidth ceiling of BM_ReadBandwidth for `threads` (1 or 2), measured once per run.
+double read_ceiling_gbps(int threads) {
+  static double measured[3] = {};
+  double& c = measured[std::clamp(threads, 1, 2)];
+  if (c == 0) c = measure_read_bandwidth(threads).gbps;
+  return c;
+}
+
 // args: dtype, out_features, in_features, threads[, hot]. hot = 1: one copy of the weight that stays
-// in cache (the kernel's compute ceiling rather than the memory's).
+// in cache (the kernel's compute ceiling rather than the memory's). Streamed (hot = 0), the counter
+// of_ceiling is the bytes/s as a fraction of the read ceiling for the same threads.
 void BM_Gemv(benchmark::State& state) {
   const auto dtype = static_cast<DType>(state.range(0));
   const int64_t out = state.range(1), in = state.range(2);
@@ -96,39 +122,55 @@ void BM_Gemv(benchmark::State& state) {
   std::vector<unsigned char> all(one.size() * copies);
   for (size_t c = 0; c < copies; ++c) std::memcpy(all.data() + c * one.size(), one.data(), one.size());
   const std::vector<float> x = random_floats(in, 2);
+  const std::vector<float> scales = f8_scales(dtype, out, in);  // one copy: 1 / 16384 of the bytes
   std::vector<float> y(static_cast<size_t>(out));
   size_t c = 0;
+  const auto start = std::chrono::steady_clock::now();
   for (auto _ : state) {
     cpu::matmul({.out = y.data(), .x = x.data(), .weight = all.data() + c * one.size(), .weight_dtype = dtype, .n = 1,
-                 .in_features = in, .out_features = out},
+                 .in_features = in, .out_features = out, .weight_scale = scales.empty() ? nullptr : scales.data(),
+                 .block_out = kF8Block, .block_in = kF8Block},
                 threads.ctx);
     benchmark::DoNotOptimize(y.data());
     c = (c + 1) % copies;
   }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(one.size()));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const size_t bytes = one.size() + scales.size() * sizeof(float);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(bytes));
+  if (!hot) {
+    const double gbps = static_cast<double>(state.iterations()) * static_cast<double>(bytes) / seconds * 1e-9;
+    state.counters["of_ceiling"] = gbps / read_ceiling_gbps(static_cast<int>(state.range(3)));
+  }
   state.SetLabel(std::string(dtype_name(dtype)));
 }
 
 void gemv_args(benchmark::internal::Benchmark* b) {
-  for (DType d : {DType::f32, DType::bf16, DType::f16, DType::q8_0, DType::q4_0})
+  for (DType d : {DType::f32, DType::bf16, DType::f16, DType::f8_e4m3, DType::q8_0, DType::q4_0})
     for (auto [out, in] : {std::pair<int64_t, int64_t>{2048, 2048}, {768, 2048}, {2048, 768}})
       for (int threads : {1, 2}) b->Args({static_cast<int64_t>(d), out, in, threads, 0});
-  for (DType d : {DType::f32, DType::bf16, DType::f16, DType::q8_0, DType::q4_0}) b->Args({static_cast<int64_t>(d), 256, 2048, 1, 1});
+  // DeepSeek-V3's expert matrices (gate / up 2048 x 7168, down 7168 x 2048), FP8 as it ships.
+  for (DType d : {DType::bf16, DType::f8_e4m3})
+    for (auto [out, in] : {std::pair<int64_t, int64_t>{7168, 2048}, {2048, 7168}})
+      for (int threads : {1, 2}) b->Args({static_cast<int64_t>(d), out, in, threads, 0});
+  for (DType d : {DType::f32, DType::bf16, DType::f16, DType::f8_e4m3, DType::q8_0, DType::q4_0})
+    b->Args({static_cast<int64_t>(d), 256, 2048, 1, 1});
   b->ArgNames({"dtype", "out", "in", "threads", "hot"})->UseRealTime();
 }
 BENCHMARK(BM_Gemv)->Apply(gemv_args);
 
-// args: dtype, tokens, threads; a 2048 x 2048 projection.
+// args: dtype, tokens, threads, out_features, in_features.
 void BM_Gemm(benchmark::State& state) {
   const auto dtype = static_cast<DType>(state.range(0));
-  const int64_t n = state.range(1), out = 2048, in = 2048;
+  const int64_t n = state.range(1), out = state.range(3), in = state.range(4);
   Threads threads(static_cast<int>(state.range(2)));
   const std::vector<unsigned char> w = make_weight(dtype, out, in, 3);
+  const std::vector<float> scales = f8_scales(dtype, out, in);
   const std::vector<float> x = random_floats(n * in, 4);
   std::vector<float> y(static_cast<size_t>(n * out));
   for (auto _ : state) {
     cpu::matmul({.out = y.data(), .x = x.data(), .weight = w.data(), .weight_dtype = dtype, .n = n,
-                 .in_features = in, .out_features = out},
+                 .in_features = in, .out_features = out, .weight_scale = scales.empty() ? nullptr : scales.data(),
+                 .block_out = kF8Block, .block_in = kF8Block},
                 threads.ctx);
     benchmark::DoNotOptimize(y.data());
   }
@@ -137,14 +179,18 @@ void BM_Gemm(benchmark::State& state) {
                                                  benchmark::Counter::kIsRate);
   state.SetLabel(std::string(dtype_name(dtype)));
 }
-BENCHMARK(BM_Gemm)
-    ->ArgsProduct({{static_cast<int64_t>(DType::bf16), static_cast<int64_t>(DType::f32), static_cast<int64_t>(DType::q8_0),
-                    static_cast<int64_t>(DType::q4_0)},
-                   {5, 8, 16, 64, 512},
-                   {1, 2}})
-    ->ArgNames({"dtype", "tokens", "threads"})
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
+void gemm_args(benchmark::internal::Benchmark* b) {
+  for (DType d : {DType::bf16, DType::f32, DType::f8_e4m3, DType::q8_0, DType::q4_0})
+    for (int64_t tokens : {5, 8, 16, 64, 512})
+      for (int threads : {1, 2}) b->Args({static_cast<int64_t>(d), tokens, threads, 2048, 2048});
+  // DeepSeek-V3's expert shapes: FP8 as it ships against bf16 (FP8 should keep >= 75% of its rate).
+  for (auto [out, in] : {std::pair<int64_t, int64_t>{7168, 2048}, {2048, 7168}})
+    for (DType d : {DType::bf16, DType::f8_e4m3})
+      for (int64_t tokens : {16, 64, 512})
+        for (int threads : {1, 2}) b->Args({static_cast<int64_t>(d), tokens, threads, out, in});
+  b->ArgNames({"dtype", "tokens", "threads", "out", "in"})->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+BENCHMARK(BM_Gemm)->Apply(gemm_args);
 
 // args: context, mla (0: GQA 32 q / 4 kv heads of 128, Qwen3-30B-A3B; 1: MLA absorbed, 16 heads over
 // one 512 + 64 latent row, DeepSeek-V2-Lite), threads. One decode token at the last position.

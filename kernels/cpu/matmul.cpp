@@ -3,8 +3,12 @@
 // 32-block for q8_0 / q4_0) into the context's call scratch, then output rows are split across the
 // context's pool in slices of 16 so each thread streams its own contiguous weight rows. The kernels
 // themselves live per instruction set (matmul_avx512.cpp, matmul_avx2.cpp) and are picked at run
-// time; this file's scalar kernels are the fallback and the readable reference. Accumulation is fp32 everywhere; activations stay fp32
-// for float weights (bf16 weights are widened, never the activations narrowed).
+// time; this file's scalar kernels are the fallback and the readable reference. Accumulation is fp32
+// everywhere; activations stay fp32 for float weights (bf16 weights are widened, never the
+// activations narrowed). FP8 (e4m3) weights carry fp32 block scales: the GEMM paths widen them to
+// fp32 with the scales applied, the vector decode paths multiply x by one row block's scales instead
+// (per worker) and widen the bytes in registers, so the weights are read once and the scales cost
+// nothing per weight.
 
 #include <algorithm>
 #include <array>
@@ -28,6 +32,7 @@ void check(const MatmulParams& p) {
     case DType::f32: case DType::bf16: case DType::f16: return;
     case DType::f8_e4m3:
       if (!p.weight_scale) throw Error("cpu::matmul", "F8_E4M3 weights need their block scales");
+      if (p.block_out <= 0 || p.block_in <= 0) throw Error("cpu::matmul", "F8_E4M3 block sizes must be positive");
       return;
     case DType::q8_0: case DType::q4_0:
       if (p.in_features % kQuantBlock != 0)
@@ -66,6 +71,17 @@ float dot_quant(const MatmulCall& c, const uint8_t* row, int64_t t) {
   return acc;
 }
 
+// Every E4M3 byte's exact value (NaN for 0x7f and 0xff), so the scalar path decodes a weight with one
+// load instead of ldexp.
+const std::array<float, 256>& f8_values() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int b = 0; b < 256; ++b) t[static_cast<size_t>(b)] = f8_e4m3_to_f32(static_cast<uint8_t>(b));
+    return t;
+  }();
+  return table;
+}
+
 }  // namespace
 
 void widen_row(const MatmulParams& p, int64_t o, float* dst) {
@@ -75,15 +91,35 @@ void widen_row(const MatmulParams& p, int64_t o, float* dst) {
       std::memcpy(dst, static_cast<const float*>(p.weight) + o * in, static_cast<size_t>(in) * sizeof(float));
       return;
     case DType::f8_e4m3: {
-      // Element (o, i) is fp8 * scale[o / block_out, i / block_in] (DeepSeek's weight_scale_inv).
+      // Element (o, i) is fp8 * scale[o / block_out, i / block_in] (DeepSeek's weight_scale_inv): the
+      // exact fp8 value times the fp32 scale, rounded once.
       const auto* q = static_cast<const uint8_t*>(p.weight) + o * in;
-      const int64_t scale_cols = (in + p.block_in - 1) / p.block_in;
-      const float* s = p.weight_scale + (o / p.block_out) * scale_cols;
-      for (int64_t i = 0; i < in; ++i) dst[i] = f8_e4m3_to_f32(q[i]) * s[i / p.block_in];
+      const float* s = f8_scale_row(p, o);
+      const std::array<float, 256>& value = f8_values();
+      for (int64_t b0 = 0; b0 < in; b0 += p.block_in) {
+        const float scale = s[b0 / p.block_in];
+        for (int64_t i = b0; i < std::min(in, b0 + p.block_in); ++i) dst[i] = value[q[i]] * scale;
+      }
       return;
     }
     default:
       for (int64_t i = 0; i < in; ++i) dst[i] = load_f32(p.weight, p.weight_dtype, o * in + i);
+  }
+}
+
+void axpy_f8_scalar(float* out, float alpha, const uint8_t* w, const float* scale, int64_t n, int64_t block) {
+  const std::array<float, 256>& value = f8_values();
+  for (int64_t b0 = 0; b0 < n; b0 += block) {
+    const float a = alpha * scale[b0 / block];
+    for (int64_t j = b0; j < std::min(n, b0 + block); ++j) out[j] += a * value[w[j]];
+  }
+}
+
+void axpy_f8(Isa isa, float* out, float alpha, const uint8_t* w, const float* scale, int64_t n, int64_t block) {
+  switch (isa) {
+    case Isa::avx512: axpy_f8_avx512(out, alpha, w, scale, n, block); break;
+    case Isa::avx2: axpy_f8_avx2(out, alpha, w, scale, n, block); break;
+    default: axpy_f8_scalar(out, alpha, w, scale, n, block);
   }
 }
 
@@ -196,7 +232,11 @@ MatmulCall prepare_call(const MatmulParams& p, Isa isa, MatmulActs& s) {
     } else {
       quantize_acts_scalar(p.x, c.xs, p.n, in, c.kp, q, d, sum);
     }
-  } else if (isa != Isa::scalar && p.n <= kGemvMaxTokens && p.weight_dtype != DType::f8_e4m3) {
+  } else if (isa != Isa::scalar && p.n <= kF8GemvMaxTokens && p.weight_dtype == DType::f8_e4m3) {
+    // x is scaled per row block by the workers (the scales differ per block of rows, and a worker's
+    // rows span few blocks); here only the padded length they all use.
+    c.kp = (in + kF8Chunk - 1) / kF8Chunk * kF8Chunk;
+  } else if (isa != Isa::scalar && p.n <= kGemvMaxTokens) {
     const int64_t chunk = isa == Isa::avx512 ? 32 : 16;
     c.kp = (in + chunk - 1) / chunk * chunk;
     float* xp = grow(s.xp, p.n * c.kp);

@@ -11,6 +11,11 @@
 // the rows are packed once per call into vectors of 16 rows at one k (or 4 k for int8), and each
 // tile multiplies them by broadcast activations of several tokens, so no horizontal sums are needed
 // and one weight load feeds 4 to 8 FMAs or vpdpbusds.
+// f8_e4m3 (block-scaled): bytes widen in registers exactly, up to a power of two folded into the
+// scales: through fp16 (f8x16) or, in decode, placed straight into fp32 bits (f8_widen32). Decode
+// (up to kF8GemvMaxTokens = 16 tokens, in groups of 4) multiplies x by a row block's scales once per
+// worker and row block, so the inner loop is the float GEMV's with a 3-op widening; prefill widens
+// 16 rows x 16 weights at a time, applies the scales and packs them as an f32 panel.
 // q8_0 / q4_0: activations are quantized per 32-block once per call; VNNI's vpdpbusd multiplies the
 // stored unsigned quants (q + offset) by the int8 activations, the dot starting from
 // -offset * sum(a), which makes it exactly sum(q * a); in decode per pair of blocks the int32 lanes
@@ -137,13 +142,201 @@ MOERUN_AVX512 void gemv_dispatch(const MatmulCall& c, int64_t o0, int64_t o1) {
   }
 }
 
+// ---- f8_e4m3 ------------------------------------------------------------------------------------
+
+// 16 E4M3 bytes as fp32, each times 2^-8 exactly. A byte sign-extended to 16 bits and shifted left by
+// 7 has its exponent and mantissa (bits 6..0) at fp16's bits 13..7 and its sign at bits 15 and 14;
+// clearing bit 14 leaves the fp16 with the byte's sign, exponent field e and mantissa m << 7, worth
+// 2^(e - 15) (1 + m / 8) = fp8 * 2^-8 for normal bytes (E4M3's bias is 7) and 2^-14 m / 8 = fp8 * 2^-8
+// for subnormal ones (e = 0), so vcvtph2ps yields every finite E4M3 value times 2^-8 exactly (Zen 4
+// and Sapphire Rapids have no FP8 conversion of their own). Callers fold the 256 into the block scale,
+// a power of two, so fp8 * scale still rounds once. E4M3's NaN bytes (0x7f, 0xff) come out finite
+// (+-480): checkpoints hold none, and a check would cost a compare per vector.
+MOERUN_AVX512 __m512 f8x16(__m128i bytes) {
+  const __m256i h = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(bytes), 7),
+                                     _mm256_set1_epi16(static_cast<short>(0xbf80)));
+  return _mm512_cvtph_ps(h);
+}
+
+// The decode kernel's widenings of 32 E4M3 bytes, as two fp32 vectors: the even-numbered weights
+// (lo) and the odd ones (hi), the order bf16 widens in (x is reordered to match, f8_scale_acts).
+// Bits, the fast one: the bytes sign-extended to 16 bits, each 32-bit lane holding an even weight's
+// word below an odd one's; shifted left by 20 (even) or 4 (odd), a word's sign copies land at bits
+// 31..27 and its exponent and mantissa bits at 26..20, and clearing bits 30..27 and 19..0 leaves the
+// fp32 with the byte's sign, exponent field e and mantissa m << 20, worth fp8 * 2^-120 for every
+// finite byte (e = 0 gives an fp32 subnormal, m 2^-149 2^20 = fp8 2^-120). Five integer ops per 32
+// weights and no vcvtph2ps, of which Zen 4 completes one zmm per two cycles (measured with the FMA,
+// hot in L1: 2.8 cycles per 16 weights through fp16, 2.1 placing 16 bytes per vpmovsxbd, 1.9 this
+// way; decode 2048 x 2048 went from 19 to 27 GB/s hot). Exact only
+// while MXCSR.DAZ is clear (DAZ would read the subnormal bytes as zero): the kernels check it per
+// call and fall back to Half, f8x16's fp16 (fp8 * 2^-8) in the same lanes. x is scaled by
+// scale * 2^64 or scale * 2^8 to match, so every product, partial sum and result of one is the
+// other's times 2^-56 exactly: both give the same bits (the partial sums stay normal unless
+// |sum| < 2^-70, and x * scale overflows only past 2^64).
+enum class F8Widen { half, bits };
+
+template <F8Widen W>
+MOERUN_AVX512 void f8_widen32(__m256i bytes, __m512& lo, __m512& hi) {
+  const __m512i words = _mm512_cvtepi8_epi16(bytes);
+  if constexpr (W == F8Widen::bits) {
+    const __m512i keep = _mm512_set1_epi32(static_cast<int>(0x87f00000u));
+    lo = _mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(words, 20), keep));
+    hi = _mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(words, 4), keep));
+  } else {
+    const __m512i h = _mm512_and_si512(_mm512_slli_epi16(words, 7), _mm512_set1_epi16(static_cast<short>(0xbf80)));
+    lo = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));  // the low (even) fp16 of each 32-bit lane
+    hi = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h, 16)));
+  }
+}
+
+// Token t's x times row block scales `srow` times `factor` (a power of two matching the widening) at
+// dst + t * kp, zero from in to kp, each 32 reordered as their even elements then their odd ones (as
+// f8_widen32 widens): one rounding per activation, done once per worker and row block instead of
+// once per weight.
+MOERUN_AVX512 void f8_scale_acts(const MatmulCall& c, const float* srow, float factor, float* dst) {
+  const MatmulParams& p = *c.p;
+  const int64_t in = p.in_features, bi = p.block_in;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int64_t t = 0; t < p.n; ++t) {
+    const float* x = p.x + t * c.xs;
+    float* d = dst + t * c.kp;
+    for (int64_t b0 = 0; b0 < in; b0 += bi) {
+      const __m512 scale = _mm512_set1_ps(srow[b0 / bi] * factor);
+      const int64_t b1 = std::min(in, b0 + bi);
+      for (int64_t i = b0; i < b1; i += 16) {  // masked at the block's end: blocks need not be whole vectors
+        const __mmask16 m = first_lanes(b1 - i);
+        _mm512_mask_storeu_ps(d + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), scale));
+      }
+    }
+    std::fill(d + in, d + c.kp, 0.0f);
+    for (int64_t i = 0; i < c.kp; i += 32) {
+      const __m512 a = _mm512_loadu_ps(d + i), b = _mm512_loadu_ps(d + i + 16);
+      _mm512_storeu_ps(d + i, _mm512_permutex2var_ps(a, even, b));
+      _mm512_storeu_ps(d + i + 16, _mm512_permutex2var_ps(a, odd, b));
+    }
+  }
+}
+
+// R FP8 rows from row o (all in one row block, whose scales xs carries) x T tokens from t0: as gemv
+// above, one 64-byte line of each row per step (prefetched as there), widened 32 weights at a time and
+// used for every token; the last < 64 weights with masked loads (xs is zero padded to kp).
+template <F8Widen W, int R, int T>
+MOERUN_AVX512 void gemv_f8(const MatmulCall& c, const float* xs, int64_t o, int64_t t0) {
+  const MatmulParams& p = *c.p;
+  const int64_t in = p.in_features;
+  const uint8_t* w[R];
+  for (int r = 0; r < R; ++r) w[r] = static_cast<const uint8_t*>(p.weight) + (o + r) * in;
+  const int64_t far = prefetch_far_offset(R * in);
+  __m512 acc[R][T];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + kF8Chunk <= in; i += kF8Chunk) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w[r] + i) + kPrefetchNear, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w[r] + i) + far, _MM_HINT_T1);
+    }
+#pragma GCC unroll 2
+    for (int h = 0; h < kF8Chunk; h += 32) {
+      __m512 xa[T], xb[T];
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) {
+        xa[t] = _mm512_loadu_ps(xs + (t0 + t) * c.kp + i + h);
+        xb[t] = _mm512_loadu_ps(xs + (t0 + t) * c.kp + i + h + 16);
+      }
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        __m512 lo, hi;
+        f8_widen32<W>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + i + h)), lo, hi);
+#pragma GCC unroll 16
+        for (int t = 0; t < T; ++t) {
+          acc[r][t] = _mm512_fmadd_ps(lo, xa[t], acc[r][t]);
+          acc[r][t] = _mm512_fmadd_ps(hi, xb[t], acc[r][t]);
+        }
+      }
+    }
+  }
+  for (; i < in; i += 32) {
+    const __mmask32 m = _bzhi_u32(~0u, static_cast<unsigned>(std::min<int64_t>(32, in - i)));
+    __m512 xa[T], xb[T];
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) {
+      xa[t] = _mm512_loadu_ps(xs + (t0 + t) * c.kp + i);
+      xb[t] = _mm512_loadu_ps(xs + (t0 + t) * c.kp + i + 16);
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      __m512 lo, hi;
+      f8_widen32<W>(_mm256_maskz_loadu_epi8(m, w[r] + i), lo, hi);
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) {
+        acc[r][t] = _mm512_fmadd_ps(lo, xa[t], acc[r][t]);
+        acc[r][t] = _mm512_fmadd_ps(hi, xb[t], acc[r][t]);
+      }
+    }
+  }
+  constexpr float kUnscale = W == F8Widen::bits ? 0x1p56f : 1.0f;  // (2^-120 * 2^64)^-1, exact
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t)
+      p.out[(t0 + t) * c.os + o + r] =
+          _mm512_reduce_add_ps(acc[r][t]) * kUnscale + (p.bias ? p.bias[o + r] : 0.0f);
+}
+
+// R rows from o, every token in groups of up to 4 (the rows stay in L1 between groups).
+template <F8Widen W, int R>
+MOERUN_AVX512 void gemv_f8_tokens(const MatmulCall& c, const float* xs, int64_t o) {
+  const int64_t n = c.p->n;
+  int64_t t = 0;
+  for (; t + 4 <= n; t += 4) gemv_f8<W, R, 4>(c, xs, o, t);
+  switch (n - t) {
+    case 1: gemv_f8<W, R, 1>(c, xs, o, t); break;
+    case 2: gemv_f8<W, R, 2>(c, xs, o, t); break;
+    case 3: gemv_f8<W, R, 3>(c, xs, o, t); break;
+    default: break;
+  }
+}
+
+// Rows [o0, o1) of one row block. One or two tokens leave registers for 8 rows side by side: twice
+// the streams in flight, and x loaded once per 8 rows (measured, 1 thread, one token: 2048 x 2048
+// 15.5 -> 19 GB/s, 7168 x 2048 14.5 -> 19 GB/s; 16 rows gained nothing more).
+template <F8Widen W>
+MOERUN_AVX512 void gemv_f8_span(const MatmulCall& c, const float* xs, int64_t o0, int64_t o1) {
+  int64_t o = o0;
+  if (c.p->n == 1)
+    for (; o + 2 * kR <= o1; o += 2 * kR) gemv_f8<W, 2 * kR, 1>(c, xs, o, 0);
+  else if (c.p->n == 2)
+    for (; o + 2 * kR <= o1; o += 2 * kR) gemv_f8<W, 2 * kR, 2>(c, xs, o, 0);
+  for (; o + kR <= o1; o += kR) gemv_f8_tokens<W, kR>(c, xs, o);
+  for (; o < o1; ++o) gemv_f8_tokens<W, 1>(c, xs, o);  // the same per-row arithmetic as in the 4-row pass
+}
+
+// Decode on FP8 weights (up to kF8GemvMaxTokens tokens): rows [o0, o1) one row block at a time, x
+// scaled for each.
+template <F8Widen W>
+MOERUN_AVX512 void gemv_f8_rows(const MatmulCall& c, int64_t o0, int64_t o1, WorkerScratch& s) {
+  const MatmulParams& p = *c.p;
+  float* xs = grow(s.f8x, p.n * c.kp);
+  for (int64_t o = o0; o < o1;) {
+    const int64_t end = std::min(o1, (o / p.block_out + 1) * p.block_out);
+    f8_scale_acts(c, f8_scale_row(p, o), W == F8Widen::bits ? 0x1p64f : 256.0f, xs);
+    gemv_f8_span<W>(c, xs, o, end);
+    o = end;
+  }
+}
+
 // Prefill on float weights, the same outer-product shape as the quantized one below: per panel of up
 // to 48 rows and block of kKc weights, the rows are packed once into vectors of 16 rows at one k
 // (transposed in registers; bf16 kept as pairs and widened in the kernel, f16 widened on the way,
-// f8_e4m3 widened per row first), and a tile of 48 rows x 8 tokens (24 accumulators) takes one
-// 16-row vector and one broadcast of x[t][k] per 3 x 8 FMAs. The panel block (at most 96 KiB) stays
-// in L2 while every token passes over it; out holds the partial sums between blocks. The per-row
-// arithmetic is the same in every lane, panel and thread split.
+// f8_e4m3 widened and scaled on the way by pack_panel_f8), and a tile of 48 rows x 8 tokens (24
+// accumulators) takes one 16-row vector and one broadcast of x[t][k] per 3 x 8 FMAs. The panel block
+// (at most 96 KiB) stays in L2 while every token passes over it; out holds the partial sums between
+// blocks. The per-row arithmetic is the same in every lane, panel and thread split.
 constexpr int64_t kKc = 512;        // weights per panel block along k
 constexpr int kFloatTokens = 8;     // tokens per register tile
 
@@ -215,6 +408,46 @@ MOERUN_AVX512 void pack_panel(const char* base, DType dtype, int64_t stride, int
         _mm512_storeu_ps(out + 2 * j * vecs * 16, lo);
         if (2 * j + 1 < e) _mm512_storeu_ps(out + (2 * j + 1) * vecs * 16, hi);
       }
+    }
+  }
+}
+
+// pack_panel for FP8 rows [o, o + rows): dst[k - k0][vec][16 lanes] as fp32, each weight widened
+// (f8x16) and multiplied by its block scale x 256, i.e. fp8 * scale rounded once: the same values as
+// widen_row's, with no row buffer. 16 rows x 16 weights are widened and scaled per row (one block
+// scale per row for the 16 weights unless a column block boundary falls inside them), then
+// transposed in registers.
+MOERUN_AVX512 void pack_panel_f8(const MatmulParams& p, int64_t o, int rows, int64_t k0, int64_t kc, float* dst) {
+  const int64_t k = p.in_features, bi = p.block_in;
+  const auto* weight = static_cast<const uint8_t*>(p.weight);
+  const int vecs = (rows + 15) / 16;
+  for (int v = 0; v < vecs; ++v) {
+    const int real = std::min(16, rows - 16 * v);
+    const float* srow[16];
+    for (int i = 0; i < real; ++i) srow[i] = f8_scale_row(p, o + 16 * v + i);
+    for (int64_t c0 = 0; c0 < kc; c0 += 16) {
+      const int64_t e = std::min<int64_t>(16, kc - c0), k1 = k0 + c0, cb = k1 / bi;
+      const __mmask16 m = first_lanes(e);
+      const bool one_block = (k1 + e - 1) / bi == cb;
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) {
+        if (i >= real) {
+          r[i] = _mm512_setzero_si512();
+          continue;
+        }
+        const __m512 wv = f8x16(_mm_maskz_loadu_epi8(m, weight + (o + 16 * v + i) * k + k1));
+        __m512 scale;
+        if (one_block) {
+          scale = _mm512_set1_ps(srow[i][cb] * 256.0f);
+        } else {  // a block boundary inside these 16 weights (block_in not a multiple of 16): per lane
+          alignas(64) float lanes[16];
+          for (int64_t j = 0; j < 16; ++j) lanes[j] = srow[i][std::min(k1 + j, k - 1) / bi] * 256.0f;
+          scale = _mm512_load_ps(lanes);
+        }
+        r[i] = _mm512_castps_si512(_mm512_mul_ps(wv, scale));
+      }
+      transpose16(r);
+      for (int64_t j = 0; j < e; ++j) _mm512_storeu_si512(dst + ((c0 + j) * vecs + v) * 16, r[j]);
     }
   }
 }
@@ -308,22 +541,16 @@ MOERUN_AVX512 void gemm_rows(const MatmulCall& c, int64_t o0, int64_t o1, Worker
   constexpr int kRows = kPanelVecs * 16;
   float* panel = grow(s.panel, kRows * kKc);
   const bool f8 = p.weight_dtype == DType::f8_e4m3;
-  float* rowbuf = f8 ? grow(s.rows, kRows * k) : nullptr;
+  const DType dtype = f8 ? DType::f32 : p.weight_dtype;  // what the panel holds (FP8 packs as fp32)
+  const auto stride = static_cast<int64_t>(dtype_bytes(p.weight_dtype, k));
   for (int64_t o = o0; o < o1; o += kRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kRows, o1 - o));
-    const char* base = static_cast<const char*>(p.weight) + static_cast<size_t>(o) * dtype_bytes(p.weight_dtype, k);
-    DType dtype = p.weight_dtype;
-    int64_t stride = static_cast<int64_t>(dtype_bytes(p.weight_dtype, k));
-    if (f8) {  // no vector fp8 conversion here: widen the panel's rows once, then pack those
-      for (int r = 0; r < rows; ++r) widen_row(p, o + r, rowbuf + r * k);
-      base = reinterpret_cast<const char*>(rowbuf);
-      dtype = DType::f32;
-      stride = k * static_cast<int64_t>(sizeof(float));
-    }
+    const char* base = static_cast<const char*>(p.weight) + o * stride;
     const int vecs = (rows + 15) / 16;
     for (int64_t k0 = 0; k0 < k; k0 += kKc) {
       const int64_t kc = std::min(kKc, k - k0);
-      pack_panel(base, dtype, stride, rows, k0, kc, panel);
+      if (f8) pack_panel_f8(p, o, rows, k0, kc, panel);
+      else pack_panel(base, dtype, stride, rows, k0, kc, panel);
       const bool first = k0 == 0, last = k0 + kc == k;
       const float* w = panel;
       if (dtype == DType::bf16) {
@@ -621,6 +848,14 @@ MOERUN_AVX512 void rows_avx512(const MatmulCall& c, int64_t o0, int64_t o1, Work
   switch (c.p->weight_dtype) {
     case DType::q8_0: quant_rows<DType::q8_0>(c, o0, o1, s); return;
     case DType::q4_0: quant_rows<DType::q4_0>(c, o0, o1, s); return;
+    case DType::f8_e4m3:
+      if (c.p->n <= kF8GemvMaxTokens) {
+        // MXCSR of this thread: bit 6 is DAZ, under which the bits widening would lose the subnormal bytes.
+        if (_mm_getcsr() & 0x40) gemv_f8_rows<F8Widen::half>(c, o0, o1, s);
+        else gemv_f8_rows<F8Widen::bits>(c, o0, o1, s);
+        return;
+      }
+      break;
     default: break;
   }
   if (c.xp) {  // few tokens, prepared by matmul.cpp
@@ -631,6 +866,23 @@ MOERUN_AVX512 void rows_avx512(const MatmulCall& c, int64_t o0, int64_t o1, Work
     }
   }
   gemm_rows(c, o0, o1, s);
+}
+
+MOERUN_AVX512 void axpy_f8_avx512(float* out, float alpha, const uint8_t* w, const float* scale, int64_t n,
+                                  int64_t block) {
+  for (int64_t b0 = 0; b0 < n; b0 += block) {
+    const __m512 a = _mm512_set1_ps(alpha * scale[b0 / block] * 256.0f);  // x 256: see f8x16
+    const int64_t b1 = std::min(n, b0 + block);
+    int64_t j = b0;
+    for (; j + 16 <= b1; j += 16)
+      _mm512_storeu_ps(out + j, _mm512_fmadd_ps(f8x16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + j))), a,
+                                                _mm512_loadu_ps(out + j)));
+    if (j < b1) {
+      const __mmask16 m = first_lanes(b1 - j);
+      const __m512 wv = f8x16(_mm_maskz_loadu_epi8(m, w + j));
+      _mm512_mask_storeu_ps(out + j, m, _mm512_fmadd_ps(wv, a, _mm512_maskz_loadu_ps(m, out + j)));
+    }
+  }
 }
 
 }  // namespace moerun::cpu::detail

@@ -33,6 +33,21 @@ constexpr int64_t prefetch_far_offset(int64_t pass_bytes) noexcept {
   return (passes > 0 ? passes : 1) * pass_bytes;
 }
 
+// FP8 decode kernels step through each weight row 64 bytes (one cache line) at a time; their scaled
+// activations are padded to a multiple of this.
+inline constexpr int64_t kF8Chunk = 64;
+// FP8 weights take the decode kernels up to this many tokens, in groups of up to 4 per pass over
+// rows that stay in L1: widening a weight once per 4 tokens in registers costs less than packing it
+// into a panel (measured on 2048 x 2048, 1 thread: 5 tokens 1.46 -> 0.51 ms, 16 tokens 2.2 -> 1.35
+// ms; even at 64 tokens no slower), but every 4 rows read all tokens' scaled x, which should stay in
+// L2 (16 x 7168 floats: 448 KiB).
+inline constexpr int64_t kF8GemvMaxTokens = 16;
+
+// The block scales of FP8 weight row o: scale[o / block_out, :] (ceil(in / block_in) of them).
+inline const float* f8_scale_row(const MatmulParams& p, int64_t o) noexcept {
+  return p.weight_scale + (o / p.block_out) * ((p.in_features + p.block_in - 1) / p.block_in);
+}
+
 // One prepared call.
 struct MatmulCall {
   const MatmulParams* p = nullptr;
@@ -40,6 +55,10 @@ struct MatmulCall {
   // Float weights, n <= kGemvMaxTokens: token t's x at xp + t * kp, zero padded to kp (a multiple of
   // the chunk: 32 floats for avx512, 16 for avx2). For bf16 weights each chunk is reordered as its
   // even elements then its odd elements, matching how a vector of bf16 widens (see the kernels).
+  // f8_e4m3 weights, n <= kF8GemvMaxTokens, vector kernels: xp stays null and kp is in_features rounded
+  // up to kF8Chunk; each worker scales x by one row block's scales at a time into its own scratch
+  // (WorkerScratch::f8x, token t at + t * kp, zero padded; avx512 reorders each 32 as bf16 does),
+  // since the scales differ per row block.
   const float* xp = nullptr;
   int64_t kp = 0;
   // Quantized weights (q8_0, q4_0): token t's activations as int8 per 32-block, xq + t * kp (kp a
@@ -71,8 +90,20 @@ void quantize_acts_scalar(const float* x, int64_t xs, int64_t n, int64_t k, int6
 void quantize_acts_avx512(const float* x, int64_t xs, int64_t n, int64_t k, int64_t kp, int8_t* q, float* d,
                           int32_t* sum);
 
-// Weight row o of any float dtype (f32, bf16, f16, f8_e4m3 with its block scales) as k floats.
+// Weight row o of any float dtype (f32, bf16, f16, f8_e4m3 with its block scales) as k floats. The
+// scalar reference: f8_e4m3 elements are fp8 * scale rounded once (to nearest even), which the
+// vector widenings (AVX-512 GEMM panels, AVX2 GEMM rows) reproduce bit for bit.
 void widen_row(const MatmulParams& p, int64_t o, float* dst);
+void widen_row_f8_avx2(const MatmulParams& p, int64_t o, float* dst);
+
+// out[j] += alpha * scale[j / block] * fp8(w[j]) for j < n: one row of a transposed FP8 weight
+// (head_matmul), block scales per `block` columns. The vector ones round alpha * scale once, then
+// accumulate with one FMA per element; the scalar one multiplies alpha * scale by the exact weight.
+// E4M3's NaN bytes read as finite +-480 on the vector paths (see matmul_avx512.cpp).
+void axpy_f8_scalar(float* out, float alpha, const uint8_t* w, const float* scale, int64_t n, int64_t block);
+void axpy_f8_avx2(float* out, float alpha, const uint8_t* w, const float* scale, int64_t n, int64_t block);
+void axpy_f8_avx512(float* out, float alpha, const uint8_t* w, const float* scale, int64_t n, int64_t block);
+void axpy_f8(Isa isa, float* out, float alpha, const uint8_t* w, const float* scale, int64_t n, int64_t block);
 
 // The matmul on a chosen instruction set (which this CPU must support).
 void matmul_isa(const MatmulParams& p, Context& ctx, Isa isa);

@@ -16,6 +16,12 @@ namespace moerun::cpu {
 
 namespace {
 
+// Expert e's matrix of a table (and, for FP8 experts, its block scales) as a matmul's weight.
+MatmulParams expert_matmul(const MoeParams& p, const void* const* table, const float* const* scales, int64_t e) {
+  return {.weight = table[e], .weight_dtype = p.weight_dtype, .weight_scale = scales ? scales[e] : nullptr,
+          .block_out = p.block_out, .block_in = p.block_in};
+}
+
 // One token (decode): every selected expert reads the same x, so all gate/up projections are one
 // matmul_group (one dispatch, x prepared once) and all down projections another, instead of three
 // dispatches per expert. Outputs are summed in ascending expert id, as the batched path does, so
@@ -30,21 +36,19 @@ void moe_one_token(const MoeParams& p, Context& ctx) {
   for (int64_t j = 0; j < k; ++j) order[static_cast<size_t>(j)] = j;
   std::sort(order.begin(), order.begin() + k, [&](int64_t a, int64_t b) { return p.expert_ids[a] < p.expert_ids[b]; });
   std::array<MatmulParams, kMatmulGroupMax> ps;
+  auto set = [](MatmulParams m, float* out, const float* x, int64_t n, int64_t in, int64_t outf) {
+    m.out = out, m.x = x, m.n = n, m.in_features = in, m.out_features = outf;
+    return m;
+  };
   for (int64_t j = 0; j < k; ++j) {
     const int32_t e = p.expert_ids[j];
-    const MatmulParams proj{.x = p.x, .weight_dtype = p.weight_dtype, .n = 1, .in_features = D, .out_features = I};
-    ps[static_cast<size_t>(2 * j)] = proj;
-    ps[static_cast<size_t>(2 * j)].out = g + j * I;
-    ps[static_cast<size_t>(2 * j)].weight = p.gate[e];
-    ps[static_cast<size_t>(2 * j + 1)] = proj;
-    ps[static_cast<size_t>(2 * j + 1)].out = u + j * I;
-    ps[static_cast<size_t>(2 * j + 1)].weight = p.up[e];
+    ps[static_cast<size_t>(2 * j)] = set(expert_matmul(p, p.gate, p.gate_scale, e), g + j * I, p.x, 1, D, I);
+    ps[static_cast<size_t>(2 * j + 1)] = set(expert_matmul(p, p.up, p.up_scale, e), u + j * I, p.x, 1, D, I);
   }
   matmul_group(ps.data(), static_cast<size_t>(2 * k), ctx);
   gated_act({.out = g, .gate = g, .up = u, .n = k * I, .act = p.act}, ctx);
   for (int64_t j = 0; j < k; ++j)
-    ps[static_cast<size_t>(j)] = {.out = y + j * D, .x = g + j * I, .weight = p.down[p.expert_ids[j]],
-                                  .weight_dtype = p.weight_dtype, .n = 1, .in_features = I, .out_features = D};
+    ps[static_cast<size_t>(j)] = set(expert_matmul(p, p.down, p.down_scale, p.expert_ids[j]), y + j * D, g + j * I, 1, I, D);
   matmul_group(ps.data(), static_cast<size_t>(k), ctx);
   std::fill(p.out, p.out + D, 0.0f);
   for (int64_t i = 0; i < k; ++i) {
@@ -79,16 +83,14 @@ void moe(const MoeParams& p, Context& ctx) {
     float* g = grow(s.moe_gate, count * I);
     float* u = grow(s.moe_up, count * I);
     float* y = grow(s.moe_down, count * D);
-    const MatmulParams gate_up[] = {
-        {.out = g, .x = in, .weight = p.gate[e], .weight_dtype = p.weight_dtype, .n = count, .in_features = D,
-         .out_features = I},
-        {.out = u, .x = in, .weight = p.up[e], .weight_dtype = p.weight_dtype, .n = count, .in_features = D,
-         .out_features = I}};
+    MatmulParams gate_up[] = {expert_matmul(p, p.gate, p.gate_scale, e), expert_matmul(p, p.up, p.up_scale, e)};
+    gate_up[0].out = g, gate_up[1].out = u;
+    for (MatmulParams& m : gate_up) m.x = in, m.n = count, m.in_features = D, m.out_features = I;
     matmul_group(gate_up, 2, ctx);  // one dispatch, x prepared once
     gated_act({.out = g, .gate = g, .up = u, .n = count * I, .act = p.act}, ctx);
-    matmul({.out = y, .x = g, .weight = p.down[e], .weight_dtype = p.weight_dtype, .n = count, .in_features = I,
-            .out_features = D},
-           ctx);
+    MatmulParams down = expert_matmul(p, p.down, p.down_scale, e);
+    down.out = y, down.x = g, down.n = count, down.in_features = I, down.out_features = D;
+    matmul(down, ctx);
     for (int64_t j = 0; j < count; ++j) {
       const int64_t pair = plan.order[static_cast<size_t>(b + j)];
       vec::axpy(p.out + (pair / p.top_k) * D, p.expert_weights[pair], y + j * D, D);

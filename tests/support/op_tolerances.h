@@ -69,7 +69,8 @@ inline constexpr OpTolerance kOpTolerances[] = {
     // matmul, M = (sum_i |x_i w_i| + |b|) * max(1, in_features / 512): fp32 accumulation of in_features
     // products in 16 or 32 lanes (well under in/16 * 2^-24 relative); bf16, f16 and fp8 weights decode
     // exactly. Quantized weights are checked against the exact block formula (int8 activations), so
-    // the same fp32 accumulation is all that differs. rel: the last roundings (the bias add).
+    // the same fp32 accumulation is all that differs. rel: the last roundings (the bias add). fp8
+    // adds one rounding per term (the weight times its block scale, or x times it in decode): 2^-24.
     {Op::matmul, Check::reference, DType::f32, {1e-30, 1e-6, 2e-5}},
     {Op::matmul, Check::reference, DType::bf16, {1e-30, 1e-6, 2e-5}},
     {Op::matmul, Check::reference, DType::f16, {1e-30, 1e-6, 2e-5}},
@@ -106,10 +107,12 @@ inline constexpr OpTolerance kOpTolerances[] = {
     // add_gated, M = |x|: one fp32 sigmoid (a few ulps) times x, added with one rounding.
     {Op::add_gated, Check::reference, DType::f32, {1e-30, 1e-6, 1e-6}},
     // head_matmul, M = sum_i |w_i x_i| of the element: the fp32 accumulation of matmul's row above or
-    // of axpy over the input rows (transposed), every weight dtype decoding exactly.
+    // of axpy over the input rows (transposed), every weight dtype decoding exactly (fp8: one more
+    // rounding per term, of x * scale or of the weight times its scale, 2^-24 of M).
     {Op::head_matmul, Check::reference, DType::f32, {1e-30, 1e-6, 2e-5}},
     {Op::head_matmul, Check::reference, DType::bf16, {1e-30, 1e-6, 2e-5}},
     {Op::head_matmul, Check::reference, DType::f16, {1e-30, 1e-6, 2e-5}},
+    {Op::head_matmul, Check::reference, DType::f8_e4m3, {1e-30, 1e-6, 2e-5}},
 
     // --- CUDA ops against their CPU twins (tests/cuda); max |got - want| over the output ---
     // matmul, M = the element's sum_i |x_i w_i| + |b| (the CPU matmul of |x|, |W| and |b|): fp32
