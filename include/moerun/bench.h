@@ -61,6 +61,7 @@ struct BenchRow {
   std::string params;   // total parameters, and active ones for an MoE ("1.00 B / 300.00 M")
   std::string backend;  // "CPU" or "CUDA"
   int threads = 1;
+  std::string kv_type = "f32";  // the KV cache's element type (--kv-type)
   BenchResult result;
   double ceiling_gbps = 0;         // the read-bandwidth ceiling the tg rows are compared with
   double gemm_ceiling_tflops = 0;  // the GEMM ceiling the pp rows are compared with; 0: none (CPU)
@@ -77,7 +78,7 @@ enum class BenchFormat : uint8_t { markdown, json, csv };
 // The rows as a markdown table (llama-bench's columns, the TFLOP/s ones only when a row has a GEMM
 // ceiling), a JSON array of objects (2-space indent) or CSV with a header line; text ending in a
 // newline. All three come from one list of columns (name, JSON key, formatters): JSON and CSV carry
-// every column under the same keys -- model, size, params, backend, threads, test, tokens,
+// every column under the same keys -- model, size, params, backend, threads, kv_type, test, tokens,
 // tps_mean, tps_sd, tps (every repetition; in CSV one quoted field, space-separated),
 // bytes_per_token, gbps, ceiling_gbps, bw_fraction, tflops, gemm_ceiling_tflops, gemm_fraction --
 // and the table a readable subset.

@@ -4,8 +4,11 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "moerun/config.h"
@@ -28,10 +31,20 @@ enum class BackendKind : uint8_t { automatic, cpu, cuda };
 // stay as they are.
 enum class WeightQuant : uint8_t { none, q8, q4 };
 
+// Load-time work (converting weights) in progress: `done` of `total` source bytes of `stage`
+// ("converting weights"); called from the loading thread, at most about a hundred times per stage.
+using LoadProgress = std::function<void(std::string_view stage, uint64_t done, uint64_t total)>;
+
 struct EngineOptions {
   int64_t context = 0;             // KV-cache positions per session; 0: min(max_position_embeddings, 4096)
   bool context_override = false;   // allow contexts above max_position_embeddings (output degrades)
-  DType fp8_dequant = DType::bf16;  // FP8 block-scaled weights are dequantized at load to BF16 or F32
+  // FP8 block-scaled weights: F8_E4M3 keeps them as they are in the file (the CPU kernels apply the
+  // block scales; zero copy), BF16 or F32 dequantizes them at load. The CUDA backend dequantizes to
+  // BF16 whatever is asked here (its experts and per-head kernels do not read FP8 yet).
+  DType fp8_dequant = DType::f8_e4m3;
+  // How sessions store their KV cache (moerun/dtype.h). Unset: the backend's default, kDefaultKvType
+  // on the CPU and f32 on CUDA (whose kernels read only f32 caches so far).
+  std::optional<KvType> kv_type = std::nullopt;
   MlaMode mla = MlaMode::absorbed;
   int threads = 0;                 // the engine's CPU threads (shared by its sessions); 0: one per hardware thread
   BackendKind backend = BackendKind::automatic;
@@ -42,7 +55,17 @@ struct EngineOptions {
   // Compute the memory plan (moerun/plan.h) before preparing the weights and refuse, with the
   // numbers, a model that does not fit. false: load anyway.
   bool memory_check = true;
+  // Lock the weights in physical memory once loaded (mlock), so the kernel never pages them out.
+  bool mlock = false;
+  LoadProgress progress = nullptr;  // none: silent
 };
+
+// The KV type CPU sessions use unless asked otherwise (chosen by measurement: docs/performance.md).
+inline constexpr KvType kDefaultKvType = KvType::f16;
+// The KV type sessions of a model described by `desc` with `options` on `backend` (resolved) use:
+// options.kv_type, else f32 on CUDA and for the naive MLA form (which reads the cache as f32 rows),
+// else kDefaultKvType.
+KvType kv_type_for(const EngineOptions& options, BackendKind backend, const ModelDesc& desc);
 
 // The context a session gets when none is asked for: min(max_position_embeddings, 4096), and no more
 // than a sliding window; options.context when set.
@@ -66,6 +89,7 @@ class Engine {
   const EngineOptions& options() const noexcept;
   int64_t default_context() const noexcept;
   BackendKind backend() const noexcept;  // the backend sessions run on (automatic resolved)
+  KvType kv_type() const noexcept;       // what its sessions' KV caches store (options resolved)
   // The memory plan the engine was loaded with (weights; KV cache and workspace of one session at
   // the default context).
   const MemoryPlan& plan() const noexcept;

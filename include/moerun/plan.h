@@ -42,6 +42,11 @@ struct MemoryPlan {
   BackendKind backend = BackendKind::cpu;  // resolved
   WeightQuant quant = WeightQuant::none;
   int64_t context = 0;
+  KvType kv_type = KvType::f32;            // what the KV cache stores (resolved)
+  // FP8 checkpoints: the stored FP8 weights' bytes (0: none) and what they become at run time:
+  // F8_E4M3 (kept, zero copy), BF16/F32 (dequantized copies) or Q8_0/Q4_0 (--quant).
+  uint64_t fp8_source_bytes = 0;
+  DType fp8_form = DType::f8_e4m3;
 
   std::vector<Weights> weights;      // by dtype, largest first
   uint64_t weights_bytes = 0;        // mapped + owned (a tied head once)
@@ -58,7 +63,7 @@ struct MemoryPlan {
 
   // One line for a refusal: what is needed by part, what is available, and flags that would fit.
   std::string refusal() const;
-  std::string suggestions;  // "--quant q4 (needs 12.1 GiB) or -c 8192 (needs 20.3 GiB)"; may be empty
+  std::string suggestions;  // "--kv-type q8_0 (needs 20.1 GiB) or -c 8192 (needs 20.3 GiB)"; may be empty
 };
 
 // The plan of loading `model` with `options` (context 0: the engine's default context).

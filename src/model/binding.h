@@ -26,8 +26,10 @@ struct Binding {
 // plans: shapes without data). `linear`: a projection weight (which a checkpoint may store as FP8).
 using TensorFactory = std::function<Tensor(const std::string& name, const Shape& shape, bool linear)>;
 
-// The dtype Model::synthetic makes a tensor in: bf16 matrices, f32 vectors and router.
-DType synthetic_dtype(const std::string& name, const Shape& shape);
+// The dtype Model::synthetic makes a tensor in: bf16 matrices, f32 vectors and router; for a config
+// with an FP8 quantization_config, F8_E4M3 projections (`linear`) with f32 block scales, as the
+// real checkpoint stores them.
+DType synthetic_dtype(const ModelConfig& config, const std::string& name, const Shape& shape, bool linear);
 
 // Throws one Error (where = `where`) that lists every missing, mis-shaped or wrongly typed tensor,
 // with runs of layers and experts folded into ranges. With a factory, missing tensors are made.

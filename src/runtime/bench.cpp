@@ -180,9 +180,9 @@ double decode_bytes_per_token(const Engine& engine, double context) {
     else total += b;
   });
   if (c.is_moe()) total += routed / static_cast<double>(c.router.n_routed_experts) * static_cast<double>(c.router.num_experts_per_tok);
-  // KV rows read by attention (the fp32 cache): GQA K and V per KV head; MLA one latent row.
-  const auto row = static_cast<double>(c.kv_floats_per_position());
-  total += row * sizeof(float) * context * static_cast<double>(c.num_hidden_layers);
+  // KV rows read by attention, in the cache's type: GQA K and V per KV head; MLA one latent row.
+  const auto row = static_cast<double>(kv_bytes(engine.kv_type(), c.kv_floats_per_position()));
+  total += row * context * static_cast<double>(c.num_hidden_layers);
   return total;
 }
 

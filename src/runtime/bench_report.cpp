@@ -64,6 +64,8 @@ const Column kColumns[] = {
      .md_title = "backend", .md_right = false, .md = [](const BenchRow& x) { return x.backend; }},
     {.key = "threads", .value = [](const BenchRow& x) -> Value { return int64_t{x.threads}; },
      .md_title = "threads", .md = [](const BenchRow& x) { return std::to_string(x.threads); }},
+    {.key = "kv_type", .value = [](const BenchRow& x) -> Value { return x.kv_type; }, .csv_quote = false,
+     .md_title = "kv", .md_right = false, .md = [](const BenchRow& x) { return x.kv_type; }},
     {.key = "test", .value = [](const BenchRow& x) -> Value { return x.result.test; },
      .md_title = "test", .md_right = false, .md = [](const BenchRow& x) { return x.result.test; }},
     {.key = "tokens", .value = [](const BenchRow& x) -> Value { return int64_t{x.result.tokens}; }},
@@ -155,6 +157,7 @@ BenchRow bench_row(const Engine& engine, int threads, const BenchResult& result,
   row.params = total + (c.is_moe() ? " / " + human(static_cast<double>(engine.model().active_params()), kCount, 1000) : "");
   row.backend = on_gpu ? "CUDA" : "CPU";
   row.threads = on_gpu ? 1 : threads;
+  row.kv_type = std::string(kv_type_name(engine.kv_type()));
   row.result = result;
   row.ceiling_gbps = ceiling_gbps;
   row.gemm_ceiling_tflops = gemm_ceiling_tflops;

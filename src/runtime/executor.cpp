@@ -3,7 +3,8 @@
 // kind, router spec, shared experts), never on the family (docs/DESIGN.md rule 1).
 //
 // Per layer (docs/MODELS.md §2.7):   x += Attn(RMSNorm_in(x));   x += FFN_or_MoE(RMSNorm_post(x))
-// then logits = RMSNorm_final(x) W_lm^T. Activations and the KV cache are fp32.
+// then logits = RMSNorm_final(x) W_lm^T. Activations are fp32; the KV cache is of the session's
+// KvType (f32, f16, bf16 or q8_0), converted as rows are stored and read as it is by attention.
 
 #include <algorithm>
 #include <cmath>
@@ -98,8 +99,9 @@ class RecordedStep {
 struct Engine::Impl {
   explicit Impl(Model m) : model(std::move(m)) {}
   Model model;
-  ModelWeights weights;  // prepared: FP8 dequantized, vectors in f32, projections quantized if asked
+  ModelWeights weights;  // prepared: FP8 kept or dequantized, vectors in f32, projections quantized if asked
   EngineOptions options;
+  KvType kv_type = KvType::f32;  // resolved: what every session's cache stores
   int64_t default_context = 0;
   BackendKind backend = BackendKind::cpu;  // resolved
   std::shared_ptr<const runtime::BackendState> backend_state;  // CUDA: the uploaded weights
@@ -109,6 +111,12 @@ struct Engine::Impl {
   std::shared_ptr<cpu::ThreadPool> pool;
   mutable std::mutex step;
 };
+
+KvType kv_type_for(const EngineOptions& options, BackendKind backend, const ModelDesc& desc) {
+  if (options.kv_type) return *options.kv_type;
+  const bool naive_mla = desc.attention == AttentionKind::mla && options.mla == MlaMode::naive;
+  return backend == BackendKind::cuda || naive_mla ? KvType::f32 : kDefaultKvType;
+}
 
 int64_t default_context(const ModelDesc& d, const EngineOptions& options) {
   if (options.context > 0) return options.context;
@@ -144,14 +152,24 @@ Engine Engine::from_model(Model model, const EngineOptions& options) {
   // uploaded (the mapped files cost nothing until read).
   MemoryPlan plan = plan_memory(model, options);
   if (options.memory_check && !plan.fits) throw Error("memory", plan.refusal());
+  const KvType kv_type = kv_type_for(options, backend, model.config());
+  runtime::check_kv_type(model.config(), kv_type, options.mla);
   auto impl = std::make_shared<Impl>(model);
-  impl->weights = model::prepare_weights(model.weights(), model.config(), {options.fp8_dequant, options.quant});
+  // The CPU backend's pool runs its sessions' ops; on CUDA one made for the load converts the weights.
+  auto pool = std::make_shared<cpu::ThreadPool>(options.threads);
+  if (backend == BackendKind::cpu) impl->pool = pool;
+  impl->weights = model::prepare_weights(model.weights(), model.config(), {runtime::fp8_form(options, backend), options.quant},
+                                         pool.get(), options.progress);
+  pool.reset();
+  // The weights the engine runs (copies and mapped views alike); a --quant source nothing reads
+  // after conversion stays unlocked.
+  if (options.mlock) model::lock_weights(impl->weights);
   impl->options = options;
+  impl->kv_type = kv_type;
   impl->default_context = moerun::default_context(model.config(), options);
   impl->backend = backend;
   impl->plan = std::move(plan);
   impl->backend_state = runtime::prepare_backend(backend, impl->weights, options);
-  if (backend == BackendKind::cpu) impl->pool = std::make_shared<cpu::ThreadPool>(options.threads);
   return Engine(std::move(impl));
 }
 
@@ -161,6 +179,7 @@ const ModelWeights& Engine::weights() const noexcept { return impl_->weights; }
 const EngineOptions& Engine::options() const noexcept { return impl_->options; }
 int64_t Engine::default_context() const noexcept { return impl_->default_context; }
 BackendKind Engine::backend() const noexcept { return impl_->backend; }
+KvType Engine::kv_type() const noexcept { return impl_->kv_type; }
 const MemoryPlan& Engine::plan() const noexcept { return impl_->plan; }
 
 struct Session::Impl {
@@ -172,12 +191,15 @@ struct Session::Impl {
   int64_t pos = 0;
   std::unique_ptr<runtime::Backend> be;
 
-  // Cache per layer, in backend memory. GQA: K [ctx, H_kv, d_h] and V [ctx, H_kv, d_h]. MLA: one
-  // latent row per position, [ctx, kv_lora_rank + qk_rope_head_dim] = [normed c, rotated k_rope].
+  // Cache per layer, in backend memory, of the engine's KvType. GQA: K [ctx, H_kv, d_h] and V
+  // [ctx, H_kv, d_h]. MLA: one latent row per position, [ctx, kv_lora_rank + qk_rope_head_dim] =
+  // [normed c, rotated k_rope].
   std::vector<runtime::Buffer> k_cache, v_cache;
-  // MoE layers: the experts' gate/up/down weight pointers as tables in backend memory.
+  KvType kv = KvType::f32;
+  // MoE layers: the experts' gate/up/down weight pointers as tables in backend memory, and for FP8
+  // experts their block scales' (null otherwise).
   struct ExpertTables {
-    runtime::Buffer gate, up, down;
+    runtime::Buffer gate, up, down, gate_scale, up_scale, down_scale;
     DType dtype = DType::f32;
   };
   std::vector<ExpertTables> experts;
@@ -203,10 +225,15 @@ struct Session::Impl {
   template <class T = float>
   T* at(Ws role) const { return static_cast<T*>(ws[static_cast<size_t>(role)].data); }
 
+  // An FP8 weight's block scales (f32 once prepared), or null.
+  const float* scale_of(const LinearWeight& weight) const {
+    return weight.weight_scale_inv ? static_cast<const float*>(wp(weight.weight_scale_inv)) : nullptr;
+  }
   MatmulParams lin_params(float* dst, const float* src, int64_t n, const LinearWeight& weight, int64_t src_stride = 0) {
     return {.out = dst, .x = src, .weight = wp(weight.weight), .weight_dtype = weight.weight.dtype(),
             .bias = weight.bias ? static_cast<const float*>(wp(weight.bias)) : nullptr, .n = n,
-            .in_features = weight.weight.dim(1), .out_features = weight.weight.dim(0), .x_stride = src_stride};
+            .in_features = weight.weight.dim(1), .out_features = weight.weight.dim(0), .x_stride = src_stride,
+            .weight_scale = scale_of(weight), .block_out = c.fp8.block_out, .block_in = c.fp8.block_in};
   }
   void lin(float* dst, const float* src, int64_t n, const LinearWeight& weight, int64_t src_stride = 0) {
     be->matmul(lin_params(dst, src, n, weight, src_stride));
@@ -222,7 +249,8 @@ struct Session::Impl {
       : engine(e.get()), keep(std::move(e)), c(engine->model.config()), w(engine->weights), context(ctx),
         be(runtime::make_backend(engine->backend, engine->backend_state, engine->pool)) {
     check_context(ctx, c, engine->options.context_override);
-    mem = runtime::plan_session(c, ctx, engine->options.mla);
+    kv = engine->kv_type;
+    mem = runtime::plan_session(c, ctx, engine->options.mla, kv);
     check_memory();
     for (size_t r = 0; r < ws.size(); ++r)
       if (mem.workspace[r].bytes > 0) be->reserve(ws[r], mem.workspace[r].bytes);
@@ -237,7 +265,7 @@ struct Session::Impl {
       if (c.layer_ffn[l] != FfnKind::moe || LW.experts.empty()) continue;
       ExpertTables& t = experts[l];
       t.dtype = LW.experts[0].gate_proj.weight.dtype();
-      std::vector<const void*> g, u, d;
+      std::vector<const void*> g, u, d, gs, us, ds;
       for (const MlpWeights& m : LW.experts) {
         for (const LinearWeight* lw : {&m.gate_proj, &m.up_proj, &m.down_proj})
           if (lw->weight.dtype() != t.dtype || lw->bias)
@@ -245,8 +273,12 @@ struct Session::Impl {
         g.push_back(wp(m.gate_proj.weight));
         u.push_back(wp(m.up_proj.weight));
         d.push_back(wp(m.down_proj.weight));
+        gs.push_back(scale_of(m.gate_proj));
+        us.push_back(scale_of(m.up_proj));
+        ds.push_back(scale_of(m.down_proj));
       }
-      for (auto [buf, host] : {std::pair{&t.gate, &g}, std::pair{&t.up, &u}, std::pair{&t.down, &d}}) {
+      for (auto [buf, host] : {std::pair{&t.gate, &g}, std::pair{&t.up, &u}, std::pair{&t.down, &d}, std::pair{&t.gate_scale, &gs},
+                               std::pair{&t.up_scale, &us}, std::pair{&t.down_scale, &ds}}) {
         be->reserve(*buf, host->size() * sizeof(void*));
         be->upload(buf->data, host->data(), host->size() * sizeof(void*));
       }
@@ -311,13 +343,15 @@ struct Session::Impl {
     apply_rope(qb, n, H, H * dh, dh, 0);
     apply_rope(kb, n, Hkv, Hkv * dh, dh, 0);
     const int64_t row = Hkv * dh;
-    float* kc = static_cast<float*>(k_cache[l].data);
-    float* vc = static_cast<float*>(v_cache[l].data);
-    be->store_rows({.cache = kc, .src = kb, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row, .cache_stride = row});
-    be->store_rows({.cache = vc, .src = vb, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row, .cache_stride = row});
+    void* kc = k_cache[l].data;
+    void* vc = v_cache[l].data;
+    be->store_rows({.cache = kc, .cache_type = kv, .src = kb, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row,
+                    .cache_stride = row});
+    be->store_rows({.cache = vc, .cache_type = kv, .src = vb, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row,
+                    .cache_stride = row});
 
     float* ab = buf(Ws::attn, n * H * dh);
-    be->attention({.out = ab, .q = qb, .k = kc, .v = vc, .positions = dev_positions(), .n_tokens = n, .n_heads = H,
+    be->attention({.out = ab, .q = qb, .k = kc, .v = vc, .kv_type = kv, .positions = dev_positions(), .n_tokens = n, .n_heads = H,
                    .n_kv_heads = Hkv, .qk_dim = dh, .v_dim = dh, .q_token_stride = H * dh, .q_head_stride = dh,
                    .k_pos_stride = row, .k_head_stride = dh, .v_pos_stride = row, .v_head_stride = dh,
                    .scale = static_cast<float>(c.softmax_scale), .max_len = context});
@@ -346,11 +380,13 @@ struct Session::Impl {
     norm(new_rows, new_rows, n, r, L.kv_a_layernorm, kMlaNormEps, row);
     apply_rope(new_rows, n, 1, row, row, r);  // one rope key shared by all heads
     apply_rope(qb, n, H, H * dq, dq, dn);
+    // (--mla naive, which reads the cache as f32 rows below, takes only an f32 cache: check_kv_type.)
     float* cache = static_cast<float*>(k_cache[l].data);
-    be->store_rows({.cache = cache, .src = new_rows, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row,
+    be->store_rows({.cache = cache, .cache_type = kv, .src = new_rows, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row,
                     .cache_stride = row});
 
     const Tensor& kvb = L.kv_b_proj.weight;  // [H*(dn+dv), r]: per head dn rows of W_UK, then dv rows of W_UV
+    const float* kvb_scale = scale_of(L.kv_b_proj);
     float* ab = buf(Ws::attn, n * H * dv);
     if (engine->options.mla == MlaMode::absorbed) {
       // q~_h = W_UK^h^T q_h^N, then MQA over [c, k_rope] with values c (MODELS.md §4).
@@ -358,10 +394,11 @@ struct Session::Impl {
       be->head_matmul({.out = qcat, .x = qb, .weight = wp(kvb), .weight_dtype = kvb.dtype(), .n_tokens = n, .n_heads = H,
                        .in_dim = dn, .out_dim = r, .head_rows = dn + dv, .row_offset = 0, .row_len = r,
                        .x_token_stride = H * dq, .x_head_stride = dq, .out_token_stride = H * row,
-                       .out_head_stride = row, .transposed = true});
+                       .out_head_stride = row, .transposed = true, .weight_scale = kvb_scale, .block_out = c.fp8.block_out,
+                       .block_in = c.fp8.block_in});
       be->copy({.dst = qcat + r, .src = qb + dn, .rows = n * H, .cols = dr, .dst_stride = row, .src_stride = dq});
       float* latent_out = buf(Ws::latent_out, n * H * r);
-      be->attention({.out = latent_out, .q = qcat, .k = cache, .v = cache, .positions = dev_positions(), .n_tokens = n,
+      be->attention({.out = latent_out, .q = qcat, .k = cache, .v = cache, .kv_type = kv, .positions = dev_positions(), .n_tokens = n,
                      .n_heads = H, .n_kv_heads = 1, .qk_dim = row, .v_dim = r, .q_token_stride = H * row,
                      .q_head_stride = row, .k_pos_stride = row, .k_head_stride = 0, .v_pos_stride = row,
                      .v_head_stride = 0, .scale = static_cast<float>(c.softmax_scale), .max_len = context});
@@ -369,7 +406,7 @@ struct Session::Impl {
       be->head_matmul({.out = ab, .x = latent_out, .weight = wp(kvb), .weight_dtype = kvb.dtype(), .n_tokens = n,
                        .n_heads = H, .in_dim = r, .out_dim = dv, .head_rows = dn + dv, .row_offset = dn, .row_len = r,
                        .x_token_stride = H * r, .x_head_stride = r, .out_token_stride = H * dv, .out_head_stride = dv,
-                       .transposed = false});
+                       .transposed = false, .weight_scale = kvb_scale, .block_out = c.fp8.block_out, .block_in = c.fp8.block_in});
     } else {
       // Naive: per-head K = [W_UK c, k_rope] and V = W_UV c for every cached position.
       const int64_t len = pos + n;
@@ -417,7 +454,11 @@ struct Session::Impl {
     be->moe({.out = o, .x = in, .expert_ids = ids, .expert_weights = wts,
              .gate = static_cast<const void* const*>(t.gate.data), .up = static_cast<const void* const*>(t.up.data),
              .down = static_cast<const void* const*>(t.down.data), .weight_dtype = t.dtype, .n_tokens = n, .top_k = K,
-             .n_experts = E, .hidden = D, .intermediate = L.experts[0].gate_proj.weight.dim(0), .act = c.hidden_act});
+             .n_experts = E, .hidden = D, .intermediate = L.experts[0].gate_proj.weight.dim(0), .act = c.hidden_act,
+             .gate_scale = static_cast<const float* const*>(t.gate_scale.data),
+             .up_scale = static_cast<const float* const*>(t.up_scale.data),
+             .down_scale = static_cast<const float* const*>(t.down_scale.data), .block_out = c.fp8.block_out,
+             .block_in = c.fp8.block_in});
     if (c.shared.count > 0) {
       float* s = buf(Ws::shared_out, n * D);
       swiglu(L.shared_expert, in, n, s);
@@ -560,7 +601,8 @@ uint64_t Session::memory_bytes() const noexcept {
   for (const auto* list : {&impl_->k_cache, &impl_->v_cache})
     for (const runtime::Buffer& b : *list) n += b.bytes;
   for (const runtime::Buffer& b : impl_->ws) n += b.bytes;
-  for (const auto& t : impl_->experts) n += t.gate.bytes + t.up.bytes + t.down.bytes;
+  for (const auto& t : impl_->experts)
+    n += t.gate.bytes + t.up.bytes + t.down.bytes + t.gate_scale.bytes + t.up_scale.bytes + t.down_scale.bytes;
   return n;
 }
 void Session::truncate(int64_t n) {

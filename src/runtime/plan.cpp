@@ -35,6 +35,29 @@ BackendKind requested_backend(const EngineOptions& o) {
   return o.quant != WeightQuant::none && o.backend == BackendKind::automatic ? BackendKind::cpu : o.backend;
 }
 
+void check_kv_type(const ModelDesc& d, KvType kv_type, MlaMode mla) {
+  if (kv_type == KvType::f32) return;
+  const std::string name(kv_type_name(kv_type));
+  if (d.attention == AttentionKind::mla && mla == MlaMode::naive)
+    throw Error("--kv-type", cat(name, " KV cache: the naive MLA form (--mla naive) reads the latent cache as f32 rows; use --kv-type f32"));
+  if (kv_type != KvType::q8_0) return;
+  auto need32 = [&](const char* field, int64_t v) {
+    if (v % kKvBlock != 0)
+      throw Error("--kv-type", cat("q8_0 KV cache stores blocks of 32 values, so ", field, " must be a multiple of 32 (it is ", v,
+                                   " in config.json); use --kv-type f16 or bf16"));
+  };
+  if (d.attention == AttentionKind::gqa) {
+    need32("head_dim", d.head_dim);
+  } else {
+    need32("kv_lora_rank", d.kv_lora_rank);
+    need32("qk_rope_head_dim", d.qk_rope_head_dim);
+  }
+}
+
+DType fp8_form(const EngineOptions& o, BackendKind backend) {
+  return backend == BackendKind::cuda && o.fp8_dequant == DType::f8_e4m3 ? DType::bf16 : o.fp8_dequant;
+}
+
 std::string format_bytes(uint64_t bytes) {
   char buf[32];
   const double b = static_cast<double>(bytes);
@@ -86,16 +109,19 @@ WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla) {
   return p;
 }
 
-SessionMemory plan_session(const ModelDesc& d, int64_t context, MlaMode mla) {
+SessionMemory plan_session(const ModelDesc& d, int64_t context, MlaMode mla, KvType kv_type) {
   const std::string what = cat("the ", context, "-token context");
   SessionMemory m;
-  // GQA keeps K and V in two buffers of half a position's floats each; MLA one latent row.
+  m.kv_type = kv_type;
+  // GQA keeps K and V in two buffers of half a position's elements each; MLA one latent row. A
+  // position's row is whole q8_0 blocks (check_kv_type), so bytes per element times elements is exact.
   const int64_t per_buffer = d.kv_floats_per_position() / (d.attention == AttentionKind::gqa ? 2 : 1);
-  m.cache_bytes = detail::checked_bytes(what, sizeof(float), context, per_buffer);
-  m.kv_bytes = detail::checked_bytes(what, sizeof(float), context, d.kv_floats_per_position(), d.num_hidden_layers);
+  const size_t row_bytes = kv_bytes(kv_type, per_buffer);
+  m.cache_bytes = detail::checked_bytes(what, row_bytes, context);
+  m.kv_bytes = detail::checked_bytes(what, row_bytes, context, d.attention == AttentionKind::gqa ? 2 : 1, d.num_hidden_layers);
   m.workspace = plan_workspace(d, context, mla);
   if (const int64_t moe_layers = d.num_moe_layers(); moe_layers > 0)
-    m.expert_table_bytes = detail::checked_bytes(what, 3 * sizeof(void*), moe_layers, d.router.n_routed_experts);
+    m.expert_table_bytes = detail::checked_bytes(what, 6 * sizeof(void*), moe_layers, d.router.n_routed_experts);
   m.total_bytes = detail::checked_add(m.kv_bytes, m.expert_table_bytes, what);
   for (const WorkspaceEntry& e : m.workspace) m.total_bytes = detail::checked_add(m.total_bytes, e.bytes, what);
   return m;
@@ -147,14 +173,21 @@ MemoryPlan weigh(const ModelDesc& d, const ModelWeights& w, bool shape_only, con
   MemoryPlan p;
   p.backend = backend;
   p.quant = o.quant;
-  const model::PrepareOptions po{o.fp8_dequant, o.quant};
+  p.kv_type = kv_type_for(o, backend, d);
+  const model::PrepareOptions po{runtime::fp8_form(o, backend), o.quant};
   std::map<DType, MemoryPlan::Weights> by_dtype;
   const bool tied = shape_only ? d.tie_word_embeddings : w.lm_head.data() == w.embed_tokens.data();
+  Tensor weight;  // the walk visits a weight before its scales
   for_each_tensor(w, [&](const WeightSite& site, LinearPart part, const Tensor& t) {
+    if (part == LinearPart::weight) weight = t;
     const bool tied_head = tied && site.kind == WeightKind::linear && site.layer < 0;
     // A tied head shares the prepared embedding unless quantization gives it its own copy.
     if (tied_head && o.quant == WeightQuant::none) return;
-    const model::PreparedForm f = model::prepared_form(site, part, t, po);
+    const model::PreparedForm f = model::prepared_form(site, part, t, po, weight);
+    if (part == LinearPart::weight && t.dtype() == DType::f8_e4m3) {
+      p.fp8_form = f.dtype;
+      p.fp8_source_bytes += t.nbytes();
+    }
     if (!f.kept || (tied_head && !f.owned)) return;  // (a head left unquantized is the embedding's view)
     const size_t bytes = dtype_bytes(f.dtype, t.numel());
     MemoryPlan::Weights& entry = by_dtype[f.dtype];
@@ -178,7 +211,7 @@ MemoryPlan place(MemoryPlan p, const ModelDesc& d, MlaMode mla, int64_t context,
   p.context = context;
   p.workspace.clear();
   p.total_bytes = p.available_bytes = 0;
-  const runtime::SessionMemory s = runtime::plan_session(d, context, mla);
+  const runtime::SessionMemory s = runtime::plan_session(d, context, mla, p.kv_type);
   p.kv_bytes = s.kv_bytes;
   for (const runtime::WorkspaceEntry& e : s.workspace)
     if (e.bytes > 0) p.workspace.push_back({e.role, e.bytes});
@@ -205,11 +238,32 @@ MemoryPlan place(MemoryPlan p, const ModelDesc& d, MlaMode mla, int64_t context,
   return p;
 }
 
-// Flags that would make a plan fit: a quantization (CPU) and the largest power-of-two context. The
-// weights are walked again only for another quantization; other contexts reuse `p`'s weights.
+// Flags that would make a plan fit, each on its own: FP8 kept as FP8 (CPU), a smaller KV type, a
+// quantization (CPU) and the largest power-of-two context. The weights are walked again only for
+// another weight form; other KV types and contexts reuse `p`'s weights.
 std::string suggest(const ModelDesc& d, const ModelWeights& w, bool shape_only, const EngineOptions& o, const MemoryPlan& p,
                     const Room& room) {
   std::vector<std::string> out;
+  if (p.backend == BackendKind::cpu && p.fp8_source_bytes > 0 && p.fp8_form != DType::f8_e4m3 && o.quant == WeightQuant::none) {
+    EngineOptions alt = o;
+    alt.fp8_dequant = DType::f8_e4m3;
+    if (const MemoryPlan ap = place(weigh(d, w, shape_only, alt, p.backend), d, o.mla, p.context, room); ap.fits)
+      out.push_back(cat("--fp8 keep (needs ", format_bytes(ap.total_bytes), ")"));
+  }
+  if (p.backend == BackendKind::cpu && p.kv_type != KvType::q8_0) {
+    bool q8_ok = true;
+    try {
+      runtime::check_kv_type(d, KvType::q8_0, o.mla);
+    } catch (const Error&) {
+      q8_ok = false;
+    }
+    MemoryPlan kp = p;
+    kp.kv_type = KvType::q8_0;
+    if (q8_ok) {
+      if (const MemoryPlan ap = place(kp, d, o.mla, p.context, room); ap.fits)
+        out.push_back(cat("--kv-type q8_0 (needs ", format_bytes(ap.total_bytes), ")"));
+    }
+  }
   if (p.backend == BackendKind::cpu && o.quant == WeightQuant::none) {
     for (WeightQuant q : {WeightQuant::q8, WeightQuant::q4}) {
       EngineOptions alt = o;
@@ -303,7 +357,7 @@ std::string MemoryPlan::refusal() const {
     line += cat(i ? "; " : "", format_bytes(dev.needed_bytes), " on ", dev.name, " (", parts, ") where ", format_bytes(dev.available_bytes),
                 " is available (", dev.available_source, ")");
   }
-  line += suggestions.empty() ? "; no smaller context or quantization fits" : cat("; would fit: ", suggestions);
+  line += suggestions.empty() ? "; no smaller context, KV type or quantization fits" : cat("; would fit: ", suggestions);
   return line + "; --no-memory-check skips this check";
 }
 
@@ -311,6 +365,15 @@ namespace {
 
 const char* backend_name(BackendKind b) { return b == BackendKind::cuda ? "cuda" : "cpu"; }
 const char* quant_name(WeightQuant q) { return q == WeightQuant::q8 ? "q8" : q == WeightQuant::q4 ? "q4" : "none"; }
+// What FP8 weights become: the --fp8 spelling, or the block type --quant makes of them.
+std::string fp8_name(DType form) {
+  switch (form) {
+    case DType::f8_e4m3: return "kept";
+    case DType::bf16: return "dequantized to bf16";
+    case DType::f32: return "dequantized to f32";
+    default: return cat("quantized to ", dtype_name(form));
+  }
+}
 
 }  // namespace
 
@@ -326,14 +389,15 @@ std::string plan_text(const MemoryPlan& p) {
   if (largest.size() > 4) buffers += cat(", ", largest.size() - 4, " more");
   char line[512];
   std::string out = cat("memory plan: backend ", backend_name(p.backend), ", context ", p.context, " tokens, quant ",
-                        quant_name(p.quant), "\n");
+                        quant_name(p.quant), ", KV ", kv_type_name(p.kv_type),
+                        p.fp8_source_bytes ? cat(", FP8 ", fp8_name(p.fp8_form)) : std::string(), "\n");
   auto row = [&](const char* part, uint64_t bytes, const std::string& detail) {
     std::snprintf(line, sizeof line, "  %-10s %12s  %s\n", part, format_bytes(bytes).c_str(), detail.c_str());
     out += line;
   };
   row("weights", p.weights_bytes, cat("(", weights, ")"));
   if (p.backend == BackendKind::cuda) row("", p.weights_device_bytes, "(device copy)");
-  row("KV cache", p.kv_bytes, cat("(", p.context, " tokens)"));
+  row("KV cache", p.kv_bytes, cat("(", p.context, " tokens, ", kv_type_name(p.kv_type), ")"));
   row("workspace", p.workspace_bytes, cat("(", buffers, ")"));
   for (const MemoryPlan::Device& d : p.devices) {
     std::snprintf(line, sizeof line, "  %-10s %12s  needed, %s available (%s): %s\n", d.name.c_str(), format_bytes(d.needed_bytes).c_str(),
@@ -341,7 +405,7 @@ std::string plan_text(const MemoryPlan& p) {
     out += line;
   }
   out += cat("verdict: ", p.fits ? "fits" : "does not fit",
-             p.fits ? "" : p.suggestions.empty() ? " (no smaller context or quantization fits either)" : cat(" (would fit: ", p.suggestions, ")"), "\n");
+             p.fits ? "" : p.suggestions.empty() ? " (no smaller context, KV type or quantization fits either)" : cat(" (would fit: ", p.suggestions, ")"), "\n");
   return out;
 }
 
@@ -351,6 +415,9 @@ std::string plan_json(const MemoryPlan& p) {
   j["backend"] = backend_name(p.backend);
   j["quant"] = quant_name(p.quant);
   j["context"] = p.context;
+  j["kv_type"] = kv_type_name(p.kv_type);
+  j["fp8"] = p.fp8_source_bytes ? Json(fp8_name(p.fp8_form)) : Json(nullptr);
+  j["fp8_source_bytes"] = p.fp8_source_bytes;
   j["weights_bytes"] = p.weights_bytes;
   j["kv_bytes"] = p.kv_bytes;
   j["workspace_bytes"] = p.workspace_bytes;
@@ -380,7 +447,7 @@ MemoryPlan plan_memory(const Model& model, const EngineOptions& options) {
 MemoryPlan plan_memory(const ModelConfig& config, const EngineOptions& options, WeightSource stored) {
   const io::WeightStore none;
   const model::Binding b = model::bind_weights(config, none, "config", [&](const std::string& name, const Shape& shape, bool linear) {
-    const DType dt = stored == WeightSource::synthetic ? model::synthetic_dtype(name, shape) : checkpoint_dtype(config, name, linear);
+    const DType dt = stored == WeightSource::synthetic ? model::synthetic_dtype(config, name, shape, linear) : checkpoint_dtype(config, name, linear);
     return Tensor(dt, shape, kShapeOnly, nullptr);
   });
   return plan_for(config, b.weights, true, options);

@@ -57,12 +57,22 @@ WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla);
 
 // Everything one session allocates, as the memory plan counts it and the session reserves it.
 struct SessionMemory {
+  KvType kv_type = KvType::f32;
   size_t cache_bytes = 0;         // one cache buffer of one layer (GQA: K or V; MLA: the latent rows)
   size_t kv_bytes = 0;            // every layer's caches
   WorkspacePlan workspace;
-  size_t expert_table_bytes = 0;  // the gate/up/down pointer tables of every MoE layer
+  // Every MoE layer's gate/up/down pointer tables and their FP8 scale tables (null pointers unless
+  // the experts are FP8: a few KiB, so they are always made).
+  size_t expert_table_bytes = 0;
   size_t total_bytes = 0;         // kv + workspace + expert tables
 };
-SessionMemory plan_session(const ModelDesc& d, int64_t context, MlaMode mla);
+SessionMemory plan_session(const ModelDesc& d, int64_t context, MlaMode mla, KvType kv_type);
+
+// Throws Error when sessions of this model cannot store their cache as `kv_type`: q8_0 needs every
+// row and head offset the kernels start at to be a multiple of 32 elements, and the naive MLA form
+// reads the latent cache as plain f32 rows.
+void check_kv_type(const ModelDesc& d, KvType kv_type, MlaMode mla);
+// The FP8 form weights take at load on `backend` (CUDA reads no FP8 experts yet: BF16 there).
+DType fp8_form(const EngineOptions& options, BackendKind backend);
 
 }  // namespace moerun::runtime

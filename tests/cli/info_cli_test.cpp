@@ -204,8 +204,10 @@ TEST(BenchCli, ThreadListGivesEveryTestPerThreadCount) {
   while (std::getline(lines, line)) {
     const size_t a = line.find("\",CPU,");
     ASSERT_NE(a, std::string::npos) << line;
-    const size_t b = line.find(',', a + 6), c = line.find(',', b + 1);
-    threads_and_test.push_back(line.substr(a + 6, b - a - 6) + " " + line.substr(b + 1, c - b - 1));
+    // backend, threads, kv_type, test
+    const size_t b = line.find(',', a + 6), c = line.find(',', b + 1), d = line.find(',', c + 1);
+    EXPECT_EQ(line.substr(b + 1, c - b - 1), "f16") << line;  // the default KV type
+    threads_and_test.push_back(line.substr(a + 6, b - a - 6) + " " + line.substr(c + 1, d - c - 1));
   }
   EXPECT_EQ(threads_and_test, (std::vector<std::string>{"1 \"pp8\"", "1 \"tg4\"", "2 \"pp8\"", "2 \"tg4\""})) << r.out;
   EXPECT_EQ(run_cli("bench -t 0").code, 2);

@@ -38,7 +38,7 @@ std::vector<Case> cases() {
   for (const char* name : {"deepseek_v2_lite", "deepseek_v2", "deepseek_v3"}) out.push_back({name, {.mla = MlaMode::naive}, false});
   out.push_back({"deepseek_v3_fp8", {.fp8_dequant = DType::f32}, false});
   out.push_back({"deepseek_v3_bf16", {}, true});
-  out.push_back({"deepseek_v3_fp8", {}, true});  // FP8 dequantized to bf16 at load
+  out.push_back({"deepseek_v3_fp8", {.fp8_dequant = DType::bf16}, true});  // FP8 dequantized to bf16 at load
   return out;
 }
 
@@ -54,6 +54,7 @@ void PrintTo(const Case& c, std::ostream* os) { *os << label(c) << (c.bf16 ? " (
 Engine load(const Case& c, BackendKind backend) {
   EngineOptions o = c.options;
   o.backend = backend;
+  o.kv_type = KvType::f32;  // CUDA caches are f32 (so far): the CPU's too, to compare the same arithmetic
   return Engine::load(golden_dir(c.name), o);
 }
 

@@ -44,16 +44,16 @@ std::vector<std::string> split(const std::string& line) {  // CSV fields; quoted
 
 TEST(BenchReport, MarkdownTable) {
   EXPECT_EQ(format_bench(sample_rows(0), BenchFormat::markdown),
-            "| model | size | params | backend | threads | test | t/s | B/token | GB/s | % bw |\n"
-            "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |\n"
-            "| llama 1.23 M f32 | 4.50 MiB | 1.23 M | CPU | 2 | pp8 | 105.00 ± 7.07 | - | - | - |\n"
-            "| llama 1.23 M f32 | 4.50 MiB | 1.23 M | CPU | 2 | tg4 @ d16 | 11.00 ± 1.41 | 1.23 MB | 0.01 | 0.1 |\n");
+            "| model | size | params | backend | threads | kv | test | t/s | B/token | GB/s | % bw |\n"
+            "| --- | ---: | ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: |\n"
+            "| llama 1.23 M f32 | 4.50 MiB | 1.23 M | CPU | 2 | f32 | pp8 | 105.00 ± 7.07 | - | - | - |\n"
+            "| llama 1.23 M f32 | 4.50 MiB | 1.23 M | CPU | 2 | f32 | tg4 @ d16 | 11.00 ± 1.41 | 1.23 MB | 0.01 | 0.1 |\n");
   // With a GEMM ceiling (CUDA) the pp rows say how close to it prefill came.
   EXPECT_EQ(format_bench(sample_rows(2.0), BenchFormat::markdown),
-            "| model | size | params | backend | threads | test | t/s | B/token | GB/s | % bw | TFLOP/s | % gemm |\n"
-            "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
-            "| llama 1.23 M f32 | 4.50 MiB | 1.23 M | CPU | 2 | pp8 | 105.00 ± 7.07 | - | - | - | 0.3 | 13.0 |\n"
-            "| llama 1.23 M f32 | 4.50 MiB | 1.23 M | CPU | 2 | tg4 @ d16 | 11.00 ± 1.41 | 1.23 MB | 0.01 | 0.1 | - | - |\n");
+            "| model | size | params | backend | threads | kv | test | t/s | B/token | GB/s | % bw | TFLOP/s | % gemm |\n"
+            "| --- | ---: | ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+            "| llama 1.23 M f32 | 4.50 MiB | 1.23 M | CPU | 2 | f32 | pp8 | 105.00 ± 7.07 | - | - | - | 0.3 | 13.0 |\n"
+            "| llama 1.23 M f32 | 4.50 MiB | 1.23 M | CPU | 2 | f32 | tg4 @ d16 | 11.00 ± 1.41 | 1.23 MB | 0.01 | 0.1 | - | - |\n");
 }
 
 TEST(BenchReport, JsonKeysAndCsvColumnsAreOneList) {
@@ -62,7 +62,7 @@ TEST(BenchReport, JsonKeysAndCsvColumnsAreOneList) {
   ASSERT_EQ(j.size(), 2u);
   std::vector<std::string> keys;
   for (const auto& [key, value] : j[0].items()) keys.push_back(key);
-  const std::vector<std::string> want = {"model", "size", "params", "backend", "threads", "test", "tokens", "tps_mean", "tps_sd", "tps",
+  const std::vector<std::string> want = {"model", "size", "params", "backend", "threads", "kv_type", "test", "tokens", "tps_mean", "tps_sd", "tps",
                                          "bytes_per_token", "gbps", "ceiling_gbps", "bw_fraction", "tflops", "gemm_ceiling_tflops",
                                          "gemm_fraction"};
   EXPECT_EQ(keys, want);
@@ -79,7 +79,7 @@ TEST(BenchReport, JsonKeysAndCsvColumnsAreOneList) {
   std::getline(csv, line);
   EXPECT_EQ(split(line), want);  // the header: every JSON key, in order
   std::getline(csv, line);
-  EXPECT_EQ(line, "\"llama 1.23 M f32\",\"4.50 MiB\",\"1.23 M\",CPU,2,\"pp8\",8,105.0000,7.0711,\"100.0000 110.0000\",0,0.0000,"
+  EXPECT_EQ(line, "\"llama 1.23 M f32\",\"4.50 MiB\",\"1.23 M\",CPU,2,f32,\"pp8\",8,105.0000,7.0711,\"100.0000 110.0000\",0,0.0000,"
                   "10.0000,0.0000,0.2600,2.0000,0.1300");
   std::getline(csv, line);
   EXPECT_EQ(split(line).size(), want.size()) << line;

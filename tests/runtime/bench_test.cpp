@@ -18,7 +18,7 @@ using testing::golden_dir;
 
 TEST(Bench, DecodeBytesCountOnlyTheRoutedExpertsAndOneEmbeddingRow) {
   // qwen3_moe golden: fp32, D 64, V 512, 3 layers (layer 0 dense), 8 experts of width 32, top-2.
-  const Engine engine = Engine::load(golden_dir("qwen3_moe"));
+  const Engine engine = Engine::load(golden_dir("qwen3_moe"), {.kv_type = KvType::f32});
   const ModelConfig& c = engine.config();
   const double f = 4;  // fp32 weights
   const double D = 64, V = 512, H = 4, Hkv = 2, dh = 32, I = 128, Ie = 32, E = 8, k = 2;
@@ -34,9 +34,14 @@ TEST(Bench, DecodeBytesCountOnlyTheRoutedExpertsAndOneEmbeddingRow) {
 }
 
 TEST(Bench, MlaCachesOneLatentRowPerPosition) {
-  const Engine engine = Engine::load(golden_dir("deepseek_v3"));
-  const double per_position = decode_bytes_per_token(engine, 1) - decode_bytes_per_token(engine, 0);
-  EXPECT_DOUBLE_EQ(per_position, 3 * (32 + 8) * 4.0);  // layers * (kv_lora_rank + qk_rope_head_dim) * fp32
+  for (const auto& [kv, bytes] : {std::pair{KvType::f32, 4.0}, std::pair{KvType::f16, 2.0}, std::pair{KvType::bf16, 2.0}}) {
+    const Engine engine = Engine::load(golden_dir("deepseek_v3"), {.kv_type = kv});
+    const double per_position = decode_bytes_per_token(engine, 1) - decode_bytes_per_token(engine, 0);
+    EXPECT_DOUBLE_EQ(per_position, 3 * (32 + 8) * bytes);  // layers * (kv_lora_rank + qk_rope_head_dim) * element
+  }
+  // q8_0: 34 bytes per 32 elements (the goldens' qwen3_moe: 3 layers, K and V of 2 heads x 32).
+  const Engine q8 = Engine::load(golden_dir("qwen3_moe"), {.kv_type = KvType::q8_0});
+  EXPECT_DOUBLE_EQ(decode_bytes_per_token(q8, 1) - decode_bytes_per_token(q8, 0), 3 * 2 * 2 * 34.0);
 }
 
 TEST(Bench, SyntheticModelsRunEveryFamily) {

@@ -51,13 +51,18 @@ std::vector<Case> cases() {
   // MLA's naive form decompresses K/V like HF does; it must meet the same budget.
   for (const char* name : {"deepseek_v2_lite", "deepseek_v2", "deepseek_v3"})
     out.push_back({std::string(name), kF32Tol, {.mla = MlaMode::naive, .backend = BackendKind::cpu}});
-  // FP8 weights dequantized to f32 are exactly the weights HF ran.
+  // FP8 weights dequantized to f32 are exactly the weights HF ran; kept as FP8 (the default) the
+  // kernels apply the same block scales in fp32.
   out.push_back({"deepseek_v3_fp8", kF32Tol, {.fp8_dequant = DType::f32, .backend = BackendKind::cpu}});
+  out.push_back({"deepseek_v3_fp8", kF32Tol, {.backend = BackendKind::cpu}});
+  // The f32 cache: what HF keeps (other KV types have their own budgets below).
+  for (Case& c : out) c.options.kv_type = KvType::f32;
   return out;
 }
 
 std::string label(const Case& c) {
-  return c.name + (c.options.mla == MlaMode::naive ? "_naive" : "") + (c.options.fp8_dequant == DType::f32 ? "_f32" : "");
+  return c.name + (c.options.mla == MlaMode::naive ? "_naive" : "") + (c.options.fp8_dequant == DType::f32 ? "_f32" : "") +
+         (c.name.ends_with("fp8") && c.options.fp8_dequant == DType::f8_e4m3 ? "_kept" : "");
 }
 std::string case_name(const ::testing::TestParamInfo<Case>& p) { return label(p.param); }
 void PrintTo(const Case& c, std::ostream* os) { *os << label(c); }  // GetParam() by name, not bytes
@@ -138,8 +143,8 @@ TEST(GoldenActivation, RunningTheCheckpointAsSiluMissesTransformers) {
 TEST(GoldenMla, NaiveAndAbsorbedFormsAgree) {
   for (const char* name : {"deepseek_v2_lite", "deepseek_v2", "deepseek_v3"}) {
     const testing::Golden g = read_golden(name);
-    const Engine absorbed = Engine::load(golden_dir(name), {.mla = MlaMode::absorbed, .backend = BackendKind::cpu});
-    const Engine naive = Engine::load(golden_dir(name), {.mla = MlaMode::naive, .backend = BackendKind::cpu});
+    const Engine absorbed = Engine::load(golden_dir(name), {.kv_type = KvType::f32, .mla = MlaMode::absorbed, .backend = BackendKind::cpu});
+    const Engine naive = Engine::load(golden_dir(name), {.kv_type = KvType::f32, .mla = MlaMode::naive, .backend = BackendKind::cpu});
     Session a(absorbed), n(naive);
     EXPECT_LE(max_abs_diff(a.forward(g.ids[2], true), n.forward(g.ids[2], true)), 1e-4f) << name;
   }
@@ -153,7 +158,7 @@ using testing::expect_close_to_bf16_reference;
 
 TEST(GoldenBf16, Bf16WeightsMatchTransformersInFp32Exactly) {
   // moerun reads bf16 weights and computes in fp32: HF in fp32 on the same weights is its exact twin.
-  const Engine engine = Engine::load(golden_dir("deepseek_v3_bf16"), {.backend = BackendKind::cpu});
+  const Engine engine = Engine::load(golden_dir("deepseek_v3_bf16"), {.kv_type = KvType::f32, .backend = BackendKind::cpu});
   const auto f = io::SafetensorsFile::open(golden_dir("deepseek_v3_bf16") / "golden.safetensors");
   float worst = 0.0f;
   for (int n : {1, 7, 33}) {
@@ -177,11 +182,32 @@ TEST(GoldenBf16, Bf16CheckpointIsCloseToTransformersBf16Arithmetic) {
   expect_close_to_bf16_reference(total, "deepseek_v3_bf16 vs HF bf16");
 }
 
-TEST(GoldenFp8, DequantizedToBf16StaysClose) {
-  // The default load dequantizes FP8 to bf16: one extra rounding of every weight (relative 2^-9)
-  // against HF on the exact f32 products; like bf16 arithmetic it can flip a near-tied expert.
+TEST(GoldenFp8, KeptEqualsTheExactF32Dequantization) {
+  // FP8 kept as FP8 (zero copy, the default) against the weights dequantized exactly to f32: the
+  // same products, summed in another order. Within 1e-4 of the largest logit at every position.
   const testing::Golden g = read_golden("deepseek_v3_fp8");
-  const Engine engine = Engine::load(golden_dir("deepseek_v3_fp8"), {.backend = BackendKind::cpu});
+  const Engine kept = Engine::load(golden_dir("deepseek_v3_fp8"), {.kv_type = KvType::f32, .backend = BackendKind::cpu});
+  const Engine exact =
+      Engine::load(golden_dir("deepseek_v3_fp8"), {.fp8_dequant = DType::f32, .kv_type = KvType::f32, .backend = BackendKind::cpu});
+  ASSERT_EQ(kept.weights().layers[0].q_a_proj.weight.dtype(), DType::f8_e4m3);
+  ASSERT_EQ(kept.weights().layers[0].q_a_proj.weight.data(), kept.model().weights().layers[0].q_a_proj.weight.data());  // zero copy
+  ASSERT_EQ(exact.weights().layers[0].q_a_proj.weight.dtype(), DType::f32);
+  for (size_t i = 0; i < g.ids.size(); ++i) {
+    Session a(kept), b(exact);
+    const std::vector<float> x = a.forward(g.ids[i], true), y = b.forward(g.ids[i], true);
+    float largest = 0.0f;
+    for (float v : y) largest = std::max(largest, std::fabs(v));
+    const float rel = max_abs_diff(x, y) / largest;
+    EXPECT_LE(rel, 1e-4f) << "prompt " << i;
+    std::printf("[golden] deepseek_v3_fp8 kept vs f32: max |diff| / max |logit| = %.3g (prompt %zu)\n", rel, i);
+  }
+}
+
+TEST(GoldenFp8, DequantizedToBf16StaysClose) {
+  // --fp8 bf16 dequantizes FP8 to bf16: one extra rounding of every weight (relative 2^-9) against
+  // HF on the exact f32 products; like bf16 arithmetic it can flip a near-tied expert.
+  const testing::Golden g = read_golden("deepseek_v3_fp8");
+  const Engine engine = Engine::load(golden_dir("deepseek_v3_fp8"), {.fp8_dequant = DType::bf16, .backend = BackendKind::cpu});
   EXPECT_EQ(engine.weights().layers[0].q_a_proj.weight.dtype(), DType::bf16);
   EXPECT_EQ(engine.model().weights().layers[0].q_a_proj.weight.dtype(), DType::f8_e4m3);
   Session s(engine);

@@ -65,6 +65,8 @@ std::vector<Case> cases() {
   out.push_back({"deepseek_v3", {.mla = MlaMode::naive, .backend = BackendKind::cpu}});
   out.push_back({"deepseek_v3_fp8", {.fp8_dequant = DType::f32, .backend = BackendKind::cpu}});
   out.push_back({"deepseek_v3_fp8", {.fp8_dequant = DType::bf16, .backend = BackendKind::cpu}});
+  out.push_back({"deepseek_v3_fp8", {.backend = BackendKind::cpu}});  // FP8 kept: views and f32 scales
+  for (KvType kv : {KvType::f32, KvType::bf16, KvType::q8_0}) out.push_back({"qwen3_moe", {.kv_type = kv, .backend = BackendKind::cpu}});
   out.push_back({"llama3_tied", {.backend = BackendKind::cpu, .quant = WeightQuant::q8}});
   out.push_back({"qwen3_moe", {.backend = BackendKind::cpu, .quant = WeightQuant::q4}});
   out.push_back({"deepseek_v3_fp8", {.backend = BackendKind::cpu, .quant = WeightQuant::q4}});
@@ -121,9 +123,10 @@ INSTANTIATE_TEST_SUITE_P(Golden, Plan, ::testing::ValuesIn(cases()), [](const au
 // A plan from a config.json alone: the KV cache and the stored weights follow from the shapes.
 TEST(PlanFromConfig, DeepSeekV3AtLongContextDoesNotFitHereAndSaysWhy) {
   const auto cfg = std::filesystem::path(MOERUN_TEST_DATA) / "configs" / "deepseek_v3.json";
-  const MemoryPlan p = plan_memory(load_model_config(cfg), {.context = 32768, .backend = BackendKind::cpu});
+  const MemoryPlan p = plan_memory(load_model_config(cfg), {.context = 32768, .kv_type = KvType::f32, .backend = BackendKind::cpu});
   EXPECT_EQ(p.kv_bytes, uint64_t{61} * 32768 * (512 + 64) * 4);
-  EXPECT_GT(p.weights_bytes, uint64_t{600} << 30);  // 671B parameters, FP8 dequantized to bf16 at load
+  EXPECT_GT(p.weights_bytes, uint64_t{600} << 30);  // 671B parameters, FP8 kept (one byte each)
+  EXPECT_EQ(p.fp8_form, DType::f8_e4m3);
   EXPECT_FALSE(p.fits);
   const std::string why = p.refusal();
   EXPECT_NE(why.find("KV cache"), std::string::npos) << why;

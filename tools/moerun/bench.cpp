@@ -77,6 +77,8 @@ void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
       eo.threads = threads;
       eo.context_override = true;  // -d and -p may pass the trained context: random ids measure speed, not text
       opt->engine.apply(eo);
+      // A bar on a terminal while --quant or FP8 dequantization converts the weights (over a second).
+      eo.progress = [](std::string_view stage, uint64_t done, uint64_t total) { draw_progress(stage, done, total); };
       Model model = [&] {
         if (opt->synthetic.empty()) return Model::load(opt->model.empty() ? default_model_dir() : opt->model);
         ConfigOverrides o;
@@ -90,6 +92,9 @@ void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
                      static_cast<long long>(config.num_hidden_layers));
         return Model::synthetic(config, opt->seed);
       }();
+      // Synthetic weights were planned before they were made; planned again now, they would be
+      // counted twice (they already hold the memory the plan would look for).
+      if (!opt->synthetic.empty()) eo.memory_check = false;
       const Engine engine = Engine::from_model(std::move(model), eo);
       append_rows(engine, *opt, threads, rows);
       if (engine.backend() == BackendKind::cuda) break;  // thread counts are a CPU matter

@@ -4,7 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 
@@ -23,6 +25,16 @@ namespace {
 }
 
 bool g_progress_open = false;
+std::string g_progress_text;  // what open_progress printed, redrawn when a bar ends
+
+// The bar of draw_progress(): the operation it belongs to and whether it is on the screen.
+struct Bar {
+  std::string label;
+  uint64_t last = 0;
+  std::chrono::steady_clock::time_point start;
+  bool shown = false;
+};
+Bar g_bar;
 std::atomic<int> g_signal{0};
 
 extern "C" void on_interrupt(int sig) { g_signal.store(sig); }
@@ -92,16 +104,45 @@ void guard_standard_fds() {
 void open_progress(const std::string& text) {
   std::fputs(text.c_str(), stderr);
   g_progress_open = true;
+  g_progress_text = text;
 }
 
 void close_progress(const std::string& tail) {
   std::fprintf(stderr, "%s\n", tail.c_str());
   g_progress_open = false;
+  g_bar.shown = false;
 }
 
 void end_progress_line() {
-  if (g_progress_open) std::fputs("\n", stderr);
+  if (g_progress_open || g_bar.shown) std::fputs("\n", stderr);
   g_progress_open = false;
+  g_bar.shown = false;
+}
+
+void draw_progress(std::string_view label, uint64_t done, uint64_t total) {
+  static const bool tty = isatty(STDERR_FILENO) == 1;
+  if (!tty) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (label != g_bar.label || done < g_bar.last) {  // a new operation
+    g_bar.label = label;
+    g_bar.start = now;
+    g_bar.shown = false;
+  }
+  g_bar.last = done;
+  if (done >= total) {
+    if (g_bar.shown) std::fprintf(stderr, "\r\033[K%s", g_progress_open ? g_progress_text.c_str() : "");
+    g_bar.shown = false;
+    g_bar.label.clear();  // the next call starts a new operation, even with this label
+    return;
+  }
+  if (now - g_bar.start < std::chrono::seconds(1)) return;
+  constexpr int kWidth = 30;
+  const double f = static_cast<double>(done) / static_cast<double>(std::max<uint64_t>(total, 1));
+  const int filled = static_cast<int>(kWidth * f);
+  std::fprintf(stderr, "\r\033[K# %.*s [%.*s%*s] %3d%% (%.1f of %.1f GB)", static_cast<int>(label.size()), label.data(), filled,
+               "##############################", kWidth - filled, "", static_cast<int>(100 * f), static_cast<double>(done) / 1e9,
+               static_cast<double>(total) / 1e9);
+  g_bar.shown = true;
 }
 
 std::string read_stdin(size_t cap, const std::string& why) {

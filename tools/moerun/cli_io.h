@@ -7,6 +7,7 @@
 
 #include <csignal>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -31,6 +32,12 @@ void guard_standard_fds();
 void open_progress(const std::string& text);
 void close_progress(const std::string& tail);
 void end_progress_line();  // a bare newline if the line is open (before an error message)
+// A progress bar for load-time work ("# converting weights [#####     ]  42% (3.1 of 7.9 GB)"),
+// drawn over the open progress line, only when stderr is a terminal and only once the operation
+// has run for more than a second (shorter ones stay silent). An operation starts at a call with a
+// new label or with `done` going back; done == total ends it, and the open line (its text from
+// open_progress) is shown again.
+void draw_progress(std::string_view label, uint64_t done, uint64_t total);
 
 // --- bounded input -----------------------------------------------------------------------------
 // No real tokenizer has tokens longer than this, so text longer than context x this cannot fit the

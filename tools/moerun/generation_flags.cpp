@@ -80,18 +80,17 @@ LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
   if (flags.context_override && flags.context > model.config().max_position_embeddings)
     std::fprintf(stderr, "moerun: warning: -c %lld is above the model's max_position_embeddings (%lld): output past it degrades\n",
                  static_cast<long long>(flags.context), static_cast<long long>(model.config().max_position_embeddings));
-  if (!quiet && isatty(STDERR_FILENO)) {
-    // A progress bar while the weights are read from disk (the mmap is otherwise faulted in by
-    // the first tokens).
-    open_progress("");
-    model.prefetch([&](uint64_t done, uint64_t total) {
-      const int width = 30, filled = static_cast<int>(width * done / std::max<uint64_t>(total, 1));
-      std::fprintf(stderr, "\r# loading %s [%.*s%*s] %3d%%", dir.c_str(), filled, "##############################",
-                   width - filled, "", static_cast<int>(100 * done / std::max<uint64_t>(total, 1)));
-    });
-    std::fprintf(stderr, "\r\033[K");
+  if (!quiet) {
+    open_progress("# loading " + dir + " ...");
+    // Bars (on a terminal, for steps over a second) over the "# loading" line: reading the weights
+    // from disk, then converting them (--quant, FP8 dequantization) on all threads.
+    eo.progress = [](std::string_view stage, uint64_t done, uint64_t total) { draw_progress(stage, done, total); };
+    // Zero-copy weights are read by the first tokens otherwise, with no sign of progress; read them
+    // now, with a bar. Quantized weights are not: the conversion reads every source byte anyway
+    // (overlapping the disk with the work) and its bar shows it.
+    if (isatty(STDERR_FILENO) && eo.quant == WeightQuant::none)
+      model.prefetch([](uint64_t done, uint64_t total) { draw_progress("reading weights", done, total); });
   }
-  if (!quiet) open_progress("# loading " + dir + " ...");
   LoadedModel m{dir, Engine::from_model(std::move(model), eo), Tokenizer::load(dir), std::nullopt, {}};
   const ModelFiles& files = m.engine.model().files();
   if (files.has_chat_template) m.chat_template = ChatTemplate::load(dir);

@@ -1,6 +1,7 @@
 // moerun info PATH [--json] [--tensors]: what is in a model directory or a .safetensors file.
-// moerun info PATH --plan [-c CTX] [--quant Q] [--backend B] [--json]: the memory plan of running it
-// here (PATH may be a bare config.json, or a directory without weights: no checkpoint needed).
+// moerun info PATH --plan [-c CTX] [--quant Q] [--fp8 F] [--kv-type T] [--backend B] [--layers N] [--json]:
+// the memory plan of running it here (PATH may be a bare config.json, or a directory without weights:
+// no checkpoint needed).
 
 #include <cstdio>
 #include <filesystem>
@@ -20,14 +21,18 @@ namespace {
 
 // A directory with weights plans from its tensors; a config.json (or a directory with none) from
 // the shapes its config implies, in its torch_dtype.
-MemoryPlan plan_path(const std::filesystem::path& path, const EngineOptions& options) {
+MemoryPlan plan_path(const std::filesystem::path& path, const EngineOptions& options, const ConfigOverrides& o) {
+  const bool overridden = o.num_hidden_layers.has_value();
   if (std::filesystem::is_directory(path)) {
     const ModelFiles files = discover_model_files(path);
-    if (!files.shards.empty()) return plan_memory(Model::load(path), options);
+    if (!files.shards.empty()) {
+      if (overridden) throw moerun::Error("--layers", "only plans from a config.json (not from a checkpoint's weights)");
+      return plan_memory(Model::load(path), options);
+    }
     if (files.config.empty()) throw moerun::Error(path.string(), "config.json not found (not a Hugging Face model directory?)");
-    return plan_memory(load_model_config(files.config), options);
+    return plan_memory(load_model_config(files.config, o), options);
   }
-  return plan_memory(load_model_config(path), options);
+  return plan_memory(load_model_config(path, o), options);
 }
 
 }  // namespace
@@ -39,6 +44,8 @@ void add_info_command(CLI::App& root, std::vector<Command>& commands) {
     bool tensors = false;
     bool plan = false;
     int64_t context = 0;
+    bool context_override = false;
+    int layers = 0;
     EngineFlags engine;
   };
   auto opt = std::make_shared<Options>();
@@ -50,13 +57,19 @@ void add_info_command(CLI::App& root, std::vector<Command>& commands) {
                 "the memory plan: weights, KV cache and workspace by part and device against what this machine has free");
   app->add_option("-c,--ctx", opt->context, "with --plan: context length (default: the model's, at most 4096)")
       ->check(integer_in(1, int64_t{1} << 31));
+  app->add_flag("--ctx-override", opt->context_override, "with --plan: a context above the model's max_position_embeddings");
+  app->add_option("--layers", opt->layers, "with --plan on a config.json: cap num_hidden_layers (as bench --synthetic --layers)")
+      ->check(integer_in(1, 4096));
   opt->engine.add_to(app);
   commands.push_back({app, [opt] {
                         if (opt->plan) {
                           EngineOptions eo;
                           opt->engine.apply(eo);
                           eo.context = opt->context;
-                          const MemoryPlan p = plan_path(opt->path, eo);
+                          eo.context_override = opt->context_override;
+                          ConfigOverrides o;
+                          if (opt->layers > 0) o.num_hidden_layers = opt->layers;
+                          const MemoryPlan p = plan_path(opt->path, eo, o);
                           write_out(opt->json ? plan_json(p) : plan_text(p));
                           return 0;
                         }

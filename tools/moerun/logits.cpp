@@ -48,7 +48,7 @@ void add_logits_command(CLI::App& root, std::vector<Command>& commands) {
     bool all = false, json = false;
     int64_t context = 0;
     bool context_override = false;
-    std::string mla = "absorbed", fp8 = "bf16";
+    std::string mla = "absorbed";
     EngineFlags engine{.backend = "cpu"};  // the reference path unless asked
   };
   auto opt = std::make_shared<Options>();
@@ -61,7 +61,6 @@ void add_logits_command(CLI::App& root, std::vector<Command>& commands) {
       ->check(integer_in(0, int64_t{1} << 31));
   app->add_flag("--ctx-override", opt->context_override, "allow a context above the model's max_position_embeddings");
   app->add_option("--mla", opt->mla, "MLA attention form for DeepSeek models")->check(CLI::IsMember({"absorbed", "naive"}));
-  app->add_option("--fp8", opt->fp8, "dtype FP8 weights are dequantized to at load")->check(CLI::IsMember({"bf16", "f32"}));
   opt->engine.add_to(app);
   commands.push_back({app, [opt] {
     std::vector<int32_t> ids;
@@ -75,7 +74,6 @@ void add_logits_command(CLI::App& root, std::vector<Command>& commands) {
     eo.context = opt->context;
     eo.context_override = opt->context_override;
     eo.mla = opt->mla == "naive" ? MlaMode::naive : MlaMode::absorbed;
-    eo.fp8_dequant = opt->fp8 == "f32" ? DType::f32 : DType::bf16;
     opt->engine.apply(eo);
     const Engine engine = Engine::load(opt->model, eo);
     // Without -c the context grows to fit the ids; with -c a longer input is an error.
