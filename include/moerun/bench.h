@@ -48,8 +48,8 @@ struct BenchResult {
 };
 
 // pp: prefill `tokens` random ids into a session holding `depth` cached tokens; tg: decode `tokens`
-// steps after `depth` cached tokens (llama-bench's -d; the filling is not timed). One warm-up run,
-// then `reps` timed ones. Token ids are seeded random (no tokenizer or sampler in the timing).
+// steps after `depth` cached tokens (llama-bench's -d; the cache is filled once per test, untimed,
+// and every run restarts from it). One warm-up run, then `reps` timed ones. Token ids are seeded random (no tokenizer or sampler in the timing).
 // Tests are named as llama-bench does: "pp512", "tg128", "tg128 @ d8192".
 BenchResult bench_prefill(const Engine& engine, int tokens, int reps, int depth = 0);
 BenchResult bench_decode(const Engine& engine, int tokens, int reps, int depth = 0);
