@@ -154,6 +154,9 @@ Engine Engine::from_model(Model model, const EngineOptions& options) {
   if (options.memory_check && !plan.fits) throw Error("memory", plan.refusal());
   const KvType kv_type = kv_type_for(options, backend, model.config());
   runtime::check_kv_type(model.config(), kv_type, options.mla);
+  if (backend == BackendKind::cuda && kv_type != KvType::f32)
+    throw Error("--kv-type", cat("a ", kv_type_name(kv_type), " KV cache is not supported on CUDA yet (its attention reads f32 caches); "
+                                 "use --kv-type f32 or --backend cpu"));
   auto impl = std::make_shared<Impl>(model);
   // The CPU backend's pool runs its sessions' ops; on CUDA one made for the load converts the weights.
   auto pool = std::make_shared<cpu::ThreadPool>(options.threads);

@@ -11,6 +11,7 @@
 
 #include "kernels/ops.h"
 #include "moerun/engine.h"
+#include "moerun/error.h"
 #include "support/golden.h"
 
 namespace moerun {
@@ -138,6 +139,19 @@ TEST_P(CudaGolden, RecordedDecodeStepsEqualOnePrefillAndSurviveANewPrefill) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, CudaGolden, ::testing::ValuesIn(cases()), case_name);
+
+// CUDA caches are f32 so far: another KV type is refused when the engine loads, by name, and the
+// default on CUDA is f32 whatever the CPU's default is.
+TEST(CudaKv, OtherKvTypesAreRefusedAtLoadAndTheDefaultIsF32) {
+  if (!cuda::available()) GTEST_SKIP() << "no usable CUDA device (cudaGetDeviceCount failed or found none)";
+  EXPECT_EQ(Engine::load(golden_dir("llama"), {.backend = BackendKind::cuda}).kv_type(), KvType::f32);
+  try {
+    Engine::load(golden_dir("qwen3_moe"), {.kv_type = KvType::q8_0, .backend = BackendKind::cuda});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--kv-type"), std::string::npos) << e.what();
+  }
+}
 
 }  // namespace
 }  // namespace moerun
