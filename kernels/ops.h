@@ -230,6 +230,9 @@ float bf16_to_f32(uint16_t h) noexcept;
 uint16_t f32_to_bf16(float f) noexcept;  // round to nearest even
 float f16_to_f32(uint16_t h) noexcept;
 float f8_e4m3_to_f32(uint8_t b) noexcept;
+// Every E4M3 byte's exact value (f8_e4m3_to_f32 of 0..255, NaN for 0x7f and 0xff): one load per
+// weight for the scalar kernels and the loader's conversions.
+const float* f8_e4m3_values() noexcept;
 // Reads element i of a weight row of `dtype` (f32, bf16, f16) as fp32.
 float load_f32(const void* data, DType dtype, int64_t i) noexcept;
 }  // namespace cpu

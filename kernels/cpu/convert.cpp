@@ -1,5 +1,6 @@
 // Element conversions: bf16, f16 and FP8 e4m3 to fp32 (exact), fp32 to bf16 (round to nearest even).
 
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -57,6 +58,15 @@ float f8_e4m3_to_f32(uint8_t b) noexcept {
     v = std::ldexp(1.0f + static_cast<float>(m) / 8.0f, e - 7);
   }
   return neg ? -v : v;
+}
+
+const float* f8_e4m3_values() noexcept {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int b = 0; b < 256; ++b) t[static_cast<size_t>(b)] = f8_e4m3_to_f32(static_cast<uint8_t>(b));
+    return t;
+  }();
+  return table.data();
 }
 
 float load_f32(const void* data, DType dtype, int64_t i) noexcept {

@@ -71,17 +71,6 @@ float dot_quant(const MatmulCall& c, const uint8_t* row, int64_t t) {
   return acc;
 }
 
-// Every E4M3 byte's exact value (NaN for 0x7f and 0xff), so the scalar path decodes a weight with one
-// load instead of ldexp.
-const std::array<float, 256>& f8_values() {
-  static const std::array<float, 256> table = [] {
-    std::array<float, 256> t{};
-    for (int b = 0; b < 256; ++b) t[static_cast<size_t>(b)] = f8_e4m3_to_f32(static_cast<uint8_t>(b));
-    return t;
-  }();
-  return table;
-}
-
 }  // namespace
 
 void widen_row(const MatmulParams& p, int64_t o, float* dst) {
@@ -95,7 +84,7 @@ void widen_row(const MatmulParams& p, int64_t o, float* dst) {
       // exact fp8 value times the fp32 scale, rounded once.
       const auto* q = static_cast<const uint8_t*>(p.weight) + o * in;
       const float* s = f8_scale_row(p, o);
-      const std::array<float, 256>& value = f8_values();
+      const float* value = f8_e4m3_values();
       for (int64_t b0 = 0; b0 < in; b0 += p.block_in) {
         const float scale = s[b0 / p.block_in];
         for (int64_t i = b0; i < std::min(in, b0 + p.block_in); ++i) dst[i] = value[q[i]] * scale;
@@ -108,7 +97,7 @@ void widen_row(const MatmulParams& p, int64_t o, float* dst) {
 }
 
 void axpy_f8_scalar(float* out, float alpha, const uint8_t* w, const float* scale, int64_t n, int64_t block) {
-  const std::array<float, 256>& value = f8_values();
+  const float* value = f8_e4m3_values();
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const float a = alpha * scale[b0 / block];
     for (int64_t j = b0; j < std::min(n, b0 + block); ++j) out[j] += a * value[w[j]];

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "moerun/error.h"
+#include "util/strings.h"
 
 namespace moerun::io {
 namespace {
@@ -37,14 +38,6 @@ struct Pages {
 Pages pages_of(std::span<const std::byte> r) {
   const uintptr_t p = page_size(), b = reinterpret_cast<uintptr_t>(r.data());
   return {b & ~(p - 1), (b + r.size() + p - 1) & ~(p - 1)};
-}
-
-std::string size_text(uint64_t bytes) {
-  char buf[32];
-  if (bytes >= (uint64_t{1} << 30)) std::snprintf(buf, sizeof buf, "%.1f GiB", static_cast<double>(bytes) / (1 << 30));
-  else if (bytes >= (uint64_t{1} << 20)) std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
-  else std::snprintf(buf, sizeof buf, "%llu KiB", static_cast<unsigned long long>(bytes >> 10));
-  return buf;
 }
 
 }  // namespace
@@ -113,8 +106,8 @@ void lock_ranges(std::vector<std::span<const std::byte>> ranges, const std::stri
     struct rlimit lim {};
     std::string limit = "unknown";
     if (::getrlimit(RLIMIT_MEMLOCK, &lim) == 0)
-      limit = lim.rlim_cur == RLIM_INFINITY ? std::string("unlimited") : size_text(lim.rlim_cur);
-    throw Error(what, std::string("cannot lock ") + size_text(total) + " in memory (mlock: " + std::strerror(err) +
+      limit = lim.rlim_cur == RLIM_INFINITY ? std::string("unlimited") : detail::format_bytes(lim.rlim_cur);
+    throw Error(what, std::string("cannot lock ") + detail::format_bytes(total) + " in memory (mlock: " + std::strerror(err) +
                           "); the limit on locked memory (RLIMIT_MEMLOCK) is " + limit +
                           (err == ENOMEM && limit == "unlimited" ? ", so the machine has too little free RAM" : "") +
                           ": raise it with `ulimit -l unlimited` (or memlock in /etc/security/limits.conf, "

@@ -48,16 +48,6 @@ void check_readable(const Tensor& t) {
     throw Error("convert", cat("cannot read ", dtype_name(d), " as a number"));
 }
 
-// Every e4m3 byte decoded once (exact in fp32), shared by all threads.
-const std::array<float, 256>& fp8_table() {
-  static const std::array<float, 256> lut = [] {
-    std::array<float, 256> t{};
-    for (int b = 0; b < 256; ++b) t[static_cast<size_t>(b)] = cpu::f8_e4m3_to_f32(static_cast<uint8_t>(b));
-    return t;
-  }();
-  return lut;
-}
-
 // cpu::f32_to_bf16 (round to nearest even, NaN kept NaN), inline here so the row loop below
 // vectorizes; the loader's bf16 must be bit-identical to the kernels' conversion.
 inline uint16_t to_bf16(float f) {
@@ -72,7 +62,7 @@ inline uint16_t to_bf16(float f) {
 // Row r of an FP8 [rows, cols] matrix as fp32: W[r, j] = fp8(Q[r, j]) * S[r / block_out, j / block_in],
 // the product in fp32 (docs/MODELS.md §6).
 void fp8_row(const uint8_t* q, const Tensor& s, int64_t r, int64_t cols, int64_t block_out, int64_t block_in, float* out) {
-  const float* lut = fp8_table().data();
+  const float* lut = cpu::f8_e4m3_values();
   const int64_t scale_row = (r / block_out) * s.dim(1);
   for (int64_t j0 = 0; j0 < cols; j0 += block_in) {
     const float scale = cpu::load_f32(s.data(), s.dtype(), scale_row + j0 / block_in);
@@ -105,60 +95,6 @@ void store_bf16(const float* in, int64_t n, std::byte* dst) {
   for (int64_t i = 0; i < n; ++i) {
     const uint16_t h = to_bf16(in[i]);
     std::memcpy(dst + 2 * i, &h, 2);
-  }
-}
-
-// cpu::quantize_row for q8_0, bit for bit, in loops the compiler vectorizes: the scalar version
-// (a libm nearbyintf call and a branchy max per weight) takes 3.5 ns per weight, this 1.0 ns
-// (one thread, 2048-wide rows, CPU time; SSE2, the build's baseline).
-// Same block scale (max |w| / 127 rounded to fp16, with the same conversions), same products
-// w * (1 / d); the rounding of each product to the nearest integer, ties to even, is done by adding
-// and subtracting 1.5 * 2^23, exact for |x| < 2^22 (here |x| <= 1.5 * 127: d is at worst rounded
-// down to 2/3 of max|w| / 127, among fp16 subnormals, or to 0). A NaN product (from a NaN or an
-// infinite weight) gives -127, what the scalar int conversion of a NaN clamps to on x86.
-// tests/runtime/load_test.cpp compares the two on edge values and on every converted matrix.
-void quantize_row_q8(const float* src, int64_t k, std::byte* dst) {
-  constexpr float kRound = 0x1.8p23f;
-  const int64_t nb = k / cpu::kQuantBlock, qb = cpu::quant_block_bytes(DType::q8_0);
-  auto* out = reinterpret_cast<uint8_t*>(dst);
-  for (int64_t g = 0; g * cpu::kQuantGroupBlocks < nb; ++g) {
-    const int64_t first = g * cpu::kQuantGroupBlocks, count = std::min(cpu::kQuantGroupBlocks, nb - first);
-    uint8_t* quants = out + cpu::quant_group_offset(DType::q8_0, g);
-    uint8_t* scales = quants + count * qb;
-    const float* w0 = src + first * cpu::kQuantBlock;
-    // A group's blocks in three passes (max |w|, scales, quants): the scales' divisions and fp16
-    // conversions of different blocks then overlap instead of stalling each block's own loop.
-    float amax[cpu::kQuantGroupBlocks], inv[cpu::kQuantGroupBlocks];
-    for (int64_t b = 0; b < count; ++b) {
-      // In 8 lanes: a NaN never wins a comparison, as in the scalar loop, and max is exact, so the
-      // order does not matter.
-      const float* w = w0 + b * cpu::kQuantBlock;
-      float lane[8] = {};  // from 0, not from w[0..7]: a NaN there must not become the max
-      for (int i = 0; i < cpu::kQuantBlock; i += 8)
-        for (int l = 0; l < 8; ++l) {
-          const float a = std::fabs(w[i + l]);
-          lane[l] = a > lane[l] ? a : lane[l];
-        }
-      for (int l = 0; l < 4; ++l) lane[l] = lane[l + 4] > lane[l] ? lane[l + 4] : lane[l];
-      for (int l = 0; l < 2; ++l) lane[l] = lane[l + 2] > lane[l] ? lane[l + 2] : lane[l];
-      amax[b] = lane[1] > lane[0] ? lane[1] : lane[0];
-    }
-    for (int64_t b = 0; b < count; ++b) {
-      const uint16_t h = cpu::f32_to_f16(amax[b] / 127.0f);
-      const float d = cpu::f16_to_f32(h);
-      inv[b] = d != 0.0f ? 1.0f / d : 0.0f;
-      std::memcpy(scales + 2 * b, &h, 2);
-    }
-    for (int64_t b = 0; b < count; ++b) {
-      const float* w = w0 + b * cpu::kQuantBlock;
-      const float s = inv[b];
-      uint8_t* q = quants + b * qb;
-      for (int i = 0; i < cpu::kQuantBlock; ++i) {
-        float r = (w[i] * s + kRound) - kRound;
-        r = r < -127.0f ? -127.0f : r > 127.0f ? 127.0f : r;  // a NaN passes both
-        q[i] = static_cast<uint8_t>((r == r ? static_cast<int>(r) : -127) + 128);
-      }
-    }
   }
 }
 
@@ -223,8 +159,7 @@ void run_units(const Job& j, int64_t u0, int64_t u1, float* row) {
           fp8_row(reinterpret_cast<const uint8_t*>(s), j.scale, r, j.cols, j.block_out, j.block_in, row);
         else
           decode_f32(s, j.src.dtype(), j.cols, row);
-        if (j.to == DType::q8_0) quantize_row_q8(row, j.cols, j.out + static_cast<size_t>(r) * row_bytes);
-        else cpu::quantize_row(j.to, row, j.cols, j.out + static_cast<size_t>(r) * row_bytes);
+        cpu::quantize_row(j.to, row, j.cols, j.out + static_cast<size_t>(r) * row_bytes);
       }
       break;
     }

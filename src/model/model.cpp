@@ -1,12 +1,11 @@
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cmath>
-#include <thread>
 #include <vector>
 
 #include "io/mapped_file.h"
 #include "io/weight_store.h"
+#include "kernels/cpu/thread_pool.h"
 #include "kernels/ops.h"
 #include "model/binding.h"
 #include "moerun/error.h"
@@ -49,14 +48,13 @@ uint64_t name_hash(const std::string& s) {  // FNV-1a
 // rule will do for random weights); 0x7f / 0xff (NaN) never occur.
 const std::array<uint8_t, 65536>& fp8_uniform_table() {
   static const std::array<uint8_t, 65536> table = [] {
-    std::array<float, 127> values{};  // every non-negative finite e4m3 value, ascending with the byte
-    for (int b = 0; b < 127; ++b) values[static_cast<size_t>(b)] = cpu::f8_e4m3_to_f32(static_cast<uint8_t>(b));
+    const float* values = cpu::f8_e4m3_values();  // bytes 0..126: every non-negative finite value, ascending
+    constexpr size_t kFinite = 127;
     std::array<uint8_t, 65536> t{};
     for (int i = 0; i < 65536; ++i) {
       const float v = (static_cast<float>(i) + 0.5f) / 65536.0f * 896.0f - 448.0f, a = std::fabs(v);
-      const auto up = std::lower_bound(values.begin(), values.end(), a);
-      size_t k = static_cast<size_t>(up - values.begin());
-      if (k == values.size() || (k > 0 && a - values[k - 1] < values[k] - a)) --k;
+      size_t k = static_cast<size_t>(std::lower_bound(values, values + kFinite, a) - values);
+      if (k == kFinite || (k > 0 && a - values[k - 1] < values[k] - a)) --k;
       t[static_cast<size_t>(i)] = static_cast<uint8_t>(k | (v < 0 ? 0x80 : 0));
     }
     return t;
@@ -67,9 +65,10 @@ const std::array<uint8_t, 65536>& fp8_uniform_table() {
 // Random weights at HF-like scales: matrices uniform with variance 1/in (bf16, or FP8 whose block
 // scales bring it to that range), norm weights near 1 and other vectors small (f32). xorshift64*
 // streams of 2^20 elements each, seeded by the tensor's name, the seed and the chunk, filled on
-// every hardware thread: fast enough for the tens of GB of a DeepSeek-V3 layer's experts, and the
+// `pool`'s threads: fast enough for the tens of GB of a DeepSeek-V3 layer's experts, and the
 // same bits whatever the thread count.
-Tensor random_tensor(const ModelConfig& config, const std::string& name, const Shape& shape, bool linear, uint64_t seed) {
+Tensor random_tensor(const ModelConfig& config, const std::string& name, const Shape& shape, bool linear, uint64_t seed,
+                     cpu::ThreadPool& pool) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   const DType dtype = model::synthetic_dtype(config, name, shape, linear);
@@ -108,19 +107,9 @@ Tensor random_tensor(const ModelConfig& config, const std::string& name, const S
                        : norm ? 1.0f + 0.1f * next() : (shape.size() >= 2 ? 0.3f : 0.02f) * next();
     }
   };
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  const int64_t threads = std::min<int64_t>(chunks, std::max(1u, std::thread::hardware_concurrency()));
-  if (threads <= 1) {
-    for (int64_t c = 0; c < chunks; ++c) fill(c);
-  } else {
-    std::atomic<int64_t> next_chunk{0};
-    std::vector<std::thread> pool;
-    for (int64_t t = 0; t < threads; ++t)
-      pool.emplace_back([&] {
-        for (int64_t c; (c = next_chunk.fetch_add(1)) < chunks;) fill(c);
-      });
-    for (std::thread& t : pool) t.join();
-  }
+  pool.parallel_for((n + kChunk - 1) / kChunk, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) fill(c);
+  });
   return Tensor(dtype, shape, buf.get(), std::shared_ptr<const void>(buf, buf.get()));
 }
 
@@ -136,9 +125,10 @@ Model Model::synthetic(const ModelConfig& config, uint64_t seed) {
   auto impl = std::make_shared<Impl>();
   impl->files.dir = std::string("synthetic ") + family_name(config.family);
   impl->config = config;
+  cpu::ThreadPool pool(0);  // every hardware thread
   impl->binding = model::bind_weights(config, impl->store, impl->files.dir.string(),
-                                      [seed, &config](const std::string& name, const Shape& shape, bool linear) {
-                                        return random_tensor(config, name, shape, linear, seed);
+                                      [&](const std::string& name, const Shape& shape, bool linear) {
+                                        return random_tensor(config, name, shape, linear, seed, pool);
                                       });
   return Model(std::move(impl));
 }

@@ -14,6 +14,7 @@
 #include "kernels/ops.h"
 #include "moerun/engine.h"
 #include "moerun/weights.h"
+#include "util/strings.h"
 
 namespace moerun::cpu {
 class ThreadPool;
@@ -78,7 +79,7 @@ BackendKind requested_backend(const EngineOptions& options);
 // Resolves `automatic` and checks that the chosen backend can run here (throws Error otherwise).
 BackendKind resolve_backend(BackendKind requested);
 // "1.50 GiB", "12.0 MiB", "3.0 KiB": sizes in messages and plans.
-std::string format_bytes(uint64_t bytes);
+using detail::format_bytes;  // (util/strings.h)
 std::shared_ptr<const BackendState> prepare_backend(BackendKind kind, const ModelWeights& weights, const EngineOptions& options);
 // pool: the engine's CPU threads (the CPU backend runs its ops on them; CUDA ignores it).
 std::unique_ptr<Backend> make_backend(BackendKind kind, const std::shared_ptr<const BackendState>& state,

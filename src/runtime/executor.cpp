@@ -194,11 +194,10 @@ struct Session::Impl {
   int64_t pos = 0;
   std::unique_ptr<runtime::Backend> be;
 
-  // Cache per layer, in backend memory, of the engine's KvType. GQA: K [ctx, H_kv, d_h] and V
+  // Cache per layer, in backend memory, of the engine's KvType (mem.kv_type). GQA: K [ctx, H_kv, d_h] and V
   // [ctx, H_kv, d_h]. MLA: one latent row per position, [ctx, kv_lora_rank + qk_rope_head_dim] =
   // [normed c, rotated k_rope].
   std::vector<runtime::Buffer> k_cache, v_cache;
-  KvType kv = KvType::f32;
   // MoE layers: the experts' gate/up/down weight pointers as tables in backend memory, and for FP8
   // experts their block scales' (null otherwise).
   struct ExpertTables {
@@ -252,8 +251,7 @@ struct Session::Impl {
       : engine(e.get()), keep(std::move(e)), c(engine->model.config()), w(engine->weights), context(ctx),
         be(runtime::make_backend(engine->backend, engine->backend_state, engine->pool)) {
     check_context(ctx, c, engine->options.context_override);
-    kv = engine->kv_type;
-    mem = runtime::plan_session(c, ctx, engine->options.mla, kv);
+    mem = runtime::plan_session(c, ctx, engine->options.mla, engine->kv_type);
     check_memory();
     for (size_t r = 0; r < ws.size(); ++r)
       if (mem.workspace[r].bytes > 0) be->reserve(ws[r], mem.workspace[r].bytes);
@@ -348,13 +346,13 @@ struct Session::Impl {
     const int64_t row = Hkv * dh;
     void* kc = k_cache[l].data;
     void* vc = v_cache[l].data;
-    be->store_rows({.cache = kc, .cache_type = kv, .src = kb, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row,
+    be->store_rows({.cache = kc, .cache_type = mem.kv_type, .src = kb, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row,
                     .cache_stride = row});
-    be->store_rows({.cache = vc, .cache_type = kv, .src = vb, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row,
+    be->store_rows({.cache = vc, .cache_type = mem.kv_type, .src = vb, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row,
                     .cache_stride = row});
 
     float* ab = buf(Ws::attn, n * H * dh);
-    be->attention({.out = ab, .q = qb, .k = kc, .v = vc, .kv_type = kv, .positions = dev_positions(), .n_tokens = n, .n_heads = H,
+    be->attention({.out = ab, .q = qb, .k = kc, .v = vc, .kv_type = mem.kv_type, .positions = dev_positions(), .n_tokens = n, .n_heads = H,
                    .n_kv_heads = Hkv, .qk_dim = dh, .v_dim = dh, .q_token_stride = H * dh, .q_head_stride = dh,
                    .k_pos_stride = row, .k_head_stride = dh, .v_pos_stride = row, .v_head_stride = dh,
                    .scale = static_cast<float>(c.softmax_scale), .max_len = context});
@@ -385,7 +383,7 @@ struct Session::Impl {
     apply_rope(qb, n, H, H * dq, dq, dn);
     // (--mla naive, which reads the cache as f32 rows below, takes only an f32 cache: check_kv_type.)
     float* cache = static_cast<float*>(k_cache[l].data);
-    be->store_rows({.cache = cache, .cache_type = kv, .src = new_rows, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row,
+    be->store_rows({.cache = cache, .cache_type = mem.kv_type, .src = new_rows, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row,
                     .cache_stride = row});
 
     const Tensor& kvb = L.kv_b_proj.weight;  // [H*(dn+dv), r]: per head dn rows of W_UK, then dv rows of W_UV
@@ -401,7 +399,7 @@ struct Session::Impl {
                        .block_in = c.fp8.block_in});
       be->copy({.dst = qcat + r, .src = qb + dn, .rows = n * H, .cols = dr, .dst_stride = row, .src_stride = dq});
       float* latent_out = buf(Ws::latent_out, n * H * r);
-      be->attention({.out = latent_out, .q = qcat, .k = cache, .v = cache, .kv_type = kv, .positions = dev_positions(), .n_tokens = n,
+      be->attention({.out = latent_out, .q = qcat, .k = cache, .v = cache, .kv_type = mem.kv_type, .positions = dev_positions(), .n_tokens = n,
                      .n_heads = H, .n_kv_heads = 1, .qk_dim = row, .v_dim = r, .q_token_stride = H * row,
                      .q_head_stride = row, .k_pos_stride = row, .k_head_stride = 0, .v_pos_stride = row,
                      .v_head_stride = 0, .scale = static_cast<float>(c.softmax_scale), .max_len = context});

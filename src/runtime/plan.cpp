@@ -58,15 +58,6 @@ DType fp8_form(const EngineOptions& o, BackendKind backend) {
   return backend == BackendKind::cuda && o.fp8_dequant == DType::f8_e4m3 ? DType::bf16 : o.fp8_dequant;
 }
 
-std::string format_bytes(uint64_t bytes) {
-  char buf[32];
-  const double b = static_cast<double>(bytes);
-  if (bytes >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1ull << 30));
-  else if (bytes >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.1f MiB", b / double(1ull << 20));
-  else std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
-  return buf;
-}
-
 WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla) {
   const std::string what = cat("the workspace of a ", context, "-token context");
   const int64_t B = std::min(context, kMaxBatch);

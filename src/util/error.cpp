@@ -1,5 +1,7 @@
 #include "moerun/error.h"
 
+#include <cstdio>
+
 #include "util/strings.h"
 
 namespace moerun {
@@ -45,6 +47,15 @@ std::string quote(std::string_view s, size_t max_len) {
     }
   }
   return out + "'";
+}
+
+std::string format_bytes(uint64_t bytes) {
+  char buf[32];
+  const double b = static_cast<double>(bytes);
+  if (bytes >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1ull << 30));
+  else if (bytes >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.1f MiB", b / double(1ull << 20));
+  else std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
+  return buf;
 }
 
 }  // namespace detail

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -211,8 +212,34 @@ INSTANTIATE_TEST_SUITE_P(Load, PrepareOnPool,
                                            Case{"q8", {.quant = WeightQuant::q8}}, Case{"q4", {.quant = WeightQuant::q4}}),
                          [](const ::testing::TestParamInfo<Case>& i) { return std::string(i.param.name); });
 
-// The loader's own q8_0 row loop against cpu::quantize_row, on the values where rounding and
-// scaling have edges: ties, zeros, fp16-subnormal and overflowing scales, infinities and NaNs.
+// The q8_0 formula of kernels/cpu/quant.h written plainly, one weight at a time: d = max |w| / 127
+// rounded to fp16 (a NaN never the max), q = clamp(nearest-even(w * (1 / d)), -127, 127), -127 for a
+// NaN product; quants stored + 128, each group of 16 blocks' quants before its scales.
+void q8_reference(const float* src, int64_t k, std::byte* dst) {
+  const int64_t nb = k / cpu::kQuantBlock, qb = cpu::quant_block_bytes(DType::q8_0);
+  auto* out = reinterpret_cast<uint8_t*>(dst);
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t g = b / cpu::kQuantGroupBlocks, j = b % cpu::kQuantGroupBlocks;
+    const int64_t count = std::min(cpu::kQuantGroupBlocks, nb - g * cpu::kQuantGroupBlocks);
+    uint8_t* quants = out + cpu::quant_group_offset(DType::q8_0, g);
+    const float* w = src + b * cpu::kQuantBlock;
+    float amax = 0.0f;
+    for (int64_t i = 0; i < cpu::kQuantBlock; ++i)
+      if (std::fabs(w[i]) > amax) amax = std::fabs(w[i]);
+    const uint16_t h = cpu::f32_to_f16(amax / 127.0f);
+    const float d = cpu::f16_to_f32(h), inv = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int64_t i = 0; i < cpu::kQuantBlock; ++i) {
+      const float x = w[i] * inv;
+      const int q = std::isnan(x) ? -127 : std::clamp(static_cast<int>(std::nearbyint(x)), -127, 127);
+      quants[j * qb + i] = static_cast<uint8_t>(q + 128);
+    }
+    std::memcpy(quants + count * qb + 2 * j, &h, 2);
+  }
+}
+
+// The loader's q8_0 rows (cpu::quantize_row's vectorized loop) against the formula written plainly,
+// on the values where rounding and scaling have edges: ties, zeros, fp16-subnormal and overflowing
+// scales, infinities and NaNs.
 TEST(Load, Q8RowsMatchTheScalarQuantizerOnEdgeValues) {
   constexpr int64_t kCols = 64;  // two blocks a row
   std::vector<std::vector<float>> rows;
@@ -255,7 +282,7 @@ TEST(Load, Q8RowsMatchTheScalarQuantizerOnEdgeValues) {
   const size_t row_bytes = dtype_bytes(DType::q8_0, kCols);
   for (int64_t i = 0; i < n; ++i) {
     std::vector<std::byte> want(row_bytes);
-    cpu::quantize_row(DType::q8_0, rows[static_cast<size_t>(i)].data(), kCols, want.data());
+    q8_reference(rows[static_cast<size_t>(i)].data(), kCols, want.data());
     EXPECT_EQ(std::memcmp(q.data_as<std::byte>() + i * static_cast<int64_t>(row_bytes), want.data(), row_bytes), 0) << "row " << i;
   }
 }
