@@ -17,6 +17,8 @@
 namespace moerun {
 
 struct MemoryPlan;  // moerun/plan.h
+class Session;
+class Batch;
 
 enum class MlaMode : uint8_t {
   absorbed,  // attend over the latent cache with the key/value up-projections absorbed (decode form)
@@ -100,6 +102,7 @@ class Engine {
   explicit Engine(std::shared_ptr<const Impl> impl);
   std::shared_ptr<const Impl> impl_;
   friend class Session;
+  friend class Batch;
 };
 
 class Session {
@@ -107,7 +110,9 @@ class Session {
   // 0: the engine's default context. Throws Error when the context is above the model's
   // max_position_embeddings (unless EngineOptions::context_override) or when its KV cache and
   // activations do not fit this machine's memory (CPU backend; the message says how much is needed).
-  explicit Session(const Engine& engine, int64_t context = 0);
+  // `workspace` false: only the KV cache is allocated now, the activations of its own steps at the
+  // first forward() (a session that runs only in Batch steps, a server's slot, never needs them).
+  explicit Session(const Engine& engine, int64_t context = 0, bool workspace = true);
   Session(Session&&) noexcept;
   Session& operator=(Session&&) noexcept;
   ~Session();
@@ -127,10 +132,56 @@ class Session {
   int64_t position() const noexcept;  // tokens in the cache
   int64_t context() const noexcept;
   // Bytes this session allocated (KV cache, workspace, expert tables): the plan's kv_bytes +
-  // workspace_bytes for its context, allocated when the session is made and never grown.
+  // workspace_bytes for its context, allocated when the session is made (the workspace at its first
+  // step when made without) and never grown.
   uint64_t memory_bytes() const noexcept;
   void truncate(int64_t n);  // keep the first n cached tokens (chat turns reuse a common prefix)
   void reset() { truncate(0); }
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  friend class Batch;
+};
+
+// Batched execution: one forward step over several sessions at once (a server's slots, bench -b).
+// Each entry's ids run at its session's next positions. Every matmul, norm and MoE block runs once
+// over all entries' tokens (the weights are read once per step for the whole batch; MoE groups
+// every entry's tokens by expert); RoPE, the cache stores and attention run per sequence over its
+// own cache. A sequence's logits do not depend on the others in the batch beyond float rounding.
+struct BatchEntry {
+  Session* session = nullptr;
+  std::span<const int32_t> ids;  // new tokens: a decode step's one, or a chunk of a prompt
+};
+
+struct BatchOptions {
+  int64_t max_tokens = 512;    // tokens of one step, all entries together (the workspace's rows)
+  int64_t max_sequences = 64;  // entries of one step (<= max_tokens)
+  // The largest session context the batch serves (only the naive MLA form's workspace depends on
+  // it); 0: the engine's default context.
+  int64_t max_context = 0;
+};
+
+class Batch {
+ public:
+  // Allocates the workspace for max_tokens rows at once (Error when it does not fit the host's
+  // memory, or the options are out of range).
+  explicit Batch(const Engine& engine, const BatchOptions& options = {});
+  Batch(Batch&&) noexcept;
+  Batch& operator=(Batch&&) noexcept;
+  ~Batch();
+
+  // Runs every entry in one step and advances its session. Returns the logits of each entry's last
+  // new position, [entries, V] (row i for entries[i]): a view valid until the next call. Throws
+  // Error, changing no session, when an entry has no session, a session of another engine, the
+  // same session as another entry, no ids, an id outside the vocabulary, more tokens than its
+  // context has left, or the entries more tokens or sequences than the options allow; or when the
+  // logits are not finite. Takes the engine's step lock, like Session::forward.
+  std::span<const float> forward(std::span<const BatchEntry> entries);
+
+  const BatchOptions& options() const noexcept;  // resolved (max_context set)
+  uint64_t memory_bytes() const noexcept;        // its workspace and expert tables
 
   struct Impl;
 

@@ -185,19 +185,40 @@ BackendKind Engine::backend() const noexcept { return impl_->backend; }
 KvType Engine::kv_type() const noexcept { return impl_->kv_type; }
 const MemoryPlan& Engine::plan() const noexcept { return impl_->plan; }
 
-struct Session::Impl {
-  const Engine::Impl* engine;
-  std::shared_ptr<const Engine::Impl> keep;  // the engine outlives its sessions
-  const ModelDesc& c;  // the executor sees capabilities and dimensions, never the family
-  const ModelWeights& w;
-  int64_t context;
-  int64_t pos = 0;
-  std::unique_ptr<runtime::Backend> be;
+namespace {
 
-  // Cache per layer, in backend memory, of the engine's KvType (mem.kv_type). GQA: K [ctx, H_kv, d_h] and V
+// One sequence's state: its KV cache and position. A Session is one of these plus the runner it
+// steps with alone; a Batch steps many of them through its own runner.
+struct Sequence {
+  const Engine::Impl* engine = nullptr;
+  int64_t context = 0;
+  int64_t pos = 0;
+  // Cache per layer, in backend memory, of the engine's KvType. GQA: K [ctx, H_kv, d_h] and V
   // [ctx, H_kv, d_h]. MLA: one latent row per position, [ctx, kv_lora_rank + qk_rope_head_dim] =
   // [normed c, rotated k_rope].
   std::vector<runtime::Buffer> k_cache, v_cache;
+};
+
+// A sequence's share of one step: its `n` new tokens are rows [row, row + n) of the step, at its
+// positions [seq->pos, seq->pos + n). `slot` is its RoPE table (dynamic NTK depends on the length).
+struct Segment {
+  Sequence* seq = nullptr;
+  int64_t row = 0, n = 0;
+  int64_t slot = 0;
+};
+
+// What the executor steps with: a backend, a workspace planned for `tokens` rows and `sequences`
+// segments per step, the experts' pointer tables and the RoPE tables. Every matmul, norm and MoE
+// block runs once over all rows of a step (weights read once for the whole batch); RoPE, the cache
+// stores and attention run per segment over that sequence's own cache.
+struct Runner {
+  const Engine::Impl* engine;
+  const ModelDesc& c;  // the executor sees capabilities and dimensions, never the family
+  const ModelWeights& w;
+  std::unique_ptr<runtime::Backend> be;
+  KvType kv_type;
+  runtime::WorkspacePlan plan;
+  int64_t tokens = 0, sequences = 1, max_context = 0;
   // MoE layers: the experts' gate/up/down weight pointers as tables in backend memory, and for FP8
   // experts their block scales' (null otherwise).
   struct ExpertTables {
@@ -205,27 +226,79 @@ struct Session::Impl {
     DType dtype = DType::f32;
   };
   std::vector<ExpertTables> experts;
-
   // The workspace (runtime/workspace.h): one buffer per role, allocated once at the planned size.
-  runtime::SessionMemory mem;  // what this session allocates (the memory plan's session part)
   std::array<runtime::Buffer, static_cast<size_t>(Ws::count)> ws;
+  bool reserved = false;
   std::vector<int64_t> positions;  // host copy of this step's positions
-  runtime::RopeTable rope;
-  int64_t rope_seq_len = -1;
-  RecordedStep decode_step;  // single-token steps on a backend that can record them
+  std::vector<runtime::RopeTable> rope;  // per slot (one unless the scaling is dynamic)
+  std::vector<int64_t> rope_seq_len;     // what each slot's table was made for (-1: none yet)
+  RecordedStep decode_step;  // single-token steps of one session on a backend that can record them
+  std::span<const Segment> segs;  // the step being run
+
+  Runner(const Engine::Impl* e, int64_t max_tokens, int64_t max_sequences, int64_t context, bool reserve_now)
+      : engine(e), c(e->model.config()), w(e->weights), be(runtime::make_backend(e->backend, e->backend_state, e->pool)),
+        kv_type(e->kv_type), tokens(max_tokens), sequences(max_sequences), max_context(context) {
+    plan = runtime::plan_workspace(c, max_context, engine->options.mla, tokens, sequences);
+    const bool dynamic = c.rope.scaling.type == RopeType::dynamic;
+    rope.resize(dynamic ? static_cast<size_t>(sequences) : 1);
+    rope_seq_len.assign(rope.size(), -1);
+    make_expert_tables();
+    if (reserve_now) reserve();
+  }
+
+  void reserve() {
+    if (reserved) return;
+    for (size_t r = 0; r < ws.size(); ++r)
+      if (plan[r].bytes > 0) be->reserve(ws[r], plan[r].bytes);
+    reserved = true;
+  }
+  uint64_t memory_bytes() const {
+    uint64_t n = 0;
+    for (const runtime::Buffer& b : ws) n += b.bytes;
+    for (const auto& t : experts) n += t.gate.bytes + t.up.bytes + t.down.bytes + t.gate_scale.bytes + t.up_scale.bytes + t.down_scale.bytes;
+    return n;
+  }
 
   const void* wp(const Tensor& t) const { return be->weight(t); }
   // Room for `count` elements of a workspace role; asking for more than the plan is a bug.
   template <class T = float>
   T* buf(Ws role, int64_t count) {
     const auto r = static_cast<size_t>(role);
-    if (count < 0 || static_cast<uint64_t>(count) * sizeof(T) > mem.workspace[r].bytes)
-      throw Error("workspace", cat("role '", mem.workspace[r].role, "' was planned for ", mem.workspace[r].bytes, " bytes but a step asked for ",
+    if (count < 0 || static_cast<uint64_t>(count) * sizeof(T) > plan[r].bytes)
+      throw Error("workspace", cat("role '", plan[r].role, "' was planned for ", plan[r].bytes, " bytes but a step asked for ",
                                    count, " elements of ", sizeof(T), " bytes"));
     return static_cast<T*>(ws[r].data);
   }
   template <class T = float>
   T* at(Ws role) const { return static_cast<T*>(ws[static_cast<size_t>(role)].data); }
+
+  void make_expert_tables() {
+    const size_t L = static_cast<size_t>(c.num_hidden_layers);
+    experts.resize(L);
+    for (size_t l = 0; l < L; ++l) {
+      const LayerWeights& LW = w.layers[l];
+      if (c.layer_ffn[l] != FfnKind::moe || LW.experts.empty()) continue;
+      ExpertTables& t = experts[l];
+      t.dtype = LW.experts[0].gate_proj.weight.dtype();
+      std::vector<const void*> g, u, d, gs, us, ds;
+      for (const MlpWeights& m : LW.experts) {
+        for (const LinearWeight* lw : {&m.gate_proj, &m.up_proj, &m.down_proj})
+          if (lw->weight.dtype() != t.dtype || lw->bias)
+            throw Error("MoE layer " + std::to_string(l), "experts must share one weight dtype and have no biases");
+        g.push_back(wp(m.gate_proj.weight));
+        u.push_back(wp(m.up_proj.weight));
+        d.push_back(wp(m.down_proj.weight));
+        gs.push_back(scale_of(m.gate_proj));
+        us.push_back(scale_of(m.up_proj));
+        ds.push_back(scale_of(m.down_proj));
+      }
+      for (auto [b, host] : {std::pair{&t.gate, &g}, std::pair{&t.up, &u}, std::pair{&t.down, &d}, std::pair{&t.gate_scale, &gs},
+                             std::pair{&t.up_scale, &us}, std::pair{&t.down_scale, &ds}}) {
+        be->reserve(*b, host->size() * sizeof(void*));
+        be->upload(b->data, host->data(), host->size() * sizeof(void*));
+      }
+    }
+  }
 
   // An FP8 weight's block scales (f32 once prepared), or null.
   const float* scale_of(const LinearWeight& weight) const {
@@ -247,75 +320,43 @@ struct Session::Impl {
                   .eps = eps, .stride = stride});
   }
 
-  Impl(std::shared_ptr<const Engine::Impl> e, int64_t ctx)
-      : engine(e.get()), keep(std::move(e)), c(engine->model.config()), w(engine->weights), context(ctx),
-        be(runtime::make_backend(engine->backend, engine->backend_state, engine->pool)) {
-    check_context(ctx, c, engine->options.context_override);
-    mem = runtime::plan_session(c, ctx, engine->options.mla, engine->kv_type);
-    check_memory();
-    for (size_t r = 0; r < ws.size(); ++r)
-      if (mem.workspace[r].bytes > 0) be->reserve(ws[r], mem.workspace[r].bytes);
-    const size_t L = static_cast<size_t>(c.num_hidden_layers);
-    k_cache.resize(L);
-    v_cache.resize(L);
-    experts.resize(L);
-    for (size_t l = 0; l < L; ++l) {  // GQA: K and V; MLA: the latent rows in k_cache
-      be->reserve(k_cache[l], mem.cache_bytes);
-      if (c.attention == AttentionKind::gqa) be->reserve(v_cache[l], mem.cache_bytes);
-      const LayerWeights& LW = w.layers[l];
-      if (c.layer_ffn[l] != FfnKind::moe || LW.experts.empty()) continue;
-      ExpertTables& t = experts[l];
-      t.dtype = LW.experts[0].gate_proj.weight.dtype();
-      std::vector<const void*> g, u, d, gs, us, ds;
-      for (const MlpWeights& m : LW.experts) {
-        for (const LinearWeight* lw : {&m.gate_proj, &m.up_proj, &m.down_proj})
-          if (lw->weight.dtype() != t.dtype || lw->bias)
-            throw Error("MoE layer " + std::to_string(l), "experts must share one weight dtype and have no biases");
-        g.push_back(wp(m.gate_proj.weight));
-        u.push_back(wp(m.up_proj.weight));
-        d.push_back(wp(m.down_proj.weight));
-        gs.push_back(scale_of(m.gate_proj));
-        us.push_back(scale_of(m.up_proj));
-        ds.push_back(scale_of(m.down_proj));
-      }
-      for (auto [buf, host] : {std::pair{&t.gate, &g}, std::pair{&t.up, &u}, std::pair{&t.down, &d}, std::pair{&t.gate_scale, &gs},
-                               std::pair{&t.up_scale, &us}, std::pair{&t.down_scale, &ds}}) {
-        be->reserve(*buf, host->size() * sizeof(void*));
-        be->upload(buf->data, host->data(), host->size() * sizeof(void*));
-      }
+  // The step's ids and positions into backend memory, and each segment's RoPE table (made again
+  // only when its length matters, dynamic NTK, and changed).
+  void upload_step(std::span<const int32_t> ids) {
+    const int64_t n = static_cast<int64_t>(ids.size());
+    positions.resize(ids.size());
+    for (const Segment& s : segs)
+      for (int64_t t = 0; t < s.n; ++t) positions[static_cast<size_t>(s.row + t)] = s.seq->pos + t;
+    const int64_t half = std::max<int64_t>(c.rope.dim / 2, 1);
+    for (const Segment& s : segs) {
+      const auto slot = static_cast<size_t>(s.slot);
+      const int64_t seq_len = s.seq->pos + s.n;
+      // Only dynamic NTK depends on the length; the others are computed once.
+      if (rope_seq_len[slot] >= 0 && (c.rope.scaling.type != RopeType::dynamic || seq_len == rope_seq_len[slot])) continue;
+      rope[slot] = runtime::rope_table(c.rope, c.max_position_embeddings, seq_len);
+      rope_seq_len[slot] = seq_len;
+      float* f = buf(Ws::inv_freq, half * static_cast<int64_t>(rope.size()));
+      be->upload(f + s.slot * half, rope[slot].inv_freq.data(), rope[slot].inv_freq.size() * sizeof(float));
     }
-  }
-
-  // A session's part of the memory plan (runtime::plan_session, overflow-checked) against what the
-  // host has free, before anything is allocated. The CPU backend refuses more (allocations there
-  // succeed lazily and would fail later, under the OOM killer); CUDA allocations fail at once with a
-  // clear error.
-  void check_memory() const {
-    if (be->kind() != BackendKind::cpu || !engine->options.memory_check) return;
-    std::string source;
-    const uint64_t have = host_available_bytes(&source);
-    if (mem.total_bytes > have)
-      throw Error("context", cat("a session with the ", context, "-token context needs ", runtime::format_bytes(mem.total_bytes),
-                                 " (KV cache ", runtime::format_bytes(mem.kv_bytes), ") but ", runtime::format_bytes(have),
-                                 " is available (", source, "); use a smaller -c"));
-  }
-
-  void update_rope(int64_t seq_len) {
-    // Only dynamic NTK depends on the length; the others are computed once.
-    if (rope_seq_len >= 0 && (c.rope.scaling.type != RopeType::dynamic || seq_len == rope_seq_len)) return;
-    rope = runtime::rope_table(c.rope, c.max_position_embeddings, seq_len);
-    rope_seq_len = seq_len;
-    float* f = buf(Ws::inv_freq, static_cast<int64_t>(rope.inv_freq.size()));
-    be->upload(f, rope.inv_freq.data(), rope.inv_freq.size() * sizeof(float));
+    be->upload(buf<int32_t>(Ws::ids, n), ids.data(), static_cast<size_t>(n) * sizeof(int32_t));
+    be->upload(buf<int64_t>(Ws::positions, n), positions.data(), static_cast<size_t>(n) * sizeof(int64_t));
   }
 
   const int64_t* dev_positions() { return at<const int64_t>(Ws::positions); }
 
+  // RoPE on the step's rows of `data`: once over all of them, or per segment when each has its own
+  // table (dynamic NTK).
   void apply_rope(float* data, int64_t n, int64_t heads, int64_t token_stride, int64_t head_stride, int64_t offset) {
-    be->rope({.x = data, .n_tokens = n, .n_heads = heads, .token_stride = token_stride, .head_stride = head_stride,
-              .rot_offset = offset, .rot_dim = c.rope.dim, .positions = dev_positions(),
-              .inv_freq = at<const float>(Ws::inv_freq), .attention_factor = rope.attention_factor,
-              .style = c.rope.style});
+    const int64_t half = std::max<int64_t>(c.rope.dim / 2, 1);
+    auto run = [&](int64_t row, int64_t rows, int64_t slot) {
+      be->rope({.x = data + row * token_stride, .n_tokens = rows, .n_heads = heads, .token_stride = token_stride,
+                .head_stride = head_stride, .rot_offset = offset, .rot_dim = c.rope.dim, .positions = dev_positions() + row,
+                .inv_freq = at<const float>(Ws::inv_freq) + slot * half,
+                .attention_factor = rope[static_cast<size_t>(slot)].attention_factor, .style = c.rope.style});
+    };
+    if (rope.size() == 1) run(0, n, 0);
+    else
+      for (const Segment& s : segs) run(s.row, s.n, s.slot);
   }
 
   // GQA attention of n tokens (normed input `in` [n, D]) into `o` [n, D].
@@ -344,18 +385,20 @@ struct Session::Impl {
     apply_rope(qb, n, H, H * dh, dh, 0);
     apply_rope(kb, n, Hkv, Hkv * dh, dh, 0);
     const int64_t row = Hkv * dh;
-    void* kc = k_cache[l].data;
-    void* vc = v_cache[l].data;
-    be->store_rows({.cache = kc, .cache_type = mem.kv_type, .src = kb, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row,
-                    .cache_stride = row});
-    be->store_rows({.cache = vc, .cache_type = mem.kv_type, .src = vb, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row,
-                    .cache_stride = row});
-
     float* ab = buf(Ws::attn, n * H * dh);
-    be->attention({.out = ab, .q = qb, .k = kc, .v = vc, .kv_type = mem.kv_type, .positions = dev_positions(), .n_tokens = n, .n_heads = H,
-                   .n_kv_heads = Hkv, .qk_dim = dh, .v_dim = dh, .q_token_stride = H * dh, .q_head_stride = dh,
-                   .k_pos_stride = row, .k_head_stride = dh, .v_pos_stride = row, .v_head_stride = dh,
-                   .scale = static_cast<float>(c.softmax_scale), .max_len = context});
+    for (const Segment& s : segs) {  // each sequence over its own cache
+      void* kc = s.seq->k_cache[l].data;
+      void* vc = s.seq->v_cache[l].data;
+      const int64_t* p = dev_positions() + s.row;
+      be->store_rows({.cache = kc, .cache_type = kv_type, .src = kb + s.row * row, .positions = p, .n = s.n, .cols = row,
+                      .src_stride = row, .cache_stride = row});
+      be->store_rows({.cache = vc, .cache_type = kv_type, .src = vb + s.row * row, .positions = p, .n = s.n, .cols = row,
+                      .src_stride = row, .cache_stride = row});
+      be->attention({.out = ab + s.row * H * dh, .q = qb + s.row * H * dh, .k = kc, .v = vc, .kv_type = kv_type, .positions = p,
+                     .n_tokens = s.n, .n_heads = H, .n_kv_heads = Hkv, .qk_dim = dh, .v_dim = dh, .q_token_stride = H * dh,
+                     .q_head_stride = dh, .k_pos_stride = row, .k_head_stride = dh, .v_pos_stride = row, .v_head_stride = dh,
+                     .scale = static_cast<float>(c.softmax_scale), .max_len = s.seq->context});
+    }
     lin(o, ab, n, L.o_proj);
   }
 
@@ -382,9 +425,9 @@ struct Session::Impl {
     apply_rope(new_rows, n, 1, row, row, r);  // one rope key shared by all heads
     apply_rope(qb, n, H, H * dq, dq, dn);
     // (--mla naive, which reads the cache as f32 rows below, takes only an f32 cache: check_kv_type.)
-    float* cache = static_cast<float*>(k_cache[l].data);
-    be->store_rows({.cache = cache, .cache_type = mem.kv_type, .src = new_rows, .positions = dev_positions(), .n = n, .cols = row, .src_stride = row,
-                    .cache_stride = row});
+    for (const Segment& s : segs)
+      be->store_rows({.cache = s.seq->k_cache[l].data, .cache_type = kv_type, .src = new_rows + s.row * row,
+                      .positions = dev_positions() + s.row, .n = s.n, .cols = row, .src_stride = row, .cache_stride = row});
 
     const Tensor& kvb = L.kv_b_proj.weight;  // [H*(dn+dv), r]: per head dn rows of W_UK, then dv rows of W_UV
     const float* kvb_scale = scale_of(L.kv_b_proj);
@@ -399,28 +442,36 @@ struct Session::Impl {
                        .block_in = c.fp8.block_in});
       be->copy({.dst = qcat + r, .src = qb + dn, .rows = n * H, .cols = dr, .dst_stride = row, .src_stride = dq});
       float* latent_out = buf(Ws::latent_out, n * H * r);
-      be->attention({.out = latent_out, .q = qcat, .k = cache, .v = cache, .kv_type = mem.kv_type, .positions = dev_positions(), .n_tokens = n,
-                     .n_heads = H, .n_kv_heads = 1, .qk_dim = row, .v_dim = r, .q_token_stride = H * row,
-                     .q_head_stride = row, .k_pos_stride = row, .k_head_stride = 0, .v_pos_stride = row,
-                     .v_head_stride = 0, .scale = static_cast<float>(c.softmax_scale), .max_len = context});
+      for (const Segment& s : segs) {
+        const void* cache = s.seq->k_cache[l].data;
+        be->attention({.out = latent_out + s.row * H * r, .q = qcat + s.row * H * row, .k = cache, .v = cache, .kv_type = kv_type,
+                       .positions = dev_positions() + s.row, .n_tokens = s.n, .n_heads = H, .n_kv_heads = 1, .qk_dim = row,
+                       .v_dim = r, .q_token_stride = H * row, .q_head_stride = row, .k_pos_stride = row, .k_head_stride = 0,
+                       .v_pos_stride = row, .v_head_stride = 0, .scale = static_cast<float>(c.softmax_scale),
+                       .max_len = s.seq->context});
+      }
       // o_h = W_UV^h o~_h.
       be->head_matmul({.out = ab, .x = latent_out, .weight = wp(kvb), .weight_dtype = kvb.dtype(), .n_tokens = n,
                        .n_heads = H, .in_dim = r, .out_dim = dv, .head_rows = dn + dv, .row_offset = dn, .row_len = r,
                        .x_token_stride = H * r, .x_head_stride = r, .out_token_stride = H * dv, .out_head_stride = dv,
                        .transposed = false, .weight_scale = kvb_scale, .block_out = c.fp8.block_out, .block_in = c.fp8.block_in});
     } else {
-      // Naive: per-head K = [W_UK c, k_rope] and V = W_UV c for every cached position.
-      const int64_t len = pos + n;
-      float* kvf = buf(Ws::kv_full, len * H * (dn + dv));
-      lin(kvf, cache, len, L.kv_b_proj, row);
-      float* kf = buf(Ws::k_full, len * H * dq);
-      be->copy({.dst = kf, .src = kvf, .rows = len * H, .cols = dn, .dst_stride = dq, .src_stride = dn + dv});
-      for (int64_t hh = 0; hh < H; ++hh)
-        be->copy({.dst = kf + hh * dq + dn, .src = cache + r, .rows = len, .cols = dr, .dst_stride = H * dq, .src_stride = row});
-      be->attention({.out = ab, .q = qb, .k = kf, .v = kvf + dn, .positions = dev_positions(), .n_tokens = n,
-                     .n_heads = H, .n_kv_heads = H, .qk_dim = dq, .v_dim = dv, .q_token_stride = H * dq,
-                     .q_head_stride = dq, .k_pos_stride = H * dq, .k_head_stride = dq, .v_pos_stride = H * (dn + dv),
-                     .v_head_stride = dn + dv, .scale = static_cast<float>(c.softmax_scale), .max_len = len});
+      // Naive: per-head K = [W_UK c, k_rope] and V = W_UV c for every cached position of the sequence.
+      for (const Segment& s : segs) {
+        const auto* cache = static_cast<const float*>(s.seq->k_cache[l].data);
+        const int64_t len = s.seq->pos + s.n;
+        float* kvf = buf(Ws::kv_full, len * H * (dn + dv));
+        lin(kvf, cache, len, L.kv_b_proj, row);
+        float* kf = buf(Ws::k_full, len * H * dq);
+        be->copy({.dst = kf, .src = kvf, .rows = len * H, .cols = dn, .dst_stride = dq, .src_stride = dn + dv});
+        for (int64_t hh = 0; hh < H; ++hh)
+          be->copy({.dst = kf + hh * dq + dn, .src = cache + r, .rows = len, .cols = dr, .dst_stride = H * dq, .src_stride = row});
+        be->attention({.out = ab + s.row * H * dv, .q = qb + s.row * H * dq, .k = kf, .v = kvf + dn,
+                       .positions = dev_positions() + s.row, .n_tokens = s.n, .n_heads = H, .n_kv_heads = H, .qk_dim = dq,
+                       .v_dim = dv, .q_token_stride = H * dq, .q_head_stride = dq, .k_pos_stride = H * dq, .k_head_stride = dq,
+                       .v_pos_stride = H * (dn + dv), .v_head_stride = dn + dv, .scale = static_cast<float>(c.softmax_scale),
+                       .max_len = len});
+      }
     }
     lin(o, ab, n, L.o_proj);
   }
@@ -437,7 +488,8 @@ struct Session::Impl {
   }
 
   // The MoE block into `o` [n, D]: route every token, then run each selected expert once over all
-  // of its tokens (the backend's moe op); plus the shared expert.
+  // of its tokens (the backend's moe op; in a batched step, every sequence's tokens together); plus
+  // the shared expert.
   void moe(size_t l, const float* in, int64_t n, float* o) {
     const LayerWeights& L = w.layers[l];
     const RouterSpec& rs = c.router;
@@ -473,10 +525,11 @@ struct Session::Impl {
     }
   }
 
-  // Every layer and the final norm + LM head, from ids (already in backend memory) to logits of
-  // the last `rows` positions. Positions and lengths are read from backend memory only, so a
-  // single-token step can be recorded once and replayed.
-  float* layers(int64_t n, int64_t rows) {
+  // Every layer and the final norm + LM head, from ids (already in backend memory) to logits: of
+  // every row when `all_rows` (one segment), else of each segment's last row, in segment order.
+  // Positions and lengths are read from backend memory only, so a single-token step can be
+  // recorded once and replayed.
+  float* layers(int64_t n, bool all_rows) {
     const int64_t D = c.hidden_size;
     float* xb = buf(Ws::x, n * D);
     be->embed({.out = xb, .table = wp(w.embed_tokens), .dtype = w.embed_tokens.dtype(),
@@ -498,8 +551,18 @@ struct Session::Impl {
       be->add({.out = xb, .x = ob, .rows = n, .cols = D});
       if (diagnosing) checkpoint(xb, n * D, cat("layer ", l, "'s ", c.layer_ffn[l] == FfnKind::moe ? "MoE block" : "MLP"));
     }
+    const int64_t rows = all_rows ? n : static_cast<int64_t>(segs.size());
+    const float* last = xb + (n - rows) * D;  // one segment: its last `rows` rows are contiguous
+    if (!all_rows && segs.size() > 1) {
+      // Each segment's last row gathered (rows <= segments <= the planned tokens, so `out` has room).
+      float* g = buf(Ws::out, rows * D);
+      for (size_t i = 0; i < segs.size(); ++i)
+        be->copy({.dst = g + static_cast<int64_t>(i) * D, .src = xb + (segs[i].row + segs[i].n - 1) * D, .rows = 1, .cols = D,
+                  .dst_stride = D, .src_stride = D});
+      last = g;
+    }
     float* hb = buf(Ws::h, rows * D);
-    norm(hb, xb + (n - rows) * D, rows, D, w.norm, eps);
+    norm(hb, last, rows, D, w.norm, eps);
     float* lg = buf(Ws::logits, rows * c.vocab_size);
     lin(lg, hb, rows, w.lm_head);
     if (diagnosing) checkpoint(lg, rows * c.vocab_size, "the final norm and LM head");
@@ -507,8 +570,8 @@ struct Session::Impl {
   }
 
   // Non-finite values (NaN weights, overflowing activations) must not reach the sampler as garbage
-  // text. The logits are checked on every step (V floats: cheap); when they are bad, the step is
-  // run again with the hidden state checked after each block, to name the first block that broke.
+  // text. The logits are checked on every step (V floats per row: cheap); when they are bad, the
+  // step is run again with the hidden state checked after each block, to name the first block that broke.
   bool diagnosing = false;
   std::vector<float> probe;
   void checkpoint(const float* data, int64_t count, const std::string& where) {  // only while diagnosing
@@ -519,10 +582,10 @@ struct Session::Impl {
         throw Error("forward", cat(where, " produced ", std::isnan(value) ? "NaN" : "infinite", " values: the model's weights there hold NaN/Inf ",
                                    "or its activations overflow float32"));
   }
-  [[noreturn]] void diagnose_non_finite(int64_t n, int64_t rows) {
+  [[noreturn]] void diagnose_non_finite(int64_t n, bool all_rows) {
     diagnosing = true;
     try {
-      layers(n, rows);
+      layers(n, all_rows);
     } catch (...) {
       diagnosing = false;
       throw;
@@ -531,58 +594,101 @@ struct Session::Impl {
     throw Error("forward", "the logits hold NaN or infinite values");  // unreachable unless the second run differs
   }
 
-  std::span<const float> forward(std::span<const int32_t> ids, bool all_positions) {
+  // One step over `segments` (their ids concatenated in `ids`, at most `tokens` rows): logits of
+  // every row (`all_rows`, one segment) or of each segment's last row go to `dst`. Positions
+  // advance only when the step succeeds. `recordable`: a single-token step of one session, which a
+  // backend that can may record and replay (its pointers must not change between steps).
+  void step(std::span<const Segment> segments, std::span<const int32_t> ids, bool all_rows, float* dst, bool recordable) {
+    reserve();
+    segs = segments;
     const int64_t n = static_cast<int64_t>(ids.size());
-    if (n == 0) throw Error("forward", "no tokens given");
-    for (int32_t id : ids)
-      if (id < 0 || id >= c.vocab_size) throw Error("forward", cat("token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
-    if (n > context - pos)
-      throw Error("forward", cat(pos, " cached + ", n, " new tokens exceed the context of ", context, " tokens"));
-    const size_t rows = all_positions ? static_cast<size_t>(n) : 1;
-    host_logits.resize(detail::checked_bytes("logits", 1, rows, c.vocab_size));  // keeps its capacity
-    const int64_t start = pos;
-    try {
-      for (int64_t b = 0; b < n; b += kMaxBatch) {
-        const auto chunk = ids.subspan(static_cast<size_t>(b), static_cast<size_t>(std::min(kMaxBatch, n - b)));
-        // all_positions: each micro-batch's rows land at their place; else the last one's row wins.
-        float* dst = host_logits.data() + (all_positions ? static_cast<size_t>(b) * static_cast<size_t>(c.vocab_size) : 0);
-        step(chunk, all_positions, dst);
-      }
-    } catch (...) {
-      pos = start;  // a failed call changes nothing
-      throw;
-    }
-    return host_logits;
-  }
-
-  std::vector<float> host_logits;  // what forward() returns a view of
-
-  // One micro-batch of at most kMaxBatch tokens at positions [pos, pos + n); its logits go to `dst`.
-  void step(std::span<const int32_t> ids, bool all_positions, float* dst) {
-    const int64_t n = static_cast<int64_t>(ids.size());
-    positions.resize(static_cast<size_t>(n));
-    for (int64_t t = 0; t < n; ++t) positions[static_cast<size_t>(t)] = pos + t;
-    update_rope(pos + n);
-    be->upload(buf<int32_t>(Ws::ids, n), ids.data(), static_cast<size_t>(n) * sizeof(int32_t));
-    be->upload(buf<int64_t>(Ws::positions, n), positions.data(), static_cast<size_t>(n) * sizeof(int64_t));
-
-    const int64_t rows = all_positions ? n : 1;
+    upload_step(ids);
     // The naive MLA form reads the cache length on the host, so its steps are never recorded.
-    const bool recordable = be->can_record() && n == 1 && !all_positions &&
-                            !(c.attention == AttentionKind::mla && engine->options.mla == MlaMode::naive);
-    if (recordable) decode_step.run(*be, [&] { layers(n, rows); });
-    else layers(n, rows);
+    recordable = recordable && be->can_record() && n == 1 && !all_rows &&
+                 !(c.attention == AttentionKind::mla && engine->options.mla == MlaMode::naive);
+    if (recordable) decode_step.run(*be, [&] { layers(n, all_rows); });
+    else layers(n, all_rows);
+    const int64_t rows = all_rows ? n : static_cast<int64_t>(segments.size());
     const float* lg = at<const float>(Ws::logits);
     const std::span<float> result(dst, static_cast<size_t>(rows * c.vocab_size));
     be->download(result.data(), lg, result.size() * sizeof(float));
     for (float value : result)
-      if (!std::isfinite(value)) diagnose_non_finite(n, rows);
-    pos += n;
+      if (!std::isfinite(value)) diagnose_non_finite(n, all_rows);
+    for (const Segment& s : segments) s.seq->pos += s.n;
   }
 };
 
-Session::Session(const Engine& engine, int64_t context)
-    : impl_(std::make_unique<Impl>(engine.impl_, context > 0 ? context : engine.default_context())) {}
+// A session's part of the memory plan (runtime::plan_session, overflow-checked) against what the
+// host has free, before anything is allocated. The CPU backend refuses more (allocations there
+// succeed lazily and would fail later, under the OOM killer); CUDA allocations fail at once with a
+// clear error.
+void check_host_memory(const Engine::Impl& e, uint64_t bytes, uint64_t kv_bytes, const std::string& what, const char* hint) {
+  if (e.backend != BackendKind::cpu || !e.options.memory_check) return;
+  std::string source;
+  const uint64_t have = host_available_bytes(&source);
+  if (bytes > have)
+    throw Error("context", cat(what, " needs ", runtime::format_bytes(bytes), " (KV cache ", runtime::format_bytes(kv_bytes), ") but ",
+                               runtime::format_bytes(have), " is available (", source, "); ", hint));
+}
+
+}  // namespace
+
+struct Session::Impl {
+  std::shared_ptr<const Engine::Impl> keep;  // the engine outlives its sessions
+  const Engine::Impl* engine;
+  runtime::SessionMemory mem;  // what this session allocates (the memory plan's session part)
+  Sequence seq;
+  std::unique_ptr<Runner> runner;  // its own steps (the workspace reserved at once, or at the first one)
+  std::vector<float> host_logits;  // what forward() returns a view of
+
+  Impl(std::shared_ptr<const Engine::Impl> e, int64_t ctx, bool workspace_now) : keep(std::move(e)), engine(keep.get()) {
+    const ModelDesc& c = engine->model.config();
+    check_context(ctx, c, engine->options.context_override);
+    mem = runtime::plan_session(c, ctx, engine->options.mla, engine->kv_type);
+    check_host_memory(*engine, workspace_now ? mem.total_bytes : mem.kv_bytes, mem.kv_bytes,
+                      cat("a session with the ", ctx, "-token context"), "use a smaller -c");
+    runner = std::make_unique<Runner>(engine, std::min(ctx, kMaxBatch), 1, ctx, workspace_now);
+    seq.engine = engine;
+    seq.context = ctx;
+    const size_t L = static_cast<size_t>(c.num_hidden_layers);
+    seq.k_cache.resize(L);
+    seq.v_cache.resize(L);
+    for (size_t l = 0; l < L; ++l) {  // GQA: K and V; MLA: the latent rows in k_cache
+      runner->be->reserve(seq.k_cache[l], mem.cache_bytes);
+      if (c.attention == AttentionKind::gqa) runner->be->reserve(seq.v_cache[l], mem.cache_bytes);
+    }
+  }
+
+  std::span<const float> forward(std::span<const int32_t> ids, bool all_positions) {
+    const ModelDesc& c = engine->model.config();
+    const int64_t n = static_cast<int64_t>(ids.size());
+    if (n == 0) throw Error("forward", "no tokens given");
+    for (int32_t id : ids)
+      if (id < 0 || id >= c.vocab_size) throw Error("forward", cat("token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
+    if (n > seq.context - seq.pos)
+      throw Error("forward", cat(seq.pos, " cached + ", n, " new tokens exceed the context of ", seq.context, " tokens"));
+    const size_t rows = all_positions ? static_cast<size_t>(n) : 1;
+    host_logits.resize(detail::checked_bytes("logits", 1, rows, c.vocab_size));  // keeps its capacity
+    const int64_t start = seq.pos;
+    try {
+      for (int64_t b = 0; b < n; b += runner->tokens) {
+        const int64_t m = std::min(runner->tokens, n - b);
+        const auto chunk = ids.subspan(static_cast<size_t>(b), static_cast<size_t>(m));
+        // all_positions: each micro-batch's rows land at their place; else the last one's row wins.
+        float* dst = host_logits.data() + (all_positions ? static_cast<size_t>(b) * static_cast<size_t>(c.vocab_size) : 0);
+        const Segment one[] = {{.seq = &seq, .row = 0, .n = m, .slot = 0}};
+        runner->step(one, chunk, all_positions, dst, /*recordable=*/true);
+      }
+    } catch (...) {
+      seq.pos = start;  // a failed call changes nothing
+      throw;
+    }
+    return host_logits;
+  }
+};
+
+Session::Session(const Engine& engine, int64_t context, bool workspace)
+    : impl_(std::make_unique<Impl>(engine.impl_, context > 0 ? context : engine.default_context(), workspace)) {}
 Session::Session(Session&&) noexcept = default;
 Session& Session::operator=(Session&&) noexcept = default;
 Session::~Session() = default;
@@ -595,20 +701,98 @@ std::span<const float> Session::forward_view(std::span<const int32_t> ids, bool 
   const std::lock_guard<std::mutex> lock(impl_->engine->step);  // the engine's threads, one step at a time
   return impl_->forward(ids, all_positions);
 }
-int64_t Session::position() const noexcept { return impl_->pos; }
-int64_t Session::context() const noexcept { return impl_->context; }
+int64_t Session::position() const noexcept { return impl_->seq.pos; }
+int64_t Session::context() const noexcept { return impl_->seq.context; }
 uint64_t Session::memory_bytes() const noexcept {
-  uint64_t n = 0;
-  for (const auto* list : {&impl_->k_cache, &impl_->v_cache})
+  uint64_t n = impl_->runner->memory_bytes();
+  for (const auto* list : {&impl_->seq.k_cache, &impl_->seq.v_cache})
     for (const runtime::Buffer& b : *list) n += b.bytes;
-  for (const runtime::Buffer& b : impl_->ws) n += b.bytes;
-  for (const auto& t : impl_->experts)
-    n += t.gate.bytes + t.up.bytes + t.down.bytes + t.gate_scale.bytes + t.up_scale.bytes + t.down_scale.bytes;
   return n;
 }
 void Session::truncate(int64_t n) {
-  if (n < 0 || n > impl_->pos) throw Error("Session::truncate", cat("cannot keep ", n, " of ", impl_->pos, " cached tokens"));
-  impl_->pos = n;  // rows past n are overwritten by the next forward
+  if (n < 0 || n > impl_->seq.pos) throw Error("Session::truncate", cat("cannot keep ", n, " of ", impl_->seq.pos, " cached tokens"));
+  impl_->seq.pos = n;  // rows past n are overwritten by the next forward
 }
+
+// --- batched steps ----------------------------------------------------------------------------
+
+struct Batch::Impl {
+  std::shared_ptr<const Engine::Impl> keep;
+  const Engine::Impl* engine;
+  BatchOptions options;
+  Runner runner;
+  std::vector<Segment> segs;
+  std::vector<int32_t> ids;
+  std::vector<float> logits;
+
+  Impl(std::shared_ptr<const Engine::Impl> e, const BatchOptions& o)
+      : keep(std::move(e)), engine(keep.get()), options(resolve(*engine, o)),
+        runner(engine, options.max_tokens, options.max_sequences, options.max_context, false) {
+    const runtime::WorkspacePlan& p = runner.plan;
+    uint64_t bytes = 0;
+    for (const runtime::WorkspaceEntry& entry : p) bytes += entry.bytes;
+    check_host_memory(*engine, bytes, 0, cat("a batch of ", options.max_tokens, " tokens"), "use fewer tokens per step");
+    runner.reserve();
+    segs.reserve(static_cast<size_t>(options.max_sequences));
+    ids.reserve(static_cast<size_t>(options.max_tokens));
+  }
+
+  static BatchOptions resolve(const Engine::Impl& e, BatchOptions o) {
+    if (o.max_context <= 0) o.max_context = e.default_context;
+    if (o.max_tokens < 1 || o.max_tokens > kMaxContext)
+      throw Error("batch", cat("max_tokens must be in [1, ", kMaxContext, "], found ", o.max_tokens));
+    if (o.max_sequences < 1 || o.max_sequences > o.max_tokens)
+      throw Error("batch", cat("max_sequences must be in [1, max_tokens = ", o.max_tokens, "], found ", o.max_sequences));
+    check_context(o.max_context, e.model.config(), e.options.context_override);
+    return o;
+  }
+
+  std::span<const float> forward(std::span<const BatchEntry> entries) {
+    const ModelDesc& c = engine->model.config();
+    if (entries.empty()) throw Error("batch", "no entries given");
+    if (static_cast<int64_t>(entries.size()) > options.max_sequences)
+      throw Error("batch", cat(entries.size(), " entries is more than the ", options.max_sequences, " this batch was made for"));
+    segs.clear();
+    ids.clear();
+    int64_t total = 0;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const BatchEntry& en = entries[i];
+      const std::string who = cat("batch entry ", i);
+      if (!en.session) throw Error(who, "has no session");
+      Sequence& s = en.session->impl_->seq;
+      if (s.engine != engine) throw Error(who, "is a session of another engine");
+      for (size_t j = 0; j < i; ++j)
+        if (entries[j].session == en.session) throw Error(who, cat("is the session of entry ", j, " again"));
+      const auto n = static_cast<int64_t>(en.ids.size());
+      if (n == 0) throw Error(who, "has no tokens");
+      for (int32_t id : en.ids)
+        if (id < 0 || id >= c.vocab_size) throw Error(who, cat("token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
+      if (n > s.context - s.pos)
+        throw Error(who, cat(s.pos, " cached + ", n, " new tokens exceed the context of ", s.context, " tokens"));
+      if (s.context > options.max_context && c.attention == AttentionKind::mla && engine->options.mla == MlaMode::naive)
+        throw Error(who, cat("has a ", s.context, "-token context; this batch was made for ", options.max_context));
+      if (n > options.max_tokens - total)
+        throw Error("batch", cat("the entries hold more than the ", options.max_tokens, " tokens this batch was made for"));
+      segs.push_back({.seq = &s, .row = total, .n = n, .slot = runner.rope.size() > 1 ? static_cast<int64_t>(i) : 0});
+      ids.insert(ids.end(), en.ids.begin(), en.ids.end());
+      total += n;
+    }
+    logits.resize(detail::checked_bytes("logits", 1, entries.size(), c.vocab_size));
+    runner.step(segs, ids, /*all_rows=*/false, logits.data(), /*recordable=*/false);
+    return logits;
+  }
+};
+
+Batch::Batch(const Engine& engine, const BatchOptions& options) : impl_(std::make_unique<Impl>(engine.impl_, options)) {}
+Batch::Batch(Batch&&) noexcept = default;
+Batch& Batch::operator=(Batch&&) noexcept = default;
+Batch::~Batch() = default;
+
+std::span<const float> Batch::forward(std::span<const BatchEntry> entries) {
+  const std::lock_guard<std::mutex> lock(impl_->engine->step);
+  return impl_->forward(entries);
+}
+const BatchOptions& Batch::options() const noexcept { return impl_->options; }
+uint64_t Batch::memory_bytes() const noexcept { return impl_->runner.memory_bytes(); }
 
 }  // namespace moerun

@@ -58,9 +58,10 @@ DType fp8_form(const EngineOptions& o, BackendKind backend) {
   return backend == BackendKind::cuda && o.fp8_dequant == DType::f8_e4m3 ? DType::bf16 : o.fp8_dequant;
 }
 
-WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla) {
+WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla, int64_t tokens, int64_t sequences) {
   const std::string what = cat("the workspace of a ", context, "-token context");
-  const int64_t B = std::min(context, kMaxBatch);
+  const int64_t B = tokens > 0 ? tokens : std::min(context, kMaxBatch);
+  const int64_t rope_tables = d.rope.scaling.type == RopeType::dynamic ? std::max<int64_t>(sequences, 1) : 1;
   const bool gqa = d.attention == AttentionKind::gqa, mla_naive = !gqa && mla == MlaMode::naive;
   const int64_t H = d.num_attention_heads, D = d.hidden_size;
   const int64_t dqk = gqa ? d.head_dim : d.qk_nope_head_dim + d.qk_rope_head_dim;
@@ -75,7 +76,7 @@ WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla) {
   auto set = [&](Ws role, const char* name, size_t bytes) { p[static_cast<size_t>(role)] = {name, bytes}; };
   set(Ws::ids, "ids", detail::checked_bytes(what, sizeof(int32_t), B));
   set(Ws::positions, "positions", detail::checked_bytes(what, sizeof(int64_t), B));
-  set(Ws::inv_freq, "inv_freq", f32(std::max<int64_t>(d.rope.dim / 2, 1)));
+  set(Ws::inv_freq, "inv_freq", f32(rope_tables, std::max<int64_t>(d.rope.dim / 2, 1)));
   set(Ws::x, "x", f32(B, D));
   set(Ws::h, "h", f32(B, D));
   set(Ws::out, "out", f32(B, D));

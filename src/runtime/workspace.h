@@ -20,7 +20,7 @@ inline constexpr int64_t kMaxBatch = 512;
 enum class Ws : uint8_t {
   ids,             // [B] int32: the step's token ids
   positions,       // [B] int64: their positions
-  inv_freq,        // [rope.dim / 2]: RoPE inverse frequencies
+  inv_freq,        // [S, rope.dim / 2]: RoPE inverse frequencies (S = 1, or one per sequence for dynamic NTK)
   x,               // [B, D]: the residual stream
   h,               // [B, D]: the normed input of a block (and of the LM head)
   out,             // [B, D]: a block's output, added to x
@@ -51,9 +51,11 @@ struct WorkspaceEntry {
 };
 using WorkspacePlan = std::array<WorkspaceEntry, static_cast<size_t>(Ws::count)>;
 
-// The bytes of every role for a session of `context` positions (overflow-checked: a context is user
-// input). Roles this model does not use get 0.
-WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla);
+// The bytes of every role for steps of at most `tokens` rows (0: min(context, kMaxBatch), a
+// session's micro-batch) over `sequences` sequences of at most `context` positions (a Batch's
+// steps; the RoPE tables are per sequence when the scaling is dynamic), overflow-checked: a context
+// is user input. Roles this model does not use get 0.
+WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla, int64_t tokens = 0, int64_t sequences = 1);
 
 // Everything one session allocates, as the memory plan counts it and the session reserves it.
 struct SessionMemory {
