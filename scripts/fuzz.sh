@@ -4,6 +4,8 @@
 #                     runs once on a generated header of 50k tensors, too big for the mutation
 #                     corpus, so a parse that grows faster than the header is a finding (-timeout)
 #   fuzz_tokenizer    random bytes as text and as ids through every test tokenizer
+#   fuzz_serve_request  request bodies through moerun serve's parsers and validators (src/serve/api.cpp),
+#                     from tests/fuzz/corpus-serve
 # Fails on any finding (the input lands in build-fuzz/findings/).
 #   scripts/fuzz.sh [SECONDS]      (MOERUN_FUZZ_BUILD_DIR: the build folder, default build-fuzz)
 set -euo pipefail
@@ -12,7 +14,7 @@ seconds="${1:-60}"
 build_dir="${MOERUN_FUZZ_BUILD_DIR:-build-fuzz}"
 CC=clang CXX=clang++ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DMOERUN_FUZZ=ON -DMOERUN_CUDA=OFF -DMOERUN_BUILD_TESTS=OFF >/dev/null
-cmake --build "$build_dir" --target fuzz_safetensors fuzz_tokenizer
+cmake --build "$build_dir" --target fuzz_safetensors fuzz_tokenizer fuzz_serve_request
 rm -rf "$build_dir/findings"
 mkdir -p "$build_dir/findings"
 
@@ -72,4 +74,5 @@ fi
 
 run fuzz_safetensors -dict=tests/fuzz/safetensors.dict -max_len=4096 tests/fuzz/corpus
 run fuzz_tokenizer -max_len=1024
+run fuzz_serve_request -dict=tests/fuzz/serve_request.dict -max_len=8192 tests/fuzz/corpus-serve
 echo "fuzz: no findings in ${seconds}s per target" >&2

@@ -11,6 +11,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
   libsentencepiece-dev libonig-dev libutf8proc-dev libedit-dev
+  libcpp-httplib-dev                # moerun serve's HTTP
   clang libclang-rt-14-dev          # the libFuzzer target (scripts/fuzz.sh)
 )
 missing=()

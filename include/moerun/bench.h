@@ -32,6 +32,11 @@ double measure_device_gemm_tflops();
 // table (one row) and the routed experts (only top-k per MoE layer, at the average expert size),
 // plus the KV cache rows attention reads.
 double decode_bytes_per_token(const Engine& engine, double context);
+// Bytes one batched decode step of `sequences` sequences reads: the weights once (embedding: one
+// row per sequence), of each MoE layer's routed experts `experts_per_layer` distinct ones (top-k
+// for one sequence; more, up to all, as the batch grows), and every sequence's KV rows, `contexts`
+// cached positions summed over the sequences.
+double decode_bytes_per_step(const Engine& engine, double contexts, int sequences, double experts_per_layer);
 
 // Dense-projection FLOPs of one prefill token: 2 x the active parameters that are multiplied (every
 // projection, the routed experts at top-k, the LM head; not the embedding lookup; attention's
@@ -43,8 +48,10 @@ struct BenchResult {
   int tokens = 0;
   std::vector<double> tps;  // tokens/s per repetition
   double mean = 0, sd = 0;  // of tps
-  double bytes_per_token = 0;  // tg only
+  double bytes_per_token = 0;  // tg only (batched: bytes per step / batch)
   double gbps = 0;             // tg only: bytes_per_token * mean
+  int batch = 1;               // sequences decoded together (bench_batched); mean is their aggregate t/s
+  double experts_per_layer = 0;  // batched tg on an MoE: distinct routed experts a layer ran per step (measured)
 };
 
 // pp: prefill `tokens` random ids into a session holding `depth` cached tokens; tg: decode `tokens`
@@ -53,6 +60,14 @@ struct BenchResult {
 // Tests are named as llama-bench does: "pp512", "tg128", "tg128 @ d8192".
 BenchResult bench_prefill(const Engine& engine, int tokens, int reps, int depth = 0);
 BenchResult bench_decode(const Engine& engine, int tokens, int reps, int depth = 0);
+// Parallel decode, llama-batched-bench style: `batch` sequences each prefilled with `prompt` seeded
+// random tokens (together, in Batch steps of at most 512 tokens: the "pp{prompt} b{batch}" result,
+// batch x prompt tokens/s), then decoding `tokens` steps together (the "tg{tokens} b{batch}" result:
+// aggregate generated tokens/s; per sequence it is mean / batch). One warm-up run, then `reps`.
+struct BatchedBench {
+  BenchResult prefill, decode;
+};
+BatchedBench bench_batched(const Engine& engine, int batch, int prompt, int tokens, int reps);
 
 // One row of bench's report: one test on one engine, with the ceilings it is compared with.
 struct BenchRow {

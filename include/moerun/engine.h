@@ -161,6 +161,14 @@ struct BatchOptions {
   // The largest session context the batch serves (only the naive MLA form's workspace depends on
   // it); 0: the engine's default context.
   int64_t max_context = 0;
+  // Count the distinct routed experts every MoE layer runs per step (BatchStats; bench -b reports
+  // how the bytes a step reads grow with the batch). Costs a copy of the routing per MoE layer.
+  bool count_experts = false;
+};
+
+struct BatchStats {
+  int64_t steps = 0;
+  int64_t expert_runs = 0;  // with count_experts: distinct experts summed over steps and MoE layers
 };
 
 class Batch {
@@ -181,6 +189,7 @@ class Batch {
   std::span<const float> forward(std::span<const BatchEntry> entries);
 
   const BatchOptions& options() const noexcept;  // resolved (max_context set)
+  const BatchStats& stats() const noexcept;
   uint64_t memory_bytes() const noexcept;        // its workspace and expert tables
 
   struct Impl;

@@ -83,9 +83,9 @@ struct W32<DType::f16> {
   }
 };
 
-// R rows from row o, T tokens: out[t, o + r] = W[o + r] . x[t] + bias.
+// R rows from row o, T tokens from t0: out[t, o + r] = W[o + r] . x[t] + bias.
 template <DType D, int R, int T>
-MOERUN_AVX512 void gemv(const MatmulCall& c, int64_t o) {
+MOERUN_AVX512 void gemv(const MatmulCall& c, int64_t o, int64_t t0) {
   const MatmulParams& p = *c.p;
   const int64_t in = p.in_features;
   const char* w[R];
@@ -102,8 +102,8 @@ MOERUN_AVX512 void gemv(const MatmulCall& c, int64_t o) {
     __m512 xa[T], xb[T];
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t) {
-      xa[t] = _mm512_loadu_ps(c.xp + t * c.kp + i);  // padded with zeros to kp: no mask needed
-      xb[t] = _mm512_loadu_ps(c.xp + t * c.kp + i + 16);
+      xa[t] = _mm512_loadu_ps(c.xp + (t0 + t) * c.kp + i);  // padded with zeros to kp: no mask needed
+      xb[t] = _mm512_loadu_ps(c.xp + (t0 + t) * c.kp + i + 16);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
@@ -122,24 +122,31 @@ MOERUN_AVX512 void gemv(const MatmulCall& c, int64_t o) {
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t)
-      p.out[t * c.os + o + r] = _mm512_reduce_add_ps(acc[r][t]) + (p.bias ? p.bias[o + r] : 0.0f);
+      p.out[(t0 + t) * c.os + o + r] = _mm512_reduce_add_ps(acc[r][t]) + (p.bias ? p.bias[o + r] : 0.0f);
 }
 
-template <DType D, int T>
-MOERUN_AVX512 void gemv_rows(const MatmulCall& c, int64_t o0, int64_t o1) {
-  int64_t o = o0;
-  for (; o + kR <= o1; o += kR) gemv<D, kR, T>(c, o);
-  for (; o < o1; ++o) gemv<D, 1, T>(c, o);  // the same per-row arithmetic as in the 4-row pass
+// R rows from row o for every token, 4 tokens per pass: the rows stay in L1 for the next pass, so
+// the weights are read from memory once for a batch of up to kGemvMaxTokens tokens. A token's sums
+// take the same instructions in every pass and group size: its results do not depend on how many
+// tokens share the call (a batched decode step gives each sequence what it gets alone).
+template <DType D, int R>
+MOERUN_AVX512 void gemv_tokens(const MatmulCall& c, int64_t o) {
+  const int64_t n = c.p->n;
+  int64_t t = 0;
+  for (; t + 4 <= n; t += 4) gemv<D, R, 4>(c, o, t);
+  switch (n - t) {
+    case 1: gemv<D, R, 1>(c, o, t); break;
+    case 2: gemv<D, R, 2>(c, o, t); break;
+    case 3: gemv<D, R, 3>(c, o, t); break;
+    default: break;
+  }
 }
 
 template <DType D>
 MOERUN_AVX512 void gemv_dispatch(const MatmulCall& c, int64_t o0, int64_t o1) {
-  switch (c.p->n) {
-    case 1: gemv_rows<D, 1>(c, o0, o1); break;
-    case 2: gemv_rows<D, 2>(c, o0, o1); break;
-    case 3: gemv_rows<D, 3>(c, o0, o1); break;
-    default: gemv_rows<D, 4>(c, o0, o1); break;
-  }
+  int64_t o = o0;
+  for (; o + kR <= o1; o += kR) gemv_tokens<D, kR>(c, o);
+  for (; o < o1; ++o) gemv_tokens<D, 1>(c, o);  // the same per-row arithmetic as in the 4-row pass
 }
 
 // ---- f8_e4m3 ------------------------------------------------------------------------------------

@@ -15,10 +15,13 @@
 
 namespace moerun::cpu::detail {
 
-// Few tokens (decode) read each weight straight from its storage for all of them; more tokens go
-// through panels of rows packed once per call (AVX-512: outer-product tiles; AVX2: widened rows
-// reused across a cache-sized tile of tokens).
-inline constexpr int64_t kGemvMaxTokens = 4;
+// Few tokens (decode, and a batched decode step of up to 16 sequences) read each weight straight
+// from its storage for all of them, in passes of a few tokens over rows that stay in L1; more tokens
+// go through panels of rows packed once per call (AVX-512: outer-product tiles; AVX2: widened rows
+// reused across a cache-sized tile of tokens). Packing converts every weight to fp32 per call, which
+// below about 16 tokens costs more than the passes (default model, 2 threads, 8 tokens per step:
+// measured in docs/performance.md).
+inline constexpr int64_t kGemvMaxTokens = 16;
 
 // Software prefetch of the decode kernels, which stream R weight rows side by side: each row is
 // prefetched kPrefetchNear bytes ahead into L1, and the same offset in the rows whole passes ahead

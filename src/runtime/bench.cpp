@@ -167,23 +167,28 @@ double prefill_flops_per_token(const Engine& engine) {
   return 2.0 * multiplied;
 }
 
-double decode_bytes_per_token(const Engine& engine, double context) {
+double decode_bytes_per_step(const Engine& engine, double contexts, int sequences, double experts_per_layer) {
   const ModelConfig& c = engine.config();
-  // Every prepared weight once per token, except: one row of the embedding, and of each MoE layer's
-  // routed experts only the k a token selects (experts of a layer have equal sizes). A tied LM head
-  // is read whole as the head.
+  // Every prepared weight once per step, except: one row of the embedding per sequence, and of each
+  // MoE layer's routed experts only the distinct ones the step runs (experts of a layer have equal
+  // sizes). A tied LM head is read whole as the head.
   double total = 0.0, routed = 0.0;
   for_each_tensor(engine.weights(), [&](const WeightSite& site, LinearPart, const Tensor& t) {
     const auto b = static_cast<double>(t.nbytes());
-    if (site.kind == WeightKind::table) total += b / static_cast<double>(c.vocab_size);
+    if (site.kind == WeightKind::table) total += b / static_cast<double>(c.vocab_size) * sequences;
     else if (site.routed()) routed += b;
     else total += b;
   });
-  if (c.is_moe()) total += routed / static_cast<double>(c.router.n_routed_experts) * static_cast<double>(c.router.num_experts_per_tok);
+  if (c.is_moe()) total += routed / static_cast<double>(c.router.n_routed_experts) * experts_per_layer;
   // KV rows read by attention, in the cache's type: GQA K and V per KV head; MLA one latent row.
   const auto row = static_cast<double>(kv_bytes(engine.kv_type(), c.kv_floats_per_position()));
-  total += row * context * static_cast<double>(c.num_hidden_layers);
+  total += row * contexts * static_cast<double>(c.num_hidden_layers);
   return total;
+}
+
+double decode_bytes_per_token(const Engine& engine, double context) {
+  const ModelConfig& c = engine.config();
+  return decode_bytes_per_step(engine, context, 1, c.is_moe() ? static_cast<double>(c.router.num_experts_per_tok) : 0.0);
 }
 
 namespace {
@@ -238,6 +243,81 @@ BenchResult bench_decode(const Engine& engine, int tokens, int reps, int depth) 
   finish(r);
   r.bytes_per_token = decode_bytes_per_token(engine, depth + tokens / 2.0);  // mean cached length during the run
   r.gbps = r.bytes_per_token * r.mean / 1e9;
+  return r;
+}
+
+BatchedBench bench_batched(const Engine& engine, int batch, int prompt, int tokens, int reps) {
+  if (batch < 1) throw Error("bench", "the batch must hold at least one sequence");
+  const ModelConfig& c = engine.config();
+  const int64_t context = std::max<int64_t>(engine.default_context(), int64_t{prompt} + tokens);
+  constexpr int64_t kStepTokens = 512;  // prefill chunks, all sequences together (as a server's budget)
+  Batch runner(engine, {.max_tokens = std::max<int64_t>(kStepTokens, batch), .max_sequences = batch, .max_context = context,
+                        .count_experts = c.is_moe()});
+  std::vector<Session> sessions;
+  for (int i = 0; i < batch; ++i) sessions.emplace_back(engine, context, /*workspace=*/false);
+  std::vector<std::vector<int32_t>> prompts, gen;
+  for (int i = 0; i < batch; ++i) {
+    prompts.push_back(random_ids(engine, prompt, 100 + static_cast<uint64_t>(i)));
+    gen.push_back(random_ids(engine, tokens, 200 + static_cast<uint64_t>(i)));
+  }
+  BatchedBench r;
+  const std::string b = " b" + std::to_string(batch);
+  r.prefill.test = "pp" + std::to_string(prompt) + b;
+  r.prefill.tokens = prompt * batch;
+  r.prefill.batch = batch;
+  r.decode.test = test_name("tg", tokens, prompt) + b;
+  r.decode.tokens = tokens * batch;
+  r.decode.batch = batch;
+  std::vector<BatchEntry> entries;
+  int64_t expert_runs = 0, decode_steps = 0;
+  for (int rep = -1; rep < reps; ++rep) {  // rep -1: warm-up
+    for (Session& s : sessions) s.reset();
+    // Prefill: the prompts in steps of at most kStepTokens tokens, each sequence's next piece.
+    std::vector<size_t> fed(static_cast<size_t>(batch), 0);
+    auto t0 = Clock::now();
+    for (bool more = prompt > 0; more;) {
+      entries.clear();
+      int64_t room = runner.options().max_tokens;
+      for (size_t i = 0; i < sessions.size() && room > 0; ++i) {
+        const size_t n = std::min<size_t>(static_cast<size_t>(room), prompts[i].size() - fed[i]);
+        if (n == 0) continue;
+        entries.push_back({&sessions[i], std::span<const int32_t>(prompts[i]).subspan(fed[i], n)});
+        fed[i] += n;
+        room -= static_cast<int64_t>(n);
+      }
+      if (entries.empty()) break;
+      runner.forward(entries);
+      more = false;
+      for (size_t i = 0; i < sessions.size(); ++i) more = more || fed[i] < prompts[i].size();
+    }
+    if (rep >= 0 && prompt > 0) r.prefill.tps.push_back(static_cast<double>(prompt) * batch / seconds_since(t0));
+    // Decode: every sequence one token per step.
+    const BatchStats before = runner.stats();
+    t0 = Clock::now();
+    for (int step = 0; step < tokens; ++step) {
+      entries.clear();
+      for (size_t i = 0; i < sessions.size(); ++i)
+        entries.push_back({&sessions[i], std::span<const int32_t>(&gen[i][static_cast<size_t>(step)], 1)});
+      runner.forward(entries);
+    }
+    const double secs = seconds_since(t0);
+    if (rep >= 0 && tokens > 0) {
+      r.decode.tps.push_back(static_cast<double>(tokens) * batch / secs);
+      expert_runs += runner.stats().expert_runs - before.expert_runs;
+      decode_steps += runner.stats().steps - before.steps;
+    }
+  }
+  if (!r.prefill.tps.empty()) finish(r.prefill);
+  if (!r.decode.tps.empty()) {
+    finish(r.decode);
+    const int64_t moe_layers = c.num_moe_layers();
+    r.decode.experts_per_layer =
+        moe_layers > 0 && decode_steps > 0 ? static_cast<double>(expert_runs) / static_cast<double>(decode_steps * moe_layers) : 0.0;
+    // Mean cached length per sequence during the run, times the sequences.
+    const double step_bytes = decode_bytes_per_step(engine, (prompt + tokens / 2.0) * batch, batch, r.decode.experts_per_layer);
+    r.decode.bytes_per_token = step_bytes / batch;
+    r.decode.gbps = r.decode.bytes_per_token * r.decode.mean / 1e9;
+  }
   return r;
 }
 

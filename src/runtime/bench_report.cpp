@@ -49,6 +49,7 @@ struct Column {
   const char* md_title = nullptr;
   bool md_right = true;
   bool md_gemm_only = false;              // shown only when some row has a GEMM ceiling
+  bool md_batch_only = false;             // shown only when some row decodes several sequences (bench -b)
   std::string (*md)(const BenchRow&) = nullptr;
 };
 
@@ -68,6 +69,8 @@ const Column kColumns[] = {
      .md_title = "kv", .md_right = false, .md = [](const BenchRow& x) { return x.kv_type; }},
     {.key = "test", .value = [](const BenchRow& x) -> Value { return x.result.test; },
      .md_title = "test", .md_right = false, .md = [](const BenchRow& x) { return x.result.test; }},
+    {.key = "batch", .value = [](const BenchRow& x) -> Value { return int64_t{x.result.batch}; },
+     .md_title = "B", .md_batch_only = true, .md = [](const BenchRow& x) { return std::to_string(x.result.batch); }},
     {.key = "tokens", .value = [](const BenchRow& x) -> Value { return int64_t{x.result.tokens}; }},
     {.key = "tps_mean", .value = [](const BenchRow& x) -> Value { return x.result.mean; },
      .md_title = "t/s",
@@ -77,6 +80,10 @@ const Column kColumns[] = {
        return std::string(buf);
      }},
     {.key = "tps_sd", .value = [](const BenchRow& x) -> Value { return x.result.sd; }},
+    // Batched rows: t/s is the aggregate of the batch; per sequence it is that over B.
+    {.key = "seq_tps", .value = [](const BenchRow& x) -> Value { return x.result.mean / x.result.batch; },
+     .md_title = "t/s per seq", .md_batch_only = true,
+     .md = [](const BenchRow& x) { return printf1("%.2f", x.result.mean / x.result.batch); }},
     {.key = "tps", .value = [](const BenchRow& x) -> Value { return x.result.tps; }},
     {.key = "bytes_per_token", .value = [](const BenchRow& x) -> Value { return x.result.bytes_per_token; }, .csv_format = "%.0f",
      .md_title = "B/token",
@@ -84,6 +91,15 @@ const Column kColumns[] = {
        static const char* const kBytes[] = {"B", "KB", "MB", "GB", nullptr};
        return is_decode(x) ? human(x.result.bytes_per_token, kBytes, 1000) : std::string("-");
      }},
+    {.key = "bytes_per_step", .value = [](const BenchRow& x) -> Value { return x.result.bytes_per_token * x.result.batch; },
+     .csv_format = "%.0f", .md_title = "B/step", .md_batch_only = true,
+     .md = [](const BenchRow& x) {
+       static const char* const kBytes[] = {"B", "KB", "MB", "GB", nullptr};
+       return is_decode(x) ? human(x.result.bytes_per_token * x.result.batch, kBytes, 1000) : std::string("-");
+     }},
+    {.key = "experts_per_layer", .value = [](const BenchRow& x) -> Value { return x.result.experts_per_layer; },
+     .md_title = "experts/layer", .md_batch_only = true,
+     .md = [](const BenchRow& x) { return x.result.experts_per_layer > 0 ? printf1("%.1f", x.result.experts_per_layer) : std::string("-"); }},
     {.key = "gbps", .value = [](const BenchRow& x) -> Value { return x.result.gbps; },
      .md_title = "GB/s", .md = [](const BenchRow& x) { return is_decode(x) ? printf1("%.2f", x.result.gbps) : std::string("-"); }},
     {.key = "ceiling_gbps", .value = [](const BenchRow& x) -> Value { return x.ceiling_gbps; }},
@@ -121,7 +137,8 @@ nlohmann::ordered_json json_cell(const Value& v) {
 
 std::string markdown(std::span<const BenchRow> rows) {
   const bool gemm = std::any_of(rows.begin(), rows.end(), [](const BenchRow& x) { return x.gemm_ceiling_tflops > 0; });
-  auto shown = [&](const Column& c) { return c.md && (gemm || !c.md_gemm_only); };
+  const bool batched = std::any_of(rows.begin(), rows.end(), [](const BenchRow& x) { return x.result.batch > 1; });
+  auto shown = [&](const Column& c) { return c.md && (gemm || !c.md_gemm_only) && (batched || !c.md_batch_only); };
   std::string title = "|", rule = "|";
   for (const Column& c : kColumns)
     if (shown(c)) {

@@ -234,6 +234,9 @@ struct Runner {
   std::vector<int64_t> rope_seq_len;     // what each slot's table was made for (-1: none yet)
   RecordedStep decode_step;  // single-token steps of one session on a backend that can record them
   std::span<const Segment> segs;  // the step being run
+  BatchStats* expert_stats = nullptr;  // set: count the distinct experts each MoE layer runs
+  std::vector<int32_t> routed;         // (host copy of a layer's routing, for the count)
+  std::vector<uint8_t> expert_seen;
 
   Runner(const Engine::Impl* e, int64_t max_tokens, int64_t max_sequences, int64_t context, bool reserve_now)
       : engine(e), c(e->model.config()), w(e->weights), be(runtime::make_backend(e->backend, e->backend_state, e->pool)),
@@ -503,6 +506,7 @@ struct Runner {
                .n_tokens = n, .n_experts = E, .top_k = K, .score = rs.score, .method = rs.method, .n_group = rs.n_group,
                .topk_group = rs.topk_group, .norm_topk_prob = rs.norm_topk_prob,
                .routed_scaling_factor = static_cast<float>(rs.routed_scaling_factor)});
+    if (expert_stats) count_experts(ids, n * K, E);
     const ExpertTables& t = experts[l];
     be->moe({.out = o, .x = in, .expert_ids = ids, .expert_weights = wts,
              .gate = static_cast<const void* const*>(t.gate.data), .up = static_cast<const void* const*>(t.up.data),
@@ -523,6 +527,17 @@ struct Runner {
       }
       be->add({.out = o, .x = s, .gate = g, .rows = n, .cols = D});
     }
+  }
+
+  void count_experts(const int32_t* ids, int64_t count, int64_t E) {
+    routed.resize(static_cast<size_t>(count));
+    be->download(routed.data(), ids, routed.size() * sizeof(int32_t));
+    expert_seen.assign(static_cast<size_t>(E), 0);
+    for (int32_t e : routed)
+      if (e >= 0 && e < E && !expert_seen[static_cast<size_t>(e)]) {
+        expert_seen[static_cast<size_t>(e)] = 1;
+        ++expert_stats->expert_runs;
+      }
   }
 
   // Every layer and the final norm + LM head, from ids (already in backend memory) to logits: of
@@ -724,6 +739,7 @@ struct Batch::Impl {
   std::vector<Segment> segs;
   std::vector<int32_t> ids;
   std::vector<float> logits;
+  BatchStats stats;
 
   Impl(std::shared_ptr<const Engine::Impl> e, const BatchOptions& o)
       : keep(std::move(e)), engine(keep.get()), options(resolve(*engine, o)),
@@ -733,6 +749,7 @@ struct Batch::Impl {
     for (const runtime::WorkspaceEntry& entry : p) bytes += entry.bytes;
     check_host_memory(*engine, bytes, 0, cat("a batch of ", options.max_tokens, " tokens"), "use fewer tokens per step");
     runner.reserve();
+    if (options.count_experts) runner.expert_stats = &stats;
     segs.reserve(static_cast<size_t>(options.max_sequences));
     ids.reserve(static_cast<size_t>(options.max_tokens));
   }
@@ -779,6 +796,7 @@ struct Batch::Impl {
     }
     logits.resize(detail::checked_bytes("logits", 1, entries.size(), c.vocab_size));
     runner.step(segs, ids, /*all_rows=*/false, logits.data(), /*recordable=*/false);
+    ++stats.steps;
     return logits;
   }
 };
@@ -794,5 +812,6 @@ std::span<const float> Batch::forward(std::span<const BatchEntry> entries) {
 }
 const BatchOptions& Batch::options() const noexcept { return impl_->options; }
 uint64_t Batch::memory_bytes() const noexcept { return impl_->runner.memory_bytes(); }
+const BatchStats& Batch::stats() const noexcept { return impl_->stats; }
 
 }  // namespace moerun

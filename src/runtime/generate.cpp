@@ -5,11 +5,13 @@
 
 #include "io/json_util.h"
 #include "moerun/error.h"
+#include "runtime/stop_matcher.h"
 #include "util/strings.h"
 
 namespace moerun {
 
 using detail::cat;
+using runtime::StopMatcher;
 
 SamplerParams sampling_defaults(const std::filesystem::path& model_dir) {
   SamplerParams p;
@@ -37,45 +39,6 @@ SamplerParams sampling_defaults(const std::filesystem::path& model_dir) {
 }
 
 namespace {
-
-// Holds back text that might be the start of a stop string, so a stop string split across tokens
-// is found and never emitted.
-class StopMatcher {
- public:
-  explicit StopMatcher(const std::vector<std::string>& stops) : stops_(stops) {}
-
-  // Appends `piece`; returns the text now safe to emit. Sets `stopped` when a stop string appears
-  // (the text before it is returned, the stop string and anything after are dropped).
-  std::string push(std::string_view piece, bool& stopped) {
-    pending_ += piece;
-    size_t first = std::string::npos;
-    for (const std::string& s : stops_)
-      if (!s.empty()) first = std::min(first, pending_.find(s));
-    if (first != std::string::npos) {
-      stopped = true;
-      std::string out = pending_.substr(0, first);
-      pending_.clear();
-      return out;
-    }
-    // Keep the longest tail that is a proper prefix of some stop string.
-    size_t keep = 0;
-    for (const std::string& s : stops_)
-      for (size_t len = std::min(s.size() - 1, pending_.size()); len > keep; --len)
-        if (pending_.compare(pending_.size() - len, len, s, 0, len) == 0) {
-          keep = len;
-          break;
-        }
-    std::string out = pending_.substr(0, pending_.size() - keep);
-    pending_.erase(0, pending_.size() - keep);
-    return out;
-  }
-
-  std::string flush() { return std::exchange(pending_, std::string()); }
-
- private:
-  const std::vector<std::string>& stops_;
-  std::string pending_;
-};
 
 double seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

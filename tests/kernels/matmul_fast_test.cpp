@@ -182,13 +182,46 @@ void run_and_check(const Weights& w, int64_t n, Isa isa, bool bias, uint64_t see
   }
 }
 
+// A batched decode step (up to kGemvMaxTokens tokens) gives every token exactly what it gets alone:
+// the decode kernels sum each token the same way whatever shares the call.
+TEST(MatmulFast, DecodeResultsDoNotDependOnHowManyTokensShareTheCall) {
+  uint64_t seed = 500;
+  for (DType dt : {DType::f32, DType::bf16, DType::f16})
+    for (int64_t in : {33, 576, 1536}) {
+      const Weights w = make_weights(dt, 45, in, ++seed);
+      for (Isa isa : isas()) {
+        if (isa == Isa::scalar) continue;
+        const int64_t n = cpu::detail::kGemvMaxTokens;
+        Rng rng(++seed);
+        std::vector<float> x(static_cast<size_t>(n * in));
+        for (float& v : x) v = rng.nonzero(0.05f, 2.0f);
+        std::vector<float> all(static_cast<size_t>(n * w.out)), one(static_cast<size_t>(w.out));
+        MatmulParams p = params(w);
+        p.x = x.data();
+        p.out = all.data();
+        p.n = n;
+        cpu::Context ctx;
+        cpu::detail::matmul_isa(p, ctx, isa);
+        for (int64_t t = 0; t < n; ++t) {
+          p.x = x.data() + t * in;
+          p.out = one.data();
+          p.n = 1;
+          cpu::detail::matmul_isa(p, ctx, isa);
+          for (int64_t o = 0; o < w.out; ++o)
+            ASSERT_EQ(one[static_cast<size_t>(o)], all[static_cast<size_t>(t * w.out + o)])
+                << dtype_name(dt) << " isa " << cpu::detail::isa_name(isa) << " in " << in << " token " << t << " row " << o;
+        }
+      }
+    }
+}
+
 TEST(MatmulFast, FloatDtypesMatchDoubleReferenceOnEveryIsa) {
   uint64_t seed = 1;
   for (DType dt : {DType::f32, DType::bf16, DType::f16, DType::f8_e4m3})
     for (int64_t in : {1, 31, 33, 257, 4095}) {
       const int64_t out = in > 1000 ? 21 : 37;
       const Weights w = make_weights(dt, out, in, ++seed);
-      for (int64_t n : {1, 3, 5, 17, 64, 300}) {
+      for (int64_t n : {1, 3, 5, 8, 16, 17, 64, 300}) {  // 5..16: the decode passes of 4 tokens and their tails
         if (in > 1000 && n > 64) continue;  // the double reference would dominate the suite's time
         for (Isa isa : isas())
           run_and_check(w, n, isa, n % 2 == 1, ++seed, [&](int64_t, int64_t o, const float* x) {

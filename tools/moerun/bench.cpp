@@ -21,7 +21,7 @@ namespace {
 
 struct BenchOptions {
   std::string model, synthetic, output = "md";
-  std::vector<int> prompt{512}, gen{128}, depth{0};
+  std::vector<int> prompt{512}, gen{128}, depth{0}, batch;
   std::vector<int> threads{static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))};
   int reps = 5, layers = 0, experts = 0;
   uint64_t seed = 0;
@@ -41,6 +41,16 @@ void append_rows(const Engine& engine, const BenchOptions& opt, int threads, std
                  threads, threads == 1 ? "" : "s", static_cast<unsigned long long>(ceiling.bytes >> 20));
   }
 
+  if (!opt.batch.empty()) {  // llama-batched-bench: -p prompt tokens per sequence, -n decode steps
+    for (int b : opt.batch)
+      for (int p : opt.prompt)
+        for (int n : opt.gen) {
+          const BatchedBench r = bench_batched(engine, b, p, n, opt.reps);
+          if (p > 0) rows.push_back(bench_row(engine, threads, r.prefill, ceiling.gbps, gemm_ceiling));
+          if (n > 0) rows.push_back(bench_row(engine, threads, r.decode, ceiling.gbps, gemm_ceiling));
+        }
+    return;
+  }
   for (int d : opt.depth) {
     for (int n : opt.prompt)
       if (n > 0) rows.push_back(bench_row(engine, threads, bench_prefill(engine, n, opt.reps, d), ceiling.gbps, gemm_ceiling));
@@ -59,6 +69,10 @@ void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
   app->add_option("-p,--n-prompt", opt->prompt, "prefill test sizes (pp); 0 skips")->delimiter(',')->check(integer_in(0, kMaxTokens));
   app->add_option("-n,--n-gen", opt->gen, "decode test sizes (tg); 0 skips")->delimiter(',')->check(integer_in(0, kMaxTokens));
   app->add_option("-d,--n-depth", opt->depth, "cached tokens before each test (llama-bench's -d)")->delimiter(',')->check(integer_in(0, kMaxTokens));
+  app->add_option("-b,--batch", opt->batch,
+                  "parallel decode (llama-batched-bench): sequences decoded together, e.g. 1,2,4,8,16; each is prefilled "
+                  "with -p tokens, then all decode -n steps in one batch (rows pp<p> b<B> and tg<n> @ d<p> b<B>: aggregate t/s)")
+      ->delimiter(',')->check(integer_in(1, 4096));
   app->add_option("-r,--repetitions", opt->reps, "timed repetitions per test (after one warm-up)")->check(integer_in(1, 1000));
   app->add_option("-t,--threads", opt->threads, "CPU thread counts, e.g. 1,2 (default: one per hardware thread)")
       ->delimiter(',')

@@ -26,5 +26,6 @@ void add_tokenize_command(CLI::App& root, std::vector<Command>& commands);
 void add_template_command(CLI::App& root, std::vector<Command>& commands);
 void add_logits_command(CLI::App& root, std::vector<Command>& commands);
 void add_perplexity_command(CLI::App& root, std::vector<Command>& commands);
+void add_serve_command(CLI::App& root, std::vector<Command>& commands);
 
 }  // namespace moerun::cli

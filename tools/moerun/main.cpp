@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
   moerun::cli::add_tokenize_command(app, commands);
   moerun::cli::add_template_command(app, commands);
   moerun::cli::add_perplexity_command(app, commands);
+  moerun::cli::add_serve_command(app, commands);
 
   // `moerun foo`: name the unknown command (CLI11 would only say that a subcommand is required).
   bool known = argc < 2 || argv[1][0] == '-';
