@@ -1,0 +1,15 @@
+# moerun serve: the wire format and the scheduler (GoogleTest), and the server end to end with the
+# real `openai` Python client over loopback (tests/serve/serve_integration.py).
+moerun_add_test(serve_tests serve/api_test.cpp serve/scheduler_test.cpp)
+target_link_libraries(serve_tests PRIVATE moerun_serve)
+
+find_package(Python3 COMPONENTS Interpreter)
+if(Python3_FOUND)
+  # Under the sanitizers (a Debug build) the model runs too slowly for the request deadlines: the
+  # script exits 77 there, which ctest counts as skipped.
+  add_test(NAME serve_integration
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/serve/serve_integration.py
+                   --moerun $<TARGET_FILE:moerun_cli> --model ${PROJECT_SOURCE_DIR}/models/default
+                   $<$<BOOL:${MOERUN_SANITIZE}>:--sanitized>)
+  set_tests_properties(serve_integration PROPERTIES TIMEOUT 900 SKIP_RETURN_CODE 77)
+endif()
