@@ -9,6 +9,7 @@
 // results equal those over the f32 cache of the widened values.
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <utility>
 #include <vector>
@@ -100,28 +101,43 @@ int64_t longest_row(const AttentionParams& p) {
 // while that leaves under 4 items per thread, and halved groups while there are fewer items than
 // threads (decode on few KV heads, e.g. MLA's one latent head; each chunk reads the whole cache, so
 // chunks are kept as large as the threads allow).
-void attention_grouped(const AttentionParams& p, Context& ctx) {
+struct GroupedTiling {
+  int64_t group = 1, chunk = 1, tokens = 1, per_kv = 1, kv_items = 1, items = 0, scores = 0, scratch = 0;
+};
+
+GroupedTiling grouped_tiling(const AttentionParams& p, int64_t threads) {
   constexpr int64_t kTileQueries = 12;
-  const int64_t group = p.n_heads / p.n_kv_heads;
-  const int64_t threads = ctx.threads();
-  int64_t chunk = group, tokens = std::clamp<int64_t>(kTileQueries / group, 1, p.n_tokens);
-  auto per_kv = [&] { return (group + chunk - 1) / chunk; };
-  auto items = [&] { return (p.n_tokens + tokens - 1) / tokens * p.n_kv_heads * per_kv(); };
-  while (tokens > 1 && items() < 4 * threads) tokens = (tokens + 1) / 2;
-  while (chunk > 1 && items() < threads) chunk = (chunk + 1) / 2;
-  const int64_t longest = longest_row(p);
-  const int64_t kv_items = p.n_kv_heads * per_kv();
-  ctx.reserve_each(&WorkerScratch::scores, tokens * chunk * longest);  // to the longest context seen
-  ctx.reserve_each(&WorkerScratch::kv_rows, attend_avx512_scratch(p));
-  ctx.parallel_for(items(), [&](int64_t b, int64_t e, int worker) {
+  GroupedTiling g;
+  g.group = p.n_heads / p.n_kv_heads;
+  g.chunk = g.group;
+  g.tokens = std::clamp<int64_t>(kTileQueries / g.group, 1, p.n_tokens);
+  auto per_kv = [&] { return (g.group + g.chunk - 1) / g.chunk; };
+  auto items = [&] { return (p.n_tokens + g.tokens - 1) / g.tokens * p.n_kv_heads * per_kv(); };
+  while (g.tokens > 1 && items() < 4 * threads) g.tokens = (g.tokens + 1) / 2;
+  while (g.chunk > 1 && items() < threads) g.chunk = (g.chunk + 1) / 2;
+  g.per_kv = per_kv();
+  g.kv_items = p.n_kv_heads * g.per_kv;
+  g.items = items();
+  g.scores = g.tokens * g.chunk * longest_row(p);  // to the longest context seen
+  g.scratch = attend_avx512_scratch(p);
+  return g;
+}
+
+void grouped_item(const AttentionParams& p, const GroupedTiling& g, int64_t i, float* scores, float* widened) {
+  const int64_t t0 = i / g.kv_items * g.tokens, rest = i % g.kv_items;
+  const int64_t h0 = rest / g.per_kv * g.group + rest % g.per_kv * g.chunk;
+  const int64_t heads = std::min(g.chunk, (rest / g.per_kv + 1) * g.group - h0);
+  attend_avx512(p, t0, std::min(g.tokens, p.n_tokens - t0), h0, heads, scores, widened);
+}
+
+void attention_grouped(const AttentionParams& p, Context& ctx) {
+  const GroupedTiling g = grouped_tiling(p, ctx.threads());
+  ctx.reserve_each(&WorkerScratch::scores, g.scores);
+  ctx.reserve_each(&WorkerScratch::kv_rows, g.scratch);
+  ctx.parallel_for(g.items, [&](int64_t b, int64_t e, int worker) {
     float* scores = ctx.worker(worker).scores.data();
     float* widened = ctx.worker(worker).kv_rows.data();
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t t0 = i / kv_items * tokens, rest = i % kv_items;
-      const int64_t h0 = rest / per_kv() * group + rest % per_kv() * chunk;
-      const int64_t heads = std::min(chunk, (rest / per_kv() + 1) * group - h0);
-      attend_avx512(p, t0, std::min(tokens, p.n_tokens - t0), h0, heads, scores, widened);
-    }
+    for (int64_t i = b; i < e; ++i) grouped_item(p, g, i, scores, widened);
   });
 }
 
@@ -182,8 +198,45 @@ void attention_isa(const AttentionParams& p, Context& ctx, Isa isa) {
   });
 }
 
+void attention_many_isa(std::span<const AttentionParams> ps, Context& ctx, Isa isa) {
+  if (isa != Isa::avx512 || ps.size() == 1) {
+    for (const AttentionParams& p : ps) attention_isa(p, ctx, isa);
+    return;
+  }
+  // Every call's items (tiled as that call alone would be, so each gives exactly what it gives
+  // alone) in one pass over the pool: a batched decode step's sequences cost one dispatch per layer.
+  constexpr size_t kMax = 256;
+  if (ps.size() > kMax) {
+    attention_many_isa(ps.first(kMax), ctx, isa);
+    attention_many_isa(ps.subspan(kMax), ctx, isa);
+    return;
+  }
+  std::array<GroupedTiling, kMax> tiling;
+  std::array<int64_t, kMax + 1> first{};  // call c owns items [first[c], first[c + 1])
+  int64_t scores = 0, scratch = 0;
+  for (size_t c = 0; c < ps.size(); ++c) {
+    check_kv_layout(ps[c]);
+    tiling[c] = grouped_tiling(ps[c], ctx.threads());
+    first[c + 1] = first[c] + tiling[c].items;
+    scores = std::max(scores, tiling[c].scores);
+    scratch = std::max(scratch, tiling[c].scratch);
+  }
+  ctx.reserve_each(&WorkerScratch::scores, scores);
+  ctx.reserve_each(&WorkerScratch::kv_rows, scratch);
+  ctx.parallel_for(first[ps.size()], [&](int64_t b, int64_t e, int worker) {
+    float* sc = ctx.worker(worker).scores.data();
+    float* widened = ctx.worker(worker).kv_rows.data();
+    size_t c = static_cast<size_t>(std::upper_bound(first.begin(), first.begin() + static_cast<int64_t>(ps.size()) + 1, b) - first.begin()) - 1;
+    for (int64_t i = b; i < e; ++i) {
+      while (i >= first[c + 1]) ++c;
+      grouped_item(ps[c], tiling[c], i - first[c], sc, widened);
+    }
+  });
+}
+
 }  // namespace detail
 
 void attention(const AttentionParams& p, Context& ctx) { detail::attention_isa(p, ctx, detail::best_isa()); }
+void attention_many(std::span<const AttentionParams> ps, Context& ctx) { detail::attention_many_isa(ps, ctx, detail::best_isa()); }
 
 }  // namespace moerun::cpu

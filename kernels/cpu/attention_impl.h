@@ -3,6 +3,7 @@
 // attention_avx512.cpp and the tests, which run every path this CPU supports.
 
 #include <cstdint>
+#include <span>
 
 #include "kernels/cpu/context.h"
 #include "kernels/cpu/isa.h"
@@ -25,5 +26,7 @@ void check_kv_layout(const AttentionParams& p);
 // cpu::attention on a chosen instruction set (which this CPU must support); scalar and avx2 share
 // the portable loop.
 void attention_isa(const AttentionParams& p, Context& ctx, Isa isa);
+// cpu::attention_many on a chosen instruction set.
+void attention_many_isa(std::span<const AttentionParams> ps, Context& ctx, Isa isa);
 
 }  // namespace moerun::cpu::detail

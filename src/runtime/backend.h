@@ -50,6 +50,10 @@ class Backend {
   virtual void rms_norm(const RmsNormParams& p) = 0;
   virtual void rope(const RopeParams& p) = 0;
   virtual void attention(const AttentionParams& p) = 0;
+  // Independent attentions (a batched step's sequences); a backend may run them as one pass.
+  virtual void attention_many(std::span<const AttentionParams> ps) {
+    for (const AttentionParams& p : ps) attention(p);
+  }
   virtual void gated_act(const GatedActParams& p) = 0;
   virtual void route(const RouteParams& p) = 0;
   virtual void embed(const EmbedParams& p) = 0;

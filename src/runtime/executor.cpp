@@ -234,6 +234,7 @@ struct Runner {
   std::vector<int64_t> rope_seq_len;     // what each slot's table was made for (-1: none yet)
   RecordedStep decode_step;  // single-token steps of one session on a backend that can record them
   std::span<const Segment> segs;  // the step being run
+  std::vector<AttentionParams> attn_calls;  // one per segment, run as one op (reserved: no allocation per step)
   BatchStats* expert_stats = nullptr;  // set: count the distinct experts each MoE layer runs
   std::vector<int32_t> routed;         // (host copy of a layer's routing, for the count)
   std::vector<uint8_t> expert_seen;
@@ -245,6 +246,7 @@ struct Runner {
     const bool dynamic = c.rope.scaling.type == RopeType::dynamic;
     rope.resize(dynamic ? static_cast<size_t>(sequences) : 1);
     rope_seq_len.assign(rope.size(), -1);
+    attn_calls.reserve(static_cast<size_t>(sequences));
     make_expert_tables();
     if (reserve_now) reserve();
   }
@@ -389,6 +391,7 @@ struct Runner {
     apply_rope(kb, n, Hkv, Hkv * dh, dh, 0);
     const int64_t row = Hkv * dh;
     float* ab = buf(Ws::attn, n * H * dh);
+    attn_calls.clear();
     for (const Segment& s : segs) {  // each sequence over its own cache
       void* kc = s.seq->k_cache[l].data;
       void* vc = s.seq->v_cache[l].data;
@@ -397,11 +400,12 @@ struct Runner {
                       .src_stride = row, .cache_stride = row});
       be->store_rows({.cache = vc, .cache_type = kv_type, .src = vb + s.row * row, .positions = p, .n = s.n, .cols = row,
                       .src_stride = row, .cache_stride = row});
-      be->attention({.out = ab + s.row * H * dh, .q = qb + s.row * H * dh, .k = kc, .v = vc, .kv_type = kv_type, .positions = p,
-                     .n_tokens = s.n, .n_heads = H, .n_kv_heads = Hkv, .qk_dim = dh, .v_dim = dh, .q_token_stride = H * dh,
-                     .q_head_stride = dh, .k_pos_stride = row, .k_head_stride = dh, .v_pos_stride = row, .v_head_stride = dh,
-                     .scale = static_cast<float>(c.softmax_scale), .max_len = s.seq->context});
+      attn_calls.push_back({.out = ab + s.row * H * dh, .q = qb + s.row * H * dh, .k = kc, .v = vc, .kv_type = kv_type, .positions = p,
+                            .n_tokens = s.n, .n_heads = H, .n_kv_heads = Hkv, .qk_dim = dh, .v_dim = dh, .q_token_stride = H * dh,
+                            .q_head_stride = dh, .k_pos_stride = row, .k_head_stride = dh, .v_pos_stride = row, .v_head_stride = dh,
+                            .scale = static_cast<float>(c.softmax_scale), .max_len = s.seq->context});
     }
+    be->attention_many(attn_calls);
     lin(o, ab, n, L.o_proj);
   }
 
@@ -445,14 +449,16 @@ struct Runner {
                        .block_in = c.fp8.block_in});
       be->copy({.dst = qcat + r, .src = qb + dn, .rows = n * H, .cols = dr, .dst_stride = row, .src_stride = dq});
       float* latent_out = buf(Ws::latent_out, n * H * r);
+      attn_calls.clear();
       for (const Segment& s : segs) {
         const void* cache = s.seq->k_cache[l].data;
-        be->attention({.out = latent_out + s.row * H * r, .q = qcat + s.row * H * row, .k = cache, .v = cache, .kv_type = kv_type,
-                       .positions = dev_positions() + s.row, .n_tokens = s.n, .n_heads = H, .n_kv_heads = 1, .qk_dim = row,
-                       .v_dim = r, .q_token_stride = H * row, .q_head_stride = row, .k_pos_stride = row, .k_head_stride = 0,
-                       .v_pos_stride = row, .v_head_stride = 0, .scale = static_cast<float>(c.softmax_scale),
-                       .max_len = s.seq->context});
+        attn_calls.push_back({.out = latent_out + s.row * H * r, .q = qcat + s.row * H * row, .k = cache, .v = cache,
+                              .kv_type = kv_type, .positions = dev_positions() + s.row, .n_tokens = s.n, .n_heads = H,
+                              .n_kv_heads = 1, .qk_dim = row, .v_dim = r, .q_token_stride = H * row, .q_head_stride = row,
+                              .k_pos_stride = row, .k_head_stride = 0, .v_pos_stride = row, .v_head_stride = 0,
+                              .scale = static_cast<float>(c.softmax_scale), .max_len = s.seq->context});
       }
+      be->attention_many(attn_calls);
       // o_h = W_UV^h o~_h.
       be->head_matmul({.out = ab, .x = latent_out, .weight = wp(kvb), .weight_dtype = kvb.dtype(), .n_tokens = n,
                        .n_heads = H, .in_dim = r, .out_dim = dv, .head_rows = dn + dv, .row_offset = dn, .row_len = r,

@@ -348,6 +348,40 @@ TEST(KvCacheAttention, EveryTypeAndIsaMatchesF32OverTheWidenedCache) {
     }
 }
 
+// attention_many (a batched step's sequences in one pass over the pool) gives every call exactly
+// what attention gives it alone: all the cases of a type at once, on every ISA, one and two threads.
+TEST(KvCacheAttention, ManyAtOnceEqualsEachAlone) {
+  cpu::ThreadPool pool(2);
+  cpu::Context alone, pooled_ctx(&pool);
+  uint64_t seed = 900;
+  for (KvType type : kTypes) {
+    const std::vector<KvCase> cs = cases(type == KvType::q8_0);
+    std::vector<KvData> data;
+    for (const KvCase& c : cs) data.push_back(make_data(c, type, ++seed));
+    for (Isa isa : isas())
+      for (bool pooled : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << kv_type_name(type) << ", isa " << cpu::detail::isa_name(isa) << (pooled ? ", pool" : ""));
+        cpu::Context& ctx = pooled ? pooled_ctx : alone;
+        std::vector<std::vector<float>> want, got;
+        std::vector<AttentionParams> ps;
+        for (size_t i = 0; i < cs.size(); ++i) {
+          const size_t n_out = static_cast<size_t>(cs[i].n_tokens() * cs[i].n_heads * cs[i].v_dim);
+          want.emplace_back(n_out, kNaN);
+          got.emplace_back(n_out, kNaN);
+        }
+        for (size_t i = 0; i < cs.size(); ++i) {
+          poison(ctx, 1 << 16);
+          cpu::detail::attention_isa(params(cs[i], type, data[i].q.data(), data[i].k.data(), data[i].v.data(), want[i].data()), ctx, isa);
+          ps.push_back(params(cs[i], type, data[i].q.data(), data[i].k.data(), data[i].v.data(), got[i].data()));
+        }
+        poison(ctx, 1 << 16);
+        cpu::detail::attention_many_isa(ps, ctx, isa);
+        for (size_t i = 0; i < cs.size(); ++i)
+          for (size_t e = 0; e < want[i].size(); ++e) ASSERT_EQ(got[i][e], want[i][e]) << cs[i].name << " element " << e;
+      }
+  }
+}
+
 // The f32 path of every ISA agrees with a double reference over the widened cache of each type, so
 // the comparison above is not between two equally wrong results.
 TEST(KvCacheAttention, WidenedCacheMatchesDoubleReference) {
