@@ -62,8 +62,9 @@ TEST(BenchReport, JsonKeysAndCsvColumnsAreOneList) {
   ASSERT_EQ(j.size(), 2u);
   std::vector<std::string> keys;
   for (const auto& [key, value] : j[0].items()) keys.push_back(key);
-  const std::vector<std::string> want = {"model", "size", "params", "backend", "threads", "kv_type", "test", "tokens", "tps_mean", "tps_sd", "tps",
-                                         "bytes_per_token", "gbps", "ceiling_gbps", "bw_fraction", "tflops", "gemm_ceiling_tflops",
+  const std::vector<std::string> want = {"model", "size", "params", "backend", "threads", "kv_type", "test", "batch", "tokens",
+                                         "tps_mean", "tps_sd", "seq_tps", "tps", "bytes_per_token", "bytes_per_step",
+                                         "experts_per_layer", "gbps", "ceiling_gbps", "bw_fraction", "tflops", "gemm_ceiling_tflops",
                                          "gemm_fraction"};
   EXPECT_EQ(keys, want);
   EXPECT_EQ(j[1]["test"], "tg4 @ d16");
@@ -79,11 +80,29 @@ TEST(BenchReport, JsonKeysAndCsvColumnsAreOneList) {
   std::getline(csv, line);
   EXPECT_EQ(split(line), want);  // the header: every JSON key, in order
   std::getline(csv, line);
-  EXPECT_EQ(line, "\"llama 1.23 M f32\",\"4.50 MiB\",\"1.23 M\",CPU,2,f32,\"pp8\",8,105.0000,7.0711,\"100.0000 110.0000\",0,0.0000,"
-                  "10.0000,0.0000,0.2600,2.0000,0.1300");
+  EXPECT_EQ(line, "\"llama 1.23 M f32\",\"4.50 MiB\",\"1.23 M\",CPU,2,f32,\"pp8\",1,8,105.0000,7.0711,105.0000,\"100.0000 110.0000\",0,0,"
+                  "0.0000,0.0000,10.0000,0.0000,0.2600,2.0000,0.1300");
   std::getline(csv, line);
   EXPECT_EQ(split(line).size(), want.size()) << line;
   EXPECT_FALSE(std::getline(csv, line));
+}
+
+// bench -b rows: the batch, the per-sequence rate, the bytes of a whole step and the experts a
+// layer ran per step appear once a row decodes several sequences.
+TEST(BenchReport, BatchedRowsShowTheBatchColumns) {
+  std::vector<BenchRow> rows = sample_rows(0.0);
+  rows[1].result.test = "tg4 @ d16 b4";
+  rows[1].result.batch = 4;
+  rows[1].result.experts_per_layer = 12.5;
+  const std::string md = format_bench(rows, BenchFormat::markdown);
+  EXPECT_NE(md.find("| test | B | t/s | t/s per seq |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| tg4 @ d16 b4 | 4 | 11.00 ± 1.41 | 2.75 | 1.23 MB | 4.94 MB | 12.5 |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| pp8 | 1 | 105.00 ± 7.07 | 105.00 | - | - | - |"), std::string::npos) << md;
+  const auto j = nlohmann::ordered_json::parse(format_bench(rows, BenchFormat::json));
+  EXPECT_EQ(j[1]["batch"], 4);
+  EXPECT_DOUBLE_EQ(j[1]["seq_tps"].get<double>(), 2.75);
+  EXPECT_DOUBLE_EQ(j[1]["bytes_per_step"].get<double>(), 4 * j[1]["bytes_per_token"].get<double>());
+  EXPECT_DOUBLE_EQ(j[1]["experts_per_layer"].get<double>(), 12.5);
 }
 
 TEST(BenchReport, RowDescribesTheEngine) {

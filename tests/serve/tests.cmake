@@ -7,9 +7,12 @@ find_package(Python3 COMPONENTS Interpreter)
 if(Python3_FOUND)
   # Under the sanitizers (a Debug build) the model runs too slowly for the request deadlines: the
   # script exits 77 there, which ctest counts as skipped.
+  set(serve_integration_flags "")
+  if(MOERUN_SANITIZE)
+    set(serve_integration_flags --sanitized)
+  endif()
   add_test(NAME serve_integration
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/serve/serve_integration.py
-                   --moerun $<TARGET_FILE:moerun_cli> --model ${PROJECT_SOURCE_DIR}/models/default
-                   $<$<BOOL:${MOERUN_SANITIZE}>:--sanitized>)
+                   --moerun $<TARGET_FILE:moerun_cli> --model ${PROJECT_SOURCE_DIR}/models/default ${serve_integration_flags})
   set_tests_properties(serve_integration PROPERTIES TIMEOUT 900 SKIP_RETURN_CODE 77)
 endif()
