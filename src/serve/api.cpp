@@ -669,13 +669,27 @@ Json completion_response(const std::string& id, const std::string& model, int64_
   return j;
 }
 
-Json chat_chunk(const std::string& id, const std::string& model, int64_t created, const ChunkDelta& d) {
-  Json j = header(id, "chat.completion.chunk", created, model);
+namespace {
+
+// A stream chunk around `choice` (index and delta or text set): the usage-only chunk when the delta
+// carries the usage (include_usage: no choices), else the choice with its finish_reason.
+Json chunk_of(const char* object, const std::string& id, const std::string& model, int64_t created, const ChunkDelta& d,
+              Json choice) {
+  Json j = header(id, object, created, model);
   if (d.usage) {
     j["choices"] = Json::array();
     j["usage"] = usage_json(*d.usage);
     return j;
   }
+  choice["finish_reason"] = d.finish ? Json(text(*d.finish)) : Json(nullptr);
+  choice["logprobs"] = nullptr;
+  j["choices"] = one(std::move(choice));
+  return j;
+}
+
+}  // namespace
+
+Json chat_chunk(const std::string& id, const std::string& model, int64_t created, const ChunkDelta& d) {
   Json delta = Json::object();
   if (d.role) delta["role"] = "assistant";
   if (d.role || d.content) delta["content"] = d.content ? text(*d.content) : std::string();
@@ -683,26 +697,14 @@ Json chat_chunk(const std::string& id, const std::string& model, int64_t created
   Json choice = Json::object();
   choice["index"] = 0;
   choice["delta"] = std::move(delta);
-  choice["finish_reason"] = d.finish ? Json(text(*d.finish)) : Json(nullptr);
-  choice["logprobs"] = nullptr;
-  j["choices"] = one(std::move(choice));
-  return j;
+  return chunk_of("chat.completion.chunk", id, model, created, d, std::move(choice));
 }
 
 Json completion_chunk(const std::string& id, const std::string& model, int64_t created, const ChunkDelta& d) {
-  Json j = header(id, "text_completion", created, model);
-  if (d.usage) {
-    j["choices"] = Json::array();
-    j["usage"] = usage_json(*d.usage);
-    return j;
-  }
   Json choice = Json::object();
   choice["index"] = 0;
   choice["text"] = text(d.reasoning.value_or("") + d.content.value_or(""));
-  choice["finish_reason"] = d.finish ? Json(text(*d.finish)) : Json(nullptr);
-  choice["logprobs"] = nullptr;
-  j["choices"] = one(std::move(choice));
-  return j;
+  return chunk_of("text_completion", id, model, created, d, std::move(choice));
 }
 
 std::string sse_event(const Json& j) {

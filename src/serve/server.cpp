@@ -444,20 +444,25 @@ struct Server::Impl {
       for (const auto& [key, n] : counts) out += cat("moerun_requests_total{endpoint=\"", key.first, "\",status=\"", key.second, "\"} ", n, "\n");
     }
     const SchedulerMetrics m = scheduler ? scheduler->metrics() : SchedulerMetrics{};
-    family("moerun_model_loaded", "gauge", "1 once the model is loaded and requests are served.");
-    out += cat("moerun_model_loaded ", ready ? 1 : 0, "\n");
-    family("moerun_prompt_tokens_total", "counter", "Prompt tokens prefilled (tokens reused from a slot's cache not counted).");
-    out += cat("moerun_prompt_tokens_total ", m.prompt_tokens, "\n");
-    family("moerun_prompt_tokens_cached_total", "counter", "Prompt tokens reused from a slot's cache.");
-    out += cat("moerun_prompt_tokens_cached_total ", m.cached_tokens, "\n");
-    family("moerun_generated_tokens_total", "counter", "Tokens sampled.");
-    out += cat("moerun_generated_tokens_total ", m.generated_tokens, "\n");
-    family("moerun_requests_active", "gauge", "Requests holding a slot.");
-    out += cat("moerun_requests_active ", m.active, "\n");
-    family("moerun_requests_queued", "gauge", "Requests waiting for a slot.");
-    out += cat("moerun_requests_queued ", m.queued, "\n");
-    family("moerun_slots", "gauge", "Slots (--parallel).");
-    out += cat("moerun_slots ", m.slots, "\n");
+    struct Series {
+      const char* name;
+      const char* type;
+      const char* help;
+      uint64_t value;
+    };
+    const Series single[] = {
+        {"moerun_model_loaded", "gauge", "1 once the model is loaded and requests are served.", ready ? 1u : 0u},
+        {"moerun_prompt_tokens_total", "counter", "Prompt tokens prefilled (tokens reused from a slot's cache not counted).", m.prompt_tokens},
+        {"moerun_prompt_tokens_cached_total", "counter", "Prompt tokens reused from a slot's cache.", m.cached_tokens},
+        {"moerun_generated_tokens_total", "counter", "Tokens sampled.", m.generated_tokens},
+        {"moerun_requests_active", "gauge", "Requests holding a slot.", static_cast<uint64_t>(m.active)},
+        {"moerun_requests_queued", "gauge", "Requests waiting for a slot.", static_cast<uint64_t>(m.queued)},
+        {"moerun_slots", "gauge", "Slots (--parallel).", static_cast<uint64_t>(m.slots)},
+    };
+    for (const Series& x : single) {
+      family(x.name, x.type, x.help);
+      out += cat(x.name, " ", x.value, "\n");
+    }
     family("moerun_jobs_total", "counter", "Generation jobs ended, by outcome.");
     out += cat("moerun_jobs_total{outcome=\"finished\"} ", m.finished, "\n");
     out += cat("moerun_jobs_total{outcome=\"cancelled\"} ", m.cancelled, "\n");
