@@ -24,14 +24,14 @@ namespace moerun::serve {
 struct ServerOptions {
   std::string host = "127.0.0.1";  // loopback: a local model's conversations stay local
   int port = 8080;                 // 0: an ephemeral port (Server::bind says which)
-  std::string api_key;             // non-empty: "Authorization: Bearer KEY" on every endpoint but /health
+  std::string api_key = "";        // non-empty: "Authorization: Bearer KEY" on every endpoint but /health
   int timeout_seconds = 600;       // HTTP read/write timeout
   size_t max_body_bytes = kDefaultMaxBodyBytes;
   SchedulerOptions scheduler;
   bool random_seed = true;         // requests without "seed" get a fresh one (false: the model's sampling.seed)
   int64_t max_tokens = -1;         // default max_tokens; <= 0: until the slot's context is full
-  std::vector<std::string> stop;   // stop strings added to every request's
-  std::string system;              // system prompt for chats that bring none
+  std::vector<std::string> stop = {};  // stop strings added to every request's
+  std::string system = "";         // system prompt for chats that bring none
   bool parse_special = false;      // special-token text in messages becomes control tokens (moerun's --parse-special)
 };
 

@@ -1,7 +1,7 @@
-# moerun serve: the wire format and the scheduler (GoogleTest), and the server end to end with the
+# moerun serve: the wire format, the scheduler and the server in-process (GoogleTest), and the server end to end with the
 # real `openai` Python client over loopback (tests/serve/serve_integration.py).
-moerun_add_test(serve_tests serve/api_test.cpp serve/scheduler_test.cpp)
-target_link_libraries(serve_tests PRIVATE moerun_serve)
+moerun_add_test(serve_tests serve/api_test.cpp serve/scheduler_test.cpp serve/server_test.cpp)
+target_link_libraries(serve_tests PRIVATE moerun_serve PkgConfig::HTTPLIB)
 
 find_package(Python3 COMPONENTS Interpreter)
 if(Python3_FOUND)
