@@ -11,7 +11,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <span>
 
 #include "moerun/model_desc.h"
 #include "moerun/dtype.h"
@@ -219,7 +218,7 @@ void rope(const RopeParams& p, Context& ctx);
 void attention(const AttentionParams& p, Context& ctx);  // (token, head) pairs split across the pool
 // Several independent attentions (a batched step's sequences, each over its own cache) in one pass
 // over the pool; each gives exactly what attention() gives it.
-void attention_many(std::span<const AttentionParams> ps, Context& ctx);
+void attention_many(const AttentionParams* ps, size_t count, Context& ctx);
 void gated_act(const GatedActParams& p, Context& ctx);
 void route(const RouteParams& p, Context& ctx);
 void embed(const EmbedParams& p, Context& ctx);

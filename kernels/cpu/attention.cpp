@@ -237,6 +237,8 @@ void attention_many_isa(std::span<const AttentionParams> ps, Context& ctx, Isa i
 }  // namespace detail
 
 void attention(const AttentionParams& p, Context& ctx) { detail::attention_isa(p, ctx, detail::best_isa()); }
-void attention_many(std::span<const AttentionParams> ps, Context& ctx) { detail::attention_many_isa(ps, ctx, detail::best_isa()); }
+void attention_many(const AttentionParams* ps, size_t count, Context& ctx) {
+  detail::attention_many_isa(std::span<const AttentionParams>(ps, count), ctx, detail::best_isa());
+}
 
 }  // namespace moerun::cpu

@@ -44,7 +44,7 @@ class CpuBackend final : public Backend {
   void rms_norm(const RmsNormParams& p) override { cpu::rms_norm(p, ctx_); }
   void rope(const RopeParams& p) override { cpu::rope(p, ctx_); }
   void attention(const AttentionParams& p) override { cpu::attention(p, ctx_); }
-  void attention_many(std::span<const AttentionParams> ps) override { cpu::attention_many(ps, ctx_); }
+  void attention_many(std::span<const AttentionParams> ps) override { cpu::attention_many(ps.data(), ps.size(), ctx_); }
   void gated_act(const GatedActParams& p) override { cpu::gated_act(p, ctx_); }
   void route(const RouteParams& p) override { cpu::route(p, ctx_); }
   void embed(const EmbedParams& p) override { cpu::embed(p, ctx_); }
