@@ -105,6 +105,19 @@ SchedulerMetrics Scheduler::metrics() const {
   return metrics_;
 }
 
+int64_t Scheduler::busy_slots() const {
+  return std::count_if(slots_.begin(), slots_.end(), [](const auto& s) { return s->busy; });
+}
+
+// A job that never got a slot ends "cancelled", having waited since it was queued.
+void Scheduler::cancel_queued(Pending& p) {
+  JobResult r;
+  r.finish_reason = "cancelled";
+  r.prompt_tokens = static_cast<int64_t>(p.job.prompt.size());
+  r.queue_seconds = now_seconds() - p.queued_at;
+  if (p.job.on_done) p.job.on_done(r);
+}
+
 // The job is over: the text held back is sent (unless it was cut at a stop string or cancelled),
 // the callbacks told, the slot freed. Its cache keeps what it holds for the next job's prefix.
 void Scheduler::retire(Slot& s, const std::string& reason, const std::string& error) {
@@ -129,7 +142,7 @@ void Scheduler::retire(Slot& s, const std::string& reason, const std::string& er
   {
     const std::lock_guard<std::mutex> lock(mutex_);
     ++(reason == "cancelled" ? metrics_.cancelled : reason == "error" ? metrics_.failed : metrics_.finished);
-    metrics_.active = std::count_if(slots_.begin(), slots_.end(), [](const auto& x) { return x->busy; });
+    metrics_.active = busy_slots();
   }
   if (s.job.on_done) s.job.on_done(r);
   s.job = Job{};
@@ -234,13 +247,7 @@ bool Scheduler::step() {
     }
     metrics_.queued = static_cast<int64_t>(queue_.size());
   }
-  for (Pending& p : dropped) {
-    JobResult r;
-    r.finish_reason = "cancelled";
-    r.prompt_tokens = static_cast<int64_t>(p.job.prompt.size());
-    r.queue_seconds = now_seconds() - p.queued_at;
-    if (p.job.on_done) p.job.on_done(r);
-  }
+  for (Pending& p : dropped) cancel_queued(p);
   admit();
 
   // Decoding slots first (one token each), then prompt chunks, oldest admission first, within the
@@ -275,7 +282,7 @@ bool Scheduler::step() {
   }
   {
     const std::lock_guard<std::mutex> lock(mutex_);
-    metrics_.active = std::count_if(slots_.begin(), slots_.end(), [](const auto& s) { return s->busy; });
+    metrics_.active = busy_slots();
   }
   if (entries.empty()) return false;
 
@@ -317,7 +324,7 @@ bool Scheduler::step() {
     if (secs <= SchedulerMetrics::kStepBuckets[b]) ++metrics_.step_buckets[b];
   metrics_.prompt_tokens += prefilled;
   metrics_.cached_tokens += reused;
-  metrics_.active = std::count_if(slots_.begin(), slots_.end(), [](const auto& s) { return s->busy; });
+  metrics_.active = busy_slots();
   return true;
 }
 
@@ -349,12 +356,7 @@ void Scheduler::loop() {
     const std::lock_guard<std::mutex> lock(mutex_);
     rest.swap(queue_);
   }
-  for (Pending& p : rest) {
-    JobResult r;
-    r.finish_reason = "cancelled";
-    r.prompt_tokens = static_cast<int64_t>(p.job.prompt.size());
-    if (p.job.on_done) p.job.on_done(r);
-  }
+  for (Pending& p : rest) cancel_queued(p);
 }
 
 }  // namespace moerun::serve

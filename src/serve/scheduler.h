@@ -120,6 +120,8 @@ class Scheduler {
   void retire(Slot& slot, const std::string& reason, const std::string& error = "");
   bool step();
   void sample(Slot& slot, std::span<const float> logits);
+  void cancel_queued(Pending& p);
+  int64_t busy_slots() const;  // (scheduler thread)
 
   const Engine& engine_;
   const Tokenizer& tokenizer_;

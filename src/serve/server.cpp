@@ -48,6 +48,11 @@ void send_json(httplib::Response& res, int status, const Json& body) {
 }
 void send_error(httplib::Response& res, const ApiError& e) { send_json(res, e.status, error_body(e)); }
 
+// 400: the request itself is wrong (`param`: the field, or what it made).
+ApiError bad_request(std::string message, std::string param, std::string code = "") {
+  return {.status = 400, .message = std::move(message), .type = "invalid_request_error", .param = std::move(param), .code = std::move(code)};
+}
+
 ApiError loading_error() {
   return {.status = 503, .message = "the model is still loading; retry when GET /health answers 200", .type = "unavailable_error",
           .param = "", .code = "model_loading"};
@@ -242,7 +247,7 @@ struct Server::Impl {
     } catch (const RequestError& e) {
       send_error(res, e.error());
     } catch (const Error& e) {
-      send_error(res, {.status = 400, .message = e.what(), .type = "invalid_request_error", .param = "content", .code = ""});
+      send_error(res, bad_request(e.what(), "content"));
     }
   }
 
@@ -253,8 +258,7 @@ struct Server::Impl {
       const int64_t V = model->engine.config().vocab_size;
       for (size_t i = 0; i < ids.size(); ++i)
         if (ids[i] < 0 || ids[i] >= V)
-          return send_error(res, {.status = 400, .message = cat("token id ", ids[i], " is outside the vocabulary [0, ", V, ")"),
-                                  .type = "invalid_request_error", .param = cat("tokens[", i, "]"), .code = ""});
+          return send_error(res, bad_request(cat("token id ", ids[i], " is outside the vocabulary [0, ", V, ")"), cat("tokens[", i, "]")));
       send_json(res, 200, {{"content", model->tokenizer.decode(ids)}});
     } catch (const RequestError& e) {
       send_error(res, e.error());
@@ -265,6 +269,7 @@ struct Server::Impl {
   // stream the text as the scheduler produces it.
   void complete(const httplib::Request& req, httplib::Response& res, bool chat) {
     if (!ready) return send_error(res, loading_error());
+    const char* input = chat ? "messages" : "prompt";  // the field an error about the prompt names
     CompletionRequest r;
     std::vector<int32_t> prompt;
     bool opens_thinking = false;
@@ -285,26 +290,27 @@ struct Server::Impl {
         });
         if (!o.system.empty() && !has_system) conv.set_system(o.system);
         prompt = conv.prompt_ids();
-        if (reasoning && model->chat_template)
-          opens_thinking = prompt_opens_reasoning(model->chat_template->apply(conv.template_messages(), co.chat));
+        // Whether the generation prompt opened a <think> section: its last tokens as text (the
+        // prompt was rendered once already; the tail says it without rendering it again).
+        if (reasoning) {
+          constexpr size_t kTail = 16;
+          const std::span<const int32_t> ids(prompt);
+          opens_thinking = prompt_opens_reasoning(model->tokenizer.decode(ids.last(std::min(kTail, ids.size()))));
+        }
       } else {
         prompt = model->tokenizer.encode(r.prompt);
       }
     } catch (const RequestError& e) {
       return send_error(res, e.error());
     } catch (const Error& e) {
-      return send_error(res, {.status = 400, .message = e.what(), .type = "invalid_request_error", .param = chat ? "messages" : "prompt",
-                              .code = ""});
+      return send_error(res, bad_request(e.what(), input));
     }
     const int64_t context = scheduler->context();
-    if (prompt.empty())
-      return send_error(res, {.status = 400, .message = "the prompt is empty", .type = "invalid_request_error",
-                              .param = chat ? "messages" : "prompt", .code = ""});
+    if (prompt.empty()) return send_error(res, bad_request("the prompt is empty", input));
     if (static_cast<int64_t>(prompt.size()) > context)
-      return send_error(res, {.status = 400,
-                              .message = cat("the prompt is ", prompt.size(), " tokens, more than the ", context,
+      return send_error(res, bad_request(cat("the prompt is ", prompt.size(), " tokens, more than the ", context,
                                              "-token context of a slot (the server's -c); shorten it"),
-                              .type = "invalid_request_error", .param = chat ? "messages" : "prompt", .code = "context_length_exceeded"});
+                                         input, "context_length_exceeded"));
 
     auto ex = std::make_shared<Exchange>();
     auto probe = std::make_shared<ConnectionProbe>(req.local_port, req.remote_port);
@@ -336,8 +342,7 @@ struct Server::Impl {
     try {
       control = scheduler->submit(std::move(job));
     } catch (const Error& e) {
-      return send_error(res, {.status = 400, .message = e.what(), .type = "invalid_request_error", .param = chat ? "messages" : "prompt",
-                              .code = ""});
+      return send_error(res, bad_request(e.what(), input));
     }
     if (!control) {
       res.set_header("Retry-After", "1");
