@@ -639,6 +639,17 @@ struct Runner {
   }
 };
 
+// New tokens for `seq` (Session::forward, a Batch entry): at least one, every id in the vocabulary,
+// and room for them all in its context; `who` names the caller in the error.
+void check_new_tokens(const Sequence& seq, std::span<const int32_t> ids, int64_t vocab, const std::string& who) {
+  const auto n = static_cast<int64_t>(ids.size());
+  if (n == 0) throw Error(who, "no tokens given");
+  for (int32_t id : ids)
+    if (id < 0 || id >= vocab) throw Error(who, cat("token id ", id, " is outside the vocabulary [0, ", vocab, ")"));
+  if (n > seq.context - seq.pos)
+    throw Error(who, cat(seq.pos, " cached + ", n, " new tokens exceed the context of ", seq.context, " tokens"));
+}
+
 // A session's part of the memory plan (runtime::plan_session, overflow-checked) against what the
 // host has free, before anything is allocated. The CPU backend refuses more (allocations there
 // succeed lazily and would fail later, under the OOM killer); CUDA allocations fail at once with a
@@ -683,11 +694,7 @@ struct Session::Impl {
   std::span<const float> forward(std::span<const int32_t> ids, bool all_positions) {
     const ModelDesc& c = engine->model.config();
     const int64_t n = static_cast<int64_t>(ids.size());
-    if (n == 0) throw Error("forward", "no tokens given");
-    for (int32_t id : ids)
-      if (id < 0 || id >= c.vocab_size) throw Error("forward", cat("token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
-    if (n > seq.context - seq.pos)
-      throw Error("forward", cat(seq.pos, " cached + ", n, " new tokens exceed the context of ", seq.context, " tokens"));
+    check_new_tokens(seq, ids, c.vocab_size, "forward");
     const size_t rows = all_positions ? static_cast<size_t>(n) : 1;
     host_logits.resize(detail::checked_bytes("logits", 1, rows, c.vocab_size));  // keeps its capacity
     const int64_t start = seq.pos;
@@ -787,11 +794,7 @@ struct Batch::Impl {
       for (size_t j = 0; j < i; ++j)
         if (entries[j].session == en.session) throw Error(who, cat("is the session of entry ", j, " again"));
       const auto n = static_cast<int64_t>(en.ids.size());
-      if (n == 0) throw Error(who, "has no tokens");
-      for (int32_t id : en.ids)
-        if (id < 0 || id >= c.vocab_size) throw Error(who, cat("token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
-      if (n > s.context - s.pos)
-        throw Error(who, cat(s.pos, " cached + ", n, " new tokens exceed the context of ", s.context, " tokens"));
+      check_new_tokens(s, en.ids, c.vocab_size, who);
       if (s.context > options.max_context && c.attention == AttentionKind::mla && engine->options.mla == MlaMode::naive)
         throw Error(who, cat("has a ", s.context, "-token context; this batch was made for ", options.max_context));
       if (n > options.max_tokens - total)
