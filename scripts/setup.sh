@@ -12,6 +12,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
   libsentencepiece-dev libonig-dev libutf8proc-dev libedit-dev
   libcpp-httplib-dev                # moerun serve's HTTP
+  libopenmpi-dev openmpi-bin        # multi-process runs: mpirun -np N moerun ... (moerun issue 17)
   clang libclang-rt-14-dev          # the libFuzzer target (scripts/fuzz.sh)
 )
 missing=()
