@@ -118,6 +118,10 @@ struct EmbedParams {
   DType dtype = DType::f32;
   const int32_t* ids = nullptr;  // [n_tokens], in range (the executor checks)
   int64_t n_tokens = 0, dim = 0;
+  // A vocabulary-split table (a rank's share): it holds rows [first_row, first_row + rows) of the
+  // vocabulary, and ids outside give zero rows (the ranks' lookups are then summed). rows 0: the
+  // whole vocabulary.
+  int64_t first_row = 0, rows = 0;
 };
 
 // out[r, :] += x[r, :], or out[r, :] += sigmoid(gate[r]) * x[r, :] when gate is set (Qwen2-MoE's
@@ -183,7 +187,8 @@ struct HeadMatmulParams {
 // Expert e's matrices are gate[e], up[e] ([intermediate, hidden]) and down[e] ([hidden,
 // intermediate]), all of weight_dtype. The pointer tables and ids live where the op runs (host for
 // cpu::, device for cuda::). Each selected expert runs once over all of its tokens; experts nobody
-// selected are not read. out is overwritten.
+// selected are not read. out is overwritten. A null gate[e] is an expert held by another rank
+// (expert parallel): its pairs add nothing here, and the ranks' outputs are summed afterwards.
 struct MoeParams {
   float* out = nullptr;                // [n_tokens, hidden]
   const float* x = nullptr;            // [n_tokens, hidden]

@@ -15,7 +15,12 @@ namespace moerun::cpu {
 void embed(const EmbedParams& p, Context&) {
   for (int64_t t = 0; t < p.n_tokens; ++t) {
     float* dst = p.out + t * p.dim;
-    const int64_t base = static_cast<int64_t>(p.ids[t]) * p.dim;
+    const int64_t id = static_cast<int64_t>(p.ids[t]) - p.first_row;
+    if (p.rows > 0 && (id < 0 || id >= p.rows)) {  // another rank's row
+      std::fill(dst, dst + p.dim, 0.0f);
+      continue;
+    }
+    const int64_t base = id * p.dim;
     if (p.dtype == DType::f32) {
       std::memcpy(dst, static_cast<const float*>(p.table) + base, static_cast<size_t>(p.dim) * sizeof(float));
     } else {

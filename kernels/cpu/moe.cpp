@@ -27,34 +27,37 @@ MatmulParams expert_matmul(const MoeParams& p, const void* const* table, const f
 // dispatches per expert. Outputs are summed in ascending expert id, as the batched path does, so
 // the result is the same bits.
 void moe_one_token(const MoeParams& p, Context& ctx) {
-  const int64_t D = p.hidden, I = p.intermediate, k = p.top_k;
+  const int64_t D = p.hidden, I = p.intermediate;
   CallScratch& s = ctx.call();
+  // Slots whose expert this rank holds (a null table entry is another rank's expert: expert
+  // parallel), by ascending expert id.
+  std::array<int64_t, kMatmulGroupMax / 2> order;
+  int64_t k = 0;
+  for (int64_t j = 0; j < p.top_k; ++j)
+    if (p.gate[p.expert_ids[j]]) order[static_cast<size_t>(k++)] = j;
+  std::sort(order.begin(), order.begin() + k, [&](int64_t a, int64_t b) { return p.expert_ids[a] < p.expert_ids[b]; });
+  std::fill(p.out, p.out + D, 0.0f);
+  if (k == 0) return;
   float* g = grow(s.moe_gate, k * I);
   float* u = grow(s.moe_up, k * I);
   float* y = grow(s.moe_down, k * D);
-  std::array<int64_t, kMatmulGroupMax / 2> order;  // slots by ascending expert id
-  for (int64_t j = 0; j < k; ++j) order[static_cast<size_t>(j)] = j;
-  std::sort(order.begin(), order.begin() + k, [&](int64_t a, int64_t b) { return p.expert_ids[a] < p.expert_ids[b]; });
   std::array<MatmulParams, kMatmulGroupMax> ps;
   auto set = [](MatmulParams m, float* out, const float* x, int64_t n, int64_t in, int64_t outf) {
     m.out = out, m.x = x, m.n = n, m.in_features = in, m.out_features = outf;
     return m;
   };
-  for (int64_t j = 0; j < k; ++j) {
-    const int32_t e = p.expert_ids[j];
-    ps[static_cast<size_t>(2 * j)] = set(expert_matmul(p, p.gate, p.gate_scale, e), g + j * I, p.x, 1, D, I);
-    ps[static_cast<size_t>(2 * j + 1)] = set(expert_matmul(p, p.up, p.up_scale, e), u + j * I, p.x, 1, D, I);
+  for (int64_t i = 0; i < k; ++i) {  // slot i of the scratch holds order[i]'s expert
+    const int32_t e = p.expert_ids[order[static_cast<size_t>(i)]];
+    ps[static_cast<size_t>(2 * i)] = set(expert_matmul(p, p.gate, p.gate_scale, e), g + i * I, p.x, 1, D, I);
+    ps[static_cast<size_t>(2 * i + 1)] = set(expert_matmul(p, p.up, p.up_scale, e), u + i * I, p.x, 1, D, I);
   }
   matmul_group(ps.data(), static_cast<size_t>(2 * k), ctx);
   gated_act({.out = g, .gate = g, .up = u, .n = k * I, .act = p.act}, ctx);
-  for (int64_t j = 0; j < k; ++j)
-    ps[static_cast<size_t>(j)] = set(expert_matmul(p, p.down, p.down_scale, p.expert_ids[j]), y + j * D, g + j * I, 1, I, D);
+  for (int64_t i = 0; i < k; ++i)
+    ps[static_cast<size_t>(i)] =
+        set(expert_matmul(p, p.down, p.down_scale, p.expert_ids[order[static_cast<size_t>(i)]]), y + i * D, g + i * I, 1, I, D);
   matmul_group(ps.data(), static_cast<size_t>(k), ctx);
-  std::fill(p.out, p.out + D, 0.0f);
-  for (int64_t i = 0; i < k; ++i) {
-    const int64_t j = order[static_cast<size_t>(i)];
-    vec::axpy(p.out, p.expert_weights[j], y + j * D, D);
-  }
+  for (int64_t i = 0; i < k; ++i) vec::axpy(p.out, p.expert_weights[order[static_cast<size_t>(i)]], y + i * D, D);
 }
 
 }  // namespace
@@ -71,7 +74,7 @@ void moe(const MoeParams& p, Context& ctx) {
   std::fill(p.out, p.out + p.n_tokens * D, 0.0f);
   for (int64_t e = 0; e < p.n_experts; ++e) {
     const int64_t b = plan.offsets[static_cast<size_t>(e)], count = plan.rows(e);
-    if (count == 0) continue;
+    if (count == 0 || !p.gate[e]) continue;  // unselected, or another rank's expert (null entry)
     const float* in = p.x;
     if (p.n_tokens > 1) {  // gather this expert's tokens (decode reads x in place)
       float* xin = grow(s.moe_x, count * D);

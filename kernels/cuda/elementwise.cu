@@ -82,12 +82,17 @@ template <DType D, bool kVec>
 __global__ void embed_kernel(float* __restrict__ out,          // [n_tokens, dim]
                              const void* __restrict__ table,   // [vocab, dim] of D
                              const int32_t* __restrict__ ids,  // [n_tokens]
-                             int64_t dim) {
+                             int64_t dim, int64_t first_row, int64_t rows) {
   const int64_t t = blockIdx.x;
-  const int64_t row = static_cast<int64_t>(ids[t]) * dim;
+  const int64_t id = static_cast<int64_t>(ids[t]) - first_row;
+  const int64_t row = id * dim;
   float* o = out + t * dim;
   constexpr int kPer = !kVec ? 1 : (D == DType::f32 ? 4 : 8);
   const int64_t nv = dim / kPer;
+  if (rows > 0 && (id < 0 || id >= rows)) {  // another rank's row (vocabulary split): zeros
+    for (int64_t j = blockIdx.y * int64_t{kEltThreads} + threadIdx.x; j < dim; j += int64_t{gridDim.y} * kEltThreads) o[j] = 0.0f;
+    return;
+  }
   for (int64_t j = blockIdx.y * int64_t{kEltThreads} + threadIdx.x; j < nv; j += int64_t{gridDim.y} * kEltThreads) {
     if constexpr (!kVec) {
       o[j] = widen<D>(table, row + j);
@@ -110,9 +115,9 @@ void launch_embed(const EmbedParams& p, cudaStream_t stream) {
   const bool vec = p.dim % kPer == 0 && aligned16(p.table) && aligned16(p.out) && (p.dim * bytes) % 16 == 0;
   const dim3 grid(static_cast<unsigned>(p.n_tokens), elt_blocks(vec ? p.dim / kPer : p.dim));
   if (vec)
-    embed_kernel<D, true><<<grid, kEltThreads, 0, stream>>>(p.out, p.table, p.ids, p.dim);
+    embed_kernel<D, true><<<grid, kEltThreads, 0, stream>>>(p.out, p.table, p.ids, p.dim, p.first_row, p.rows);
   else
-    embed_kernel<D, false><<<grid, kEltThreads, 0, stream>>>(p.out, p.table, p.ids, p.dim);
+    embed_kernel<D, false><<<grid, kEltThreads, 0, stream>>>(p.out, p.table, p.ids, p.dim, p.first_row, p.rows);
 }
 
 // ------------------------------------------------------------------------------------------------

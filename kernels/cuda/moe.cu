@@ -65,7 +65,9 @@ __global__ void __launch_bounds__(gemv::kMaxThreads) moe_gate_up_kernel(const De
   const int64_t pair = blockIdx.y, t = pair / a.top_k, I = a.intermediate;
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * R;
   const int32_t e = a.ids[pair];
-  if (e < 0 || e >= a.n_experts) {  // block-uniform: no barrier is skipped by part of the block
+  // Out of range, or another rank's expert (a null entry: expert parallel). Block-uniform: no
+  // barrier is skipped by part of the block.
+  if (e < 0 || e >= a.n_experts || a.gate[e] == nullptr) {
     if (threadIdx.x < R && i0 + threadIdx.x < I) a.h[pair * I + i0 + threadIdx.x] = 0.0f;
     return;
   }
@@ -106,7 +108,7 @@ __global__ void __launch_bounds__(gemv::kMaxThreads) moe_down_kernel(const Decod
   const int64_t pair = blockIdx.y, D = a.hidden;
   const int64_t d0 = static_cast<int64_t>(blockIdx.x) * R;
   const int32_t e = a.ids[pair];
-  if (e < 0 || e >= a.n_experts) {
+  if (e < 0 || e >= a.n_experts || a.down[e] == nullptr) {
     if (threadIdx.x < R && d0 + threadIdx.x < D) a.partial[pair * D + d0 + threadIdx.x] = 0.0f;
     return;
   }
@@ -265,7 +267,7 @@ void moe_prefill(const MoeParams& p, Context& ctx) {
   MOERUN_CUDA_CHECK(cudaGetLastError());
   for (int64_t e = 0; e < E; ++e) {  // experts nobody selected own no rows and are not read
     const int64_t r0 = plan.offsets[static_cast<size_t>(e)], rows = plan.rows(e);
-    if (rows == 0) continue;
+    if (rows == 0 || !gate[static_cast<size_t>(e)]) continue;
     detail::gemm_xwt(ctx, g + r0 * I, I, gate[static_cast<size_t>(e)], xg + r0 * D, D, p.weight_dtype, rows, D, I);
     detail::gemm_xwt(ctx, u + r0 * I, I, up[static_cast<size_t>(e)], xg + r0 * D, D, p.weight_dtype, rows, D, I);
   }
@@ -274,6 +276,10 @@ void moe_prefill(const MoeParams& p, Context& ctx) {
   for (int64_t e = 0; e < E; ++e) {
     const int64_t r0 = plan.offsets[static_cast<size_t>(e)], rows = plan.rows(e);
     if (rows == 0) continue;
+    if (!down[static_cast<size_t>(e)]) {  // another rank's expert: its rows add nothing here
+      MOERUN_CUDA_CHECK(cudaMemsetAsync(y + r0 * D, 0, static_cast<size_t>(rows * D) * sizeof(float), stream));
+      continue;
+    }
     detail::gemm_xwt(ctx, y + r0 * D, D, down[static_cast<size_t>(e)], h + r0 * I, I, p.weight_dtype, rows, I, D);
   }
   moe_combine_kernel<<<elt_blocks(p.n_tokens * D), kEltThreads, 0, stream>>>(p.out, y, p.expert_weights, dev_row_of,
