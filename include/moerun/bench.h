@@ -52,6 +52,11 @@ struct BenchResult {
   double gbps = 0;             // tg only: bytes_per_token * mean
   int batch = 1;               // sequences decoded together (bench_batched); mean is their aggregate t/s
   double experts_per_layer = 0;  // batched tg on an MoE: distinct routed experts a layer ran per step (measured)
+  // Distributed engines (mpirun): the ranks, the bytes this rank (the leader) put into collectives per
+  // token of the timed runs, and the share of their wall time it spent inside them (measured).
+  int ranks = 1;
+  double comm_bytes_per_token = 0;
+  double comm_fraction = 0;
 };
 
 // pp: prefill `tokens` random ids into a session holding `depth` cached tokens; tg: decode `tokens`

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -32,6 +33,25 @@ enum class BackendKind : uint8_t { automatic, cpu, cuda };
 // per block, q4 = 4-bit in blocks of 32 with one scale per block. Norms, router and embeddings
 // stay as they are.
 enum class WeightQuant : uint8_t { none, q8, q4 };
+
+// How a model is split across the ranks of a distributed run (`mpirun -np N moerun ...`; docs/DESIGN.md
+// "Distribution"). ep: each rank holds a contiguous share of every MoE layer's routed experts and
+// runs them for all tokens (everything else on every rank); tp: attention heads, dense FFNs, shared
+// experts, every routed expert's intermediate and the LM head's vocabulary are split; ep_tp: experts
+// as ep, the rest as tp. automatic: ep_tp for MoE models, tp for dense ones (ep when the heads cannot
+// be split over the ranks).
+enum class SplitMode : uint8_t { automatic, ep, tp, ep_tp };
+std::string_view split_name(SplitMode mode) noexcept;  // "auto", "ep", "tp", "ep+tp"
+SplitMode parse_split(std::string_view name);           // throws Error naming the accepted values
+
+// This process's rank and the number of ranks as the launcher (mpirun) started them: 0 and 1
+// without one. Read from the launcher's environment, before any engine exists (MPI is not
+// initialised by asking).
+int launch_rank() noexcept;
+int launch_size() noexcept;
+// After an error on one rank of a distributed run: stops every rank at once (MPI_Abort with `code`),
+// so none waits for this one. Returns (does nothing) when MPI was never initialised.
+void abort_ranks(int code) noexcept;
 
 // Load-time work (converting weights) in progress: `done` of `total` source bytes of `stage`
 // ("converting weights"); called from the loading thread, at most about a hundred times per stage.
@@ -60,6 +80,13 @@ struct EngineOptions {
   // Lock the weights in physical memory once loaded (mlock), so the kernel never pages them out.
   bool mlock = false;
   LoadProgress progress = nullptr;  // none: silent
+  // Distribution. ranks 0: as launched (mpirun's world size, 1 without mpirun; MPI is initialised
+  // only under a launcher); 1: one process even under mpirun; N > 1 must equal the launch's size
+  // (plan_memory also takes it without a launcher, to plan each rank's share). `rank` is read by
+  // plan_memory only (which rank's share to plan); an engine's rank is its process's.
+  SplitMode split = SplitMode::automatic;
+  int ranks = 0;
+  int rank = 0;
 };
 
 // The KV type CPU sessions use unless asked otherwise (chosen by measurement: docs/performance.md).
@@ -95,6 +122,29 @@ class Engine {
   // The memory plan the engine was loaded with (weights; KV cache and workspace of one session at
   // the default context).
   const MemoryPlan& plan() const noexcept;
+
+  // Distributed engines (more than one rank). Rank 0, the leader, owns the text: it makes sessions
+  // and batches and steps them as a single-process program would; every step and session change is
+  // broadcast, and the other ranks (workers) run follow(), which mirrors them on each rank's share of
+  // the weights until the leader's engine is released, then returns. A single-process engine is rank
+  // 0 of 1 and follow() returns at once.
+  int rank() const noexcept;
+  int ranks() const noexcept;
+  bool leader() const noexcept { return rank() == 0; }
+  SplitMode split() const noexcept;  // resolved (automatic chosen)
+  // What this rank holds ("ranks 2, split ep+tp: rank 0 holds heads 0-1 of 4, experts 0-3 of 8, ...").
+  std::string partition_summary() const;
+  void follow() const;
+  // Per-rank numbers, gathered on the leader (a collective: workers answer from follow()).
+  struct RankStats {
+    int rank = 0;
+    uint64_t rss_bytes = 0, peak_rss_bytes = 0;  // VmRSS and VmHWM of the rank's process
+    uint64_t weight_bytes = 0;                   // the weights this rank holds (prepared)
+    uint64_t comm_calls = 0, comm_bytes = 0;     // collectives inside forward steps since the last reset
+    double comm_seconds = 0.0;
+  };
+  std::vector<RankStats> rank_stats() const;
+  void reset_comm_stats() const;  // every rank's counters back to 0 (also a broadcast command)
 
   struct Impl;
 

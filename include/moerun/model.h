@@ -50,7 +50,17 @@ class Model {
   static Model load(const std::filesystem::path& dir);
   // A model with `config`'s shapes and seeded random weights made in memory (bf16 matrices, f32
   // vectors), for benchmarking an architecture without its checkpoint.
-  static Model synthetic(const ModelConfig& config, uint64_t seed = 0);
+  // `lazy`: the memory is reserved but filled only as materialize() asks (a rank of a distributed
+  // run fills only its share, so its resident memory is its share's).
+  static Model synthetic(const ModelConfig& config, uint64_t seed = 0, bool lazy = false);
+
+  // A lazily made synthetic model: fills the elements of `view` (a tensor of its weights or rows of
+  // one) with their seeded random values, the same whatever else was filled. No-op otherwise.
+  void materialize(const Tensor& view) const;
+  // Returns the physical pages wholly inside `t` to the system (MADV_DONTNEED): mapped file pages
+  // are read again from the page cache if touched, a synthetic tensor is then refilled by
+  // materialize(). For weights a rank copied its share from and no longer reads.
+  void release(const Tensor& t) const;
 
   // Reads every mapped page once, so the first forward pass does not wait on the disk; `progress`
   // is called with bytes done and the total (about every 1%).

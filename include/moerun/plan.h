@@ -40,6 +40,11 @@ struct MemoryPlan {
   };
 
   BackendKind backend = BackendKind::cpu;  // resolved
+  // Distributed runs: the plan is one rank's share (weights cut to it, its KV heads, its workspace)
+  // against this machine's memory divided by the ranks running on it.
+  int rank = 0, ranks = 1;
+  std::string split;      // "ep", "tp", "ep+tp" (resolved); empty for one rank
+  std::string partition;  // what the rank holds (model::Partition::summary)
   WeightQuant quant = WeightQuant::none;
   int64_t context = 0;
   KvType kv_type = KvType::f32;            // what the KV cache stores (resolved)
@@ -66,7 +71,8 @@ struct MemoryPlan {
   std::string suggestions;  // "--kv-type q8_0 (needs 20.1 GiB) or -c 8192 (needs 20.3 GiB)"; may be empty
 };
 
-// The plan of loading `model` with `options` (context 0: the engine's default context).
+// The plan of loading `model` with `options` (context 0: the engine's default context). With
+// options.ranks > 1 (0: as launched), the plan of rank options.rank's share.
 MemoryPlan plan_memory(const Model& model, const EngineOptions& options);
 
 // The plan from a config.json alone, with the weights as `stored`: a checkpoint stores them in its

@@ -415,7 +415,8 @@ ModelWeights prepare_weights(const ModelWeights& w, const ModelDesc& d, const Pr
       else
         x.weight_scale_inv = Tensor();
       if (x.bias) x.bias = prepare_tensor(batch, site, LinearPart::bias, x.bias, {}, d, o);
-    } else if (site.kind == WeightKind::linear && x.data() == embedding) {
+    } else if (site.kind == WeightKind::linear && x.data() == embedding && x.shape() == w.embed_tokens.shape()) {
+      // (A rank's rows of a vocabulary-split tied head are a view of the table's first rows: not tied.)
       // A tied LM head shares the prepared embedding, except under quantization: the head is the
       // largest matrix a decode step reads, so it gets its own quantized copy while lookups keep the
       // exact table.

@@ -1,6 +1,11 @@
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "io/mapped_file.h"
@@ -19,6 +24,19 @@ struct Model::Impl {
   io::WeightStore store;
   model::Binding binding;
   std::vector<TensorRecord> tensors;
+  // Lazily made synthetic tensors (by address), filled on demand on `pool`'s threads.
+  struct Lazy {
+    std::string name;
+    Shape shape;
+    bool linear = false;
+    DType dtype = DType::f32;
+    const std::byte* data = nullptr;
+    size_t bytes = 0;
+  };
+  std::vector<Lazy> lazy;
+  uint64_t seed = 0;
+  std::shared_ptr<cpu::ThreadPool> pool;
+  std::mutex fill_lock;
 };
 
 Model::Model(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
@@ -62,18 +80,25 @@ const std::array<uint8_t, 65536>& fp8_uniform_table() {
   return table;
 }
 
+// Memory for a synthetic tensor: large ones an anonymous mapping each, so pages nobody fills cost
+// nothing (small ones from the heap: a mapping each would run into vm.max_map_count on DeepSeek-V3's
+// ~100k tensors).
+std::shared_ptr<std::byte> reserve_bytes(size_t bytes) {
+  if (bytes < (size_t{1} << 20)) return std::shared_ptr<std::byte>(new std::byte[std::max<size_t>(bytes, 1)], std::default_delete<std::byte[]>());
+  void* p = mmap(nullptr, std::max<size_t>(bytes, 1), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) throw Error("synthetic model", std::string("cannot reserve ") + std::to_string(bytes) + " bytes: " + std::strerror(errno));
+  const size_t len = std::max<size_t>(bytes, 1);
+  return std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [len](std::byte* q) { munmap(q, len); });
+}
+
 // Random weights at HF-like scales: matrices uniform with variance 1/in (bf16, or FP8 whose block
 // scales bring it to that range), norm weights near 1 and other vectors small (f32). xorshift64*
 // streams of 2^20 elements each, seeded by the tensor's name, the seed and the chunk, filled on
 // `pool`'s threads: fast enough for the tens of GB of a DeepSeek-V3 layer's experts, and the
-// same bits whatever the thread count.
-Tensor random_tensor(const ModelConfig& config, const std::string& name, const Shape& shape, bool linear, uint64_t seed,
-                     cpu::ThreadPool& pool) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  const DType dtype = model::synthetic_dtype(config, name, shape, linear);
+// same bits whatever the thread count. Fills elements [e0, e1) of the tensor at `out`.
+void fill_random(const ModelConfig& config, const std::string& name, const Shape& shape, DType dtype, uint64_t seed, std::byte* buf,
+                 int64_t e0, int64_t e1, cpu::ThreadPool& pool) {
   const bool scale = name.ends_with("weight_scale_inv");
-  auto buf = std::shared_ptr<std::byte[]>(new std::byte[static_cast<size_t>(n) * dtype_size(dtype) + 1]);
   const float a = shape.empty() ? 0.0f : std::sqrt(3.0f / static_cast<float>(shape.back()));
   const bool norm = name.find("norm") != std::string::npos;
   // Block scales: the matrix's uniform range / 448, so fp8 * scale spans [-a_in, a_in] with a_in
@@ -89,28 +114,35 @@ Tensor random_tensor(const ModelConfig& config, const std::string& name, const S
       return x * 0x2545f4914f6cdd1dull;
     };
     auto next = [&] { return static_cast<float>((bits() >> 40) * 0x1.0p-24) * 2.0f - 1.0f; };  // [-1, 1)
-    const int64_t i0 = chunk * kChunk, i1 = std::min(n, i0 + kChunk);
+    // The chunk's stream runs from its start; only elements in [e0, e1) are stored.
+    const int64_t i0 = chunk * kChunk, i1 = std::min(e1, i0 + kChunk);
     if (dtype == DType::f8_e4m3) {
       const auto& table = fp8_uniform_table();
-      auto* out = reinterpret_cast<uint8_t*>(buf.get());
+      auto* out = reinterpret_cast<uint8_t*>(buf);
       for (int64_t i = i0; i < i1; i += 4) {  // four weights per 64 random bits
         const uint64_t r = bits();
-        for (int64_t j = 0; j < 4 && i + j < i1; ++j) out[i + j] = table[(r >> (16 * j)) & 0xffff];
+        for (int64_t j = 0; j < 4 && i + j < i1; ++j)
+          if (i + j >= e0) out[i + j] = table[(r >> (16 * j)) & 0xffff];
       }
     } else if (dtype == DType::bf16) {
-      auto* out = reinterpret_cast<uint16_t*>(buf.get());
-      for (int64_t i = i0; i < i1; ++i) out[i] = cpu::f32_to_bf16(a * next());
+      auto* out = reinterpret_cast<uint16_t*>(buf);
+      for (int64_t i = i0; i < i1; ++i) {
+        const float v = a * next();
+        if (i >= e0) out[i] = cpu::f32_to_bf16(v);
+      }
     } else {
-      auto* out = reinterpret_cast<float*>(buf.get());
-      for (int64_t i = i0; i < i1; ++i)
-        out[i] = scale ? block_a / 448.0f * (1.0f + 0.1f * next())
-                       : norm ? 1.0f + 0.1f * next() : (shape.size() >= 2 ? 0.3f : 0.02f) * next();
+      auto* out = reinterpret_cast<float*>(buf);
+      for (int64_t i = i0; i < i1; ++i) {
+        const float v = scale ? block_a / 448.0f * (1.0f + 0.1f * next())
+                              : norm ? 1.0f + 0.1f * next() : (shape.size() >= 2 ? 0.3f : 0.02f) * next();
+        if (i >= e0) out[i] = v;
+      }
     }
   };
-  pool.parallel_for((n + kChunk - 1) / kChunk, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) fill(c);
+  const int64_t c0 = e0 / kChunk, c1 = (e1 + kChunk - 1) / kChunk;
+  pool.parallel_for(c1 - c0, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) fill(c0 + c);
   });
-  return Tensor(dtype, shape, buf.get(), std::shared_ptr<const void>(buf, buf.get()));
 }
 
 }  // namespace
@@ -121,16 +153,49 @@ DType model::synthetic_dtype(const ModelConfig& config, const std::string& name,
   return shape.size() >= 2 && name.find("gate.weight") == std::string::npos ? DType::bf16 : DType::f32;
 }
 
-Model Model::synthetic(const ModelConfig& config, uint64_t seed) {
+Model Model::synthetic(const ModelConfig& config, uint64_t seed, bool lazy) {
   auto impl = std::make_shared<Impl>();
   impl->files.dir = std::string("synthetic ") + family_name(config.family);
   impl->config = config;
-  cpu::ThreadPool pool(0);  // every hardware thread
+  impl->seed = seed;
+  impl->pool = std::make_shared<cpu::ThreadPool>(0);  // every hardware thread
   impl->binding = model::bind_weights(config, impl->store, impl->files.dir.string(),
                                       [&](const std::string& name, const Shape& shape, bool linear) {
-                                        return random_tensor(config, name, shape, linear, seed, pool);
+                                        int64_t n = 1;
+                                        for (int64_t d : shape) n *= d;
+                                        const DType dtype = model::synthetic_dtype(config, name, shape, linear);
+                                        const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
+                                        std::shared_ptr<std::byte> buf = reserve_bytes(bytes);
+                                        if (lazy) impl->lazy.push_back({name, shape, linear, dtype, buf.get(), bytes});
+                                        else fill_random(config, name, shape, dtype, seed, buf.get(), 0, n, *impl->pool);
+                                        return Tensor(dtype, shape, buf.get(), std::shared_ptr<const void>(buf, buf.get()));
                                       });
+  std::sort(impl->lazy.begin(), impl->lazy.end(), [](const Impl::Lazy& a, const Impl::Lazy& b) { return a.data < b.data; });
+  if (!lazy) impl->pool.reset();
   return Model(std::move(impl));
+}
+
+void Model::materialize(const Tensor& view) const {
+  if (impl_->lazy.empty() || !view.defined()) return;
+  const auto* p = static_cast<const std::byte*>(view.data());
+  auto it = std::upper_bound(impl_->lazy.begin(), impl_->lazy.end(), p, [](const std::byte* q, const Impl::Lazy& l) { return q < l.data; });
+  if (it == impl_->lazy.begin()) return;
+  const Impl::Lazy& l = *--it;
+  if (p >= l.data + l.bytes) return;
+  const size_t esize = dtype_size(l.dtype);
+  const auto e0 = static_cast<int64_t>(static_cast<size_t>(p - l.data) / esize);
+  const int64_t e1 = std::min<int64_t>(e0 + view.numel(), static_cast<int64_t>(l.bytes / esize));
+  auto* impl = const_cast<Impl*>(impl_.get());  // the fill is the tensor's content, decided at make time
+  const std::lock_guard<std::mutex> lock(impl->fill_lock);
+  fill_random(impl_->config, l.name, l.shape, l.dtype, impl_->seed, const_cast<std::byte*>(l.data), e0, e1, *impl->pool);
+}
+
+void Model::release(const Tensor& t) const {
+  if (!t.defined()) return;
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto b = reinterpret_cast<uintptr_t>(t.data()), e = b + t.nbytes();
+  const uintptr_t first = (b + page - 1) / page * page, last = e / page * page;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }
 
 void Model::prefetch(const std::function<void(uint64_t, uint64_t)>& progress) const {

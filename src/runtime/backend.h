@@ -63,6 +63,9 @@ class Backend {
   virtual void copy(const CopyParams& p) = 0;
   virtual void head_matmul(const HeadMatmulParams& p) = 0;
   virtual void moe(const MoeParams& p) = 0;
+  // The stream the ops are enqueued on (CUDA: a cudaStream_t, for NCCL collectives between them);
+  // null on the CPU, whose ops are done when they return.
+  virtual void* native_stream() const noexcept { return nullptr; }
 
   // A recorded decode step (CUDA graphs). generation() changes whenever memory a recorded step
   // points into was reallocated, which makes the recording stale.
@@ -92,6 +95,9 @@ std::unique_ptr<Backend> make_backend(BackendKind kind, const std::shared_ptr<co
 std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<cpu::ThreadPool> pool);
 #if MOERUN_HAVE_CUDA
 uint64_t cuda_free_bytes();  // free memory of the device sessions use
+// A distributed run's rank uses device local_rank % devices (made current on the calling thread);
+// returns it.
+int cuda_select_device(int local_rank);
 std::shared_ptr<const BackendState> upload_weights(const ModelWeights& weights);
 std::unique_ptr<Backend> make_cuda_backend(const std::shared_ptr<const BackendState>& state);
 #endif

@@ -208,6 +208,16 @@ Session filled_session(const Engine& engine, int tokens, int depth) {
   return s;
 }
 
+// A distributed engine's collectives during the timed runs: reset before them, read after
+// (`tokens` processed in `seconds` of wall time).
+void comm_share(const Engine& engine, BenchResult& r, double tokens, double seconds) {
+  r.ranks = engine.ranks();
+  if (engine.ranks() == 1 || tokens <= 0 || seconds <= 0) return;
+  const Engine::RankStats leader = engine.rank_stats()[0];
+  r.comm_bytes_per_token = static_cast<double>(leader.comm_bytes) / tokens;
+  r.comm_fraction = leader.comm_seconds / seconds;
+}
+
 }  // namespace
 
 BenchResult bench_prefill(const Engine& engine, int tokens, int reps, int depth) {
@@ -216,13 +226,19 @@ BenchResult bench_prefill(const Engine& engine, int tokens, int reps, int depth)
   r.tokens = tokens;
   const std::vector<int32_t> ids = random_ids(engine, tokens, 1);
   Session s = filled_session(engine, tokens, depth);  // filled once: each repetition drops back to depth
+  double timed = 0;
   for (int rep = -1; rep < reps; ++rep) {  // rep -1: warm-up
     s.truncate(depth);
+    if (rep == 0) engine.reset_comm_stats();
     const auto t0 = Clock::now();
     s.forward(ids);
     const double secs = seconds_since(t0);
-    if (rep >= 0) r.tps.push_back(tokens / secs);
+    if (rep >= 0) {
+      r.tps.push_back(tokens / secs);
+      timed += secs;
+    }
   }
+  comm_share(engine, r, static_cast<double>(tokens) * reps, timed);
   finish(r);
   return r;
 }
@@ -233,13 +249,19 @@ BenchResult bench_decode(const Engine& engine, int tokens, int reps, int depth) 
   r.tokens = tokens;
   const std::vector<int32_t> ids = random_ids(engine, tokens, 2);
   Session s = filled_session(engine, tokens, depth);
+  double timed = 0;
   for (int rep = -1; rep < reps; ++rep) {
     s.truncate(depth);
+    if (rep == 0) engine.reset_comm_stats();
     const auto t0 = Clock::now();
     for (int i = 0; i < tokens; ++i) s.forward(std::span<const int32_t>(&ids[static_cast<size_t>(i)], 1));
     const double secs = seconds_since(t0);
-    if (rep >= 0) r.tps.push_back(tokens / secs);
+    if (rep >= 0) {
+      r.tps.push_back(tokens / secs);
+      timed += secs;
+    }
   }
+  comm_share(engine, r, static_cast<double>(tokens) * reps, timed);
   finish(r);
   r.bytes_per_token = decode_bytes_per_token(engine, depth + tokens / 2.0);  // mean cached length during the run
   r.gbps = r.bytes_per_token * r.mean / 1e9;

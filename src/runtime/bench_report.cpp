@@ -50,6 +50,7 @@ struct Column {
   bool md_right = true;
   bool md_gemm_only = false;              // shown only when some row has a GEMM ceiling
   bool md_batch_only = false;             // shown only when some row decodes several sequences (bench -b)
+  bool md_ranks_only = false;             // shown only when some row ran on several ranks (mpirun)
   std::string (*md)(const BenchRow&) = nullptr;
 };
 
@@ -113,6 +114,16 @@ const Column kColumns[] = {
      .md = [](const BenchRow& x) {
        return !is_decode(x) && x.gemm_ceiling_tflops > 0 ? printf1("%.1f", x.tflops) : std::string("-");
      }},
+    {.key = "ranks", .value = [](const BenchRow& x) -> Value { return int64_t{x.result.ranks}; },
+     .md_title = "ranks", .md_ranks_only = true, .md = [](const BenchRow& x) { return std::to_string(x.result.ranks); }},
+    {.key = "comm_bytes_per_token", .value = [](const BenchRow& x) -> Value { return x.result.comm_bytes_per_token; },
+     .csv_format = "%.0f", .md_title = "comm B/token", .md_ranks_only = true,
+     .md = [](const BenchRow& x) {
+       static const char* const kBytes[] = {"B", "KB", "MB", "GB", nullptr};
+       return human(x.result.comm_bytes_per_token, kBytes, 1000);
+     }},
+    {.key = "comm_fraction", .value = [](const BenchRow& x) -> Value { return x.result.comm_fraction; },
+     .md_title = "% comm", .md_ranks_only = true, .md = [](const BenchRow& x) { return printf1("%.1f", 100.0 * x.result.comm_fraction); }},
     {.key = "gemm_ceiling_tflops", .value = [](const BenchRow& x) -> Value { return x.gemm_ceiling_tflops; }},
     {.key = "gemm_fraction", .value = [](const BenchRow& x) -> Value { return gemm_fraction(x); },
      .md_title = "% gemm", .md_gemm_only = true,
@@ -138,7 +149,10 @@ nlohmann::ordered_json json_cell(const Value& v) {
 std::string markdown(std::span<const BenchRow> rows) {
   const bool gemm = std::any_of(rows.begin(), rows.end(), [](const BenchRow& x) { return x.gemm_ceiling_tflops > 0; });
   const bool batched = std::any_of(rows.begin(), rows.end(), [](const BenchRow& x) { return x.result.batch > 1; });
-  auto shown = [&](const Column& c) { return c.md && (gemm || !c.md_gemm_only) && (batched || !c.md_batch_only); };
+  const bool ranks = std::any_of(rows.begin(), rows.end(), [](const BenchRow& x) { return x.result.ranks > 1; });
+  auto shown = [&](const Column& c) {
+    return c.md && (gemm || !c.md_gemm_only) && (batched || !c.md_batch_only) && (ranks || !c.md_ranks_only);
+  };
   std::string title = "|", rule = "|";
   for (const Column& c : kColumns)
     if (shown(c)) {

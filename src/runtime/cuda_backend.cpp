@@ -73,6 +73,7 @@ class CudaBackend final : public Backend {
   void copy(const CopyParams& p) override { cuda::copy(p, ctx_); }
   void head_matmul(const HeadMatmulParams& p) override { cuda::head_matmul(p, ctx_); }
   void moe(const MoeParams& p) override { cuda::moe(p, ctx_); }
+  void* native_stream() const noexcept override { return static_cast<void*>(ctx_.stream()); }
 
   bool can_record() const noexcept override { return true; }
   void begin_record() override { ctx_.begin_capture(); }
@@ -91,6 +92,15 @@ class CudaBackend final : public Backend {
 }  // namespace
 
 uint64_t cuda_free_bytes() { return cuda::memory_info().free; }
+
+int cuda_select_device(int local_rank) {
+  int count = 0;
+  MOERUN_CUDA_CHECK(cudaGetDeviceCount(&count));
+  if (count < 1) throw Error("cuda", "no CUDA device for this rank");
+  const int device = local_rank % count;
+  MOERUN_CUDA_CHECK(cudaSetDevice(device));
+  return device;
+}
 
 std::shared_ptr<const BackendState> upload_weights(const ModelWeights& weights) {
   auto state = std::make_shared<BackendState>();

@@ -7,13 +7,20 @@
 // KvType (f32, f16, bf16 or q8_0), converted as rows are stored and read as it is by attention.
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <mutex>
+#include <thread>
+#include <type_traits>
+#include <unordered_map>
 
+#include "comm/comm.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/ops.h"
 #include "model/convert.h"
+#include "model/partition.h"
 #include "moerun/engine.h"
 #include "moerun/error.h"
 #include "runtime/backend.h"
@@ -96,8 +103,22 @@ class RecordedStep {
 
 }  // namespace
 
+// The leader's commands to the other ranks of a distributed engine (Engine::follow): a header, then
+// `n` int64 of payload (token ids, entries).
+enum class Op : int64_t { quit, session_new, session_forward, session_truncate, session_free, batch_new, batch_forward, batch_free, stats, reset_stats };
+struct Command {
+  int64_t op = 0, id = 0, a = 0, b = 0, c = 0, n = 0;
+};
+
 struct Engine::Impl {
   explicit Impl(Model m) : model(std::move(m)) {}
+  ~Impl() {
+    if (!sends()) return;
+    try {  // the workers' follow() returns
+      send(Op::quit, 0);
+    } catch (...) {  // a broken job: the launcher stops the ranks
+    }
+  }
   Model model;
   ModelWeights weights;  // prepared: FP8 kept or dequantized, vectors in f32, projections quantized if asked
   EngineOptions options;
@@ -110,6 +131,36 @@ struct Engine::Impl {
   // that lets one session's step use it at a time (see the concurrency contract in engine.h).
   std::shared_ptr<cpu::ThreadPool> pool;
   mutable std::mutex step;
+
+  // Distribution (docs/DESIGN.md "Distribution"). `part` is this rank's share (everything on one
+  // rank), `local` the description the executor runs with (the share's head counts), `comm` the
+  // collectives inside steps (MPI host buffers or NCCL device buffers) and `control` the leader's
+  // commands (host bytes over MPI).
+  model::Partition part;
+  ModelConfig local;
+  std::shared_ptr<comm::Comm> comm, control;
+  uint64_t weight_bytes = 0;           // this rank's prepared weights
+  mutable int64_t next_id = 0;         // the leader's session and batch ids
+  mutable comm::Stats step_comm;       // collectives inside forward steps
+  mutable std::vector<int64_t> payload;
+
+  bool distributed() const noexcept { return part.ranks > 1; }
+  bool sends() const noexcept { return distributed() && part.rank == 0; }
+  void send(Op op, int64_t id, int64_t a = 0, int64_t b = 0, int64_t c = 0, std::span<const int64_t> data = {}) const {
+    Command h{static_cast<int64_t>(op), id, a, b, c, static_cast<int64_t>(data.size())};
+    control->broadcast_idle(&h, sizeof h, 0);
+    if (!data.empty()) control->broadcast_idle(const_cast<int64_t*>(data.data()), data.size_bytes(), 0);
+  }
+  Command receive(std::vector<int64_t>& data) const {
+    Command h;
+    control->broadcast_idle(&h, sizeof h, 0);
+    if (h.n < 0 || h.n > (int64_t{1} << 32)) throw Error("follow", detail::cat("a command with ", h.n, " payload values from the leader"));
+    data.resize(static_cast<size_t>(h.n));
+    if (h.n > 0) control->broadcast_idle(data.data(), data.size() * sizeof(int64_t), 0);
+    return h;
+  }
+  Engine::RankStats local_stats() const;
+  std::vector<Engine::RankStats> exchange_stats() const;
 };
 
 KvType kv_type_for(const EngineOptions& options, BackendKind backend, const ModelDesc& desc) {
@@ -144,29 +195,83 @@ static void check_unexpected_tensors(const Model& model, const EngineOptions& op
                   "without them"));
 }
 
-Engine Engine::from_model(Model model, const EngineOptions& options) {
-  check_unexpected_tensors(model, options);
+namespace {
+
+// Resident and peak resident memory of this process (VmRSS, VmHWM).
+std::pair<uint64_t, uint64_t> resident_bytes() {
+  std::ifstream status("/proc/self/status");
+  uint64_t rss = 0, hwm = 0;
+  for (std::string line; std::getline(status, line);) {
+    unsigned long kib = 0;
+    if (std::sscanf(line.c_str(), "VmRSS: %lu kB", &kib) == 1) rss = kib * 1024ull;
+    if (std::sscanf(line.c_str(), "VmHWM: %lu kB", &kib) == 1) hwm = kib * 1024ull;
+  }
+  return {rss, hwm};
+}
+
+}  // namespace
+
+Engine Engine::from_model(Model model, const EngineOptions& opts) {
+  check_unexpected_tensors(model, opts);
+  EngineOptions options = opts;
+  // The ranks: mpirun's world (MPI is initialised only under a launcher), or this process alone.
+  std::shared_ptr<comm::Comm> world;
+  if (options.ranks != 1 && comm::launched_by_mpi()) world = comm::mpi_world();
+  const int ranks = world ? world->size() : 1, rank = world ? world->rank() : 0;
+  if (options.ranks > 1 && options.ranks != ranks)
+    throw Error("ranks", cat(options.ranks, " ranks were asked for but this process is one of ", ranks,
+                             ranks == 1 ? " (start it with mpirun -np N)" : ""));
+  options.ranks = ranks;
+  options.rank = rank;
+  if (ranks > 1 && options.threads == 0)  // the ranks on this machine share its cores
+    options.threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, world->local_size()));
   if (options.context != 0) check_context(options.context, model.config(), options.context_override);
   const BackendKind backend = runtime::resolve_backend(runtime::requested_backend(options));
+  const model::Partition part = model::make_partition(model.config(), options.split, rank, ranks);
   // The plan comes first: a model that cannot fit is refused before its weights are converted or
-  // uploaded (the mapped files cost nothing until read).
+  // uploaded (the mapped files cost nothing until read). Under mpirun it is this rank's share.
   MemoryPlan plan = plan_memory(model, options);
-  if (options.memory_check && !plan.fits) throw Error("memory", plan.refusal());
-  const KvType kv_type = kv_type_for(options, backend, model.config());
-  runtime::check_kv_type(model.config(), kv_type, options.mla);
+  if (options.memory_check && !plan.fits) throw Error("memory", cat(ranks > 1 ? cat("rank ", rank, " of ", ranks, ": ") : std::string(), plan.refusal()));
+  const ModelConfig local = model::local_config(model.config(), part);
+  const KvType kv_type = kv_type_for(options, backend, local);
+  runtime::check_kv_type(local, kv_type, options.mla);
   if (backend == BackendKind::cuda && kv_type != KvType::f32)
     throw Error("--kv-type", cat("a ", kv_type_name(kv_type), " KV cache is not supported on CUDA yet (its attention reads f32 caches); "
                                  "use --kv-type f32 or --backend cpu"));
   auto impl = std::make_shared<Impl>(model);
+  impl->part = part;
+  impl->local = local;
+  if (ranks > 1) {
+    impl->control = world;
+    if (backend == BackendKind::cuda) {
+#if MOERUN_HAVE_CUDA
+      impl->comm = comm::make_nccl(*world, runtime::cuda_select_device(world->local_rank()));
+#endif
+    } else {
+      impl->comm = world;
+    }
+  } else {
+    impl->comm = impl->control = comm::make_single();
+  }
   // The CPU backend's pool runs its sessions' ops; on CUDA one made for the load converts the weights.
   auto pool = std::make_shared<cpu::ThreadPool>(options.threads);
   if (backend == BackendKind::cpu) impl->pool = pool;
-  impl->weights = model::prepare_weights(model.weights(), model.config(), {runtime::fp8_form(options, backend), options.quant},
-                                         pool.get(), options.progress);
+  // This rank's share: views of what it keeps, copies of column ranges, nothing of the rest (a
+  // lazily made synthetic model fills only what is kept).
+  const model::SliceHooks hooks{.materialize = [&](const Tensor& t) { model.materialize(t); },
+                                .release = [&](const Tensor& t) { model.release(t); }};
+  const ModelWeights share = model::slice_weights(model.weights(), model.config(), part, false, hooks);
+  impl->weights = model::prepare_weights(share, local, {runtime::fp8_form(options, backend), options.quant}, pool.get(), options.progress);
   pool.reset();
   // The weights the engine runs (copies and mapped views alike); a --quant source nothing reads
   // after conversion stays unlocked.
   if (options.mlock) model::lock_weights(impl->weights);
+  {
+    std::unordered_map<const void*, bool> seen;  // a tied head counts once
+    for_each_tensor(impl->weights, [&](const WeightSite&, LinearPart, const Tensor& t) {
+      if (seen.emplace(t.data(), true).second) impl->weight_bytes += t.nbytes();
+    });
+  }
   impl->options = options;
   impl->kv_type = kv_type;
   impl->default_context = moerun::default_context(model.config(), options);
@@ -213,8 +318,10 @@ struct Segment {
 // stores and attention run per segment over that sequence's own cache.
 struct Runner {
   const Engine::Impl* engine;
-  const ModelDesc& c;  // the executor sees capabilities and dimensions, never the family
+  const ModelDesc& c;  // the executor sees capabilities and dimensions, never the family (this rank's share of them)
+  const model::Partition& P;  // what this rank holds (everything on one rank)
   const ModelWeights& w;
+  int64_t vocab_rows = 0;  // the widest rank's LM-head rows under a vocabulary split
   std::unique_ptr<runtime::Backend> be;
   KvType kv_type;
   runtime::WorkspacePlan plan;
@@ -240,9 +347,13 @@ struct Runner {
   std::vector<uint8_t> expert_seen;
 
   Runner(const Engine::Impl* e, int64_t max_tokens, int64_t max_sequences, int64_t context, bool reserve_now)
-      : engine(e), c(e->model.config()), w(e->weights), be(runtime::make_backend(e->backend, e->backend_state, e->pool)),
+      : engine(e), c(e->local), P(e->part), w(e->weights), be(runtime::make_backend(e->backend, e->backend_state, e->pool)),
         kv_type(e->kv_type), tokens(max_tokens), sequences(max_sequences), max_context(context) {
-    plan = runtime::plan_workspace(c, max_context, engine->options.mla, tokens, sequences);
+    const runtime::WorkspaceShare share = runtime::workspace_share(P, c.vocab_size);
+    vocab_rows = share.vocab_rows;
+    if (P.head_split && (w.lm_head.dim(0) != P.vocab.size() || P.vocab.size() > vocab_rows))
+      throw Error("partition", cat("rank ", P.rank, " holds ", w.lm_head.dim(0), " LM-head rows but its share is ", P.vocab.size()));
+    plan = runtime::plan_workspace(c, max_context, engine->options.mla, tokens, sequences, share);
     const bool dynamic = c.rope.scaling.type == RopeType::dynamic;
     rope.resize(dynamic ? static_cast<size_t>(sequences) : 1);
     rope_seq_len.assign(rope.size(), -1);
@@ -284,9 +395,16 @@ struct Runner {
       const LayerWeights& LW = w.layers[l];
       if (c.layer_ffn[l] != FfnKind::moe || LW.experts.empty()) continue;
       ExpertTables& t = experts[l];
-      t.dtype = LW.experts[0].gate_proj.weight.dtype();
+      const MlpWeights* first = held_expert(LW);
+      if (!first) throw Error("MoE layer " + std::to_string(l), "this rank holds none of its experts");
+      t.dtype = first->gate_proj.weight.dtype();
+      // Experts this rank does not hold (expert parallel) get null entries: the moe op skips them.
       std::vector<const void*> g, u, d, gs, us, ds;
       for (const MlpWeights& m : LW.experts) {
+        if (!m.gate_proj.defined()) {
+          for (auto* v : {&g, &u, &d, &gs, &us, &ds}) v->push_back(nullptr);
+          continue;
+        }
         for (const LinearWeight* lw : {&m.gate_proj, &m.up_proj, &m.down_proj})
           if (lw->weight.dtype() != t.dtype || lw->bias)
             throw Error("MoE layer " + std::to_string(l), "experts must share one weight dtype and have no biases");
@@ -303,6 +421,31 @@ struct Runner {
         be->upload(b->data, host->data(), host->size() * sizeof(void*));
       }
     }
+  }
+
+  // The first routed expert of a layer this rank holds (null: none).
+  static const MlpWeights* held_expert(const LayerWeights& L) {
+    for (const MlpWeights& m : L.experts)
+      if (m.gate_proj.defined()) return &m;
+    return nullptr;
+  }
+
+  // Partial sums of the ranks added up in place (a no-op on one rank): the collectives of a step.
+  void reduce(float* data, int64_t count) {
+    const auto t0 = std::chrono::steady_clock::now();
+    engine->comm->all_reduce_sum(data, static_cast<size_t>(count), comm::Type::f32, be->native_stream());
+    count_comm(static_cast<uint64_t>(count) * sizeof(float), t0);
+  }
+  void gather(const float* part, float* all, int64_t count) {
+    const auto t0 = std::chrono::steady_clock::now();
+    engine->comm->all_gather(part, all, static_cast<size_t>(count), comm::Type::f32, be->native_stream());
+    count_comm(static_cast<uint64_t>(count) * sizeof(float), t0);
+  }
+  void count_comm(uint64_t bytes, std::chrono::steady_clock::time_point t0) {
+    comm::Stats& st = engine->step_comm;
+    ++st.calls;
+    st.bytes += bytes;
+    st.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 
   // An FP8 weight's block scales (f32 once prepared), or null.
@@ -364,12 +507,17 @@ struct Runner {
       for (const Segment& s : segs) run(s.row, s.n, s.slot);
   }
 
-  // GQA attention of n tokens (normed input `in` [n, D]) into `o` [n, D].
+  // GQA attention of n tokens (normed input `in` [n, D]) into `o` [n, D]: of this rank's heads
+  // (o then holds its partial sum of o_proj).
   void gqa(size_t l, const float* in, int64_t n, float* o) {
     const LayerWeights& L = w.layers[l];
     const int64_t H = c.num_attention_heads, Hkv = c.num_key_value_heads, dh = c.head_dim;
-    float* qb = buf(Ws::q, n * H * dh);
-    float* kb = buf(Ws::k, n * Hkv * dh);
+    // A q/k norm over all heads (OLMoE) needs every head's q and k: the rank computes them whole and
+    // takes its heads from them (qs/ks: their widths, q0/k0: where its heads start).
+    const int64_t qs = (P.full_qk ? P.heads_total : H) * dh, ks = (P.full_qk ? P.kv_heads_total : Hkv) * dh;
+    const int64_t q0 = P.full_qk ? P.q_heads.begin * dh : 0, k0 = P.full_qk ? P.kv_heads.begin * dh : 0;
+    float* qb = buf(Ws::q, n * qs);
+    float* kb = buf(Ws::k, n * ks);
     float* vb = buf(Ws::v, n * Hkv * dh);
     const MatmulParams qkv[] = {lin_params(qb, in, n, L.q_proj), lin_params(kb, in, n, L.k_proj), lin_params(vb, in, n, L.v_proj)};
     be->matmul_group(qkv);
@@ -378,17 +526,17 @@ struct Runner {
       norm(qb, qb, n * H, dh, L.q_norm, eps);
       norm(kb, kb, n * Hkv, dh, L.k_norm, eps);
     } else if (c.qk_norm == QkNorm::full) {  // OLMoE: over the whole projection
-      norm(qb, qb, n, H * dh, L.q_norm, eps);
-      norm(kb, kb, n, Hkv * dh, L.k_norm, eps);
+      norm(qb, qb, n, qs, L.q_norm, eps);
+      norm(kb, kb, n, ks, L.k_norm, eps);
     }
     if (c.clip_qkv) {
       const float lim = static_cast<float>(*c.clip_qkv);
-      be->clamp({.x = qb, .n = n * H * dh, .limit = lim});
-      be->clamp({.x = kb, .n = n * Hkv * dh, .limit = lim});
+      be->clamp({.x = qb, .n = n * qs, .limit = lim});
+      be->clamp({.x = kb, .n = n * ks, .limit = lim});
       be->clamp({.x = vb, .n = n * Hkv * dh, .limit = lim});
     }
-    apply_rope(qb, n, H, H * dh, dh, 0);
-    apply_rope(kb, n, Hkv, Hkv * dh, dh, 0);
+    apply_rope(qb + q0, n, H, qs, dh, 0);
+    apply_rope(kb + k0, n, Hkv, ks, dh, 0);
     const int64_t row = Hkv * dh;
     float* ab = buf(Ws::attn, n * H * dh);
     attn_calls.clear();
@@ -396,12 +544,12 @@ struct Runner {
       void* kc = s.seq->k_cache[l].data;
       void* vc = s.seq->v_cache[l].data;
       const int64_t* p = dev_positions() + s.row;
-      be->store_rows({.cache = kc, .cache_type = kv_type, .src = kb + s.row * row, .positions = p, .n = s.n, .cols = row,
-                      .src_stride = row, .cache_stride = row});
+      be->store_rows({.cache = kc, .cache_type = kv_type, .src = kb + s.row * ks + k0, .positions = p, .n = s.n, .cols = row,
+                      .src_stride = ks, .cache_stride = row});
       be->store_rows({.cache = vc, .cache_type = kv_type, .src = vb + s.row * row, .positions = p, .n = s.n, .cols = row,
                       .src_stride = row, .cache_stride = row});
-      attn_calls.push_back({.out = ab + s.row * H * dh, .q = qb + s.row * H * dh, .k = kc, .v = vc, .kv_type = kv_type, .positions = p,
-                            .n_tokens = s.n, .n_heads = H, .n_kv_heads = Hkv, .qk_dim = dh, .v_dim = dh, .q_token_stride = H * dh,
+      attn_calls.push_back({.out = ab + s.row * H * dh, .q = qb + s.row * qs + q0, .k = kc, .v = vc, .kv_type = kv_type, .positions = p,
+                            .n_tokens = s.n, .n_heads = H, .n_kv_heads = Hkv, .qk_dim = dh, .v_dim = dh, .q_token_stride = qs,
                             .q_head_stride = dh, .k_pos_stride = row, .k_head_stride = dh, .v_pos_stride = row, .v_head_stride = dh,
                             .scale = static_cast<float>(c.softmax_scale), .max_len = s.seq->context});
     }
@@ -517,12 +665,12 @@ struct Runner {
     be->moe({.out = o, .x = in, .expert_ids = ids, .expert_weights = wts,
              .gate = static_cast<const void* const*>(t.gate.data), .up = static_cast<const void* const*>(t.up.data),
              .down = static_cast<const void* const*>(t.down.data), .weight_dtype = t.dtype, .n_tokens = n, .top_k = K,
-             .n_experts = E, .hidden = D, .intermediate = L.experts[0].gate_proj.weight.dim(0), .act = c.hidden_act,
+             .n_experts = E, .hidden = D, .intermediate = held_expert(L)->gate_proj.weight.dim(0), .act = c.hidden_act,
              .gate_scale = static_cast<const float* const*>(t.gate_scale.data),
              .up_scale = static_cast<const float* const*>(t.up_scale.data),
              .down_scale = static_cast<const float* const*>(t.down_scale.data), .block_out = c.fp8.block_out,
              .block_in = c.fp8.block_in});
-    if (c.shared.count > 0) {
+    if (c.shared.count > 0 && P.shared_here) {  // (expert parallel: rank 0 alone adds it)
       float* s = buf(Ws::shared_out, n * D);
       swiglu(L.shared_expert, in, n, s);
       const float* g = nullptr;
@@ -554,7 +702,9 @@ struct Runner {
     const int64_t D = c.hidden_size;
     float* xb = buf(Ws::x, n * D);
     be->embed({.out = xb, .table = wp(w.embed_tokens), .dtype = w.embed_tokens.dtype(),
-               .ids = at<const int32_t>(Ws::ids), .n_tokens = n, .dim = D});
+               .ids = at<const int32_t>(Ws::ids), .n_tokens = n, .dim = D, .first_row = P.embed_split ? P.vocab.begin : 0,
+               .rows = P.embed_split ? P.vocab.size() : 0});
+    if (P.embed_split) reduce(xb, n * D);  // each token's row from the rank that holds it (zeros elsewhere)
     if (diagnosing) checkpoint(xb, n * D, "the token embeddings (embed_tokens)");
     const float eps = static_cast<float>(c.rms_norm_eps);
     for (size_t l = 0; l < w.layers.size(); ++l) {
@@ -564,11 +714,15 @@ struct Runner {
       norm(hb, xb, n, D, L.input_layernorm, eps);
       if (c.attention == AttentionKind::gqa) gqa(l, hb, n, ob);
       else mla(l, hb, n, ob);
+      if (P.attn_split) reduce(ob, n * D);  // the ranks' heads' o_proj partial sums
       be->add({.out = xb, .x = ob, .rows = n, .cols = D});
       if (diagnosing) checkpoint(xb, n * D, cat("layer ", l, "'s attention"));
       norm(hb, xb, n, D, L.post_attention_layernorm, eps);
-      if (c.layer_ffn[l] == FfnKind::moe) moe(l, hb, n, ob);
+      const bool moe_layer = c.layer_ffn[l] == FfnKind::moe;
+      if (moe_layer) moe(l, hb, n, ob);
       else swiglu(L.mlp, hb, n, ob);
+      // The ranks' experts (and shared or dense columns) partial sums, one all-reduce per block.
+      if (moe_layer ? P.experts_ep || P.experts_tp || P.ffn_split : P.ffn_split) reduce(ob, n * D);
       be->add({.out = xb, .x = ob, .rows = n, .cols = D});
       if (diagnosing) checkpoint(xb, n * D, cat("layer ", l, "'s ", c.layer_ffn[l] == FfnKind::moe ? "MoE block" : "MLP"));
     }
@@ -582,11 +736,29 @@ struct Runner {
                   .dst_stride = D, .src_stride = D});
       last = g;
     }
+    if (!P.head_here) return nullptr;  // (expert parallel: rank 0 alone computes the logits)
     float* hb = buf(Ws::h, rows * D);
     norm(hb, last, rows, D, w.norm, eps);
-    float* lg = buf(Ws::logits, rows * c.vocab_size);
-    lin(lg, hb, rows, w.lm_head);
-    if (diagnosing) checkpoint(lg, rows * c.vocab_size, "the final norm and LM head");
+    const int64_t V = c.vocab_size;
+    if (!P.head_split) {
+      float* lg = buf(Ws::logits, rows * V);
+      lin(lg, hb, rows, w.lm_head);
+      if (diagnosing) checkpoint(lg, rows * V, "the final norm and LM head");
+      return lg;
+    }
+    // Vocabulary split: each rank's rows of the head, gathered (padded to the widest rank's), then
+    // laid side by side on the leader.
+    float* part = buf(Ws::logits_part, rows * vocab_rows);
+    lin(part, hb, rows, w.lm_head);
+    float* all = buf(Ws::logits_all, P.ranks * rows * vocab_rows);
+    gather(part, all, rows * vocab_rows);
+    if (P.rank != 0) return nullptr;
+    float* lg = buf(Ws::logits, rows * V);
+    for (int r = 0; r < P.ranks; ++r) {
+      const model::Range vr = model::share(V, r, P.ranks);
+      be->copy({.dst = lg + vr.begin, .src = all + r * rows * vocab_rows, .rows = rows, .cols = vr.size(), .dst_stride = V,
+                .src_stride = vr.size()});
+    }
     return lg;
   }
 
@@ -625,16 +797,25 @@ struct Runner {
     const int64_t n = static_cast<int64_t>(ids.size());
     upload_step(ids);
     // The naive MLA form reads the cache length on the host, so its steps are never recorded.
-    recordable = recordable && be->can_record() && n == 1 && !all_rows &&
+    recordable = recordable && be->can_record() && n == 1 && !all_rows && !engine->distributed() &&
                  !(c.attention == AttentionKind::mla && engine->options.mla == MlaMode::naive);
     if (recordable) decode_step.run(*be, [&] { layers(n, all_rows); });
     else layers(n, all_rows);
+    if (P.rank != 0) {  // a worker: the leader alone has the logits
+      for (const Segment& s : segments) s.seq->pos += s.n;
+      return;
+    }
     const int64_t rows = all_rows ? n : static_cast<int64_t>(segments.size());
     const float* lg = at<const float>(Ws::logits);
     const std::span<float> result(dst, static_cast<size_t>(rows * c.vocab_size));
     be->download(result.data(), lg, result.size() * sizeof(float));
     for (float value : result)
-      if (!std::isfinite(value)) diagnose_non_finite(n, all_rows);
+      if (!std::isfinite(value)) {
+        // Running the step again to name the layer would be collectives the other ranks do not join.
+        if (engine->distributed())
+          throw Error("forward", "the logits hold NaN or infinite values (run the model in one process to find the layer)");
+        diagnose_non_finite(n, all_rows);
+      }
     for (const Segment& s : segments) s.seq->pos += s.n;
   }
 };
@@ -668,15 +849,16 @@ void check_host_memory(const Engine::Impl& e, uint64_t bytes, uint64_t kv_bytes,
 struct Session::Impl {
   std::shared_ptr<const Engine::Impl> keep;  // the engine outlives its sessions
   const Engine::Impl* engine;
+  int64_t id = -1;  // a distributed engine's name for it on every rank
   runtime::SessionMemory mem;  // what this session allocates (the memory plan's session part)
   Sequence seq;
   std::unique_ptr<Runner> runner;  // its own steps (the workspace reserved at once, or at the first one)
   std::vector<float> host_logits;  // what forward() returns a view of
 
   Impl(std::shared_ptr<const Engine::Impl> e, int64_t ctx, bool workspace_now) : keep(std::move(e)), engine(keep.get()) {
-    const ModelDesc& c = engine->model.config();
+    const ModelDesc& c = engine->local;
     check_context(ctx, c, engine->options.context_override);
-    mem = runtime::plan_session(c, ctx, engine->options.mla, engine->kv_type);
+    mem = runtime::plan_session(c, ctx, engine->options.mla, engine->kv_type, runtime::workspace_share(engine->part, c.vocab_size));
     check_host_memory(*engine, workspace_now ? mem.total_bytes : mem.kv_bytes, mem.kv_bytes,
                       cat("a session with the ", ctx, "-token context"), "use a smaller -c");
     runner = std::make_unique<Runner>(engine, std::min(ctx, kMaxBatch), 1, ctx, workspace_now);
@@ -692,9 +874,13 @@ struct Session::Impl {
   }
 
   std::span<const float> forward(std::span<const int32_t> ids, bool all_positions) {
-    const ModelDesc& c = engine->model.config();
+    const ModelDesc& c = engine->local;
     const int64_t n = static_cast<int64_t>(ids.size());
     check_new_tokens(seq, ids, c.vocab_size, "forward");
+    if (engine->sends()) {
+      engine->payload.assign(ids.begin(), ids.end());
+      engine->send(Op::session_forward, id, all_positions ? 1 : 0, 0, 0, engine->payload);
+    }
     const size_t rows = all_positions ? static_cast<size_t>(n) : 1;
     host_logits.resize(detail::checked_bytes("logits", 1, rows, c.vocab_size));  // keeps its capacity
     const int64_t start = seq.pos;
@@ -708,18 +894,43 @@ struct Session::Impl {
         runner->step(one, chunk, all_positions, dst, /*recordable=*/true);
       }
     } catch (...) {
-      seq.pos = start;  // a failed call changes nothing
+      seq.pos = start;  // a failed call changes nothing (on the other ranks either)
+      if (engine->sends()) engine->send(Op::session_truncate, id, start);
       throw;
     }
     return host_logits;
   }
 };
 
-Session::Session(const Engine& engine, int64_t context, bool workspace)
-    : impl_(std::make_unique<Impl>(engine.impl_, context > 0 ? context : engine.default_context(), workspace)) {}
+Session::Session(const Engine& engine, int64_t context, bool workspace) {
+  const int64_t ctx = context > 0 ? context : engine.default_context();
+  const Engine::Impl& e = *engine.impl_;
+  if (!e.sends()) {
+    impl_ = std::make_unique<Impl>(engine.impl_, ctx, workspace);
+    return;
+  }
+  // The leader makes the session first (a refusal sends nothing), then every rank makes its copy.
+  const std::lock_guard<std::mutex> lock(e.step);
+  impl_ = std::make_unique<Impl>(engine.impl_, ctx, workspace);
+  impl_->id = e.next_id++;
+  e.send(Op::session_new, impl_->id, ctx, workspace ? 1 : 0);
+}
 Session::Session(Session&&) noexcept = default;
-Session& Session::operator=(Session&&) noexcept = default;
-Session::~Session() = default;
+Session& Session::operator=(Session&& other) noexcept {
+  if (this != &other) {
+    Session gone(std::move(*this));  // the other ranks drop this one's copy
+    impl_ = std::move(other.impl_);
+  }
+  return *this;
+}
+Session::~Session() {
+  if (!impl_ || !impl_->engine->sends()) return;
+  try {
+    const std::lock_guard<std::mutex> lock(impl_->engine->step);
+    impl_->engine->send(Op::session_free, impl_->id);
+  } catch (...) {  // a broken job: the launcher stops the ranks
+  }
+}
 
 std::vector<float> Session::forward(std::span<const int32_t> ids, bool all_positions) {
   const std::span<const float> v = forward_view(ids, all_positions);
@@ -739,6 +950,10 @@ uint64_t Session::memory_bytes() const noexcept {
 }
 void Session::truncate(int64_t n) {
   if (n < 0 || n > impl_->seq.pos) throw Error("Session::truncate", cat("cannot keep ", n, " of ", impl_->seq.pos, " cached tokens"));
+  if (impl_->engine->sends()) {
+    const std::lock_guard<std::mutex> lock(impl_->engine->step);
+    impl_->engine->send(Op::session_truncate, impl_->id, n);
+  }
   impl_->seq.pos = n;  // rows past n are overwritten by the next forward
 }
 
@@ -749,6 +964,12 @@ struct Batch::Impl {
   const Engine::Impl* engine;
   BatchOptions options;
   Runner runner;
+  int64_t id = -1;  // a distributed engine's name for it on every rank
+  struct Item {
+    Session::Impl* session = nullptr;
+    std::span<const int32_t> ids;
+  };
+  std::vector<Item> items;
   std::vector<Segment> segs;
   std::vector<int32_t> ids;
   std::vector<float> logits;
@@ -763,6 +984,7 @@ struct Batch::Impl {
     check_host_memory(*engine, bytes, 0, cat("a batch of ", options.max_tokens, " tokens"), "use fewer tokens per step");
     runner.reserve();
     if (options.count_experts) runner.expert_stats = &stats;
+    items.reserve(static_cast<size_t>(options.max_sequences));
     segs.reserve(static_cast<size_t>(options.max_sequences));
     ids.reserve(static_cast<size_t>(options.max_tokens));
   }
@@ -773,47 +995,101 @@ struct Batch::Impl {
       throw Error("batch", cat("max_tokens must be in [1, ", kMaxContext, "], found ", o.max_tokens));
     if (o.max_sequences < 1 || o.max_sequences > o.max_tokens)
       throw Error("batch", cat("max_sequences must be in [1, max_tokens = ", o.max_tokens, "], found ", o.max_sequences));
-    check_context(o.max_context, e.model.config(), e.options.context_override);
+    check_context(o.max_context, e.local, e.options.context_override);
     return o;
   }
 
   std::span<const float> forward(std::span<const BatchEntry> entries) {
-    const ModelDesc& c = engine->model.config();
+    const ModelDesc& c = engine->local;
     if (entries.empty()) throw Error("batch", "no entries given");
     if (static_cast<int64_t>(entries.size()) > options.max_sequences)
       throw Error("batch", cat(entries.size(), " entries is more than the ", options.max_sequences, " this batch was made for"));
-    segs.clear();
-    ids.clear();
+    items.clear();
     int64_t total = 0;
     for (size_t i = 0; i < entries.size(); ++i) {
       const BatchEntry& en = entries[i];
       const std::string who = cat("batch entry ", i);
       if (!en.session) throw Error(who, "has no session");
-      Sequence& s = en.session->impl_->seq;
-      if (s.engine != engine) throw Error(who, "is a session of another engine");
+      Session::Impl& si = *en.session->impl_;
+      if (si.engine != engine) throw Error(who, "is a session of another engine");
       for (size_t j = 0; j < i; ++j)
         if (entries[j].session == en.session) throw Error(who, cat("is the session of entry ", j, " again"));
       const auto n = static_cast<int64_t>(en.ids.size());
-      check_new_tokens(s, en.ids, c.vocab_size, who);
-      if (s.context > options.max_context && c.attention == AttentionKind::mla && engine->options.mla == MlaMode::naive)
-        throw Error(who, cat("has a ", s.context, "-token context; this batch was made for ", options.max_context));
+      check_new_tokens(si.seq, en.ids, c.vocab_size, who);
+      if (si.seq.context > options.max_context && c.attention == AttentionKind::mla && engine->options.mla == MlaMode::naive)
+        throw Error(who, cat("has a ", si.seq.context, "-token context; this batch was made for ", options.max_context));
       if (n > options.max_tokens - total)
         throw Error("batch", cat("the entries hold more than the ", options.max_tokens, " tokens this batch was made for"));
-      segs.push_back({.seq = &s, .row = total, .n = n, .slot = runner.rope.size() > 1 ? static_cast<int64_t>(i) : 0});
-      ids.insert(ids.end(), en.ids.begin(), en.ids.end());
+      items.push_back({&si, en.ids});
       total += n;
     }
-    logits.resize(detail::checked_bytes("logits", 1, entries.size(), c.vocab_size));
-    runner.step(segs, ids, /*all_rows=*/false, logits.data(), /*recordable=*/false);
+    return run(items);
+  }
+
+  // One step over checked items (the leader's, or a worker's copy of them).
+  std::span<const float> run(std::span<const Item> step_items) {
+    if (engine->sends()) {  // [entries] x (session id, n, ids...)
+      std::vector<int64_t>& pl = engine->payload;
+      pl.clear();
+      for (const Item& it : step_items) {
+        pl.push_back(it.session->id);
+        pl.push_back(static_cast<int64_t>(it.ids.size()));
+        pl.insert(pl.end(), it.ids.begin(), it.ids.end());
+      }
+      engine->send(Op::batch_forward, id, static_cast<int64_t>(step_items.size()), 0, 0, pl);
+    }
+    segs.clear();
+    ids.clear();
+    int64_t total = 0;
+    for (size_t i = 0; i < step_items.size(); ++i) {
+      const auto n = static_cast<int64_t>(step_items[i].ids.size());
+      segs.push_back({.seq = &step_items[i].session->seq, .row = total, .n = n,
+                      .slot = runner.rope.size() > 1 ? static_cast<int64_t>(i) : 0});
+      ids.insert(ids.end(), step_items[i].ids.begin(), step_items[i].ids.end());
+      total += n;
+    }
+    logits.resize(detail::checked_bytes("logits", 1, step_items.size(), engine->local.vocab_size));
+    try {
+      runner.step(segs, ids, /*all_rows=*/false, logits.data(), /*recordable=*/false);
+    } catch (...) {
+      if (engine->sends())  // the sessions are unchanged here; so they must be on the other ranks
+        for (const Item& it : step_items) engine->send(Op::session_truncate, it.session->id, it.session->seq.pos);
+      throw;
+    }
     ++stats.steps;
     return logits;
   }
 };
 
-Batch::Batch(const Engine& engine, const BatchOptions& options) : impl_(std::make_unique<Impl>(engine.impl_, options)) {}
+Batch::Batch(const Engine& engine, const BatchOptions& options) {
+  const Engine::Impl& e = *engine.impl_;
+  if (!e.sends()) {
+    impl_ = std::make_unique<Impl>(engine.impl_, options);
+    return;
+  }
+  const std::lock_guard<std::mutex> lock(e.step);
+  impl_ = std::make_unique<Impl>(engine.impl_, options);
+  impl_->id = e.next_id++;
+  const BatchOptions& o = impl_->options;
+  const int64_t count[] = {o.count_experts ? 1 : 0};
+  e.send(Op::batch_new, impl_->id, o.max_tokens, o.max_sequences, o.max_context, count);
+}
 Batch::Batch(Batch&&) noexcept = default;
-Batch& Batch::operator=(Batch&&) noexcept = default;
-Batch::~Batch() = default;
+Batch& Batch::operator=(Batch&& other) noexcept {
+  if (this != &other) {
+    Batch gone(std::move(*this));
+    impl_ = std::move(other.impl_);
+  }
+  return *this;
+}
+Batch::~Batch() {
+  if (!impl_ || !impl_->engine->sends()) return;
+  try {
+    const std::lock_guard<std::mutex> lock(impl_->engine->step);
+    impl_->engine->send(Op::batch_free, impl_->id);
+  } catch (...) {
+  }
+}
 
 std::span<const float> Batch::forward(std::span<const BatchEntry> entries) {
   const std::lock_guard<std::mutex> lock(impl_->engine->step);
@@ -822,5 +1098,140 @@ std::span<const float> Batch::forward(std::span<const BatchEntry> entries) {
 const BatchOptions& Batch::options() const noexcept { return impl_->options; }
 uint64_t Batch::memory_bytes() const noexcept { return impl_->runner.memory_bytes(); }
 const BatchStats& Batch::stats() const noexcept { return impl_->stats; }
+
+// --- distributed engines ----------------------------------------------------------------------
+
+int launch_rank() noexcept {
+  try {
+    return comm::launch_rank();
+  } catch (...) {  // a malformed launcher environment: Engine::load names it
+    return 0;
+  }
+}
+int launch_size() noexcept {
+  try {
+    return comm::launch_size();
+  } catch (...) {
+    return 1;
+  }
+}
+void abort_ranks(int code) noexcept { comm::abort_world(code); }
+
+int Engine::rank() const noexcept { return impl_->part.rank; }
+int Engine::ranks() const noexcept { return impl_->part.ranks; }
+SplitMode Engine::split() const noexcept { return impl_->part.split; }
+std::string Engine::partition_summary() const { return impl_->part.summary(); }
+
+Engine::RankStats Engine::Impl::local_stats() const {
+  RankStats r;
+  r.rank = part.rank;
+  std::tie(r.rss_bytes, r.peak_rss_bytes) = resident_bytes();
+  r.weight_bytes = weight_bytes;
+  r.comm_calls = step_comm.calls;
+  r.comm_bytes = step_comm.bytes;
+  r.comm_seconds = step_comm.seconds;
+  return r;
+}
+
+std::vector<Engine::RankStats> Engine::Impl::exchange_stats() const {
+  static_assert(std::is_trivially_copyable_v<RankStats>);
+  const RankStats mine = local_stats();
+  std::vector<RankStats> all(static_cast<size_t>(part.ranks));
+  control->all_gather(&mine, all.data(), sizeof mine, comm::Type::u8);
+  return all;
+}
+
+std::vector<Engine::RankStats> Engine::rank_stats() const {
+  const Impl& e = *impl_;
+  if (!e.distributed()) return {e.local_stats()};
+  const std::lock_guard<std::mutex> lock(e.step);
+  e.send(Op::stats, 0);
+  return e.exchange_stats();
+}
+
+void Engine::reset_comm_stats() const {
+  const Impl& e = *impl_;
+  const std::lock_guard<std::mutex> lock(e.step);
+  if (e.sends()) e.send(Op::reset_stats, 0);
+  e.step_comm = {};
+}
+
+// A worker's loop: every command of the leader, run on this rank's share, until the leader's
+// engine is released. A command naming something this rank does not have means the ranks
+// disagree: an Error (the job then stops).
+void Engine::follow() const {
+  const Impl& e = *impl_;
+  if (!e.distributed() || e.part.rank == 0) return;
+  std::unordered_map<int64_t, std::unique_ptr<Session::Impl>> sessions;
+  std::unordered_map<int64_t, std::unique_ptr<Batch::Impl>> batches;
+  std::vector<int64_t> data;
+  std::vector<int32_t> ids;
+  std::vector<Batch::Impl::Item> items;
+  auto session = [&](int64_t id) -> Session::Impl& {
+    const auto it = sessions.find(id);
+    if (it == sessions.end()) throw Error("follow", cat("rank ", e.part.rank, ": the leader named session ", id, ", which this rank does not have"));
+    return *it->second;
+  };
+  for (;;) {
+    const Command h = e.receive(data);
+    switch (static_cast<Op>(h.op)) {
+      case Op::quit:
+        return;
+      case Op::session_new:
+        sessions[h.id] = std::make_unique<Session::Impl>(impl_, h.a, h.b != 0);
+        sessions[h.id]->id = h.id;
+        break;
+      case Op::session_forward:
+        ids.assign(data.begin(), data.end());
+        session(h.id).forward(ids, h.a != 0);
+        break;
+      case Op::session_truncate:
+        session(h.id).seq.pos = h.a;
+        break;
+      case Op::session_free:
+        sessions.erase(h.id);
+        break;
+      case Op::batch_new: {
+        const BatchOptions o{.max_tokens = h.a, .max_sequences = h.b, .max_context = h.c, .count_experts = !data.empty() && data[0] != 0};
+        batches[h.id] = std::make_unique<Batch::Impl>(impl_, o);
+        batches[h.id]->id = h.id;
+        break;
+      }
+      case Op::batch_forward: {
+        const auto it = batches.find(h.id);
+        if (it == batches.end()) throw Error("follow", cat("rank ", e.part.rank, ": the leader named batch ", h.id, ", which this rank does not have"));
+        // (session id, n, ids...) per entry: the ids first, then spans into them.
+        ids.clear();
+        std::vector<std::pair<int64_t, int64_t>> entries;  // session, count
+        for (size_t i = 0; i + 1 < data.size();) {
+          const int64_t sid = data[i], n = data[i + 1];
+          if (n < 0 || i + 2 + static_cast<size_t>(n) > data.size()) throw Error("follow", "a malformed batch step from the leader");
+          entries.emplace_back(sid, n);
+          ids.insert(ids.end(), data.begin() + static_cast<std::ptrdiff_t>(i + 2), data.begin() + static_cast<std::ptrdiff_t>(i + 2 + static_cast<size_t>(n)));
+          i += 2 + static_cast<size_t>(n);
+        }
+        items.clear();
+        size_t at = 0;
+        for (const auto& [sid, n] : entries) {
+          items.push_back({&session(sid), std::span<const int32_t>(ids).subspan(at, static_cast<size_t>(n))});
+          at += static_cast<size_t>(n);
+        }
+        it->second->run(items);
+        break;
+      }
+      case Op::batch_free:
+        batches.erase(h.id);
+        break;
+      case Op::stats:
+        e.exchange_stats();
+        break;
+      case Op::reset_stats:
+        e.step_comm = {};
+        break;
+      default:
+        throw Error("follow", cat("rank ", e.part.rank, ": unknown command ", h.op, " from the leader"));
+    }
+  }
+}
 
 }  // namespace moerun

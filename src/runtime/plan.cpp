@@ -5,6 +5,7 @@
 #include "moerun/plan.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -16,6 +17,8 @@
 #include "kernels/ops.h"
 #include "model/binding.h"
 #include "model/convert.h"
+#include "model/partition.h"
+#include "comm/comm.h"
 #include "moerun/error.h"
 #include "moerun/model.h"
 #include "runtime/backend.h"
@@ -58,7 +61,21 @@ DType fp8_form(const EngineOptions& o, BackendKind backend) {
   return backend == BackendKind::cuda && o.fp8_dequant == DType::f8_e4m3 ? DType::bf16 : o.fp8_dequant;
 }
 
-WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla, int64_t tokens, int64_t sequences) {
+WorkspaceShare workspace_share(const model::Partition& p, int64_t vocab_size) {
+  WorkspaceShare s;
+  if (!p.distributed()) return s;
+  s.ranks = p.ranks;
+  if (p.full_qk) {
+    s.q_heads = p.heads_total;
+    s.kv_heads = p.kv_heads_total;
+  }
+  if (p.head_split) s.vocab_rows = model::share(vocab_size, 0, p.ranks).size();  // rank 0's is the widest
+  s.logits = p.rank == 0;
+  return s;
+}
+
+WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla, int64_t tokens, int64_t sequences,
+                             const WorkspaceShare& share) {
   const std::string what = cat("the workspace of a ", context, "-token context");
   const int64_t B = tokens > 0 ? tokens : std::min(context, kMaxBatch);
   const int64_t rope_tables = d.rope.scaling.type == RopeType::dynamic ? std::max<int64_t>(sequences, 1) : 1;
@@ -80,8 +97,8 @@ WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla, i
   set(Ws::x, "x", f32(B, D));
   set(Ws::h, "h", f32(B, D));
   set(Ws::out, "out", f32(B, D));
-  set(Ws::q, "q", f32(B, H, dqk));
-  set(Ws::k, "k", gqa ? f32(B, d.num_key_value_heads, d.head_dim) : 0);
+  set(Ws::q, "q", f32(B, share.q_heads > 0 ? share.q_heads : H, dqk));
+  set(Ws::k, "k", gqa ? f32(B, share.kv_heads > 0 ? share.kv_heads : d.num_key_value_heads, d.head_dim) : 0);
   set(Ws::v, "v", gqa ? f32(B, d.num_key_value_heads, d.head_dim) : 0);
   set(Ws::attn, "attn", f32(B, H, dv));
   set(Ws::q_lora, "q_lora", !gqa && d.q_lora_rank ? f32(B, *d.q_lora_rank) : 0);
@@ -97,11 +114,13 @@ WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla, i
   set(Ws::expert_weights, "expert_weights", any_moe ? f32(B, K) : 0);
   set(Ws::shared_out, "shared_out", any_moe && d.shared.count > 0 ? f32(B, D) : 0);
   set(Ws::shared_gate, "shared_gate", any_moe && d.shared.gated ? f32(B) : 0);
-  set(Ws::logits, "logits", f32(B, d.vocab_size));
+  set(Ws::logits, "logits", share.logits ? f32(B, d.vocab_size) : 0);
+  set(Ws::logits_part, "logits_part", share.vocab_rows > 0 ? f32(B, share.vocab_rows) : 0);
+  set(Ws::logits_all, "logits_all", share.vocab_rows > 0 ? f32(share.ranks, B, share.vocab_rows) : 0);
   return p;
 }
 
-SessionMemory plan_session(const ModelDesc& d, int64_t context, MlaMode mla, KvType kv_type) {
+SessionMemory plan_session(const ModelDesc& d, int64_t context, MlaMode mla, KvType kv_type, const WorkspaceShare& share) {
   const std::string what = cat("the ", context, "-token context");
   SessionMemory m;
   m.kv_type = kv_type;
@@ -111,7 +130,7 @@ SessionMemory plan_session(const ModelDesc& d, int64_t context, MlaMode mla, KvT
   const size_t row_bytes = kv_bytes(kv_type, per_buffer);
   m.cache_bytes = detail::checked_bytes(what, row_bytes, context);
   m.kv_bytes = detail::checked_bytes(what, row_bytes, context, d.attention == AttentionKind::gqa ? 2 : 1, d.num_hidden_layers);
-  m.workspace = plan_workspace(d, context, mla);
+  m.workspace = plan_workspace(d, context, mla, 0, 1, share);
   if (const int64_t moe_layers = d.num_moe_layers(); moe_layers > 0)
     m.expert_table_bytes = detail::checked_bytes(what, 6 * sizeof(void*), moe_layers, d.router.n_routed_experts);
   m.total_bytes = detail::checked_add(m.kv_bytes, m.expert_table_bytes, what);
@@ -168,7 +187,8 @@ MemoryPlan weigh(const ModelDesc& d, const ModelWeights& w, bool shape_only, con
   p.kv_type = kv_type_for(o, backend, d);
   const model::PrepareOptions po{runtime::fp8_form(o, backend), o.quant};
   std::map<DType, MemoryPlan::Weights> by_dtype;
-  const bool tied = shape_only ? d.tie_word_embeddings : w.lm_head.data() == w.embed_tokens.data();
+  const bool tied = (shape_only ? d.tie_word_embeddings : w.lm_head.data() == w.embed_tokens.data()) &&
+                    w.lm_head.shape() == w.embed_tokens.shape();  // (a rank's rows of a split head are its own)
   Tensor weight;  // the walk visits a weight before its scales
   for_each_tensor(w, [&](const WeightSite& site, LinearPart part, const Tensor& t) {
     if (part == LinearPart::weight) weight = t;
@@ -198,12 +218,12 @@ MemoryPlan weigh(const ModelDesc& d, const ModelWeights& w, bool shape_only, con
 
 // A weighed plan completed for one session at `context`: KV cache, workspace, devices, verdict (any
 // session part `p` already had is replaced).
-MemoryPlan place(MemoryPlan p, const ModelDesc& d, MlaMode mla, int64_t context, const Room& room) {
+MemoryPlan place(MemoryPlan p, const ModelDesc& d, MlaMode mla, int64_t context, const Room& room, const runtime::WorkspaceShare& share) {
   const std::string what = cat("the ", context, "-token context");
   p.context = context;
   p.workspace.clear();
   p.total_bytes = p.available_bytes = 0;
-  const runtime::SessionMemory s = runtime::plan_session(d, context, mla, p.kv_type);
+  const runtime::SessionMemory s = runtime::plan_session(d, context, mla, p.kv_type, share);
   p.kv_bytes = s.kv_bytes;
   for (const runtime::WorkspaceEntry& e : s.workspace)
     if (e.bytes > 0) p.workspace.push_back({e.role, e.bytes});
@@ -234,12 +254,12 @@ MemoryPlan place(MemoryPlan p, const ModelDesc& d, MlaMode mla, int64_t context,
 // quantization (CPU) and the largest power-of-two context. The weights are walked again only for
 // another weight form; other KV types and contexts reuse `p`'s weights.
 std::string suggest(const ModelDesc& d, const ModelWeights& w, bool shape_only, const EngineOptions& o, const MemoryPlan& p,
-                    const Room& room) {
+                    const Room& room, const runtime::WorkspaceShare& share) {
   std::vector<std::string> out;
   if (p.backend == BackendKind::cpu && p.fp8_source_bytes > 0 && p.fp8_form != DType::f8_e4m3 && o.quant == WeightQuant::none) {
     EngineOptions alt = o;
     alt.fp8_dequant = DType::f8_e4m3;
-    if (const MemoryPlan ap = place(weigh(d, w, shape_only, alt, p.backend), d, o.mla, p.context, room); ap.fits)
+    if (const MemoryPlan ap = place(weigh(d, w, shape_only, alt, p.backend), d, o.mla, p.context, room, share); ap.fits)
       out.push_back(cat("--fp8 keep (needs ", format_bytes(ap.total_bytes), ")"));
   }
   if (p.backend == BackendKind::cpu && p.kv_type != KvType::q8_0) {
@@ -252,7 +272,7 @@ std::string suggest(const ModelDesc& d, const ModelWeights& w, bool shape_only, 
     MemoryPlan kp = p;
     kp.kv_type = KvType::q8_0;
     if (q8_ok) {
-      if (const MemoryPlan ap = place(kp, d, o.mla, p.context, room); ap.fits)
+      if (const MemoryPlan ap = place(kp, d, o.mla, p.context, room, share); ap.fits)
         out.push_back(cat("--kv-type q8_0 (needs ", format_bytes(ap.total_bytes), ")"));
     }
   }
@@ -260,7 +280,7 @@ std::string suggest(const ModelDesc& d, const ModelWeights& w, bool shape_only, 
     for (WeightQuant q : {WeightQuant::q8, WeightQuant::q4}) {
       EngineOptions alt = o;
       alt.quant = q;
-      const MemoryPlan ap = place(weigh(d, w, shape_only, alt, p.backend), d, o.mla, p.context, room);
+      const MemoryPlan ap = place(weigh(d, w, shape_only, alt, p.backend), d, o.mla, p.context, room, share);
       if (ap.fits) {
         out.push_back(cat("--quant ", q == WeightQuant::q8 ? "q8" : "q4", " (needs ", format_bytes(ap.total_bytes), ")"));
         break;
@@ -272,7 +292,7 @@ std::string suggest(const ModelDesc& d, const ModelWeights& w, bool shape_only, 
   int64_t c = 1;
   while (c * 2 <= most) c *= 2;
   for (; c >= 256; c /= 2) {
-    const MemoryPlan cp = place(p, d, o.mla, c, room);
+    const MemoryPlan cp = place(p, d, o.mla, c, room, share);
     if (cp.fits) {
       out.push_back(cat("-c ", c, " (needs ", format_bytes(cp.total_bytes), ")"));
       break;
@@ -283,11 +303,37 @@ std::string suggest(const ModelDesc& d, const ModelWeights& w, bool shape_only, 
   return s;
 }
 
-MemoryPlan plan_for(const ModelDesc& d, const ModelWeights& w, bool shape_only, const EngineOptions& o) {
+// Ranks of a distributed run on this machine (they share its memory): the launcher's count.
+int local_ranks() {
+  const char* v = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  const int n = v ? std::atoi(v) : 1;
+  return n > 0 ? n : 1;
+}
+
+MemoryPlan plan_for(const ModelDesc& d, const ModelWeights& w, bool shape_only, const EngineOptions& o,
+                    const runtime::WorkspaceShare& share = {}) {
   const int64_t context = o.context > 0 ? o.context : default_context(d, o);
-  const Room room = measure_room();
-  MemoryPlan p = place(weigh(d, w, shape_only, o, planned_backend(o)), d, o.mla, context, room);
-  if (!p.fits) p.suggestions = suggest(d, w, shape_only, o, p, room);
+  Room room = measure_room();
+  if (share.ranks > 1) room.host.available_bytes /= static_cast<uint64_t>(std::min(local_ranks(), share.ranks));
+  MemoryPlan p = place(weigh(d, w, shape_only, o, planned_backend(o)), d, o.mla, context, room, share);
+  if (!p.fits) p.suggestions = suggest(d, w, shape_only, o, p, room, share);
+  return p;
+}
+
+// The plan of one rank's share (options.ranks > 1, or 0 under a launcher): the weights cut to the
+// share (shapes only: nothing is read) and the rank's description.
+MemoryPlan plan_share(const ModelConfig& config, const ModelWeights& w, bool shape_only, const EngineOptions& o) {
+  const int ranks = o.ranks > 0 ? o.ranks : comm::launch_size();
+  const int rank = o.ranks > 0 ? o.rank : comm::launch_rank();
+  if (ranks <= 1) return plan_for(config, w, shape_only, o);
+  const model::Partition part = model::make_partition(config, o.split, rank, ranks);
+  const ModelConfig local = model::local_config(config, part);
+  const ModelWeights cut = model::slice_weights(w, config, part, /*shapes_only=*/true);
+  MemoryPlan p = plan_for(local, cut, shape_only, o, runtime::workspace_share(part, config.vocab_size));
+  p.rank = rank;
+  p.ranks = ranks;
+  p.split = std::string(split_name(part.split));
+  p.partition = part.summary();
   return p;
 }
 
@@ -383,6 +429,7 @@ std::string plan_text(const MemoryPlan& p) {
   std::string out = cat("memory plan: backend ", backend_name(p.backend), ", context ", p.context, " tokens, quant ",
                         quant_name(p.quant), ", KV ", kv_type_name(p.kv_type),
                         p.fp8_source_bytes ? cat(", FP8 ", fp8_name(p.fp8_form)) : std::string(), "\n");
+  if (p.ranks > 1) out = cat(p.partition, "\n", out);
   auto row = [&](const char* part, uint64_t bytes, const std::string& detail) {
     std::snprintf(line, sizeof line, "  %-10s %12s  %s\n", part, format_bytes(bytes).c_str(), detail.c_str());
     out += line;
@@ -404,6 +451,12 @@ std::string plan_text(const MemoryPlan& p) {
 std::string plan_json(const MemoryPlan& p) {
   using Json = nlohmann::ordered_json;
   Json j;
+  if (p.ranks > 1) {
+    j["rank"] = p.rank;
+    j["ranks"] = p.ranks;
+    j["split"] = p.split;
+    j["partition"] = p.partition;
+  }
   j["backend"] = backend_name(p.backend);
   j["quant"] = quant_name(p.quant);
   j["context"] = p.context;
@@ -433,7 +486,7 @@ std::string plan_json(const MemoryPlan& p) {
 }
 
 MemoryPlan plan_memory(const Model& model, const EngineOptions& options) {
-  return plan_for(model.config(), model.weights(), false, options);
+  return plan_share(model.config(), model.weights(), false, options);
 }
 
 MemoryPlan plan_memory(const ModelConfig& config, const EngineOptions& options, WeightSource stored) {
@@ -442,7 +495,7 @@ MemoryPlan plan_memory(const ModelConfig& config, const EngineOptions& options, 
     const DType dt = stored == WeightSource::synthetic ? model::synthetic_dtype(config, name, shape, linear) : checkpoint_dtype(config, name, linear);
     return Tensor(dt, shape, kShapeOnly, nullptr);
   });
-  return plan_for(config, b.weights, true, options);
+  return plan_share(config, b.weights, true, options);
 }
 
 }  // namespace moerun

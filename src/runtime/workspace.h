@@ -11,6 +11,10 @@
 #include "moerun/engine.h"
 #include "moerun/model_desc.h"
 
+namespace moerun::model {
+struct Partition;
+}  // namespace moerun::model
+
 namespace moerun::runtime {
 
 // A forward pass runs at most this many tokens at once: longer inputs run in micro-batches, so the
@@ -42,6 +46,8 @@ enum class Ws : uint8_t {
   shared_out,      // [B, D]: the shared expert's output
   shared_gate,     // [B]: Qwen2-MoE's sigmoid gate input per token
   logits,          // [B, V]: LM-head output (every position of a micro-batch when asked)
+  logits_part,     // [B, V_r]: a rank's rows of a vocabulary-split LM head (padded to the widest rank's)
+  logits_all,      // [ranks, B, V_r]: every rank's logits_part, gathered
   count
 };
 
@@ -51,11 +57,23 @@ struct WorkspaceEntry {
 };
 using WorkspacePlan = std::array<WorkspaceEntry, static_cast<size_t>(Ws::count)>;
 
+// What a rank of a distributed engine computes beyond its description (model/partition.h): the
+// whole q/k projections when the q/k norm spans all heads, and the vocabulary-split LM head.
+struct WorkspaceShare {
+  int64_t q_heads = 0, kv_heads = 0;  // heads the q/k projections produce (0: the description's)
+  int64_t vocab_rows = 0;             // the widest rank's LM-head rows under a vocabulary split (0: none)
+  int ranks = 1;
+  bool logits = true;                 // holds the full logits (the leader, or every rank of one)
+};
+
+WorkspaceShare workspace_share(const model::Partition& p, int64_t vocab_size);
+
 // The bytes of every role for steps of at most `tokens` rows (0: min(context, kMaxBatch), a
 // session's micro-batch) over `sequences` sequences of at most `context` positions (a Batch's
 // steps; the RoPE tables are per sequence when the scaling is dynamic), overflow-checked: a context
 // is user input. Roles this model does not use get 0.
-WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla, int64_t tokens = 0, int64_t sequences = 1);
+WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla, int64_t tokens = 0, int64_t sequences = 1,
+                             const WorkspaceShare& share = {});
 
 // Everything one session allocates, as the memory plan counts it and the session reserves it.
 struct SessionMemory {
@@ -68,7 +86,7 @@ struct SessionMemory {
   size_t expert_table_bytes = 0;
   size_t total_bytes = 0;         // kv + workspace + expert tables
 };
-SessionMemory plan_session(const ModelDesc& d, int64_t context, MlaMode mla, KvType kv_type);
+SessionMemory plan_session(const ModelDesc& d, int64_t context, MlaMode mla, KvType kv_type, const WorkspaceShare& share = {});
 
 // Throws Error when sessions of this model cannot store their cache as `kv_type`: q8_0 needs every
 // row and head offset the kernels start at to be a multiple of 32 elements, and the naive MLA form

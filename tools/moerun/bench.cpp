@@ -102,17 +102,28 @@ void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
         // Planned before the random weights are made: what cannot fit is refused at once.
         if (const MemoryPlan plan = plan_memory(config, eo, WeightSource::synthetic); eo.memory_check && !plan.fits)
           throw Error("memory", plan.refusal());
-        std::fprintf(stderr, "# making random weights for %s (%lld layers)\n", opt->synthetic.c_str(),
+        if (launch_rank() == 0) std::fprintf(stderr, "# making random weights for %s (%lld layers)\n", opt->synthetic.c_str(),
                      static_cast<long long>(config.num_hidden_layers));
-        return Model::synthetic(config, opt->seed);
+        // Under mpirun each rank fills only the weights it holds.
+        return Model::synthetic(config, opt->seed, /*lazy=*/launch_size() > 1);
       }();
       // Synthetic weights were planned before they were made; planned again now, they would be
       // counted twice (they already hold the memory the plan would look for).
       if (!opt->synthetic.empty()) eo.memory_check = false;
       const Engine engine = Engine::from_model(std::move(model), eo);
+      if (!engine.leader()) {  // a worker rank: the leader runs the benchmark, this rank follows it
+        engine.follow();
+        continue;
+      }
       append_rows(engine, *opt, threads, rows);
+      // What each rank holds (a collective: the workers answer from follow()).
+      for (const Engine::RankStats& r : engine.rank_stats())
+          std::fprintf(stderr, "# rank %d of %d: weights_bytes=%llu rss_bytes=%llu peak_rss_bytes=%llu (%s)\n", r.rank, engine.ranks(),
+                       static_cast<unsigned long long>(r.weight_bytes), static_cast<unsigned long long>(r.rss_bytes),
+                       static_cast<unsigned long long>(r.peak_rss_bytes), r.rank == 0 ? engine.partition_summary().c_str() : "");
       if (engine.backend() == BackendKind::cuda) break;  // thread counts are a CPU matter
     }
+    if (launch_rank() != 0) return 0;
     const BenchFormat format = opt->output == "json" ? BenchFormat::json : opt->output == "csv" ? BenchFormat::csv : BenchFormat::markdown;
     const std::string out = format_bench(rows, format);
     write_out(out);

@@ -11,7 +11,7 @@
 namespace moerun::cli {
 
 struct EngineFlags {
-  std::string backend = "auto", quant = "none", fp8 = "keep", kv_type = "";
+  std::string backend = "auto", quant = "none", fp8 = "keep", kv_type = "", split = "auto";
   bool ignore_unexpected_tensors = false;
   bool no_memory_check = false;
   bool mlock = false;
@@ -29,6 +29,10 @@ struct EngineFlags {
                     std::string("KV cache element type: f32, f16, bf16 or q8_0 (blocks of 32 int8 with an fp16 scale); "
                                 "default ") + std::string(kv_type_name(kDefaultKvType)) + " on the CPU, f32 on CUDA")
         ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0"}));
+    app->add_option("--split", split,
+                    "under mpirun: how the model is split over the ranks: ep (experts), tp (heads, FFN columns, "
+                    "vocabulary), ep+tp (experts by rank, the rest by columns), or auto (ep+tp for MoE models, tp for dense)")
+        ->check(CLI::IsMember({"auto", "ep", "tp", "ep+tp"}));
     app->add_flag("--mlock", mlock, "lock the weights in memory once loaded (needs ulimit -l to allow it)");
     app->add_flag("--ignore-unexpected-tensors", ignore_unexpected_tensors,
                   "run although the checkpoint holds tensors config.json does not use (e.g. more layers than "
@@ -44,6 +48,7 @@ struct EngineFlags {
     eo.fp8_dequant = fp8 == "bf16" ? DType::bf16 : fp8 == "f32" ? DType::f32 : DType::f8_e4m3;
     if (!kv_type.empty()) eo.kv_type = parse_kv_type(kv_type);
     eo.mlock = mlock;
+    eo.split = parse_split(split);
   }
 };
 

@@ -68,7 +68,14 @@ GenerateOptions LoadedModel::generate_options(const GenerationFlags& flags) cons
   return go;
 }
 
+void follow_if_worker(const Engine& engine) {
+  if (engine.leader()) return;
+  engine.follow();
+  throw WorkerDone{};
+}
+
 LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
+  quiet = quiet || launch_rank() != 0;  // the leader alone prints
   const std::string dir = flags.model.empty() ? default_model_dir() : flags.model;
   const auto t0 = std::chrono::steady_clock::now();
   EngineOptions eo;
@@ -91,7 +98,9 @@ LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
     if (isatty(STDERR_FILENO) && eo.quant == WeightQuant::none)
       model.prefetch([](uint64_t done, uint64_t total) { draw_progress("reading weights", done, total); });
   }
-  LoadedModel m{dir, Engine::from_model(std::move(model), eo), Tokenizer::load(dir), std::nullopt, {}};
+  Engine engine = Engine::from_model(std::move(model), eo);
+  follow_if_worker(engine);
+  LoadedModel m{dir, std::move(engine), Tokenizer::load(dir), std::nullopt, {}};
   const ModelFiles& files = m.engine.model().files();
   if (files.has_chat_template) m.chat_template = ChatTemplate::load(dir);
   m.eos_ids = m.tokenizer.eos_ids();

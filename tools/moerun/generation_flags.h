@@ -54,7 +54,14 @@ struct LoadedModel {
   GenerateOptions generate_options(const GenerationFlags& flags) const;
 };
 
-// Loads with a progress line on stderr unless `quiet`.
+// Loads with a progress line on stderr unless `quiet`. On a worker rank of a distributed run
+// (mpirun), follows the leader and then throws WorkerDone.
 LoadedModel load_model(const GenerationFlags& flags, bool quiet);
+
+// Thrown on a worker rank once it has followed the leader's engine to its end: main exits 0, having
+// printed nothing (the leader owns the terminal).
+struct WorkerDone {};
+// A worker rank (mpirun, rank > 0) follows the leader and throws WorkerDone; the leader returns.
+void follow_if_worker(const Engine& engine);
 
 }  // namespace moerun::cli

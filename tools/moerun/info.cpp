@@ -46,6 +46,7 @@ void add_info_command(CLI::App& root, std::vector<Command>& commands) {
     int64_t context = 0;
     bool context_override = false;
     int layers = 0;
+    int ranks = 0;
     EngineFlags engine;
   };
   auto opt = std::make_shared<Options>();
@@ -60,8 +61,30 @@ void add_info_command(CLI::App& root, std::vector<Command>& commands) {
   app->add_flag("--ctx-override", opt->context_override, "with --plan: a context above the model's max_position_embeddings");
   app->add_option("--layers", opt->layers, "with --plan on a config.json: cap num_hidden_layers (as bench --synthetic --layers)")
       ->check(integer_in(1, 4096));
+  app->add_option("--ranks", opt->ranks,
+                  "with --plan: the plan of each of N ranks of a distributed run (mpirun -np N) under --split; "
+                  "JSON: {\"ranks\": [plan, ...]}")
+      ->check(integer_in(1, 4096));
   opt->engine.add_to(app);
   commands.push_back({app, [opt] {
+                        if (opt->plan && opt->ranks > 1) {
+                          EngineOptions eo;
+                          opt->engine.apply(eo);
+                          eo.context = opt->context;
+                          eo.context_override = opt->context_override;
+                          eo.ranks = opt->ranks;
+                          ConfigOverrides o;
+                          if (opt->layers > 0) o.num_hidden_layers = opt->layers;
+                          std::string out = opt->json ? "{\"ranks\": [\n" : "";
+                          for (int r = 0; r < opt->ranks; ++r) {
+                            eo.rank = r;
+                            const MemoryPlan p = plan_path(opt->path, eo, o);
+                            out += opt->json ? (r ? "," : "") + plan_json(p) : (r ? "\n" : "") + plan_text(p);
+                          }
+                          if (opt->json) out += "]}\n";
+                          write_out(out);
+                          return 0;
+                        }
                         if (opt->plan) {
                           EngineOptions eo;
                           opt->engine.apply(eo);

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli_io.h"
+#include "generation_flags.h"
 #include "engine_flags.h"
 #include "moerun/commands.h"
 #include "moerun/engine.h"
@@ -76,6 +77,7 @@ void add_logits_command(CLI::App& root, std::vector<Command>& commands) {
     eo.mla = opt->mla == "naive" ? MlaMode::naive : MlaMode::absorbed;
     opt->engine.apply(eo);
     const Engine engine = Engine::load(opt->model, eo);
+    follow_if_worker(engine);
     // Without -c the context grows to fit the ids; with -c a longer input is an error.
     const int64_t n = static_cast<int64_t>(ids.size());
     Session session(engine, opt->context > 0 ? opt->context : std::max(engine.default_context(), n));

@@ -12,7 +12,9 @@
 #include <system_error>
 
 #include "cli_io.h"
+#include "generation_flags.h"
 #include "moerun/commands.h"
+#include "moerun/engine.h"
 #include "moerun/error.h"
 
 namespace moerun::cli {
@@ -37,7 +39,8 @@ namespace {
 // One line on stderr, on a line of its own (never glued to an open "# loading ..." line).
 void print_error(const std::string& what) {
   moerun::cli::end_progress_line();
-  std::string line = what;
+  // Under mpirun every rank's stderr reaches the terminal: say which rank failed.
+  std::string line = moerun::launch_size() > 1 ? "rank " + std::to_string(moerun::launch_rank()) + ": " + what : what;
   for (char& c : line)
     if (c == '\n' || c == '\r') c = ' ';
   std::fprintf(stderr, "moerun: %s\n", line.c_str());
@@ -99,6 +102,8 @@ int main(int argc, char** argv) {
     // Output that only fails when flushed (a full disk, a closed stdout) is a failure too.
     moerun::cli::finish_out();
     return code;
+  } catch (const moerun::cli::WorkerDone&) {  // a worker rank followed the leader to the end
+    return 0;
   } catch (const moerun::Error& e) {
     print_error(e.what());
   } catch (const std::bad_alloc&) {
@@ -108,5 +113,8 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     print_error(std::string("internal error: ") + e.what());
   }
+  // An error on one rank of a distributed run stops them all, so none waits for this one (no-op
+  // without MPI).
+  moerun::abort_ranks(1);
   return 1;
 }

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli_io.h"
+#include "generation_flags.h"
 #include "engine_flags.h"
 #include "moerun/commands.h"
 #include "moerun/engine.h"
@@ -55,6 +56,7 @@ void add_perplexity_command(CLI::App& root, std::vector<Command>& commands) {
     eo.context_override = opt->context_override;
     opt->engine.apply(eo);
     const Engine engine = Engine::load(dir, eo);
+    follow_if_worker(engine);
     const Tokenizer tok = Tokenizer::load(dir);
     const std::vector<int32_t> ids = tok.encode(text, {.add_special_tokens = false});
     const int64_t n_ctx = opt->context;

@@ -37,6 +37,9 @@ struct ServeFlags {
 };
 
 int serve(const ServeFlags& f) {
+  // A worker rank of a distributed run binds no port: it follows the leader's engine (load_model
+  // ends in WorkerDone once the leader is done).
+  if (launch_rank() != 0) load_model(f.gen, /*quiet=*/true);
   serve::ServerOptions o;
   o.host = f.host;
   o.port = f.port;
