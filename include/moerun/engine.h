@@ -127,7 +127,9 @@ class Engine {
   // and batches and steps them as a single-process program would; every step and session change is
   // broadcast, and the other ranks (workers) run follow(), which mirrors them on each rank's share of
   // the weights until the leader's engine is released, then returns. A single-process engine is rank
-  // 0 of 1 and follow() returns at once.
+  // 0 of 1 and follow() returns at once. A program holds one distributed engine at a time (the ranks
+  // load them in the same order; a later one after the earlier is released).
+  // Under mpirun, loading is collective: every rank loads the same model with the same options.
   int rank() const noexcept;
   int ranks() const noexcept;
   bool leader() const noexcept { return rank() == 0; }

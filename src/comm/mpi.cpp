@@ -160,7 +160,7 @@ class MpiComm final : public Comm {
     run("barrier", 0, [&](MPI_Request* r) { return MPI_Ibarrier(comm_, r); });
   }
 
-  // No deadline, and the poll sleeps (20 us doubling to 1 ms after a short spin): a worker may wait
+  // No deadline, and the poll sleeps (20 us doubling to 1 ms after a 2 ms spin): a worker may wait
   // here for hours while the leader's user thinks, and must not burn a core doing so.
   void broadcast_idle(void* data, size_t bytes, int root) override {
     const int n = mpi_count(bytes, "broadcast_idle");
@@ -168,14 +168,16 @@ class MpiComm final : public Comm {
     finish_late("broadcast_idle");
     MPI_Request request = MPI_REQUEST_NULL;
     check(MPI_Ibcast(data, n, MPI_BYTE, root, comm_, &request), "broadcast_idle", bytes);
-    const auto spin_until = Clock::now() + std::chrono::microseconds(20);
+    // The leader's next decode step follows its sampling within a millisecond or two: spin that
+    // long (yielding the core to anyone else who wants it), so a worker joins at once, then nap.
+    const auto spin_until = Clock::now() + std::chrono::microseconds(2000);
     auto nap = std::chrono::microseconds(20);
     for (;;) {
       int done = 0;
       check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "broadcast_idle", bytes);
       if (done) break;
       if (Clock::now() < spin_until) {
-        cpu_relax();
+        sched_yield();
         continue;
       }
       std::this_thread::sleep_for(nap);

@@ -52,6 +52,7 @@ int64_t block_unit(const ModelDesc& d) { return d.fp8.enabled && d.fp8.block_out
 }  // namespace
 
 std::string Partition::summary() const {
+  if (!distributed()) return "one process: the whole model";
   std::string s = cat("rank ", rank, " of ", ranks, " (", split_name(split), "):");
   s += cat(" heads ", attn_split ? cat(q_heads.begin, "-", q_heads.end - 1) : std::string("all"));
   if (experts_ep) s += cat(", experts ", experts.begin, "-", experts.end - 1);

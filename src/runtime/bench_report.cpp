@@ -114,6 +114,14 @@ const Column kColumns[] = {
      .md = [](const BenchRow& x) {
        return !is_decode(x) && x.gemm_ceiling_tflops > 0 ? printf1("%.1f", x.tflops) : std::string("-");
      }},
+    {.key = "gemm_ceiling_tflops", .value = [](const BenchRow& x) -> Value { return x.gemm_ceiling_tflops; }},
+    {.key = "gemm_fraction", .value = [](const BenchRow& x) -> Value { return gemm_fraction(x); },
+     .md_title = "% gemm", .md_gemm_only = true,
+     .md = [](const BenchRow& x) {
+       return !is_decode(x) && x.gemm_ceiling_tflops > 0 ? printf1("%.1f", 100.0 * x.tflops / x.gemm_ceiling_tflops)
+                                                         : std::string("-");
+     }},
+    // Distributed engines (mpirun): after the columns scripts already read.
     {.key = "ranks", .value = [](const BenchRow& x) -> Value { return int64_t{x.result.ranks}; },
      .md_title = "ranks", .md_ranks_only = true, .md = [](const BenchRow& x) { return std::to_string(x.result.ranks); }},
     {.key = "comm_bytes_per_token", .value = [](const BenchRow& x) -> Value { return x.result.comm_bytes_per_token; },
@@ -124,13 +132,6 @@ const Column kColumns[] = {
      }},
     {.key = "comm_fraction", .value = [](const BenchRow& x) -> Value { return x.result.comm_fraction; },
      .md_title = "% comm", .md_ranks_only = true, .md = [](const BenchRow& x) { return printf1("%.1f", 100.0 * x.result.comm_fraction); }},
-    {.key = "gemm_ceiling_tflops", .value = [](const BenchRow& x) -> Value { return x.gemm_ceiling_tflops; }},
-    {.key = "gemm_fraction", .value = [](const BenchRow& x) -> Value { return gemm_fraction(x); },
-     .md_title = "% gemm", .md_gemm_only = true,
-     .md = [](const BenchRow& x) {
-       return !is_decode(x) && x.gemm_ceiling_tflops > 0 ? printf1("%.1f", 100.0 * x.tflops / x.gemm_ceiling_tflops)
-                                                         : std::string("-");
-     }},
 };
 
 std::string csv_cell(const Column& c, const Value& v) {

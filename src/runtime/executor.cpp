@@ -844,6 +844,16 @@ void check_host_memory(const Engine::Impl& e, uint64_t bytes, uint64_t kv_bytes,
                                runtime::format_bytes(have), " is available (", source, "); ", hint));
 }
 
+// A leader's session or batch going away: the other ranks drop their copy (nothing to do on one rank).
+void send_free(const Engine::Impl& e, Op op, int64_t id) noexcept {
+  if (!e.sends()) return;
+  try {
+    const std::lock_guard<std::mutex> lock(e.step);
+    e.send(op, id);
+  } catch (...) {  // a broken job: the launcher stops the ranks
+  }
+}
+
 }  // namespace
 
 struct Session::Impl {
@@ -924,12 +934,7 @@ Session& Session::operator=(Session&& other) noexcept {
   return *this;
 }
 Session::~Session() {
-  if (!impl_ || !impl_->engine->sends()) return;
-  try {
-    const std::lock_guard<std::mutex> lock(impl_->engine->step);
-    impl_->engine->send(Op::session_free, impl_->id);
-  } catch (...) {  // a broken job: the launcher stops the ranks
-  }
+  if (impl_) send_free(*impl_->engine, Op::session_free, impl_->id);
 }
 
 std::vector<float> Session::forward(std::span<const int32_t> ids, bool all_positions) {
@@ -1083,12 +1088,7 @@ Batch& Batch::operator=(Batch&& other) noexcept {
   return *this;
 }
 Batch::~Batch() {
-  if (!impl_ || !impl_->engine->sends()) return;
-  try {
-    const std::lock_guard<std::mutex> lock(impl_->engine->step);
-    impl_->engine->send(Op::batch_free, impl_->id);
-  } catch (...) {
-  }
+  if (impl_) send_free(*impl_->engine, Op::batch_free, impl_->id);
 }
 
 std::span<const float> Batch::forward(std::span<const BatchEntry> entries) {

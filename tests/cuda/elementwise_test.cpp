@@ -153,6 +153,34 @@ TEST(ElementwiseCuda, EmbedMatchesCpuEveryDtype) {
   }
 }
 
+// A rank's share of a vocabulary-split table: its rows looked up, zeros for other ids, as the CPU twin.
+TEST(ElementwiseCuda, EmbedVocabularyShareMatchesCpu) {
+  MOERUN_SKIP_WITHOUT_CUDA();
+  const int64_t first = 10, rows = 12;  // of a 37-row vocabulary
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (int64_t dim : {7, 64}) {
+      const HostWeights table = to_dtype(uniform(static_cast<size_t>(rows * dim), -2.0f, 2.0f, 900 + static_cast<uint64_t>(dim)), dtype);
+      const std::vector<int32_t> ids = {0, 10, 21, 22, 36, 15};  // below, first, last, past, far past, inside
+      const auto n_tokens = static_cast<int64_t>(ids.size());
+      std::vector<float> want(static_cast<size_t>(n_tokens * dim));
+      cpu::Context cpu_ctx;
+      const EmbedParams host{.out = want.data(), .table = table.bytes.data(), .dtype = dtype, .ids = ids.data(), .n_tokens = n_tokens,
+                             .dim = dim, .first_row = first, .rows = rows};
+      cpu::embed(host, cpu_ctx);
+      DeviceBuffer dt = upload(table.bytes), di = upload(ids), dout = output_with_guard(want.size());
+      cuda::Context ctx;
+      EmbedParams dev = host;
+      dev.out = dout.as<float>();
+      dev.table = dt.data();
+      dev.ids = di.as<int32_t>();
+      cuda::embed(dev, ctx);
+      const auto got = download(dout);
+      EXPECT_LE(max_abs_diff(got, want), max_diff(Op::embed, dtype)) << dtype_name(dtype) << " dim=" << dim;
+      EXPECT_EQ(first_bad_guard(got, want.size()), -1);
+    }
+  }
+}
+
 TEST(ElementwiseCuda, AddMatchesCpuPlainAndGated) {
   MOERUN_SKIP_WITHOUT_CUDA();
   for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {3, 31}, {5, 4096}, {2, 7171}}) {

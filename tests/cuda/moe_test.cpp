@@ -206,6 +206,28 @@ TEST(MoeCuda, MatchesCpuDecodeAndPrefill) {
   }
 }
 
+// Expert parallel: the router selects experts this rank does not hold (null table entries); both
+// paths skip their pairs exactly as the CPU twin does.
+TEST(MoeCuda, SelectedNullExpertsAreSkippedOnBothPaths) {
+  if (!cuda::available()) GTEST_SKIP() << kNoDevice;
+  cuda::Context ctx;
+  uint64_t seed = 500;
+  for (const DType dt : {DType::f32, DType::bf16}) {
+    const Experts ex({.dtype = dt, .n_tokens = 0, .top_k = 4, .n_experts = 12, .hidden = 128, .intermediate = 64}, seed * 31);
+    for (const int64_t n : {1, 3, 40}) {
+      std::mt19937_64 rng(seed);
+      std::vector<int32_t> all(12), ids;
+      std::iota(all.begin(), all.end(), 0);
+      for (int64_t t = 0; t < n; ++t) {  // any experts, held or not
+        std::shuffle(all.begin(), all.end(), rng);
+        ids.insert(ids.end(), all.begin(), all.begin() + 4);
+      }
+      run_case(ex, ids, n, 4, seed, ctx);
+      ++seed;
+    }
+  }
+}
+
 TEST(MoeCuda, AllPairsOnOneExpert) {
   // One expert gets every pair (twice per token with top_k 2: duplicates are legal and must both count).
   if (!cuda::available()) GTEST_SKIP() << kNoDevice;

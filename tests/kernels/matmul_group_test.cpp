@@ -203,5 +203,56 @@ TEST(MoeCpu, OneTokenGroupedPathEqualsBatchedPathAndFormula) {
     }
 }
 
+// Expert parallel: a rank's tables hold only its experts (null entries for the others'). The moe op
+// skips the others' pairs, on the one-token path and the batched one, and the ranks' outputs add up
+// to the whole layer's.
+TEST(MoeCpu, NullExpertsAreOtherRanksAndTheRanksSumToTheWhole) {
+  const int64_t D = 48, I = 32, E = 10, K = 4;
+  cpu::Context ctx;
+  std::vector<std::vector<uint8_t>> gate, up, down;
+  for (int64_t e = 0; e < E; ++e) {
+    gate.push_back(weights(DType::f32, I, D, 800 + static_cast<uint64_t>(e)));
+    up.push_back(weights(DType::f32, I, D, 900 + static_cast<uint64_t>(e)));
+    down.push_back(weights(DType::f32, D, I, 1000 + static_cast<uint64_t>(e)));
+  }
+  auto tables = [&](int64_t first, int64_t last, std::vector<const void*>& g, std::vector<const void*>& u, std::vector<const void*>& d) {
+    g.assign(static_cast<size_t>(E), nullptr), u.assign(static_cast<size_t>(E), nullptr), d.assign(static_cast<size_t>(E), nullptr);
+    for (int64_t e = first; e < last; ++e) {
+      g[static_cast<size_t>(e)] = gate[static_cast<size_t>(e)].data();
+      u[static_cast<size_t>(e)] = up[static_cast<size_t>(e)].data();
+      d[static_cast<size_t>(e)] = down[static_cast<size_t>(e)].data();
+    }
+  };
+  for (int64_t n : {1, 3}) {
+    SCOPED_TRACE(::testing::Message() << n << " tokens");
+    std::vector<float> x = random_floats(static_cast<size_t>(n * D), 1100 + static_cast<uint64_t>(n));
+    std::vector<int32_t> ids;
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t j = 0; j < K; ++j) ids.push_back(static_cast<int32_t>((3 * j + 2 * t + 1) % E));
+    std::vector<float> wts = random_floats(static_cast<size_t>(n * K), 1200);
+    std::vector<const void*> g, u, d;
+    auto run = [&](std::vector<float>& out) {
+      cpu::moe({.out = out.data(), .x = x.data(), .expert_ids = ids.data(), .expert_weights = wts.data(), .gate = g.data(), .up = u.data(),
+                .down = d.data(), .weight_dtype = DType::f32, .n_tokens = n, .top_k = K, .n_experts = E, .hidden = D, .intermediate = I},
+               ctx);
+    };
+    std::vector<float> whole(static_cast<size_t>(n * D), -1.0f), sum(static_cast<size_t>(n * D), 0.0f);
+    tables(0, E, g, u, d);
+    run(whole);
+    for (const auto& [first, last] : {std::pair<int64_t, int64_t>{0, 4}, {4, 7}, {7, 10}}) {
+      std::vector<float> part(static_cast<size_t>(n * D), -1.0f);
+      tables(first, last, g, u, d);
+      run(part);
+      for (size_t i = 0; i < sum.size(); ++i) sum[i] += part[i];
+    }
+    for (size_t i = 0; i < sum.size(); ++i) EXPECT_NEAR(sum[i], whole[i], 1e-5f * (1.0f + std::fabs(whole[i]))) << i;
+    // A rank holding none of a token's experts gives zeros for it.
+    tables(0, 0, g, u, d);
+    std::vector<float> none(static_cast<size_t>(n * D), -1.0f);
+    run(none);
+    for (float v : none) EXPECT_EQ(v, 0.0f);
+  }
+}
+
 }  // namespace
 }  // namespace moerun

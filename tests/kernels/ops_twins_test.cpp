@@ -193,6 +193,35 @@ TEST(EmbedCpu, EveryTableDtypeWidensExactly) {
     }
 }
 
+// A rank's share of a vocabulary-split table: rows [first_row, first_row + rows) of the
+// vocabulary; other ids give zero rows, so the ranks' lookups sum to the whole table's.
+TEST(EmbedCpu, VocabularyShareLooksUpItsRowsAndZerosElsewhere) {
+  Random rng(21);
+  const int64_t vocab = 11, dim = 9;
+  const Table table = random_table(DType::bf16, vocab * dim, rng);
+  const std::vector<int32_t> ids = {0, 10, 4, 5, 7};
+  const auto n = static_cast<int64_t>(ids.size());
+  cpu::Context ctx;
+  std::vector<float> whole(static_cast<size_t>(n * dim)), sum(static_cast<size_t>(n * dim), 0.0f);
+  cpu::embed({.out = whole.data(), .table = table.bytes.data(), .dtype = DType::bf16, .ids = ids.data(), .n_tokens = n, .dim = dim}, ctx);
+  for (const auto& [first, rows] : {std::pair<int64_t, int64_t>{0, 5}, {5, 3}, {8, 3}}) {
+    std::vector<float> part(static_cast<size_t>(n * dim), kGuard);
+    const auto* base = reinterpret_cast<const uint16_t*>(table.bytes.data()) + first * dim;  // the share's own rows
+    cpu::embed({.out = part.data(), .table = base, .dtype = DType::bf16, .ids = ids.data(), .n_tokens = n, .dim = dim,
+                .first_row = first, .rows = rows},
+               ctx);
+    for (int64_t t = 0; t < n; ++t) {
+      const bool mine = ids[static_cast<size_t>(t)] >= first && ids[static_cast<size_t>(t)] < first + rows;
+      for (int64_t d = 0; d < dim; ++d) {
+        const float v = part[static_cast<size_t>(t * dim + d)];
+        EXPECT_EQ(v, mine ? whole[static_cast<size_t>(t * dim + d)] : 0.0f) << "share " << first << " t " << t;
+        sum[static_cast<size_t>(t * dim + d)] += v;
+      }
+    }
+  }
+  EXPECT_EQ(sum, whole);
+}
+
 // ---------------------------------------------------------------------------------------------
 // store_rows and copy
 

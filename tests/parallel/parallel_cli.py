@@ -20,8 +20,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import unittest
+import urllib.request
 
 ARGS = None
 
@@ -78,6 +80,47 @@ class Cli(unittest.TestCase):
             many = mpirun(np, ARGS.moerun, "run", "-m", ARGS.model, "-q", "--temp", "0", "-n", "24", "-p", prompt)
             self.assertEqual(many.returncode, 0, many.stderr)
             self.assertEqual(many.stdout, one.stdout, f"-np {np}")  # once, and the same text
+
+    def test_serve_answers_concurrent_requests(self):
+        prompt = "What is the capital of France?"
+        want = moerun("run", "-m", ARGS.model, "-q", "--temp", "0", "-n", "20", "-p", prompt).stdout.strip()
+        proc = subprocess.Popen([ARGS.mpiexec, "--oversubscribe", "-np", "2", ARGS.moerun, "serve", "-m", ARGS.model, "--port", "0"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            port = None
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                line = proc.stderr.readline()
+                if not line:
+                    break
+                m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+                if m:
+                    port = int(m.group(1))
+                if "ready" in line:
+                    break
+            self.assertIsNotNone(port, "no port")
+            body = json.dumps({"messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 20}).encode()
+            answers = [None] * 3
+
+            def ask(i):
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=120) as r:
+                    answers[i] = json.load(r)["choices"][0]["message"]["content"]
+
+            threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertEqual(answers, [want] * 3)  # three slots decoded together, each as `run` alone
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
     def test_logits_match_one_process(self):
         ids = "3,17,250,9,44,101,7,7,300"

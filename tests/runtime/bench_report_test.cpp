@@ -65,7 +65,7 @@ TEST(BenchReport, JsonKeysAndCsvColumnsAreOneList) {
   const std::vector<std::string> want = {"model", "size", "params", "backend", "threads", "kv_type", "test", "batch", "tokens",
                                          "tps_mean", "tps_sd", "seq_tps", "tps", "bytes_per_token", "bytes_per_step",
                                          "experts_per_layer", "gbps", "ceiling_gbps", "bw_fraction", "tflops", "gemm_ceiling_tflops",
-                                         "gemm_fraction"};
+                                         "gemm_fraction", "ranks", "comm_bytes_per_token", "comm_fraction"};
   EXPECT_EQ(keys, want);
   EXPECT_EQ(j[1]["test"], "tg4 @ d16");
   EXPECT_EQ(j[1]["threads"], 2);
@@ -81,10 +81,26 @@ TEST(BenchReport, JsonKeysAndCsvColumnsAreOneList) {
   EXPECT_EQ(split(line), want);  // the header: every JSON key, in order
   std::getline(csv, line);
   EXPECT_EQ(line, "\"llama 1.23 M f32\",\"4.50 MiB\",\"1.23 M\",CPU,2,f32,\"pp8\",1,8,105.0000,7.0711,105.0000,\"100.0000 110.0000\",0,0,"
-                  "0.0000,0.0000,10.0000,0.0000,0.2600,2.0000,0.1300");
+                  "0.0000,0.0000,10.0000,0.0000,0.2600,2.0000,0.1300,1,0,0.0000");
   std::getline(csv, line);
   EXPECT_EQ(split(line).size(), want.size()) << line;
   EXPECT_FALSE(std::getline(csv, line));
+}
+
+// Rows of a distributed engine add the ranks, the bytes rank 0 put into collectives per token and
+// the share of time inside them, to the table only when some row ran on several ranks.
+TEST(BenchReport, RanksColumnsOnlyForDistributedRows) {
+  std::vector<BenchRow> rows = sample_rows(0.0);
+  EXPECT_EQ(format_bench(rows, BenchFormat::markdown).find("% comm"), std::string::npos);
+  rows[1].result.ranks = 2;
+  rows[1].result.comm_bytes_per_token = 377600;
+  rows[1].result.comm_fraction = 0.063;
+  const std::string md = format_bench(rows, BenchFormat::markdown);
+  EXPECT_NE(md.find("| ranks | comm B/token | % comm |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| 2 | 377.60 KB | 6.3 |"), std::string::npos) << md;
+  const auto j = nlohmann::ordered_json::parse(format_bench(rows, BenchFormat::json));
+  EXPECT_EQ(j[1]["ranks"], 2);
+  EXPECT_DOUBLE_EQ(j[1]["comm_fraction"].get<double>(), 0.063);
 }
 
 // bench -b rows: the batch, the per-sequence rate, the bytes of a whole step and the experts a
