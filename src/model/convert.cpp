@@ -373,8 +373,12 @@ PreparedForm prepared_form(const WeightSite& site, LinearPart part, const Tensor
   }
   if (part == LinearPart::bias || site.f32_at_run_time) return {.dtype = DType::f32, .owned = true};
   if (site.kind == WeightKind::linear) {
+    // A routed expert's three matrices share one dtype (the moe op takes one): quantized only when
+    // both dimensions are whole blocks, so gate/up [I, D] and down [D, I] decide alike (a rank's
+    // slice of a tensor-parallel expert may leave I off the blocks).
     const bool quantize = o.quant != WeightQuant::none && !site.per_head && t.rank() == 2 &&
-                          t.dim(1) % cpu::kQuantBlock == 0 && is_float(dt);
+                          t.dim(1) % cpu::kQuantBlock == 0 && (!site.routed() || t.dim(0) % cpu::kQuantBlock == 0) &&
+                          is_float(dt);
     if (quantize) return {.dtype = o.quant == WeightQuant::q8 ? DType::q8_0 : DType::q4_0, .owned = true};
     if (dt == DType::f8_e4m3) return {.dtype = o.fp8_to, .owned = o.fp8_to != DType::f8_e4m3};
   }

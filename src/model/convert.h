@@ -35,7 +35,7 @@ struct PrepareOptions {
 // with FP8 weights that stay FP8 and folded away otherwise.
 //   quant: every projection the executor runs through matmul (attention incl. MLA's q_a/q_b/kv_a,
 //   dense MLP, experts, shared expert, the LM head) whose in_features is a multiple of 32 is
-//   quantized; norms, router, embeddings, kv_b_proj (read per head by head_matmul) and the shared
+//   quantized (a routed expert's only when its out_features is too: its three matrices share one dtype); norms, router, embeddings, kv_b_proj (read per head by head_matmul) and the shared
 //   expert gate stay as they are. Norms, biases and the correction bias become f32 copies.
 struct PreparedForm {
   DType dtype = DType::f32;

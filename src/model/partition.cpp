@@ -46,8 +46,13 @@ namespace {
 
 bool has_dense(const ModelDesc& d) { return std::find(d.layer_ffn.begin(), d.layer_ffn.end(), FfnKind::dense) != d.layer_ffn.end(); }
 
-// The unit column ranges of FP8 projections fall on: one block, when the block is square.
-int64_t block_unit(const ModelDesc& d) { return d.fp8.enabled && d.fp8.block_out == d.fp8.block_in ? d.fp8.block_out : 1; }
+// The unit column ranges fall on: an FP8 block (when square) so slices keep their scales, else 32
+// (the blocks of --quant q8/q4 and a whole number of SIMD vectors); share() takes single columns
+// when there are fewer units than ranks.
+int64_t block_unit(const ModelDesc& d) {
+  if (d.fp8.enabled) return d.fp8.block_out == d.fp8.block_in ? d.fp8.block_out : 1;
+  return 32;
+}
 
 }  // namespace
 

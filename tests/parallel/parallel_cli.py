@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -81,6 +82,23 @@ class Cli(unittest.TestCase):
             self.assertEqual(many.returncode, 0, many.stderr)
             self.assertEqual(many.stdout, one.stdout, f"-np {np}")  # once, and the same text
 
+    def test_perplexity_prints_once_and_matches_one_process(self):
+        text = " ".join(f"The river {i} runs past the old mill and into the sea." for i in range(40))
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write(text)
+        try:
+            args = ["perplexity", "-m", ARGS.model, "-f", f.name, "-c", "128", "--chunks", "2"]
+            one = moerun(*args)
+            self.assertEqual(one.returncode, 0, one.stderr)
+            many = mpirun(2, ARGS.moerun, *args)
+            self.assertEqual(many.returncode, 0, many.stderr)
+            self.assertEqual(many.stdout.count("perplexity "), 1, many.stdout)
+            value = lambda out: float(re.search(r"perplexity ([0-9.]+)", out).group(1))
+            # (The f16 cache rounds partial sums that arrive in another order: 1e-3, not 1e-5.)
+            self.assertAlmostEqual(value(many.stdout) / value(one.stdout), 1.0, delta=1e-3)
+        finally:
+            os.unlink(f.name)
+
     def test_serve_answers_concurrent_requests(self):
         prompt = "What is the capital of France?"
         want = moerun("run", "-m", ARGS.model, "-q", "--temp", "0", "-n", "20", "-p", prompt).stdout.strip()
@@ -137,6 +155,14 @@ class Cli(unittest.TestCase):
                 g = g["logits"] if isinstance(g, dict) else g
                 w = w["logits"] if isinstance(w, dict) else w
                 self.assertLessEqual(rel_diff(g, w), 1e-5, f"{split}, position {pos}")
+        # Quantized at load (--quant q8): each rank quantizes its whole experts and rows as one process does.
+        model = os.path.join(ARGS.golden, "qwen3_moe")
+        one = moerun("logits", "-m", model, "--ids", ids, "--all", "--json", "--kv-type", "f32", "--quant", "q8")
+        many = mpirun(2, ARGS.moerun, "logits", "-m", model, "--ids", ids, "--all", "--json", "--kv-type", "f32", "--quant", "q8",
+                      "--split", "ep+tp")
+        self.assertEqual(many.returncode, 0, many.stderr)
+        for pos, (g, w) in enumerate(zip(json.loads(many.stdout), json.loads(one.stdout))):
+            self.assertLessEqual(rel_diff(g, w), 1e-5, f"q8, position {pos}")
 
     def kill_one(self, victim):
         proc = subprocess.Popen([ARGS.mpiexec, "--oversubscribe", "-np", "2", ARGS.moerun, "run", "-m", ARGS.model, "--temp", "0",
