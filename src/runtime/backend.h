@@ -66,6 +66,8 @@ class Backend {
   // The stream the ops are enqueued on (CUDA: a cudaStream_t, for NCCL collectives between them);
   // null on the CPU, whose ops are done when they return.
   virtual void* native_stream() const noexcept { return nullptr; }
+  // Makes the calling thread ready to enqueue this backend's ops (CUDA: its device current).
+  virtual void bind_thread() {}
 
   // A recorded decode step (CUDA graphs). generation() changes whenever memory a recorded step
   // points into was reallocated, which makes the recording stale.

@@ -18,6 +18,7 @@ using detail::cat;
 // The engine's device copy of its prepared weights: one allocation, each tensor at a 256-byte
 // aligned offset, looked up by the host tensor's data pointer.
 struct BackendState {
+  int device = 0;  // where the weights live (a distributed run's rank: local_rank % devices)
   cuda::DeviceBuffer memory;
   std::unordered_map<const void*, const void*> device_of;
 };
@@ -29,7 +30,10 @@ constexpr double kMiB = 1024.0 * 1024.0;
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(std::shared_ptr<const BackendState> state) : state_(std::move(state)) {}
+  explicit CudaBackend(std::shared_ptr<const BackendState> state) : state_(std::move(state)), device_(use_device(state_->device)) {}
+  // The current device is per thread: a session stepped from another thread (a server's scheduler)
+  // must find its engine's device current.
+  void bind_thread() override { MOERUN_CUDA_CHECK(cudaSetDevice(device_)); }
 
   BackendKind kind() const noexcept override { return BackendKind::cuda; }
 
@@ -85,6 +89,11 @@ class CudaBackend final : public Backend {
 
  private:
   std::shared_ptr<const BackendState> state_;
+  static int use_device(int device) {
+    MOERUN_CUDA_CHECK(cudaSetDevice(device));
+    return device;
+  }
+  int device_;  // made current before ctx_ (its stream and cuBLAS handle) is created
   cuda::Context ctx_;
   uint64_t generation_ = 0;
 };
@@ -104,6 +113,7 @@ int cuda_select_device(int local_rank) {
 
 std::shared_ptr<const BackendState> upload_weights(const ModelWeights& weights) {
   auto state = std::make_shared<BackendState>();
+  MOERUN_CUDA_CHECK(cudaGetDevice(&state->device));
   std::unordered_map<const void*, size_t> offset_of;
   std::vector<const Tensor*> order;
   size_t total = 0;

@@ -792,6 +792,7 @@ struct Runner {
   // advance only when the step succeeds. `recordable`: a single-token step of one session, which a
   // backend that can may record and replay (its pointers must not change between steps).
   void step(std::span<const Segment> segments, std::span<const int32_t> ids, bool all_rows, float* dst, bool recordable) {
+    be->bind_thread();
     reserve();
     segs = segments;
     const int64_t n = static_cast<int64_t>(ids.size());
@@ -801,6 +802,9 @@ struct Runner {
                  !(c.attention == AttentionKind::mla && engine->options.mla == MlaMode::naive);
     if (recordable) decode_step.run(*be, [&] { layers(n, all_rows); });
     else layers(n, all_rows);
+    // NCCL collectives were only enqueued: wait for them here, under the deadline, so a dead or
+    // unreachable peer fails the step with its rank named rather than hanging the download.
+    if (engine->comm->device_buffers()) engine->comm->synchronize(be->native_stream());
     if (P.rank != 0) {  // a worker: the leader alone has the logits
       for (const Segment& s : segments) s.seq->pos += s.n;
       return;
