@@ -250,6 +250,11 @@ class Cli(unittest.TestCase):
         text = moerun("info", config, "--plan", "--ranks", "2").stdout
         self.assertIn("rank 0 of 2", text)
         self.assertIn("rank 1 of 2", text)
+        # Under mpirun, rank 0 prints every rank's plan once.
+        launched = mpirun(2, ARGS.moerun, "info", config, "--plan")
+        self.assertEqual(launched.returncode, 0, launched.stderr)
+        for r in (0, 1):  # (the memory available moves between runs: not compared)
+            self.assertEqual(launched.stdout.count(f"rank {r} of 2 ("), 1, launched.stdout)
 
 
 def main():

@@ -67,6 +67,11 @@ void add_info_command(CLI::App& root, std::vector<Command>& commands) {
       ->check(integer_in(1, 4096));
   opt->engine.add_to(app);
   commands.push_back({app, [opt] {
+                        // Under mpirun every rank plans; rank 0 prints them all (the others print nothing).
+                        if (opt->plan && opt->ranks == 0 && launch_size() > 1) {
+                          if (launch_rank() != 0) return 0;
+                          opt->ranks = launch_size();
+                        }
                         if (opt->plan && opt->ranks > 1) {
                           EngineOptions eo;
                           opt->engine.apply(eo);
