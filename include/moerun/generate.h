@@ -17,8 +17,20 @@
 
 namespace moerun {
 
+// Speculative decoding: draft tokens cheaply, verify them in one forward over all of them, keep
+// those the sampler would have picked. ngram: prompt lookup (the tokens that followed the latest
+// earlier occurrence of the last few tokens). Greedy sampling only so far (other samplers decode
+// plainly); the output is token for token what plain decoding gives.
+enum class SpecKind : uint8_t { none, ngram };
+
+// A verification step runs at most this many positions (the fed token and its drafts): up to 16 rows
+// every CPU kernel gives each row the bits it gives it alone, so greedy output cannot change.
+inline constexpr int64_t kMaxDraft = 15;
+
 struct GenerateOptions {
   int64_t max_tokens = 512;
+  SpecKind spec = SpecKind::none;
+  int64_t spec_max = 8;             // most draft tokens per step, in [1, kMaxDraft]
   std::vector<std::string> stop;    // stop strings
   std::vector<int32_t> eos_ids;     // token ids that end generation (not emitted)
   bool skip_special_tokens = true;  // in the emitted text
@@ -43,6 +55,8 @@ struct GenerateResult {
   int64_t cached_tokens = 0;       // prompt tokens the session already held (reused, not prefilled)
   int64_t generated_tokens = 0;    // sampled tokens, EOS included
   std::vector<int32_t> tokens;     // the sampled ids, EOS included
+  int64_t drafted_tokens = 0;      // speculation: draft tokens verified
+  int64_t accepted_tokens = 0;     // of them, those the sampler picked (each saves a decode step)
   double prompt_seconds = 0, gen_seconds = 0;
   double prompt_tps() const { return prompt_seconds > 0 ? prompt_tokens / prompt_seconds : 0; }
   double gen_tps() const { return gen_seconds > 0 ? generated_tokens / gen_seconds : 0; }

@@ -5,6 +5,7 @@
 
 #include "io/json_util.h"
 #include "moerun/error.h"
+#include "runtime/speculate.h"
 #include "runtime/stop_matcher.h"
 #include "util/strings.h"
 
@@ -92,6 +93,23 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
   };
   const auto t1 = std::chrono::steady_clock::now();
   r.finish_reason = "length";
+  // Speculation (greedy only): after a token is sampled, its forward also runs the drafts that
+  // follow it; each row of that step is the logits the next sample would get had the drafts been
+  // decoded one by one (the same bits: kMaxDraft), so a sampled token equal to the next draft
+  // moves on to the next row without a forward. `verified` rows of `rows` are pending.
+  const bool speculate = options.spec != SpecKind::none && sampler.params().greedy();
+  if (options.spec != SpecKind::none && (options.spec_max < 1 || options.spec_max > kMaxDraft))
+    throw Error("generate", cat("spec_max must be in [1, ", kMaxDraft, "], found ", options.spec_max));
+  runtime::DraftPolicy policy(static_cast<size_t>(std::max<int64_t>(options.spec_max, 1)));
+  std::vector<int32_t> drafts, step_ids;
+  if (speculate) step_ids.reserve(static_cast<size_t>(kMaxDraft + 1));
+  std::span<const float> rows;
+  size_t next_draft = 0, pending = 0, step_drafts = 0;
+  const auto V = static_cast<size_t>(logits.size());
+  auto settle = [&] {  // a draft step is over: the policy learns how it went
+    policy.record(step_drafts, next_draft);
+    step_drafts = 0;
+  };
   while (r.generated_tokens < options.max_tokens) {
     if (interrupted()) {
       r.finish_reason = "interrupted";
@@ -103,6 +121,12 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
     ++r.generated_tokens;
     r.tokens.push_back(id);
     history.push_back(id);
+    const bool hit = pending > 0 && id == drafts[next_draft];
+    if (hit) {  // this token is already in the cache, its logits are the next row
+      ++r.accepted_tokens;
+      ++next_draft;
+      --pending;
+    }
     if (std::find(options.eos_ids.begin(), options.eos_ids.end(), id) != options.eos_ids.end()) {
       r.finish_reason = "eos";
       break;
@@ -117,11 +141,43 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
       break;
     }
     if (r.generated_tokens == options.max_tokens) break;
+    if (hit) {
+      logits = rows.subspan(next_draft * V, V);
+      if (pending == 0) settle();
+      continue;
+    }
+    if (pending > 0) {  // a draft the sampler did not pick: it and those after it leave the cache
+      session.truncate(session.position() - static_cast<int64_t>(pending));
+      pending = 0;
+      settle();
+    }
     if (session.position() >= session.context()) {
       r.finish_reason = "context";
       break;
     }
-    logits = session.forward_view(std::span<const int32_t>(&id, 1));
+    size_t k = 0;
+    if (speculate) {
+      // Only drafts that could be sampled (max_tokens) and that fit the context.
+      const auto fits = static_cast<size_t>(std::min(options.max_tokens - r.generated_tokens - 1, session.context() - session.position() - 1));
+      if (const size_t want = std::min(policy.next(), fits); want > 0) k = runtime::ngram_draft(history, want, drafts);
+    }
+    if (k == 0) {
+      logits = session.forward_view(std::span<const int32_t>(&id, 1));
+      continue;
+    }
+    step_ids.assign(1, id);
+    step_ids.insert(step_ids.end(), drafts.begin(), drafts.end());
+    rows = session.forward_view(step_ids, /*all_positions=*/true);
+    logits = rows.subspan(0, V);
+    next_draft = 0;
+    pending = step_drafts = k;
+    r.drafted_tokens += static_cast<int64_t>(k);
+  }
+  // The cache holds what plain decoding leaves: the prompt and every sampled token but the last
+  // (drafts verified past the end, and the last token when a draft had fed it, are dropped).
+  if (speculate && r.generated_tokens > 0) {
+    const int64_t plain = n + r.generated_tokens - 1;
+    if (session.position() > plain) session.truncate(plain);
   }
   if (r.finish_reason != "stop" && r.finish_reason != "cancelled") {  // interrupted: keep what was decoded
     bool stopped = false;

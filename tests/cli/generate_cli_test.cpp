@@ -67,6 +67,22 @@ TEST(RunCli, StdinPromptTimingLineAndJson) {
   EXPECT_GT(obj["gen_tps"].get<double>(), 0.0);
 }
 
+// --spec ngram (prompt lookup): the same text, and --json counts the drafted and accepted tokens.
+TEST(RunCli, SpeculationKeepsTheTextAndCountsDrafts) {
+  REQUIRE_DEFAULT_MODEL();
+  const std::string prompt = "-p 'Repeat exactly: one two three four five six seven eight nine ten. one two three four five six'";
+  const CliRun plain = run_cli("run --temp 0 -q --json -n 40 " + prompt);
+  const CliRun spec = run_cli("run --temp 0 -q --json -n 40 --spec ngram --spec-max 4 " + prompt);
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  ASSERT_EQ(spec.code, 0) << spec.err;
+  const auto a = testing::Json::parse(plain.out), b = testing::Json::parse(spec.out);
+  EXPECT_EQ(b["text"], a["text"]);
+  EXPECT_EQ(a["drafted_tokens"], 0);
+  EXPECT_GT(b["drafted_tokens"].get<int64_t>(), 0);
+  EXPECT_LE(b["accepted_tokens"].get<int64_t>(), b["drafted_tokens"].get<int64_t>());
+  EXPECT_EQ(run_cli("run -q --spec ngram --spec-max 16 -p hi").code, 2);  // past the exact range
+}
+
 TEST(RunCli, StopStringsAndTokenLimits) {
   REQUIRE_DEFAULT_MODEL();
   const CliRun stop = run_cli("run --temp 0 -q --json --stop Paris -p 'What is the capital of France?'");

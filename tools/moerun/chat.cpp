@@ -163,10 +163,11 @@ struct Chat {
   void stats() const {
     char line[512];
     std::snprintf(line, sizeof line, "last answer: %lld new prompt tokens prefilled (%lld reused from the cache) at %.1f t/s; "
-                "%lld tokens generated at %.1f t/s (%s)\ncache: %lld of %lld tokens; %zu messages\n",
+                "%lld tokens generated at %.1f t/s (%s); %lld drafted, %lld accepted\ncache: %lld of %lld tokens; %zu messages\n",
                 static_cast<long long>(last.prompt_tokens), static_cast<long long>(last.cached_tokens), last.prompt_tps(),
                 static_cast<long long>(last.generated_tokens), last.gen_tps(),
-                last.finish_reason.empty() ? "-" : last.finish_reason.c_str(), static_cast<long long>(session.position()),
+                last.finish_reason.empty() ? "-" : last.finish_reason.c_str(), static_cast<long long>(last.drafted_tokens),
+                static_cast<long long>(last.accepted_tokens), static_cast<long long>(session.position()),
                 static_cast<long long>(session.context()), conversation.messages().size());
     write_out(line);
   }

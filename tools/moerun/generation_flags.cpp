@@ -18,6 +18,11 @@ void GenerationFlags::add_to(CLI::App* a) {
   constexpr int64_t kMaxTokens = int64_t{1} << 31;
   a->add_option("-m,--model", model, "model directory (default: $MOERUN_MODEL or models/default)");
   a->add_option("-n,--n-predict", max_tokens, "most tokens to generate")->check(integer_in(1, kMaxTokens));
+  a->add_option("--spec", spec,
+                "speculative decoding: ngram (prompt lookup: drafts the tokens that followed the last few tokens' latest "
+                "earlier occurrence; greedy sampling only, the output is unchanged) or none")
+      ->check(CLI::IsMember({"none", "ngram"}));
+  a->add_option("--spec-max", spec_max, "with --spec: most draft tokens per step")->check(integer_in(1, kMaxDraft));
   a->add_option("-t,--threads", threads, "CPU threads (default: one per hardware thread)")->check(thread_count());
   a->add_option("-c,--ctx", context, "context length in tokens (default: the model's, at most 4096)")->check(integer_in(1, kMaxTokens));
   a->add_flag("--ctx-override", context_override, "allow -c above the model's max_position_embeddings (output degrades)");
@@ -63,6 +68,8 @@ Conversation LoadedModel::conversation(const GenerationFlags& flags) const {
 GenerateOptions LoadedModel::generate_options(const GenerationFlags& flags) const {
   GenerateOptions go;
   go.max_tokens = flags.max_tokens;
+  go.spec = flags.spec == "ngram" ? SpecKind::ngram : SpecKind::none;
+  go.spec_max = flags.spec_max;
   go.stop = flags.stop;
   go.eos_ids = eos_ids;
   return go;

@@ -24,6 +24,8 @@ struct GenerationFlags {
   int64_t context = 0;
   bool context_override = false;
   int64_t max_tokens = 512;
+  std::string spec = "none";  // speculative decoding: none or ngram (prompt lookup)
+  int64_t spec_max = 8;
   float temp = 0, top_p = 0, min_p = 0, repeat_penalty = 0, presence_penalty = 0, frequency_penalty = 0;
   int top_k = 0, repeat_last_n = 64;
   uint64_t seed = 0;

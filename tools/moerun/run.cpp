@@ -72,6 +72,8 @@ void add_run_command(CLI::App& root, std::vector<Command>& commands) {
                                         {"finish_reason", r.finish_reason},
                                         {"prompt_tokens", r.prompt_tokens},
                                         {"generated_tokens", r.generated_tokens},
+                                        {"drafted_tokens", r.drafted_tokens},
+                                        {"accepted_tokens", r.accepted_tokens},
                                         {"prompt_tps", r.prompt_tps()},
                                         {"gen_tps", r.gen_tps()}};
       write_out(j.dump() + "\n", true);
