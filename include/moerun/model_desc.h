@@ -132,6 +132,7 @@ struct ModelDesc {
 
   bool is_moe() const noexcept { return router.n_routed_experts > 0; }
   int64_t num_moe_layers() const noexcept;
+  bool has_dense_layers() const noexcept;  // some layer has a dense FFN (intermediate_size is used)
   // Floats one position of one layer's cache holds: K and V rows (GQA, 2 * H_kv * d_h) or the MLA
   // latent row (kv_lora_rank + qk_rope_head_dim).
   int64_t kv_floats_per_position() const noexcept;

@@ -156,8 +156,7 @@ void validate_and_derive(const JsonFields& f, ModelConfig& c, const model::Famil
     }
   }
 
-  const bool any_dense = std::find(c.layer_ffn.begin(), c.layer_ffn.end(), FfnKind::dense) != c.layer_ffn.end();
-  if (any_dense) check_range(f, "intermediate_size", c.intermediate_size, 1, kMaxDim);
+  if (c.has_dense_layers()) check_range(f, "intermediate_size", c.intermediate_size, 1, kMaxDim);
   const bool any_moe = std::find(c.layer_ffn.begin(), c.layer_ffn.end(), FfnKind::moe) != c.layer_ffn.end();
   if (c.is_moe() || any_moe) {
     RouterSpec& r = c.router;
@@ -184,6 +183,10 @@ void validate_and_derive(const JsonFields& f, ModelConfig& c, const model::Famil
 
 double yarn_mscale(double factor, double mscale) noexcept {
   return factor <= 1.0 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0;
+}
+
+bool ModelDesc::has_dense_layers() const noexcept {
+  return std::find(layer_ffn.begin(), layer_ffn.end(), FfnKind::dense) != layer_ffn.end();
 }
 
 int64_t ModelDesc::num_moe_layers() const noexcept {

@@ -44,8 +44,6 @@ Range share(int64_t n, int rank, int ranks, int64_t unit) {
 
 namespace {
 
-bool has_dense(const ModelDesc& d) { return std::find(d.layer_ffn.begin(), d.layer_ffn.end(), FfnKind::dense) != d.layer_ffn.end(); }
-
 // The unit column ranges fall on: an FP8 block (when square) so slices keep their scales, else 32
 // (the blocks of --quant q8/q4 and a whole number of SIMD vectors); share() takes single columns
 // when there are fewer units than ranks.
@@ -133,7 +131,7 @@ Partition make_partition(const ModelDesc& d, SplitMode split, int rank, int rank
   }
   const int64_t unit = block_unit(d);
   if (p.ffn_split) {
-    if (has_dense(d)) {
+    if (d.has_dense_layers()) {
       if (d.intermediate_size < ranks) throw Error(who, cat("intermediate_size ", d.intermediate_size, " cannot be split over ", ranks, " ranks"));
       p.dense_cols = share(d.intermediate_size, rank, ranks, unit);
     }
@@ -168,7 +166,7 @@ ModelConfig local_config(const ModelConfig& config, const Partition& p) {
   if (!p.distributed()) return c;
   c.num_attention_heads = p.q_heads.size();
   if (c.attention == AttentionKind::gqa) c.num_key_value_heads = p.kv_heads.size();
-  if (has_dense(c)) c.intermediate_size = p.dense_cols.size();
+  if (c.has_dense_layers()) c.intermediate_size = p.dense_cols.size();
   if (c.num_moe_layers() > 0) {
     c.moe_intermediate_size = p.expert_cols.size();
     c.shared.intermediate_size = p.shared_cols.size();

@@ -84,9 +84,8 @@ WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla, i
   const int64_t dqk = gqa ? d.head_dim : d.qk_nope_head_dim + d.qk_rope_head_dim;
   const int64_t dv = gqa ? d.head_dim : d.v_head_dim;
   const int64_t row = d.kv_lora_rank + d.qk_rope_head_dim;  // MLA latent row
-  const bool any_dense = std::find(d.layer_ffn.begin(), d.layer_ffn.end(), FfnKind::dense) != d.layer_ffn.end();
   const bool any_moe = d.num_moe_layers() > 0;
-  const int64_t ffn = std::max(any_dense ? d.intermediate_size : 0, any_moe && d.shared.count > 0 ? d.shared.intermediate_size : 0);
+  const int64_t ffn = std::max(d.has_dense_layers() ? d.intermediate_size : 0, any_moe && d.shared.count > 0 ? d.shared.intermediate_size : 0);
   const int64_t E = any_moe ? d.router.n_routed_experts : 0, K = any_moe ? d.router.num_experts_per_tok : 0;
   auto f32 = [&](auto... dims) { return detail::checked_bytes(what, sizeof(float), dims...); };
   WorkspacePlan p;
