@@ -79,6 +79,10 @@ struct EngineOptions {
   bool memory_check = true;
   // Lock the weights in physical memory once loaded (mlock), so the kernel never pages them out.
   bool mlock = false;
+  // Load DeepSeek-V3's multi-token-prediction layer (model.layers.{L}.*, num_nextn_predict_layers),
+  // the drafter of `--spec mtp` (Session::mtp_draft). Error when the checkpoint has none. false: the
+  // layer stays unused, as in transformers (a warning names it).
+  bool mtp = false;
   LoadProgress progress = nullptr;  // none: silent
   // Distribution. ranks 0: as launched (mpirun's world size, 1 without mpirun; MPI is initialised
   // only under a launcher); 1: one process even under mpirun; N > 1 must equal the launch's size
@@ -122,6 +126,8 @@ class Engine {
   // The memory plan the engine was loaded with (weights; KV cache and workspace of one session at
   // the default context).
   const MemoryPlan& plan() const noexcept;
+  // The multi-token-prediction layer was loaded (EngineOptions::mtp): Session::mtp_draft works.
+  bool has_mtp() const noexcept;
 
   // Distributed engines (more than one rank). Rank 0, the leader, owns the text: it makes sessions
   // and batches and steps them as a single-process program would; every step and session change is
@@ -189,6 +195,15 @@ class Session {
   uint64_t memory_bytes() const noexcept;
   void truncate(int64_t n);  // keep the first n cached tokens (chat turns reuse a common prefix)
   void reset() { truncate(0); }
+
+  // DeepSeek-V3's multi-token-prediction module as a drafter (Engine::has_mtp()): up to `count`
+  // tokens that follow the cached tokens and `next` (the token sampled after them, not yet fed), the
+  // module's greedy chain (docs/MODELS.md "Multi-token prediction"), into `out` (cleared first).
+  // Returns how many (count, unless the context ends first). The main cache is unchanged: the module
+  // keeps its own one-layer cache of the positions whose next token is known, brought up to date
+  // here from the final hidden states every forward of this session records. Throws Error when the
+  // engine has no MTP layer or runs on several ranks.
+  size_t mtp_draft(int32_t next, size_t count, std::vector<int32_t>& out);
 
   struct Impl;
 

@@ -19,9 +19,11 @@ namespace moerun {
 
 // Speculative decoding: draft tokens cheaply, verify them in one forward over all of them, keep
 // those the sampler would have picked. ngram: prompt lookup (the tokens that followed the latest
-// earlier occurrence of the last few tokens). Greedy sampling only so far (other samplers decode
-// plainly); the output is token for token what plain decoding gives.
-enum class SpecKind : uint8_t { none, ngram };
+// earlier occurrence of the last few tokens); draft: a smaller model with the same token ids
+// (GenerateOptions::draft); mtp: DeepSeek-V3's multi-token-prediction layer (Session::mtp_draft).
+// Greedy output is token for token what plain decoding gives; sampled output has exactly the
+// target model's distribution (speculative sampling, Leviathan et al. 2023).
+enum class SpecKind : uint8_t { none, ngram, draft, mtp };
 
 // A verification step runs at most this many positions (the fed token and its drafts): up to 16 rows
 // every CPU kernel gives each row the bits it gives it alone, so greedy output cannot change.
@@ -31,6 +33,9 @@ struct GenerateOptions {
   int64_t max_tokens = 512;
   SpecKind spec = SpecKind::none;
   int64_t spec_max = 8;             // most draft tokens per step, in [1, kMaxDraft]
+  // SpecKind::draft: a session of the draft model's engine (the caller's; its tokens are brought up
+  // to date with the prompt and the sampled tokens here). Required for draft, unused otherwise.
+  Session* draft = nullptr;
   std::vector<std::string> stop;    // stop strings
   std::vector<int32_t> eos_ids;     // token ids that end generation (not emitted)
   bool skip_special_tokens = true;  // in the emitted text

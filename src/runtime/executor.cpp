@@ -949,6 +949,12 @@ std::span<const float> Session::forward_view(std::span<const int32_t> ids, bool 
   const std::lock_guard<std::mutex> lock(impl_->engine->step);  // the engine's threads, one step at a time
   return impl_->forward(ids, all_positions);
 }
+size_t Session::mtp_draft(int32_t, size_t, std::vector<int32_t>& out) {  // TODO(mtp): in progress
+  out.clear();
+  throw Error("mtp", "not built yet");
+}
+bool Engine::has_mtp() const noexcept { return false; }
+
 int64_t Session::position() const noexcept { return impl_->seq.pos; }
 int64_t Session::context() const noexcept { return impl_->seq.context; }
 uint64_t Session::memory_bytes() const noexcept {
