@@ -204,6 +204,8 @@ class Session {
   // here from the final hidden states every forward of this session records. Throws Error when the
   // engine has no MTP layer or runs on several ranks.
   size_t mtp_draft(int32_t next, size_t count, std::vector<int32_t>& out);
+  // The logits [V] of the last draft mtp_draft made (empty before the first): for tests and diagnostics.
+  std::span<const float> mtp_logits() const noexcept;
 
   struct Impl;
 

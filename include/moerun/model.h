@@ -52,7 +52,8 @@ class Model {
   // vectors), for benchmarking an architecture without its checkpoint.
   // `lazy`: the memory is reserved but filled only as materialize() asks (a rank of a distributed
   // run fills only its share, so its resident memory is its share's).
-  static Model synthetic(const ModelConfig& config, uint64_t seed = 0, bool lazy = false);
+  // `mtp`: with the config's multi-token-prediction layers (num_nextn_predict_layers), for drafting.
+  static Model synthetic(const ModelConfig& config, uint64_t seed = 0, bool lazy = false, bool mtp = false);
 
   // A lazily made synthetic model: fills the elements of `view` (a tensor of its weights or rows of
   // one) with their seeded random values, the same whatever else was filled. No-op otherwise.
@@ -69,6 +70,10 @@ class Model {
   const ModelConfig& config() const noexcept;
   const ModelWeights& weights() const noexcept;
   const ModelFiles& files() const noexcept;
+  // DeepSeek-V3's multi-token-prediction layers (views of the checkpoint), for EngineOptions::mtp.
+  // Throws Error saying why when there are none to load (the config declares none, or a tensor is
+  // missing or mis-shaped: the message lists them).
+  const std::vector<MtpWeights>& mtp_weights() const;
   const std::vector<TensorRecord>& tensors() const noexcept;  // every tensor of every shard
   const std::vector<std::string>& warnings() const noexcept;  // e.g. unused tensors, ignored
   // Tensors no role of the config uses and that transformers would not ignore either (its MTP-layer

@@ -124,6 +124,10 @@ struct ModelDesc {
 
   // Feed-forward: per-layer kind and the MoE description.
   std::vector<FfnKind> layer_ffn;      // [L]
+  // DeepSeek-V3's multi-token-prediction layers (model.layers.{L + i}), the FFN kind of each by
+  // layer_ffn's rule at its index: what a checkpoint's config declares; empty in the description an
+  // engine runs unless it loaded them (EngineOptions::mtp).
+  std::vector<FfnKind> mtp_ffn;
   int64_t moe_intermediate_size = 0;   // I_e
   RouterSpec router;
   SharedExpertSpec shared;

@@ -54,11 +54,23 @@ struct LayerWeights {
   Tensor shared_expert_gate;           // [1, D] (Qwen2-MoE)
 };
 
+// DeepSeek-V3's multi-token-prediction module (model.layers.{L + i}.*; docs/MODELS.md "Multi-token
+// prediction"): x = eh_proj [enorm(embed(t_next)); hnorm(h)], one decoder block, then its own head.
+struct MtpWeights {
+  Tensor embed_tokens;    // [V, D] (the release stores a copy of the main table)
+  Tensor enorm, hnorm;    // [D]
+  LinearWeight eh_proj;   // [D, 2D]: the embedding half's columns first
+  LayerWeights block;     // a decoder layer, FFN kind ModelDesc::mtp_ffn[i]
+  Tensor head_norm;       // shared_head.norm [D]
+  Tensor head;            // shared_head.head [V, D]
+};
+
 struct ModelWeights {
   Tensor embed_tokens;               // [V, D]
   std::vector<LayerWeights> layers;  // [L]
   Tensor norm;                       // [D]
   Tensor lm_head;                    // [V, D]; the embedding when tied
+  std::vector<MtpWeights> mtp;       // loaded only for drafting with them (EngineOptions::mtp)
 };
 
 // --- The walk ------------------------------------------------------------------------------------
@@ -80,6 +92,7 @@ struct WeightSite {
   int64_t expert = -1;    // a routed expert's index; -1 otherwise
   bool shared_expert = false;
   bool per_head = false;  // read per head, element by element (MLA's kv_b_proj): never quantized
+  bool mtp = false;       // of a multi-token-prediction layer (layer L + i): a drafter's, not a decode step's
   bool f32_at_run_time = false;  // a vector the kernels read as f32 (norms, correction bias)
   bool routed() const noexcept { return expert >= 0; }
 };
@@ -107,29 +120,60 @@ void for_each_weight(W& w, Visit&& visit) {
   };
   const auto proj = [](const char* role, int64_t layer) { return WeightSite{.role = role, .kind = WeightKind::linear, .layer = layer}; };
   one(WeightSite{.role = "embed_tokens", .kind = WeightKind::table}, w.embed_tokens);
-  for (size_t i = 0; i < w.layers.size(); ++i) {
-    auto& L = w.layers[i];
-    const auto l = static_cast<int64_t>(i);
-    one(norm("input_layernorm", l), L.input_layernorm);
-    one(norm("post_attention_layernorm", l), L.post_attention_layernorm);
-    one(proj("q_proj", l), L.q_proj);
-    one(proj("k_proj", l), L.k_proj);
-    one(proj("v_proj", l), L.v_proj);
-    one(proj("o_proj", l), L.o_proj);
-    one(norm("q_norm", l), L.q_norm);
-    one(norm("k_norm", l), L.k_norm);
-    one(proj("q_a_proj", l), L.q_a_proj);
-    one(norm("q_a_layernorm", l), L.q_a_layernorm);
-    one(proj("q_b_proj", l), L.q_b_proj);
-    one(proj("kv_a_proj_with_mqa", l), L.kv_a_proj_with_mqa);
-    one(norm("kv_a_layernorm", l), L.kv_a_layernorm);
-    one(WeightSite{.role = "kv_b_proj", .kind = WeightKind::linear, .layer = l, .per_head = true}, L.kv_b_proj);
-    mlp(WeightSite{.layer = l}, L.mlp);
-    one(WeightSite{.role = "router", .kind = WeightKind::plain, .layer = l}, L.router);
-    one(norm("e_score_correction_bias", l), L.e_score_correction_bias);
-    for (size_t e = 0; e < L.experts.size(); ++e) mlp(WeightSite{.layer = l, .expert = static_cast<int64_t>(e)}, L.experts[e]);
-    mlp(WeightSite{.layer = l, .shared_expert = true}, L.shared_expert);
-    one(WeightSite{.role = "shared_expert_gate", .kind = WeightKind::plain, .layer = l}, L.shared_expert_gate);
+  auto layer = [&](auto& L, int64_t l, bool mtp_layer) {
+    auto norm_at = [&](const char* role) {
+      WeightSite s = norm(role, l);
+      s.mtp = mtp_layer;
+      return s;
+    };
+    auto proj_at = [&](const char* role) {
+      WeightSite s = proj(role, l);
+      s.mtp = mtp_layer;
+      return s;
+    };
+    auto site_at = [&](WeightSite s) {
+      s.layer = l;
+      s.mtp = mtp_layer;
+      return s;
+    };
+    one(norm_at("input_layernorm"), L.input_layernorm);
+    one(norm_at("post_attention_layernorm"), L.post_attention_layernorm);
+    one(proj_at("q_proj"), L.q_proj);
+    one(proj_at("k_proj"), L.k_proj);
+    one(proj_at("v_proj"), L.v_proj);
+    one(proj_at("o_proj"), L.o_proj);
+    one(norm_at("q_norm"), L.q_norm);
+    one(norm_at("k_norm"), L.k_norm);
+    one(proj_at("q_a_proj"), L.q_a_proj);
+    one(norm_at("q_a_layernorm"), L.q_a_layernorm);
+    one(proj_at("q_b_proj"), L.q_b_proj);
+    one(proj_at("kv_a_proj_with_mqa"), L.kv_a_proj_with_mqa);
+    one(norm_at("kv_a_layernorm"), L.kv_a_layernorm);
+    one(site_at({.role = "kv_b_proj", .kind = WeightKind::linear, .per_head = true}), L.kv_b_proj);
+    mlp(site_at({}), L.mlp);
+    one(site_at({.role = "router", .kind = WeightKind::plain}), L.router);
+    one(norm_at("e_score_correction_bias"), L.e_score_correction_bias);
+    for (size_t e = 0; e < L.experts.size(); ++e) mlp(site_at({.expert = static_cast<int64_t>(e)}), L.experts[e]);
+    mlp(site_at({.shared_expert = true}), L.shared_expert);
+    one(site_at({.role = "shared_expert_gate", .kind = WeightKind::plain}), L.shared_expert_gate);
+  };
+  for (size_t i = 0; i < w.layers.size(); ++i) layer(w.layers[i], static_cast<int64_t>(i), false);
+  // The multi-token-prediction layers after the last decoder layer (their sites say mtp).
+  for (size_t i = 0; i < w.mtp.size(); ++i) {
+    auto& M = w.mtp[i];
+    const auto l = static_cast<int64_t>(w.layers.size() + i);
+    auto at = [&](WeightSite s) {
+      s.layer = l;
+      s.mtp = true;
+      return s;
+    };
+    one(at({.role = "mtp_embed_tokens", .kind = WeightKind::table}), M.embed_tokens);
+    one(at(norm("enorm", l)), M.enorm);
+    one(at(norm("hnorm", l)), M.hnorm);
+    one(at(proj("eh_proj", l)), M.eh_proj);
+    layer(M.block, l, true);
+    one(at(norm("shared_head_norm", l)), M.head_norm);
+    one(at(proj("shared_head", l)), M.head);
   }
   one(norm("norm", -1), w.norm);
   // The LM head is a projection even when tied (it is then the embedding's tensor: walkers that count

@@ -222,15 +222,74 @@ class Binder {
   std::set<std::string, std::less<>> used_;
 };
 
+// One decoder layer's tensors, model.layers.{l}.* (a multi-token-prediction layer's block too).
+LayerWeights bind_layer(Binder& b, const ModelConfig& c, int64_t l, FfnKind ffn) {
+  const TensorNames& names = family_spec(c.family).names;
+  const int64_t d = c.hidden_size, h = c.num_attention_heads;
+  LayerWeights L;
+  const std::string p = cat("model.layers.", l, ".");
+  L.input_layernorm = b.vector(p + "input_layernorm.weight", {d});
+  L.post_attention_layernorm = b.vector(p + "post_attention_layernorm.weight", {d});
+
+  if (c.attention == AttentionKind::gqa) {
+    const int64_t q_out = h * c.head_dim, kv_out = c.num_key_value_heads * c.head_dim;
+    L.q_proj = b.linear(p + "self_attn.q_proj", q_out, d, c.qkv_bias);
+    L.k_proj = b.linear(p + "self_attn.k_proj", kv_out, d, c.qkv_bias);
+    L.v_proj = b.linear(p + "self_attn.v_proj", kv_out, d, c.qkv_bias);
+    L.o_proj = b.linear(p + "self_attn.o_proj", d, q_out, c.o_bias);
+    if (c.qk_norm != QkNorm::none) {
+      const bool per_head = c.qk_norm == QkNorm::per_head;
+      L.q_norm = b.vector(p + "self_attn.q_norm.weight", {per_head ? c.head_dim : q_out});
+      L.k_norm = b.vector(p + "self_attn.k_norm.weight", {per_head ? c.head_dim : kv_out});
+    }
+  } else {
+    const int64_t q_out = h * (c.qk_nope_head_dim + c.qk_rope_head_dim);
+    if (c.q_lora_rank) {
+      L.q_a_proj = b.linear(p + "self_attn.q_a_proj", *c.q_lora_rank, d, c.mla_bias);
+      L.q_a_layernorm = b.vector(p + "self_attn.q_a_layernorm.weight", {*c.q_lora_rank});
+      L.q_b_proj = b.linear(p + "self_attn.q_b_proj", q_out, *c.q_lora_rank, false);
+    } else {
+      L.q_proj = b.linear(p + "self_attn.q_proj", q_out, d, false);
+    }
+    L.kv_a_proj_with_mqa = b.linear(p + "self_attn.kv_a_proj_with_mqa", c.kv_lora_rank + c.qk_rope_head_dim, d, c.mla_bias);
+    L.kv_a_layernorm = b.vector(p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank});
+    L.kv_b_proj = b.linear(p + "self_attn.kv_b_proj", h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank, false);
+    L.o_proj = b.linear(p + "self_attn.o_proj", d, h * c.v_head_dim, c.mla_bias);
+  }
+
+  if (ffn == FfnKind::dense) {
+    L.mlp = b.mlp(p + "mlp", "gate_proj", "up_proj", "down_proj", c.intermediate_size);
+    return L;
+  }
+  // MoE layer. HF v5 may save fused expert tensors, and renames Mixtral's block to "mlp".
+  const bool fused = b.has(p + "mlp.experts.gate_up_proj") || b.has(cat(p, names.moe_block, ".experts.gate_up_proj"));
+  const std::string block = p + (fused && b.has(p + "mlp.experts.gate_up_proj") ? "mlp" : names.moe_block);
+  L.router = b.vector(block + ".gate.weight", {c.router.n_routed_experts, d});
+  if (c.router.e_score_correction_bias)
+    L.e_score_correction_bias = b.vector(block + ".gate.e_score_correction_bias", {c.router.n_routed_experts});
+  if (fused) {
+    L.experts = b.fused_experts(block + ".experts");
+  } else {
+    for (int64_t e = 0; e < c.router.n_routed_experts; ++e)
+      L.experts.push_back(b.mlp(cat(block, ".experts.", e), names.expert_gate, names.expert_up, names.expert_down,
+                                c.moe_intermediate_size));
+  }
+  if (c.shared.count > 0) {
+    L.shared_expert = b.mlp(cat(block, ".", names.shared_expert), "gate_proj", "up_proj", "down_proj",
+                            c.shared.intermediate_size);
+    if (c.shared.gated) L.shared_expert_gate = b.vector(block + ".shared_expert_gate.weight", {1, d});
+  }
+  return L;
+}
+
 }  // namespace
 
 Binding bind_weights(const ModelConfig& c, const io::WeightStore& store, const std::string& where,
                      const TensorFactory& factory) {
-  const TensorNames& names = family_spec(c.family).names;
   Binder b(c, store, factory);
   Binding out;
   ModelWeights& w = out.weights;
-  const int64_t d = c.hidden_size, h = c.num_attention_heads;
+  const int64_t d = c.hidden_size;
 
   w.embed_tokens = b.vector("model.embed_tokens.weight", {c.vocab_size, d});
   w.norm = b.vector("model.norm.weight", {d});
@@ -244,61 +303,7 @@ Binding bind_weights(const ModelConfig& c, const io::WeightStore& store, const s
     w.lm_head = b.vector("lm_head.weight", {c.vocab_size, d});  // missing: reported, or made by the factory
   }
 
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    LayerWeights& L = w.layers.emplace_back();
-    const std::string p = cat("model.layers.", l, ".");
-    L.input_layernorm = b.vector(p + "input_layernorm.weight", {d});
-    L.post_attention_layernorm = b.vector(p + "post_attention_layernorm.weight", {d});
-
-    if (c.attention == AttentionKind::gqa) {
-      const int64_t q_out = h * c.head_dim, kv_out = c.num_key_value_heads * c.head_dim;
-      L.q_proj = b.linear(p + "self_attn.q_proj", q_out, d, c.qkv_bias);
-      L.k_proj = b.linear(p + "self_attn.k_proj", kv_out, d, c.qkv_bias);
-      L.v_proj = b.linear(p + "self_attn.v_proj", kv_out, d, c.qkv_bias);
-      L.o_proj = b.linear(p + "self_attn.o_proj", d, q_out, c.o_bias);
-      if (c.qk_norm != QkNorm::none) {
-        const bool per_head = c.qk_norm == QkNorm::per_head;
-        L.q_norm = b.vector(p + "self_attn.q_norm.weight", {per_head ? c.head_dim : q_out});
-        L.k_norm = b.vector(p + "self_attn.k_norm.weight", {per_head ? c.head_dim : kv_out});
-      }
-    } else {
-      const int64_t q_out = h * (c.qk_nope_head_dim + c.qk_rope_head_dim);
-      if (c.q_lora_rank) {
-        L.q_a_proj = b.linear(p + "self_attn.q_a_proj", *c.q_lora_rank, d, c.mla_bias);
-        L.q_a_layernorm = b.vector(p + "self_attn.q_a_layernorm.weight", {*c.q_lora_rank});
-        L.q_b_proj = b.linear(p + "self_attn.q_b_proj", q_out, *c.q_lora_rank, false);
-      } else {
-        L.q_proj = b.linear(p + "self_attn.q_proj", q_out, d, false);
-      }
-      L.kv_a_proj_with_mqa = b.linear(p + "self_attn.kv_a_proj_with_mqa", c.kv_lora_rank + c.qk_rope_head_dim, d, c.mla_bias);
-      L.kv_a_layernorm = b.vector(p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank});
-      L.kv_b_proj = b.linear(p + "self_attn.kv_b_proj", h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank, false);
-      L.o_proj = b.linear(p + "self_attn.o_proj", d, h * c.v_head_dim, c.mla_bias);
-    }
-
-    if (c.layer_ffn[static_cast<size_t>(l)] == FfnKind::dense) {
-      L.mlp = b.mlp(p + "mlp", "gate_proj", "up_proj", "down_proj", c.intermediate_size);
-      continue;
-    }
-    // MoE layer. HF v5 may save fused expert tensors, and renames Mixtral's block to "mlp".
-    const bool fused = b.has(p + "mlp.experts.gate_up_proj") || b.has(cat(p, names.moe_block, ".experts.gate_up_proj"));
-    const std::string block = p + (fused && b.has(p + "mlp.experts.gate_up_proj") ? "mlp" : names.moe_block);
-    L.router = b.vector(block + ".gate.weight", {c.router.n_routed_experts, d});
-    if (c.router.e_score_correction_bias)
-      L.e_score_correction_bias = b.vector(block + ".gate.e_score_correction_bias", {c.router.n_routed_experts});
-    if (fused) {
-      L.experts = b.fused_experts(block + ".experts");
-    } else {
-      for (int64_t e = 0; e < c.router.n_routed_experts; ++e)
-        L.experts.push_back(b.mlp(cat(block, ".experts.", e), names.expert_gate, names.expert_up, names.expert_down,
-                                  c.moe_intermediate_size));
-    }
-    if (c.shared.count > 0) {
-      L.shared_expert = b.mlp(cat(block, ".", names.shared_expert), "gate_proj", "up_proj", "down_proj",
-                              c.shared.intermediate_size);
-      if (c.shared.gated) L.shared_expert_gate = b.vector(block + ".shared_expert_gate.weight", {1, d});
-    }
-  }
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) w.layers.push_back(bind_layer(b, c, l, c.layer_ffn[static_cast<size_t>(l)]));
 
   const std::vector<std::string> problems = b.problems();
   if (!problems.empty())
@@ -317,6 +322,33 @@ Binding bind_weights(const ModelConfig& c, const io::WeightStore& store, const s
   });
   const int64_t E = c.router.n_routed_experts;
   out.active_params = out.total_params - (E > 0 ? routed / E * (E - c.router.num_experts_per_tok) : 0);
+  return out;
+}
+
+std::vector<MtpWeights> bind_mtp(const ModelConfig& c, const io::WeightStore& store, const std::string& where,
+                                 const TensorFactory& factory) {
+  if (c.mtp_ffn.empty())
+    throw Error(where, cat("a ", family_name(c.family), " model with num_nextn_predict_layers 0 has no multi-token-prediction layer"));
+  Binder b(c, store, factory);
+  const int64_t d = c.hidden_size, V = c.vocab_size;
+  std::vector<MtpWeights> out;
+  for (size_t i = 0; i < c.mtp_ffn.size(); ++i) {
+    const int64_t l = c.num_hidden_layers + static_cast<int64_t>(i);
+    const std::string p = cat("model.layers.", l, ".");
+    MtpWeights& m = out.emplace_back();
+    m.embed_tokens = b.vector(p + "embed_tokens.weight", {V, d});
+    m.enorm = b.vector(p + "enorm.weight", {d});
+    m.hnorm = b.vector(p + "hnorm.weight", {d});
+    m.eh_proj = b.linear(p + "eh_proj", d, 2 * d, false);
+    m.block = bind_layer(b, c, l, c.mtp_ffn[i]);
+    m.head_norm = b.vector(p + "shared_head.norm.weight", {d});
+    m.head = b.vector(p + "shared_head.head.weight", {V, d});
+  }
+  const std::vector<std::string> problems = b.problems();
+  if (!problems.empty())
+    throw Error(where, cat("the multi-token-prediction layer", out.size() == 1 ? "" : "s", " (num_nextn_predict_layers ",
+                           out.size(), "): ", problems.size(), " tensor problem", problems.size() == 1 ? "" : "s", ": ",
+                           detail::join_problems(problems, 1000)));
   return out;
 }
 

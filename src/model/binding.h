@@ -36,4 +36,11 @@ DType synthetic_dtype(const ModelConfig& config, const std::string& name, const 
 Binding bind_weights(const ModelConfig& config, const io::WeightStore& store, const std::string& where,
                      const TensorFactory& factory = nullptr);
 
+// DeepSeek-V3's multi-token-prediction layers (model.layers.{L .. L + num_nextn_predict_layers - 1}:
+// embed_tokens, enorm, hnorm, eh_proj, a decoder block, shared_head.norm and .head), bound like the
+// rest. Throws one Error (where = `where`) when the config declares none or a tensor is missing,
+// mis-shaped or wrongly typed.
+std::vector<MtpWeights> bind_mtp(const ModelConfig& config, const io::WeightStore& store, const std::string& where,
+                                 const TensorFactory& factory = nullptr);
+
 }  // namespace moerun::model

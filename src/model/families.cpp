@@ -187,6 +187,11 @@ void read_deepseek_v3(const JsonFields& f, ModelConfig& c, const FamilySpec& spe
   c.num_nextn_predict_layers = f.i64_or(mtp_key, 1);
   if (c.num_nextn_predict_layers < 0 || c.num_nextn_predict_layers > 4096)
     f.fail(mtp_key, cat("must be in [0, 4096], found ", c.num_nextn_predict_layers));
+  c.mtp_ffn.clear();
+  for (int64_t l = c.num_hidden_layers; l < c.num_hidden_layers + c.num_nextn_predict_layers; ++l) {
+    const bool moe = c.router.n_routed_experts > 0 && l >= c.first_k_dense_replace && l % c.moe_layer_freq == 0;
+    c.mtp_ffn.push_back(moe ? FfnKind::moe : FfnKind::dense);
+  }
 }
 
 constexpr TensorNames kStandardNames{};

@@ -23,6 +23,10 @@ struct Model::Impl {
   ModelConfig config;
   io::WeightStore store;
   model::Binding binding;
+  // DeepSeek-V3's multi-token-prediction layers, bound when the checkpoint has them whole (views:
+  // nothing is read unless an engine loads them), else why not.
+  std::vector<MtpWeights> mtp;
+  std::string mtp_error;
   std::vector<TensorRecord> tensors;
   // Lazily made synthetic tensors (by address), filled on demand on `pool`'s threads.
   struct Lazy {
@@ -48,6 +52,11 @@ Model Model::load(const std::filesystem::path& dir) {
   impl->config = load_model_config(impl->files.config);
   impl->store = io::WeightStore::open(impl->files);
   impl->binding = model::bind_weights(impl->config, impl->store, dir.string());
+  try {
+    impl->mtp = model::bind_mtp(impl->config, impl->store, dir.string());
+  } catch (const Error& e) {
+    impl->mtp_error = e.what();
+  }
   for (const auto& [name, t] : impl->store.tensors())
     impl->tensors.push_back({name, t.entry->dtype, t.entry->shape, t.entry->end - t.entry->begin, t.shard});
   return Model(std::move(impl));
@@ -153,23 +162,25 @@ DType model::synthetic_dtype(const ModelConfig& config, const std::string& name,
   return shape.size() >= 2 && name.find("gate.weight") == std::string::npos ? DType::bf16 : DType::f32;
 }
 
-Model Model::synthetic(const ModelConfig& config, uint64_t seed, bool lazy) {
+Model Model::synthetic(const ModelConfig& config, uint64_t seed, bool lazy, bool mtp) {
   auto impl = std::make_shared<Impl>();
   impl->files.dir = std::string("synthetic ") + family_name(config.family);
   impl->config = config;
   impl->seed = seed;
   impl->pool = std::make_shared<cpu::ThreadPool>(0);  // every hardware thread
-  impl->binding = model::bind_weights(config, impl->store, impl->files.dir.string(),
-                                      [&](const std::string& name, const Shape& shape, bool linear) {
-                                        int64_t n = 1;
-                                        for (int64_t d : shape) n *= d;
-                                        const DType dtype = model::synthetic_dtype(config, name, shape, linear);
-                                        const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
-                                        std::shared_ptr<std::byte> buf = reserve_bytes(bytes);
-                                        if (lazy) impl->lazy.push_back({name, shape, linear, dtype, buf.get(), bytes});
-                                        else fill_random(config, name, shape, dtype, seed, buf.get(), 0, n, *impl->pool);
-                                        return Tensor(dtype, shape, buf.get(), std::shared_ptr<const void>(buf, buf.get()));
-                                      });
+  const model::TensorFactory make = [&](const std::string& name, const Shape& shape, bool linear) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    const DType dtype = model::synthetic_dtype(config, name, shape, linear);
+    const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
+    std::shared_ptr<std::byte> buf = reserve_bytes(bytes);
+    if (lazy) impl->lazy.push_back({name, shape, linear, dtype, buf.get(), bytes});
+    else fill_random(config, name, shape, dtype, seed, buf.get(), 0, n, *impl->pool);
+    return Tensor(dtype, shape, buf.get(), std::shared_ptr<const void>(buf, buf.get()));
+  };
+  impl->binding = model::bind_weights(config, impl->store, impl->files.dir.string(), make);
+  if (mtp) impl->mtp = model::bind_mtp(config, impl->store, impl->files.dir.string(), make);
+  else impl->mtp_error = impl->files.dir.string() + ": made without its multi-token-prediction layer";
   std::sort(impl->lazy.begin(), impl->lazy.end(), [](const Impl::Lazy& a, const Impl::Lazy& b) { return a.data < b.data; });
   if (!lazy) impl->pool.reset();
   return Model(std::move(impl));
@@ -229,6 +240,10 @@ void Model::prefetch(const std::function<void(uint64_t, uint64_t)>& progress) co
 const ModelConfig& Model::config() const noexcept { return impl_->config; }
 const ModelWeights& Model::weights() const noexcept { return impl_->binding.weights; }
 const ModelFiles& Model::files() const noexcept { return impl_->files; }
+const std::vector<MtpWeights>& Model::mtp_weights() const {
+  if (impl_->mtp.empty()) throw Error("mtp", impl_->mtp_error);
+  return impl_->mtp;
+}
 const std::vector<TensorRecord>& Model::tensors() const noexcept { return impl_->tensors; }
 const std::vector<std::string>& Model::warnings() const noexcept { return impl_->binding.warnings; }
 const std::vector<std::string>& Model::unexpected_tensors() const noexcept { return impl_->binding.unexpected; }

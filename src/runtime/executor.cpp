@@ -223,6 +223,8 @@ Engine Engine::from_model(Model model, const EngineOptions& opts) {
                              ranks == 1 ? " (start it with mpirun -np N)" : ""));
   options.ranks = ranks;
   options.rank = rank;
+  if (options.mtp && ranks > 1)
+    throw Error("mtp", cat("drafting with the multi-token-prediction layer runs in one process (this is one of ", ranks, " ranks)"));
   if (ranks > 1 && options.threads == 0)  // the ranks on this machine share its cores
     options.threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, world->local_size()));
   if (options.context != 0) check_context(options.context, model.config(), options.context_override);
@@ -232,7 +234,8 @@ Engine Engine::from_model(Model model, const EngineOptions& opts) {
   // uploaded (the mapped files cost nothing until read). Under mpirun it is this rank's share.
   MemoryPlan plan = plan_memory(model, options);
   if (options.memory_check && !plan.fits) throw Error("memory", cat(ranks > 1 ? cat("rank ", rank, " of ", ranks, ": ") : std::string(), plan.refusal()));
-  const ModelConfig local = model::local_config(model.config(), part);
+  ModelConfig local = model::local_config(model.config(), part);
+  if (!options.mtp) local.mtp_ffn.clear();  // the MTP layers stay unused unless loaded
   const KvType kv_type = kv_type_for(options, backend, local);
   runtime::check_kv_type(local, kv_type, options.mla);
   if (backend == BackendKind::cuda && kv_type != KvType::f32)
@@ -260,7 +263,9 @@ Engine Engine::from_model(Model model, const EngineOptions& opts) {
   // lazily made synthetic model fills only what is kept).
   const model::SliceHooks hooks{.materialize = [&](const Tensor& t) { model.materialize(t); },
                                 .release = [&](const Tensor& t) { model.release(t); }};
-  const ModelWeights share = model::slice_weights(model.weights(), model.config(), part, false, hooks);
+  ModelWeights full = model.weights();
+  if (options.mtp) full.mtp = model.mtp_weights();  // (one rank: checked above)
+  const ModelWeights share = model::slice_weights(full, model.config(), part, false, hooks);
   impl->weights = model::prepare_weights(share, local, {runtime::fp8_form(options, backend), options.quant}, pool.get(), options.progress);
   pool.reset();
   // The weights the engine runs (copies and mapped views alike); a --quant source nothing reads
@@ -302,6 +307,9 @@ struct Sequence {
   // [ctx, H_kv, d_h]. MLA: one latent row per position, [ctx, kv_lora_rank + qk_rope_head_dim] =
   // [normed c, rotated k_rope].
   std::vector<runtime::Buffer> k_cache, v_cache;
+  // With a multi-token-prediction layer: every position's final hidden state (after the final norm),
+  // [context, D] f32 in backend memory, written by each step that runs the position.
+  float* hidden = nullptr;
 };
 
 // A sequence's share of one step: its `n` new tokens are rows [row, row + n) of the step, at its
@@ -376,6 +384,9 @@ struct Runner {
   }
 
   const void* wp(const Tensor& t) const { return be->weight(t); }
+  // Layers 0 .. L-1 are the decoder's; L + i is multi-token-prediction layer i's block.
+  const LayerWeights& lw(size_t l) const { return l < w.layers.size() ? w.layers[l] : w.mtp[l - w.layers.size()].block; }
+  FfnKind ffn_of(size_t l) const { return l < c.layer_ffn.size() ? c.layer_ffn[l] : c.mtp_ffn[l - c.layer_ffn.size()]; }
   // Room for `count` elements of a workspace role; asking for more than the plan is a bug.
   template <class T = float>
   T* buf(Ws role, int64_t count) {
@@ -389,11 +400,11 @@ struct Runner {
   T* at(Ws role) const { return static_cast<T*>(ws[static_cast<size_t>(role)].data); }
 
   void make_expert_tables() {
-    const size_t L = static_cast<size_t>(c.num_hidden_layers);
+    const size_t L = w.layers.size() + w.mtp.size();
     experts.resize(L);
     for (size_t l = 0; l < L; ++l) {
-      const LayerWeights& LW = w.layers[l];
-      if (c.layer_ffn[l] != FfnKind::moe || LW.experts.empty()) continue;
+      const LayerWeights& LW = lw(l);
+      if (ffn_of(l) != FfnKind::moe || LW.experts.empty()) continue;
       ExpertTables& t = experts[l];
       const MlpWeights* first = held_expert(LW);
       if (!first) throw Error("MoE layer " + std::to_string(l), "this rank holds none of its experts");
@@ -510,7 +521,7 @@ struct Runner {
   // GQA attention of n tokens (normed input `in` [n, D]) into `o` [n, D]: of this rank's heads
   // (o then holds its partial sum of o_proj).
   void gqa(size_t l, const float* in, int64_t n, float* o) {
-    const LayerWeights& L = w.layers[l];
+    const LayerWeights& L = lw(l);
     const int64_t H = c.num_attention_heads, Hkv = c.num_key_value_heads, dh = c.head_dim;
     // A q/k norm over all heads (OLMoE) needs every head's q and k: the rank computes them whole and
     // takes its heads from them (qs/ks: their widths, q0/k0: where its heads start).
@@ -559,7 +570,7 @@ struct Runner {
 
   // Multi-head latent attention (docs/MODELS.md §4) into `o` [n, D].
   void mla(size_t l, const float* in, int64_t n, float* o) {
-    const LayerWeights& L = w.layers[l];
+    const LayerWeights& L = lw(l);
     const int64_t H = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
     const int64_t r = c.kv_lora_rank, dq = dn + dr, row = r + dr;
     float* qb = buf(Ws::q, n * H * dq);
@@ -648,7 +659,7 @@ struct Runner {
   // of its tokens (the backend's moe op; in a batched step, every sequence's tokens together); plus
   // the shared expert.
   void moe(size_t l, const float* in, int64_t n, float* o) {
-    const LayerWeights& L = w.layers[l];
+    const LayerWeights& L = lw(l);
     const RouterSpec& rs = c.router;
     const int64_t D = c.hidden_size, E = rs.n_routed_experts, K = rs.num_experts_per_tok;
     float* z = buf(Ws::router_logits, n * E);
@@ -694,6 +705,29 @@ struct Runner {
       }
   }
 
+  // Decoder layer l (or multi-token-prediction block, l >= L) over the n rows of the residual stream xb.
+  void block(size_t l, float* xb, int64_t n) {
+    const int64_t D = c.hidden_size;
+    const float eps = static_cast<float>(c.rms_norm_eps);
+    const LayerWeights& L = lw(l);
+    float* hb = buf(Ws::h, n * D);
+    float* ob = buf(Ws::out, n * D);
+    norm(hb, xb, n, D, L.input_layernorm, eps);
+    if (c.attention == AttentionKind::gqa) gqa(l, hb, n, ob);
+    else mla(l, hb, n, ob);
+    if (P.attn_split) reduce(ob, n * D);  // the ranks' heads' o_proj partial sums
+    be->add({.out = xb, .x = ob, .rows = n, .cols = D});
+    if (diagnosing) checkpoint(xb, n * D, cat("layer ", l, "'s attention"));
+    norm(hb, xb, n, D, L.post_attention_layernorm, eps);
+    const bool moe_layer = ffn_of(l) == FfnKind::moe;
+    if (moe_layer) moe(l, hb, n, ob);
+    else swiglu(L.mlp, hb, n, ob);
+    // The ranks' experts (and shared or dense columns) partial sums, one all-reduce per block.
+    if (moe_layer ? P.experts_ep || P.experts_tp || P.ffn_split : P.ffn_split) reduce(ob, n * D);
+    be->add({.out = xb, .x = ob, .rows = n, .cols = D});
+    if (diagnosing) checkpoint(xb, n * D, cat("layer ", l, "'s ", moe_layer ? "MoE block" : "MLP"));
+  }
+
   // Every layer and the final norm + LM head, from ids (already in backend memory) to logits: of
   // every row when `all_rows` (one segment), else of each segment's last row, in segment order.
   // Positions and lengths are read from backend memory only, so a single-token step can be
@@ -707,25 +741,10 @@ struct Runner {
     if (P.embed_split) reduce(xb, n * D);  // each token's row from the rank that holds it (zeros elsewhere)
     if (diagnosing) checkpoint(xb, n * D, "the token embeddings (embed_tokens)");
     const float eps = static_cast<float>(c.rms_norm_eps);
-    for (size_t l = 0; l < w.layers.size(); ++l) {
-      const LayerWeights& L = w.layers[l];
-      float* hb = buf(Ws::h, n * D);
-      float* ob = buf(Ws::out, n * D);
-      norm(hb, xb, n, D, L.input_layernorm, eps);
-      if (c.attention == AttentionKind::gqa) gqa(l, hb, n, ob);
-      else mla(l, hb, n, ob);
-      if (P.attn_split) reduce(ob, n * D);  // the ranks' heads' o_proj partial sums
-      be->add({.out = xb, .x = ob, .rows = n, .cols = D});
-      if (diagnosing) checkpoint(xb, n * D, cat("layer ", l, "'s attention"));
-      norm(hb, xb, n, D, L.post_attention_layernorm, eps);
-      const bool moe_layer = c.layer_ffn[l] == FfnKind::moe;
-      if (moe_layer) moe(l, hb, n, ob);
-      else swiglu(L.mlp, hb, n, ob);
-      // The ranks' experts (and shared or dense columns) partial sums, one all-reduce per block.
-      if (moe_layer ? P.experts_ep || P.experts_tp || P.ffn_split : P.ffn_split) reduce(ob, n * D);
-      be->add({.out = xb, .x = ob, .rows = n, .cols = D});
-      if (diagnosing) checkpoint(xb, n * D, cat("layer ", l, "'s ", c.layer_ffn[l] == FfnKind::moe ? "MoE block" : "MLP"));
-    }
+    for (size_t l = 0; l < w.layers.size(); ++l) block(l, xb, n);
+    // A sequence with a multi-token-prediction layer keeps each position's final hidden state.
+    for (const Segment& s : segs)
+      if (s.seq->hidden) norm(s.seq->hidden + s.seq->pos * D, xb + s.row * D, s.n, D, w.norm, eps);
     const int64_t rows = all_rows ? n : static_cast<int64_t>(segs.size());
     const float* last = xb + (n - rows) * D;  // one segment: its last `rows` rows are contiguous
     if (!all_rows && segs.size() > 1) {
@@ -798,7 +817,8 @@ struct Runner {
     const int64_t n = static_cast<int64_t>(ids.size());
     upload_step(ids);
     // The naive MLA form reads the cache length on the host, so its steps are never recorded.
-    recordable = recordable && be->can_record() && n == 1 && !all_rows && !engine->distributed() &&
+    // (Nor are steps that write each position's hidden state: its row moves with the position.)
+    recordable = recordable && be->can_record() && n == 1 && !all_rows && !engine->distributed() && !segments[0].seq->hidden &&
                  !(c.attention == AttentionKind::mla && engine->options.mla == MlaMode::naive);
     if (recordable) decode_step.run(*be, [&] { layers(n, all_rows); });
     else layers(n, all_rows);
@@ -821,6 +841,43 @@ struct Runner {
         diagnose_non_finite(n, all_rows);
       }
     for (const Segment& s : segments) s.seq->pos += s.n;
+  }
+
+  // Multi-token-prediction layer `m` (docs/MODELS.md "Multi-token prediction") over n rows at the
+  // next positions of `mseq` (its own one-layer cache): row t joins the hidden state `h` [n, D]
+  // (backend memory) with the embedding of ids[t], the token that followed it:
+  //   x = eh_proj [enorm(embed(id)); hnorm(h)],  y = block(x),  logits = head(head_norm(y)).
+  // The block output of the last row goes to `y_last` [D] (backend memory; it may be `h`'s last row:
+  // h is read first), its logits to `dst` [V] on the host.
+  void mtp_step(size_t m, Sequence& mseq, const float* h, std::span<const int32_t> ids, float* y_last, float* dst) {
+    be->bind_thread();
+    reserve();
+    const int64_t n = static_cast<int64_t>(ids.size()), D = c.hidden_size, V = c.vocab_size;
+    const Segment one[] = {{.seq = &mseq, .row = 0, .n = n, .slot = 0}};
+    segs = one;
+    upload_step(ids);
+    const MtpWeights& M = w.mtp[m];
+    const float eps = static_cast<float>(c.rms_norm_eps);
+    float* e = buf(Ws::out, n * D);
+    be->embed({.out = e, .table = wp(M.embed_tokens), .dtype = M.embed_tokens.dtype(), .ids = at<const int32_t>(Ws::ids),
+               .n_tokens = n, .dim = D});
+    float* in = buf(Ws::mtp_in, n * 2 * D);
+    be->copy({.dst = in, .src = e, .rows = n, .cols = D, .dst_stride = 2 * D, .src_stride = D});
+    be->copy({.dst = in + D, .src = h, .rows = n, .cols = D, .dst_stride = 2 * D, .src_stride = D});
+    norm(in, in, n, D, M.enorm, eps, 2 * D);
+    norm(in + D, in + D, n, D, M.hnorm, eps, 2 * D);
+    float* xb = buf(Ws::x, n * D);
+    lin(xb, in, n, M.eh_proj);
+    block(w.layers.size() + m, xb, n);
+    be->copy({.dst = y_last, .src = xb + (n - 1) * D, .rows = 1, .cols = D, .dst_stride = D, .src_stride = D});
+    float* hb = buf(Ws::h, D);
+    norm(hb, xb + (n - 1) * D, 1, D, M.head_norm, eps);
+    float* lg = buf(Ws::logits, V);
+    lin(lg, hb, 1, M.head);
+    be->download(dst, lg, static_cast<size_t>(V) * sizeof(float));
+    for (int64_t i = 0; i < V; ++i)
+      if (!std::isfinite(dst[i])) throw Error("mtp", "the multi-token-prediction layer's logits hold NaN or infinite values");
+    mseq.pos += n;
   }
 };
 
@@ -868,6 +925,17 @@ struct Session::Impl {
   Sequence seq;
   std::unique_ptr<Runner> runner;  // its own steps (the workspace reserved at once, or at the first one)
   std::vector<float> host_logits;  // what forward() returns a view of
+  // The multi-token-prediction drafter (an engine that loaded the layer): the final hidden state of
+  // every position (seq.hidden), the cached ids, and per MTP layer a cache whose position j holds
+  // (hidden j, id j + 1) once both are known; `chain`, past the last position's row, the block
+  // output a draft feeds the next.
+  struct Mtp {
+    runtime::Buffer hidden;  // [context + 1, D]: row j position j's, the last row `chain`
+    Sequence seq;
+    std::vector<int32_t> ids;
+    std::vector<float> logits;
+  };
+  std::unique_ptr<Mtp> mtp;
 
   Impl(std::shared_ptr<const Engine::Impl> e, int64_t ctx, bool workspace_now) : keep(std::move(e)), engine(keep.get()) {
     const ModelDesc& c = engine->local;
@@ -885,6 +953,75 @@ struct Session::Impl {
       runner->be->reserve(seq.k_cache[l], mem.cache_bytes);
       if (c.attention == AttentionKind::gqa) runner->be->reserve(seq.v_cache[l], mem.cache_bytes);
     }
+    if (!c.mtp_ffn.empty()) {
+      mtp = std::make_unique<Mtp>();
+      runner->be->reserve(mtp->hidden, mem.mtp_hidden_bytes);
+      seq.hidden = static_cast<float*>(mtp->hidden.data);
+      mtp->seq.engine = engine;
+      mtp->seq.context = ctx;
+      mtp->seq.k_cache.resize(L + c.mtp_ffn.size());
+      mtp->seq.v_cache.resize(L + c.mtp_ffn.size());
+      for (size_t l = L; l < L + c.mtp_ffn.size(); ++l) {
+        runner->be->reserve(mtp->seq.k_cache[l], mem.cache_bytes);
+        if (c.attention == AttentionKind::gqa) runner->be->reserve(mtp->seq.v_cache[l], mem.cache_bytes);
+      }
+      mtp->ids.reserve(static_cast<size_t>(ctx));
+    }
+  }
+
+  void record_ids(std::span<const int32_t> fed) {  // after a successful step
+    if (mtp) mtp->ids.insert(mtp->ids.end(), fed.begin(), fed.end());
+  }
+  void truncated(int64_t n) {
+    if (!mtp) return;
+    mtp->ids.resize(static_cast<size_t>(n));
+    mtp->seq.pos = std::min(mtp->seq.pos, std::max<int64_t>(n - 1, 0));
+  }
+
+  // The tokens after position P (seq.pos) are `next` and then drafts: the MTP layer's cache is brought
+  // up to position P - 1 from the recorded hidden states (rows it has not seen, (hidden j, id j + 1)),
+  // then each draft comes from the last row's logits, the next row joining the block output with it.
+  size_t mtp_draft(int32_t next, size_t count, std::vector<int32_t>& out) {
+    out.clear();
+    const ModelDesc& c = engine->local;
+    if (!mtp) throw Error("mtp", "this engine did not load a multi-token-prediction layer (EngineOptions::mtp, --spec mtp)");
+    if (next < 0 || next >= c.vocab_size) throw Error("mtp", cat("token id ", next, " is outside the vocabulary [0, ", c.vocab_size, ")"));
+    const int64_t P = seq.pos, D = c.hidden_size;
+    if (P == 0 || count == 0) return 0;  // no hidden state to start from
+    // Drafts occupy MTP positions P - 1 .. P + count - 2, and the verification P .. P + count.
+    count = static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(count), seq.context - P));
+    if (count == 0) return 0;
+    const std::lock_guard<std::mutex> lock(engine->step);
+    Sequence& ms = mtp->seq;
+    ms.pos = std::min(ms.pos, P - 1);  // rows from P - 1 on joined a token that may have changed
+    mtp->logits.resize(static_cast<size_t>(c.vocab_size));
+    float* chain = seq.hidden + seq.context * D;
+    std::vector<int32_t>& ids = mtp->ids;  // ids[j + 1] follows hidden row j; `next` follows row P - 1
+    ids.push_back(next);
+    try {
+      for (int64_t j = ms.pos; j < P;) {
+        const int64_t m = std::min(runner->tokens, P - j);
+        runner->mtp_step(0, ms, seq.hidden + j * D, std::span<const int32_t>(ids).subspan(static_cast<size_t>(j + 1), static_cast<size_t>(m)),
+                         chain, mtp->logits.data());
+        j += m;
+      }
+      auto argmax = [&] {
+        return static_cast<int32_t>(std::max_element(mtp->logits.begin(), mtp->logits.end()) - mtp->logits.begin());
+      };
+      out.push_back(argmax());
+      while (out.size() < count) {
+        const int32_t last = out.back();
+        runner->mtp_step(0, ms, chain, std::span<const int32_t>(&last, 1), chain, mtp->logits.data());
+        out.push_back(argmax());
+      }
+    } catch (...) {
+      ids.pop_back();
+      ms.pos = std::min(ms.pos, P - 1);
+      throw;
+    }
+    ids.pop_back();
+    ms.pos = P - 1;  // the chain's rows are overwritten from the verified hidden states next time
+    return out.size();
   }
 
   std::span<const float> forward(std::span<const int32_t> ids, bool all_positions) {
@@ -912,6 +1049,7 @@ struct Session::Impl {
       if (engine->sends()) engine->send(Op::session_truncate, id, start);
       throw;
     }
+    record_ids(ids);
     return host_logits;
   }
 };
@@ -949,11 +1087,11 @@ std::span<const float> Session::forward_view(std::span<const int32_t> ids, bool 
   const std::lock_guard<std::mutex> lock(impl_->engine->step);  // the engine's threads, one step at a time
   return impl_->forward(ids, all_positions);
 }
-size_t Session::mtp_draft(int32_t, size_t, std::vector<int32_t>& out) {  // TODO(mtp): in progress
-  out.clear();
-  throw Error("mtp", "not built yet");
+size_t Session::mtp_draft(int32_t next, size_t count, std::vector<int32_t>& out) { return impl_->mtp_draft(next, count, out); }
+std::span<const float> Session::mtp_logits() const noexcept {
+  return impl_->mtp ? std::span<const float>(impl_->mtp->logits) : std::span<const float>();
 }
-bool Engine::has_mtp() const noexcept { return false; }
+bool Engine::has_mtp() const noexcept { return !impl_->weights.mtp.empty(); }
 
 int64_t Session::position() const noexcept { return impl_->seq.pos; }
 int64_t Session::context() const noexcept { return impl_->seq.context; }
@@ -961,6 +1099,11 @@ uint64_t Session::memory_bytes() const noexcept {
   uint64_t n = impl_->runner->memory_bytes();
   for (const auto* list : {&impl_->seq.k_cache, &impl_->seq.v_cache})
     for (const runtime::Buffer& b : *list) n += b.bytes;
+  if (const auto& m = impl_->mtp) {
+    n += m->hidden.bytes;
+    for (const auto* list : {&m->seq.k_cache, &m->seq.v_cache})
+      for (const runtime::Buffer& b : *list) n += b.bytes;
+  }
   return n;
 }
 void Session::truncate(int64_t n) {
@@ -970,6 +1113,7 @@ void Session::truncate(int64_t n) {
     impl_->engine->send(Op::session_truncate, impl_->id, n);
   }
   impl_->seq.pos = n;  // rows past n are overwritten by the next forward
+  impl_->truncated(n);
 }
 
 // --- batched steps ----------------------------------------------------------------------------
@@ -1072,6 +1216,7 @@ struct Batch::Impl {
       throw;
     }
     ++stats.steps;
+    for (const Item& it : step_items) it.session->record_ids(it.ids);
     return logits;
   }
 };

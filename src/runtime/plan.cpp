@@ -84,8 +84,12 @@ WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla, i
   const int64_t dqk = gqa ? d.head_dim : d.qk_nope_head_dim + d.qk_rope_head_dim;
   const int64_t dv = gqa ? d.head_dim : d.v_head_dim;
   const int64_t row = d.kv_lora_rank + d.qk_rope_head_dim;  // MLA latent row
-  const bool any_moe = d.num_moe_layers() > 0;
-  const int64_t ffn = std::max(d.has_dense_layers() ? d.intermediate_size : 0, any_moe && d.shared.count > 0 ? d.shared.intermediate_size : 0);
+  // (Multi-token-prediction blocks run in the same buffers.)
+  const bool mtp_moe = std::find(d.mtp_ffn.begin(), d.mtp_ffn.end(), FfnKind::moe) != d.mtp_ffn.end();
+  const bool mtp_dense = std::find(d.mtp_ffn.begin(), d.mtp_ffn.end(), FfnKind::dense) != d.mtp_ffn.end();
+  const bool any_moe = d.num_moe_layers() > 0 || mtp_moe;
+  const int64_t ffn = std::max(d.has_dense_layers() || mtp_dense ? d.intermediate_size : 0,
+                               any_moe && d.shared.count > 0 ? d.shared.intermediate_size : 0);
   const int64_t E = any_moe ? d.router.n_routed_experts : 0, K = any_moe ? d.router.num_experts_per_tok : 0;
   auto f32 = [&](auto... dims) { return detail::checked_bytes(what, sizeof(float), dims...); };
   WorkspacePlan p;
@@ -116,6 +120,7 @@ WorkspacePlan plan_workspace(const ModelDesc& d, int64_t context, MlaMode mla, i
   set(Ws::logits, "logits", share.logits ? f32(B, d.vocab_size) : 0);
   set(Ws::logits_part, "logits_part", share.vocab_rows > 0 ? f32(B, share.vocab_rows) : 0);
   set(Ws::logits_all, "logits_all", share.vocab_rows > 0 ? f32(share.ranks, B, share.vocab_rows) : 0);
+  set(Ws::mtp_in, "mtp_in", d.mtp_ffn.empty() ? 0 : f32(B, 2, D));
   return p;
 }
 
@@ -130,9 +135,16 @@ SessionMemory plan_session(const ModelDesc& d, int64_t context, MlaMode mla, KvT
   m.cache_bytes = detail::checked_bytes(what, row_bytes, context);
   m.kv_bytes = detail::checked_bytes(what, row_bytes, context, d.attention == AttentionKind::gqa ? 2 : 1, d.num_hidden_layers);
   m.workspace = plan_workspace(d, context, mla, 0, 1, share);
-  if (const int64_t moe_layers = d.num_moe_layers(); moe_layers > 0)
+  const auto mtp_layers = static_cast<int64_t>(d.mtp_ffn.size());
+  const auto mtp_moe = static_cast<int64_t>(std::count(d.mtp_ffn.begin(), d.mtp_ffn.end(), FfnKind::moe));
+  if (const int64_t moe_layers = d.num_moe_layers() + mtp_moe; moe_layers > 0)
     m.expert_table_bytes = detail::checked_bytes(what, 6 * sizeof(void*), moe_layers, d.router.n_routed_experts);
+  if (mtp_layers > 0) {
+    m.mtp_cache_bytes = detail::checked_bytes(what, row_bytes, context, d.attention == AttentionKind::gqa ? 2 : 1, mtp_layers);
+    m.mtp_hidden_bytes = detail::checked_bytes(what, sizeof(float), context + 1, d.hidden_size);  // + the chain's row
+  }
   m.total_bytes = detail::checked_add(m.kv_bytes, m.expert_table_bytes, what);
+  m.total_bytes = detail::checked_add(m.total_bytes, detail::checked_add(m.mtp_cache_bytes, m.mtp_hidden_bytes, what), what);
   for (const WorkspaceEntry& e : m.workspace) m.total_bytes = detail::checked_add(m.total_bytes, e.bytes, what);
   return m;
 }
@@ -484,17 +496,30 @@ std::string plan_json(const MemoryPlan& p) {
   return j.dump(2) + "\n";
 }
 
+// The description and weights an engine with `options` runs: the multi-token-prediction layers only
+// when it loads them.
+static ModelConfig engine_config(const ModelConfig& config, const EngineOptions& options) {
+  ModelConfig c = config;
+  if (!options.mtp) c.mtp_ffn.clear();
+  return c;
+}
+
 MemoryPlan plan_memory(const Model& model, const EngineOptions& options) {
-  return plan_share(model.config(), model.weights(), false, options);
+  if (!options.mtp) return plan_share(engine_config(model.config(), options), model.weights(), false, options);
+  ModelWeights w = model.weights();
+  w.mtp = model.mtp_weights();
+  return plan_share(model.config(), w, false, options);
 }
 
 MemoryPlan plan_memory(const ModelConfig& config, const EngineOptions& options, WeightSource stored) {
   const io::WeightStore none;
-  const model::Binding b = model::bind_weights(config, none, "config", [&](const std::string& name, const Shape& shape, bool linear) {
+  const model::TensorFactory shape_only = [&](const std::string& name, const Shape& shape, bool linear) {
     const DType dt = stored == WeightSource::synthetic ? model::synthetic_dtype(config, name, shape, linear) : checkpoint_dtype(config, name, linear);
     return Tensor(dt, shape, kShapeOnly, nullptr);
-  });
-  return plan_share(config, b.weights, true, options);
+  };
+  model::Binding b = model::bind_weights(config, none, "config", shape_only);
+  if (options.mtp) b.weights.mtp = model::bind_mtp(config, none, "config", shape_only);
+  return plan_share(engine_config(config, options), b.weights, true, options);
 }
 
 }  // namespace moerun

@@ -48,6 +48,7 @@ enum class Ws : uint8_t {
   logits,          // [B, V]: LM-head output (every position of a micro-batch when asked)
   logits_part,     // [B, V_r]: a rank's rows of a vocabulary-split LM head (padded to the widest rank's)
   logits_all,      // [ranks, B, V_r]: every rank's logits_part, gathered
+  mtp_in,          // [B, 2D]: a multi-token-prediction layer's input [enorm(embedding); hnorm(hidden)]
   count
 };
 
@@ -84,7 +85,10 @@ struct SessionMemory {
   // Every MoE layer's gate/up/down pointer tables and their FP8 scale tables (null pointers unless
   // the experts are FP8: a few KiB, so they are always made).
   size_t expert_table_bytes = 0;
-  size_t total_bytes = 0;         // kv + workspace + expert tables
+  // With multi-token-prediction layers (ModelDesc::mtp_ffn): their caches and the final hidden state
+  // of every position they read ([context + 1, D] f32: the last row feeds a draft to the next).
+  size_t mtp_cache_bytes = 0, mtp_hidden_bytes = 0;
+  size_t total_bytes = 0;         // kv + workspace + expert tables + mtp
 };
 SessionMemory plan_session(const ModelDesc& d, int64_t context, MlaMode mla, KvType kv_type, const WorkspaceShare& share = {});
 
