@@ -54,6 +54,24 @@ class Sampler {
   // draws from. For tests and for `--json` diagnostics (the returned copy is its one allocation).
   std::vector<float> distribution(std::span<const float> logits, std::span<const int32_t> history = {});
 
+  // After a sample() at temperature > 0: the distribution it drew from (what distribution() would
+  // return), a view of the sampler's buffer valid until its next call. Empty after a greedy
+  // sample() (greedy does not compute it). For speculative sampling's draft model (its q).
+  std::span<const float> last_distribution() const noexcept;
+
+  // Speculative sampling (Leviathan et al. 2023, Chen et al. 2023): the token at this position when
+  // a drafter proposed `draft`, drawn from `draft_probs` (q: a distribution over ids
+  // [0, draft_probs.size()), zero past its end; empty: the draft was certain, a one-hot q, as for
+  // prompt lookup and greedy drafters). p is the whole chain's distribution for `logits` and
+  // `history` (what sample() draws from). The draft is accepted (returned) with probability
+  // min(1, p(draft) / q(draft)), drawn from this sampler's RNG; otherwise the token is drawn from
+  // the residual norm(max(0, p - q)) (one-hot q: p without the draft), which never returns the
+  // draft. The returned token is distributed exactly as p whatever q is, as long as the draft was
+  // drawn from q. Greedy: the argmax, as sample() gives it, with no RNG draw. Allocates nothing
+  // once the buffers are sized. A draft outside the logits has p = 0 (always rejected).
+  int32_t verify(std::span<const float> logits, std::span<const int32_t> history, int32_t draft,
+                 std::span<const float> draft_probs = {});
+
   const SamplerParams& params() const noexcept { return params_; }
   void set_params(const SamplerParams& p);  // reseeds when the seed changes
 
@@ -62,6 +80,7 @@ class Sampler {
   void apply_penalties(std::span<const int32_t> history);
   void warp();           // temperature, top-k, top-p, min-p on work_: removed tokens become -inf
   void probabilities();  // probs_ = softmax of work_ after warp() (greedy: one-hot at the argmax)
+  int32_t draw(double u) const;  // inverse CDF of probs_ over ids in order (the last kept token takes the remainder)
 
   SamplerParams params_;
   Rng rng_;
@@ -71,6 +90,7 @@ class Sampler {
   std::vector<int32_t> counts_;  // occurrences in the penalty window (all zero between calls)
   std::vector<double> kept_;     // probabilities of the tokens top-k kept, for top-p and min-p
   std::vector<float> probs_;     // what sample() draws from
+  bool probs_valid_ = false;     // probs_ is the last sample()'s distribution (last_distribution)
 };
 
 }  // namespace moerun

@@ -109,7 +109,7 @@ constexpr IgnoredTensors kIgnoredTensors[] = {
     // decoder layer (model.layers.61.* of 61); DeepseekV3PreTrainedModel ignores r"model\.layers\.61.*".
     // Here the range follows the config, so a num_hidden_layers cut below the checkpoint's still
     // leaves real layers unexpected.
-    {"multi-token-prediction layer, unused for generation as in transformers",
+    {"multi-token-prediction layer, unused by plain generation as in transformers (--spec mtp drafts with it)",
      [](std::string_view name, const ModelConfig& c) {
        const int64_t l = layer_of(name);
        return l >= c.num_hidden_layers && l < c.num_hidden_layers + c.num_nextn_predict_layers;

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include "io/json_util.h"
 #include "moerun/error.h"
+#include "moerun/weights.h"
 #include "runtime/speculate.h"
 #include "runtime/stop_matcher.h"
 #include "util/strings.h"
@@ -39,6 +41,58 @@ SamplerParams sampling_defaults(const std::filesystem::path& model_dir) {
   return p;
 }
 
+void check_draft_tokenizer(const Tokenizer& target, const Tokenizer& draft) {
+  if (target.vocab_size() != draft.vocab_size())
+    throw Error("draft model", cat("its tokenizer has ", draft.vocab_size(), " tokens, the model's ", target.vocab_size(),
+                                   ": the draft must share the model's token ids"));
+  auto token = [](const Tokenizer& t, int32_t id) -> std::optional<std::string> {
+    try {
+      return t.id_to_token(id);
+    } catch (const Error&) {
+      return std::nullopt;  // an id without a token (a hole in the vocabulary)
+    }
+  };
+  for (int64_t i = 0; i < target.vocab_size(); ++i) {
+    const auto id = static_cast<int32_t>(i);
+    const std::optional<std::string> a = token(target, id), b = token(draft, id);
+    if (a != b)
+      throw Error("draft model", cat("token ", id, " is '", a.value_or("(none)"), "' for the model but '", b.value_or("(none)"),
+                                     "' for the draft: the draft must share the model's token ids"));
+    if (a && target.is_special(id) != draft.is_special(id))
+      throw Error("draft model", cat("token ", id, " ('", *a, "') is special for ", target.is_special(id) ? "the model" : "the draft",
+                                     " only: the draft must share the model's special tokens"));
+  }
+}
+
+namespace {
+
+// The weight bytes one decode step reads: routed experts at num_experts_per_tok / n_routed_experts
+// of theirs; the MTP layer's (with its own head) when `mtp`, the rest otherwise.
+double step_bytes(const Engine& engine, bool mtp) {
+  const ModelConfig& c = engine.config();
+  const double routed = c.router.n_routed_experts > 0 ? static_cast<double>(c.router.num_experts_per_tok) / static_cast<double>(c.router.n_routed_experts) : 1.0;
+  double bytes = 0;
+  for_each_tensor(engine.weights(), [&](const WeightSite& site, LinearPart, const Tensor& t) {
+    if (site.kind == WeightKind::table) return;  // one row per token
+    if (site.mtp != mtp) return;
+    bytes += static_cast<double>(t.nbytes()) * (site.routed() ? routed : 1.0);
+  });
+  return bytes;
+}
+
+}  // namespace
+
+double draft_step_cost(const Engine& target, const Engine& draft) {
+  const double t = step_bytes(target, false);
+  return t > 0 ? step_bytes(draft, false) / t : 0.0;
+}
+
+double mtp_step_cost(const Engine& target) {
+  if (!target.has_mtp()) return 0.0;
+  const double t = step_bytes(target, false);
+  return t > 0 ? step_bytes(target, true) / t : 0.0;
+}
+
 namespace {
 
 double seconds(std::chrono::steady_clock::time_point t0) {
@@ -56,6 +110,12 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
   if (n > session.context())
     throw Error("generate", cat("the prompt is ", n, " tokens but the context holds ", session.context(),
                                 " (use a larger --ctx or a shorter prompt)"));
+  if (options.spec != SpecKind::none && (options.spec_max < 1 || options.spec_max > kMaxDraft))
+    throw Error("generate", cat("spec_max must be in [1, ", kMaxDraft, "], found ", options.spec_max));
+  if (options.spec == SpecKind::draft && options.draft == nullptr)
+    throw Error("generate", "speculation with a draft model needs the draft model's session (GenerateOptions::draft)");
+  if (options.spec == SpecKind::draft && options.draft == &session)
+    throw Error("generate", "the draft model's session cannot be the session it drafts for");
   if (n == cached) session.truncate(n - 1);  // the last prompt token must run to give the next logits
 
   GenerateResult r;
@@ -93,22 +153,31 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
   };
   const auto t1 = std::chrono::steady_clock::now();
   r.finish_reason = "length";
-  // Speculation (greedy only): after a token is sampled, its forward also runs the drafts that
-  // follow it; each row of that step is the logits the next sample would get had the drafts been
-  // decoded one by one (the same bits: kMaxDraft), so a sampled token equal to the next draft
-  // moves on to the next row without a forward. `verified` rows of `rows` are pending.
-  const bool speculate = options.spec != SpecKind::none && sampler.params().greedy();
-  if (options.spec != SpecKind::none && (options.spec_max < 1 || options.spec_max > kMaxDraft))
-    throw Error("generate", cat("spec_max must be in [1, ", kMaxDraft, "], found ", options.spec_max));
-  runtime::DraftPolicy policy(static_cast<size_t>(std::max<int64_t>(options.spec_max, 1)));
-  std::vector<int32_t> drafts, step_ids;
+  // Speculation: after a token is sampled, its forward also runs the drafts that follow it; each
+  // row of that step is the logits the next token would get had the drafts been decoded one by one
+  // (the same bits: kMaxDraft). A row with a pending draft goes through Sampler::verify (greedy: the
+  // argmax; sampling: accept or draw from the residual); a token equal to the draft moves on to the
+  // next row without a forward. The row after the last accepted draft, and every row without one,
+  // goes through sample(). `pending` drafts of `rows`, from `next_draft` on, wait.
+  const bool speculate = options.spec != SpecKind::none;
+  const auto V = static_cast<size_t>(logits.size());
+  std::optional<runtime::Drafter> drafter;
+  if (speculate) drafter.emplace(options.spec, session, options, sampler, prompt, r.cached_tokens, V, room);
+  const bool timed = drafter && drafter->timed();
+  std::vector<int32_t> step_ids;
   if (speculate) step_ids.reserve(static_cast<size_t>(kMaxDraft + 1));
   std::span<const float> rows;
   size_t next_draft = 0, pending = 0, step_drafts = 0;
-  const auto V = static_cast<size_t>(logits.size());
   auto settle = [&] {  // a draft step is over: the policy learns how it went
-    policy.record(step_drafts, next_draft);
+    drafter->record(step_drafts, next_draft);
     step_drafts = 0;
+  };
+  auto forward = [&](std::span<const int32_t> ids, bool all) {
+    if (!timed) return session.forward_view(ids, all);
+    const auto ts = std::chrono::steady_clock::now();
+    const std::span<const float> out = session.forward_view(ids, all);
+    drafter->target_step(seconds(ts));
+    return out;
   };
   while (r.generated_tokens < options.max_tokens) {
     if (interrupted()) {
@@ -117,11 +186,12 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
     }
     // Every token comes from the sampler: greedy is its argmax after the penalties, as transformers
     // applies them.
-    const int32_t id = sampler.sample(logits, history);
+    const int32_t id = pending > 0 ? sampler.verify(logits, history, drafter->drafts()[next_draft], drafter->q(next_draft))
+                                   : sampler.sample(logits, history);
     ++r.generated_tokens;
     r.tokens.push_back(id);
     history.push_back(id);
-    const bool hit = pending > 0 && id == drafts[next_draft];
+    const bool hit = pending > 0 && id == drafter->drafts()[next_draft];
     if (hit) {  // this token is already in the cache, its logits are the next row
       ++r.accepted_tokens;
       ++next_draft;
@@ -159,26 +229,28 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
     if (speculate) {
       // Only drafts that could be sampled (max_tokens) and that fit the context.
       const auto fits = static_cast<size_t>(std::min(options.max_tokens - r.generated_tokens - 1, session.context() - session.position() - 1));
-      if (const size_t want = std::min(policy.next(), fits); want > 0) k = runtime::ngram_draft(history, want, drafts);
+      k = drafter->propose(history, fits);
     }
     if (k == 0) {
-      logits = session.forward_view(std::span<const int32_t>(&id, 1));
+      logits = forward(std::span<const int32_t>(&id, 1), false);
       continue;
     }
     step_ids.assign(1, id);
-    step_ids.insert(step_ids.end(), drafts.begin(), drafts.end());
-    rows = session.forward_view(step_ids, /*all_positions=*/true);
+    step_ids.insert(step_ids.end(), drafter->drafts().begin(), drafter->drafts().end());
+    rows = forward(step_ids, /*all_positions=*/true);
     logits = rows.subspan(0, V);
     next_draft = 0;
     pending = step_drafts = k;
     r.drafted_tokens += static_cast<int64_t>(k);
   }
   // The cache holds what plain decoding leaves: the prompt and every sampled token but the last
-  // (drafts verified past the end, and the last token when a draft had fed it, are dropped).
+  // (drafts verified past the end, and the last token when a draft had fed it, are dropped). The
+  // draft model's session keeps what agrees with the tokens.
   if (speculate && r.generated_tokens > 0) {
     const int64_t plain = n + r.generated_tokens - 1;
     if (session.position() > plain) session.truncate(plain);
   }
+  if (drafter) drafter->finish(history);
   if (r.finish_reason != "stop" && r.finish_reason != "cancelled") {  // interrupted: keep what was decoded
     bool stopped = false;
     std::string tail = stops.push(decoder.flush(), stopped);

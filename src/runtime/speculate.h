@@ -1,12 +1,16 @@
 #pragma once
 // Speculative decoding's draft sources and the drafting policy (generate() verifies the drafts:
 // one forward over the fed token and its k drafts gives k + 1 positions' logits, the drafts the
-// sampler would have picked are kept, the rest dropped from the cache).
+// sampler accepts are kept, the rest dropped from the cache).
 
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <vector>
+
+#include "moerun/engine.h"
+#include "moerun/generate.h"
+#include "moerun/sampler.h"
 
 namespace moerun::runtime {
 
@@ -16,10 +20,18 @@ namespace moerun::runtime {
 size_t ngram_draft(std::span<const int32_t> history, size_t max_draft, std::vector<int32_t>& out, size_t max_n = 4,
                    size_t min_n = 2);
 
-// How many tokens to draft next. Drafting costs little when the step is memory-bound, but rejected
-// drafts cost their attention and their rows: the length follows what was accepted (doubling after
-// a fully accepted draft, halving after a rejected first token), and after kColdLimit verifications
-// in a row that accepted nothing, drafting pauses for kPause tokens.
+// How many tokens to draft next (speculation must never cost much when the drafts are wrong).
+//  - Length: doubles after a fully accepted draft, halves after a rejected first token.
+//  - Cold rule: after kColdLimit verifications in a row that accepted nothing, drafting pauses.
+//  - Cost rule (drafters that run a model: a draft model, the MTP layer): each verification
+//    reports what its drafting cost, in target decode steps (k draft tokens of a model whose step
+//    costs c target steps: about k * c). A verification saves `accepted` target steps, so drafting
+//    pays while the mean accepted tokens per verification stays above the mean cost; once kWindow
+//    verifications (since the start or the last pause) say it does not, drafting pauses.
+//  - Pauses: kPause tokens, doubling each time drafting is found not to pay again right after a
+//    pause (up to kMaxPause), back to kPause once a whole window paid. After a pause drafting
+//    resumes as a probe: a fresh window of kWindow verifications judges it.
+// Prompt lookup reports cost 0 (only the cold rule pauses it).
 class DraftPolicy {
  public:
   explicit DraftPolicy(size_t max_draft) : max_(max_draft), next_(max_draft) {}
@@ -31,14 +43,78 @@ class DraftPolicy {
     }
     return next_;
   }
-  void record(size_t drafted, size_t accepted);
+  // A verification of `drafted` tokens accepted `accepted`; drafting them cost `cost` target steps.
+  void record(size_t drafted, size_t accepted, double cost = 0.0);
+  bool paused() const noexcept { return pause_ > 0; }
 
   static constexpr int kColdLimit = 4;
   static constexpr int kPause = 16;
+  static constexpr int kMaxPause = 512;
+  static constexpr int kWindow = 4;
 
  private:
   size_t max_, next_;
-  int cold_ = 0, pause_ = 0;
+  int cold_ = 0, pause_ = 0, backoff_ = kPause, seen_ = 0;
+  double gain_ = 0.0, cost_ = 0.0;  // mean accepted tokens and drafting cost per verification (EMA after 8)
+};
+
+// Where drafts come from, one case per SpecKind, and the policy deciding how many. generate() asks
+// for drafts after each token it feeds alone (propose), verifies them row by row (q gives each
+// draft's distribution for Sampler::verify) and reports the outcome (record).
+//  - ngram: prompt lookup over the history; one-hot.
+//  - draft: a smaller model's session (GenerateOptions::draft). It holds a prefix of the history
+//    (tracked here): before drafting it is truncated to the longest common prefix (a rejected draft
+//    leaves) and fed the missing tokens in one forward, then drafts autoregressively with its own
+//    Sampler (the target's parameters, a seed derived from the target's). Greedy target: greedy
+//    drafts, one-hot. Sampling: each draft's full distribution q is kept (ids [0, min(V_draft,
+//    V_target)), renormalized there) for the verification; a draft token >= V_target ends the
+//    draft. Drafting stops at the draft session's context (no error).
+//  - mtp: Session::mtp_draft of the target session; one-hot.
+// Cost (DraftPolicy's cost rule): GenerateOptions::draft_cost per draft-model forward or MTP draft
+// token when given; otherwise, for greedy decoding only, measured with steady_clock (the drafter's
+// time per verification over the target's mean step time: timing may decide when to draft, which
+// cannot change greedy tokens); sampling without draft_cost has no cost rule, so that a seed keeps
+// deciding every token.
+class Drafter {
+ public:
+  // `cached`: the tokens of `history` the target session held on entry (a draft session keeps at
+  // most that many of its own; see GenerateOptions::draft). `target_vocab`: the target's logits width.
+  Drafter(SpecKind kind, Session& target, const GenerateOptions& options, const Sampler& sampler, std::span<const int32_t> prompt,
+          int64_t cached, size_t target_vocab, size_t room);
+
+  // Drafts up to min(policy, fits) tokens to follow `history` (its last token sampled and not yet
+  // fed to the target). Returns how many (0: none now); they are drafts().
+  size_t propose(std::span<const int32_t> history, size_t fits);
+  const std::vector<int32_t>& drafts() const noexcept { return drafts_; }
+  // Draft i's distribution over the target's ids (empty: one-hot, the draft was certain).
+  std::span<const float> q(size_t i) const noexcept;
+  // The verification of the last proposal is over: `accepted` of its drafts were taken.
+  void record(size_t drafted, size_t accepted);
+  // Measuring: whether generate() should time the target's forwards, and one forward's time.
+  bool timed() const noexcept { return timed_; }
+  void target_step(double seconds) noexcept;
+  // Generation is over: the draft session keeps only what agrees with `history`.
+  void finish(std::span<const int32_t> history);
+
+ private:
+  size_t from_draft_model(std::span<const int32_t> history, size_t want);
+
+  SpecKind kind_;
+  Session& target_;
+  Session* draft_ = nullptr;
+  DraftPolicy policy_;
+  double fixed_cost_ = 0.0;  // options.draft_cost
+  bool timed_ = false;
+  double draft_seconds_ = 0.0, target_step_ = 0.0;  // the last proposal's time; EMA of target steps
+  size_t forwards_ = 0;                              // draft-model forwards of the last proposal
+  std::vector<int32_t> drafts_;
+  // Draft model.
+  Sampler draft_sampler_;
+  bool one_hot_ = true;
+  size_t target_vocab_ = 0, qwidth_ = 0;
+  std::vector<int32_t> held_;  // what the draft session's cache holds
+  size_t synced_ = 0;          // held_[0, synced_) is known to agree with the history
+  std::vector<float> q_;       // [kMaxDraft, qwidth_]
 };
 
 }  // namespace moerun::runtime

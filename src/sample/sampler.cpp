@@ -167,17 +167,7 @@ std::vector<float> Sampler::distribution(std::span<const float> logits, std::spa
   return probs_;
 }
 
-int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {
-  if (params_.greedy()) {
-    if (logits.empty()) throw Error("sampler", "no logits");
-    if (!params_.penalties()) return static_cast<int32_t>(argmax(logits));  // nothing to change: no copy
-    load(logits, history);
-    return static_cast<int32_t>(argmax(work_));
-  }
-  load(logits, history);
-  probabilities();
-  // Inverse CDF over token ids in order; the last kept token takes any rounding remainder.
-  const double u = rng_.uniform();
+int32_t Sampler::draw(double u) const {
   double cum = 0;
   int32_t last = 0;
   for (size_t i = 0; i < probs_.size(); ++i) {
@@ -187,6 +177,60 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
     if (u < cum) return last;
   }
   return last;
+}
+
+int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {
+  probs_valid_ = false;
+  if (params_.greedy()) {
+    if (logits.empty()) throw Error("sampler", "no logits");
+    if (!params_.penalties()) return static_cast<int32_t>(argmax(logits));  // nothing to change: no copy
+    load(logits, history);
+    return static_cast<int32_t>(argmax(work_));
+  }
+  load(logits, history);
+  probabilities();
+  probs_valid_ = true;
+  // Inverse CDF over token ids in order; the last kept token takes any rounding remainder.
+  return draw(rng_.uniform());
+}
+
+std::span<const float> Sampler::last_distribution() const noexcept {
+  return probs_valid_ ? std::span<const float>(probs_) : std::span<const float>();
+}
+
+int32_t Sampler::verify(std::span<const float> logits, std::span<const int32_t> history, int32_t draft,
+                        std::span<const float> draft_probs) {
+  if (params_.greedy()) return sample(logits, history);  // the argmax: accepted when it is the draft
+  probs_valid_ = false;
+  load(logits, history);
+  probabilities();
+  const bool inside = draft >= 0 && static_cast<size_t>(draft) < probs_.size();
+  const double p = inside ? probs_[static_cast<size_t>(draft)] : 0.0;
+  const bool one_hot = draft_probs.empty();
+  const double q = one_hot ? 1.0 : (draft >= 0 && static_cast<size_t>(draft) < draft_probs.size() ? draft_probs[static_cast<size_t>(draft)] : 0.0);
+  // Accept with probability min(1, p / q): u < p / q, written without the division (q = 0 with
+  // p > 0 accepts; p = 0 never does).
+  if (rng_.uniform() * q < p) return draft;
+  // The residual max(0, p - q), in place: its mass is positive whenever a rejection can happen
+  // (p(d) < q(d) means p exceeds q elsewhere). Rounding may leave it empty: p itself then.
+  double sum = 0;
+  if (one_hot) {
+    if (inside) probs_[static_cast<size_t>(draft)] = 0.0f;
+    for (float v : probs_) sum += v;
+  } else {
+    const size_t nq = std::min(draft_probs.size(), probs_.size());
+    for (size_t i = 0; i < probs_.size(); ++i) {
+      const float r = i < nq ? std::max(0.0f, probs_[i] - draft_probs[i]) : probs_[i];
+      probs_[i] = r;
+      sum += r;
+    }
+  }
+  if (!(sum > 0)) {  // p again (probabilities() warps work_ in place: load it anew)
+    load(logits, history);
+    probabilities();
+    sum = 1.0;
+  }
+  return draw(rng_.uniform() * sum);
 }
 
 }  // namespace moerun

@@ -68,5 +68,26 @@ TEST(SamplerAllocations, NoneOnceSized) {
   }
 }
 
+TEST(SamplerAllocations, VerifyNoneOnceSized) {
+  constexpr size_t kVocab = 4096;
+  std::vector<float> logits(kVocab), q(kVocab, 1.0f / kVocab);
+  for (size_t i = 0; i < kVocab; ++i) logits[i] = std::sin(static_cast<float>(i) * 0.37f) * 4.0f;
+  std::vector<int32_t> history;
+  for (int32_t i = 0; i < 100; ++i) history.push_back((i * 37) % static_cast<int32_t>(kVocab));
+  for (const SamplerParams& p : {SamplerParams{.temperature = 0.8f, .seed = 1},
+                                 SamplerParams{.temperature = 0.7f, .top_k = 40, .top_p = 0.9f, .repeat_penalty = 1.1f, .seed = 2},
+                                 SamplerParams{.temperature = 0.0f, .repeat_penalty = 1.1f}}) {
+    Sampler s(p);
+    s.verify(logits, history, 5, q);  // sizes the buffers
+    const long n = allocations_of([&] {
+      for (int32_t step = 0; step < 50; ++step) {
+        s.verify(logits, history, step, q);  // a draft from q
+        s.verify(logits, history, step);     // a certain draft
+      }
+    });
+    EXPECT_EQ(n, 0) << "temperature " << p.temperature;
+  }
+}
+
 }  // namespace
 }  // namespace moerun

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <vector>
 
 #include "moerun/error.h"
 #include "moerun/sampler.h"
@@ -195,6 +196,93 @@ TEST(Sampler, RngStreamIsFixed) {
   Rng again(0);
   EXPECT_EQ(again.next(), first);
   EXPECT_EQ(first, 0x99ec5f36cb75f2b4ull);
+}
+
+// Sampler::verify (speculative sampling): accepting a draft d drawn from q with probability
+// min(1, p(d) / q(d)) and drawing from norm(max(0, p - q)) otherwise gives tokens distributed as p.
+// Each check draws n = 40000 tokens; a frequency's binomial sd is at most 0.0025, allowed 5 sd.
+constexpr int kVerifyDraws = 40000;
+constexpr double kVerifyTol = 0.0125;
+
+TEST(SamplerVerify, GreedyIsTheArgmaxWhateverTheDraft) {
+  Sampler s({.temperature = 0.0f});
+  const std::vector<float> logits = log_probs({0.1, 0.6, 0.3});
+  for (int32_t d : {0, 1, 2, 7}) EXPECT_EQ(s.verify(logits, {}, d), 1) << d;
+  EXPECT_EQ(s.verify(logits, {}, 2, std::vector<float>{0.0f, 0.0f, 1.0f}), 1);
+  // With penalties: what sample() picks (the repeated token 1 loses to 2).
+  Sampler pen({.temperature = 0.0f, .repeat_penalty = 4.0f});
+  const std::vector<int32_t> history = {1};
+  EXPECT_EQ(pen.verify(std::vector<float>{0.0f, 2.0f, 1.0f}, history, 1), pen.sample(std::vector<float>{0.0f, 2.0f, 1.0f}, history));
+}
+
+TEST(SamplerVerify, CertainDraftIsAcceptedWithItsProbabilityAndTheRestFollowsP) {
+  const std::vector<double> p = {0.5, 0.3, 0.15, 0.05};
+  const std::vector<float> logits = log_probs({0.5, 0.3, 0.15, 0.05});
+  for (int32_t d : {0, 1, 3}) {
+    SCOPED_TRACE(d);
+    Sampler s({.seed = 7u + static_cast<uint64_t>(d)});
+    std::vector<int> counts(4, 0);
+    for (int i = 0; i < kVerifyDraws; ++i) ++counts[static_cast<size_t>(s.verify(logits, {}, d))];
+    // The draft comes back exactly when accepted: its frequency is the accept probability p(d); a
+    // rejection draws from p without d, so every token keeps its probability under p.
+    for (size_t t = 0; t < 4; ++t) EXPECT_NEAR(counts[t] / double(kVerifyDraws), p[t], kVerifyTol) << "token " << t;
+  }
+}
+
+TEST(SamplerVerify, ResidualNeverReturnsARejectedDraft) {
+  // top-k 2 removes token 2: a draft of it has p = 0 and is always rejected, for the kept tokens.
+  Sampler s({.top_k = 2, .seed = 3});
+  const std::vector<float> logits = log_probs({0.5, 0.3, 0.2});
+  std::vector<int> counts(3, 0);
+  for (int i = 0; i < 10000; ++i) ++counts[static_cast<size_t>(s.verify(logits, {}, 2))];
+  EXPECT_EQ(counts[2], 0);
+  EXPECT_NEAR(counts[0] / 10000.0, 0.625, 0.025);
+  // A draft outside the vocabulary has p = 0 too.
+  for (int i = 0; i < 100; ++i) EXPECT_LT(s.verify(logits, {}, 9), 2);
+  // A certain draft with p = 1 is always accepted, and the RNG draws once for it.
+  Sampler one({.top_k = 1, .seed = 5});
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(one.verify(logits, {}, 0), 0);
+}
+
+TEST(SamplerVerify, DraftsFromAnotherDistributionGiveP) {
+  // q differs from p everywhere (and gives mass to a token p removes): drafts are drawn from q with
+  // a separate RNG, verified against p; the tokens must follow p.
+  const std::vector<float> logits = log_probs({0.1, 0.2, 0.3, 0.4, 1e-9});
+  const std::vector<float> q = {0.4f, 0.3f, 0.1f, 0.05f, 0.15f};
+  Sampler s({.min_p = 0.01f, .seed = 11});  // min-p removes token 4: p = {0.1, 0.2, 0.3, 0.4, 0}
+  Rng draft_rng(99);
+  std::vector<int> counts(5, 0);
+  int accepted = 0;
+  for (int i = 0; i < kVerifyDraws; ++i) {
+    double u = draft_rng.uniform(), cum = 0;
+    int32_t d = 4;
+    for (int32_t t = 0; t < 5; ++t)
+      if (u < (cum += q[static_cast<size_t>(t)])) {
+        d = t;
+        break;
+      }
+    const int32_t got = s.verify(logits, {}, d, q);
+    accepted += got == d;
+    ++counts[static_cast<size_t>(got)];
+  }
+  const double want[] = {0.1, 0.2, 0.3, 0.4, 0.0};
+  for (size_t t = 0; t < 5; ++t) EXPECT_NEAR(counts[t] / double(kVerifyDraws), want[t], kVerifyTol) << "token " << t;
+  // Acceptance rate is sum_t min(p, q) = 0.1 + 0.2 + 0.1 + 0.05 + 0 = 0.45.
+  EXPECT_NEAR(accepted / double(kVerifyDraws), 0.45, kVerifyTol);
+  // A q shorter than the vocabulary is zero past its end (token 3 drafted with q = 0: accepted).
+  EXPECT_EQ(s.verify(logits, {}, 3, std::vector<float>{0.5f, 0.5f}), 3);
+}
+
+TEST(SamplerVerify, LastDistributionIsWhatSampleDrewFrom) {
+  Sampler s({.temperature = 0.7f, .top_k = 2, .seed = 1});
+  const std::vector<float> logits = log_probs({0.2, 0.5, 0.3});
+  s.sample(logits);
+  const std::vector<float> want = Sampler({.temperature = 0.7f, .top_k = 2}).distribution(logits);
+  ASSERT_EQ(s.last_distribution().size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(s.last_distribution()[i], want[i]);
+  Sampler g({.temperature = 0.0f});
+  g.sample(logits);
+  EXPECT_TRUE(g.last_distribution().empty());
 }
 
 TEST(Sampler, BadParametersAreErrors) {
