@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "moerun/engine.h"
+#include "moerun/generate.h"
 
 namespace moerun {
 
@@ -30,7 +31,7 @@ double measure_device_gemm_tflops();
 
 // Bytes one decode step reads at `context` cached positions: every weight except the embedding
 // table (one row) and the routed experts (only top-k per MoE layer, at the average expert size),
-// plus the KV cache rows attention reads.
+// plus the KV cache rows attention reads (not the multi-token-prediction layer's: it only drafts).
 double decode_bytes_per_token(const Engine& engine, double context);
 // Bytes one batched decode step of `sequences` sequences reads: the weights once (embedding: one
 // row per sequence), of each MoE layer's routed experts `experts_per_layer` distinct ones (top-k
@@ -57,6 +58,14 @@ struct BenchResult {
   int ranks = 1;
   double comm_bytes_per_token = 0;
   double comm_fraction = 0;
+  // Speculative decoding (bench_speculative): "ngram", "draft" or "mtp" on the speculating row,
+  // "none" on its plain row (the same prompt decoded without speculation); "" on every other test.
+  std::string spec{};
+  int64_t drafted = 0, accepted = 0;  // draft tokens verified and accepted, over the timed runs
+  int64_t steps = 0;                  // the target's decode forwards (after the prefill), over the timed runs
+  double acceptance() const { return drafted > 0 ? static_cast<double>(accepted) / static_cast<double>(drafted) : 0.0; }
+  // Accepted drafts per decode forward: each forward yields this many tokens beyond the one it verifies.
+  double accepted_per_step() const { return steps > 0 ? static_cast<double>(accepted) / static_cast<double>(steps) : 0.0; }
 };
 
 // pp: prefill `tokens` random ids into a session holding `depth` cached tokens; tg: decode `tokens`
@@ -73,6 +82,22 @@ struct BatchedBench {
   BenchResult prefill, decode;
 };
 BatchedBench bench_batched(const Engine& engine, int batch, int prompt, int tokens, int reps);
+
+// Speculative decoding on a real text (bench --spec): generate() decodes `tokens` tokens greedily
+// after `prompt` (EOS ignored, so every run makes exactly `tokens`), once with `spec` (the "tg{tokens}
+// spec {kind}" result) and once without (the "tg{tokens} prompt" result), the two alternating in every
+// repetition (and swapping order) so drift in the machine's speed hits both alike; one warm-up
+// pair, then `reps` timed ones. t/s counts the generated tokens over the decode time (the prefill
+// is not timed). `draft`: the draft model's session (SpecKind::draft; its context must hold the prompt
+// and the tokens), reset before every run as the target's is. `tokenizer`: the model's (the text is
+// decoded as run does); null: none is needed (a synthetic model; the text is not looked at).
+// bytes_per_token counts the target's weights and KV reads once per decode forward (the drafter's
+// reads are not counted), so the speculating row reads fewer bytes per token than the plain one.
+struct SpecBench {
+  BenchResult spec, plain;
+};
+SpecBench bench_speculative(const Engine& engine, Session* draft, std::span<const int32_t> prompt, SpecKind spec, int spec_max,
+                            int tokens, int reps, const Tokenizer* tokenizer = nullptr);
 
 // One row of bench's report: one test on one engine, with the ceilings it is compared with.
 struct BenchRow {
@@ -100,8 +125,10 @@ enum class BenchFormat : uint8_t { markdown, json, csv };
 // newline. All three come from one list of columns (name, JSON key, formatters): JSON and CSV carry
 // every column under the same keys -- model, size, params, backend, threads, kv_type, test, tokens,
 // tps_mean, tps_sd, tps (every repetition; in CSV one quoted field, space-separated),
-// bytes_per_token, gbps, ceiling_gbps, bw_fraction, tflops, gemm_ceiling_tflops, gemm_fraction --
-// and the table a readable subset.
+// bytes_per_token, gbps, ceiling_gbps, bw_fraction, tflops, gemm_ceiling_tflops, gemm_fraction,
+// ... ranks, comm_bytes_per_token, comm_fraction, then speculation's spec, drafted_tokens,
+// accepted_tokens, acceptance_rate (accepted / drafted), accepted_per_step -- and the table a readable
+// subset (speculation's columns only when some row is a speculative test).
 std::string format_bench(std::span<const BenchRow> rows, BenchFormat format);
 
 }  // namespace moerun

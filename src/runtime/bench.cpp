@@ -18,7 +18,9 @@
 #include <thread>
 
 #include "moerun/error.h"
+#include "moerun/generate.h"
 #include "moerun/sampler.h"
+#include "moerun/tokenizer.h"
 
 namespace moerun {
 namespace {
@@ -174,6 +176,7 @@ double decode_bytes_per_step(const Engine& engine, double contexts, int sequence
   // sizes). A tied LM head is read whole as the head.
   double total = 0.0, routed = 0.0;
   for_each_tensor(engine.weights(), [&](const WeightSite& site, LinearPart, const Tensor& t) {
+    if (site.mtp) return;  // the multi-token-prediction layer drafts; a decode step does not read it
     const auto b = static_cast<double>(t.nbytes());
     if (site.kind == WeightKind::table) total += b / static_cast<double>(c.vocab_size) * sequences;
     else if (site.routed()) routed += b;
@@ -265,6 +268,74 @@ BenchResult bench_decode(const Engine& engine, int tokens, int reps, int depth) 
   finish(r);
   r.bytes_per_token = decode_bytes_per_token(engine, depth + tokens / 2.0);  // mean cached length during the run
   r.gbps = r.bytes_per_token * r.mean / 1e9;
+  return r;
+}
+
+SpecBench bench_speculative(const Engine& engine, Session* draft, std::span<const int32_t> prompt, SpecKind spec, int spec_max,
+                            int tokens, int reps, const Tokenizer* tokenizer) {
+  using detail::cat;
+  if (spec == SpecKind::none) throw Error("bench", "a speculative test needs a kind of speculation (ngram, draft or mtp)");
+  if (spec == SpecKind::draft && !draft) throw Error("bench", "speculation with a draft model needs the draft model's session");
+  if (prompt.empty()) throw Error("bench", "a speculative test needs a prompt");
+  if (tokens < 1 || reps < 1) throw Error("bench", cat("a speculative test needs tokens and repetitions, found ", tokens, " and ", reps));
+  const int64_t need = static_cast<int64_t>(prompt.size()) + tokens;
+  if (draft && draft->context() < need)
+    throw Error("bench", cat("the draft model's session holds ", draft->context(), " positions; the prompt and the tokens need ", need));
+  // Without a tokenizer (random weights): one that knows no token; generate() decodes the ids to
+  // nothing, and the text is never looked at.
+  static const Tokenizer kNoText = Tokenizer::from_json(R"({"model": {"type": "BPE", "vocab": {}, "merges": []}})", "bench");
+  const Tokenizer& tok = tokenizer ? *tokenizer : kNoText;
+  Session session(engine, std::max<int64_t>(engine.default_context(), need));
+  SamplerParams greedy;
+  greedy.temperature = 0;
+  SpecBench r;
+  const std::string name = "tg" + std::to_string(tokens);
+  const char* kind = spec == SpecKind::ngram ? "ngram" : spec == SpecKind::draft ? "draft" : "mtp";
+  r.spec.test = name + " spec " + kind;
+  r.spec.spec = kind;
+  r.plain.test = name + " prompt";
+  r.plain.spec = "none";
+  for (BenchResult* x : {&r.spec, &r.plain}) {
+    x->tokens = tokens;
+    x->ranks = engine.ranks();
+  }
+  auto run = [&](bool speculate, bool timed) {
+    GenerateOptions go;
+    go.max_tokens = tokens;  // no EOS ids, no stop strings: exactly `tokens` every run
+    go.spec = speculate ? spec : SpecKind::none;
+    go.spec_max = spec_max;
+    go.draft = speculate && spec == SpecKind::draft ? draft : nullptr;
+    session.reset();
+    if (draft) draft->reset();
+    Sampler sampler(greedy);
+    const GenerateResult g = generate(session, tok, sampler, prompt, go, [](std::string_view) { return true; });
+    if (g.generated_tokens != tokens)
+      throw Error("bench", cat("the ", speculate ? kind : "plain", " run stopped after ", g.generated_tokens, " of ", tokens,
+                               " tokens (", g.finish_reason, ")"));
+    if (!timed) return;
+    BenchResult& x = speculate ? r.spec : r.plain;
+    x.tps.push_back(g.gen_tps());
+    x.drafted += g.drafted_tokens;
+    x.accepted += g.accepted_tokens;
+    // The first token comes from the prefill's logits; each decode forward then yields one token
+    // plus the drafts it accepted (the last token sampled is never fed).
+    x.steps += std::max<int64_t>(0, g.generated_tokens - 1 - g.accepted_tokens);
+  };
+  for (int rep = -1; rep < reps; ++rep) {  // rep -1: warm-up; odd repetitions run the plain one first
+    const bool spec_first = rep % 2 == 0 || rep < 0;
+    run(spec_first, rep >= 0);
+    run(!spec_first, rep >= 0);
+  }
+  finish(r.spec);
+  finish(r.plain);
+  // Bytes: every decode forward reads the target's weights once and the cache so far (the mean
+  // cached length during the run); the drafter's reads are not counted.
+  const double per_forward = decode_bytes_per_token(engine, static_cast<double>(prompt.size()) + tokens / 2.0);
+  for (BenchResult* x : {&r.spec, &r.plain}) {
+    const double produced = static_cast<double>(reps) * std::max(tokens - 1, 1);  // tokens that came from decode forwards
+    x->bytes_per_token = x->steps > 0 ? per_forward * static_cast<double>(x->steps) / produced : per_forward;
+    x->gbps = x->bytes_per_token * x->mean / 1e9;
+  }
   return r;
 }
 

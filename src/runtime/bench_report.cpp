@@ -32,6 +32,9 @@ std::string printf1(const char* format, double v) {
 }
 
 bool is_decode(const BenchRow& x) { return x.result.bytes_per_token > 0; }
+bool is_speculating(const BenchRow& x) { return !x.result.spec.empty() && x.result.spec != "none"; }
+// A speculation column's cell: the value on a speculating row, "-" on the others.
+std::string spec_cell(const BenchRow& x, std::string value) { return is_speculating(x) ? value : std::string("-"); }
 double bw_fraction(const BenchRow& x) { return x.result.gbps > 0 ? x.result.gbps / x.ceiling_gbps : 0.0; }
 double gemm_fraction(const BenchRow& x) { return x.gemm_ceiling_tflops > 0 ? x.tflops / x.gemm_ceiling_tflops : 0.0; }
 
@@ -51,6 +54,7 @@ struct Column {
   bool md_gemm_only = false;              // shown only when some row has a GEMM ceiling
   bool md_batch_only = false;             // shown only when some row decodes several sequences (bench -b)
   bool md_ranks_only = false;             // shown only when some row ran on several ranks (mpirun)
+  bool md_spec_only = false;              // shown only when some row is a speculative test (bench --spec)
   std::string (*md)(const BenchRow&) = nullptr;
 };
 
@@ -132,6 +136,19 @@ const Column kColumns[] = {
      }},
     {.key = "comm_fraction", .value = [](const BenchRow& x) -> Value { return x.result.comm_fraction; },
      .md_title = "% comm", .md_ranks_only = true, .md = [](const BenchRow& x) { return printf1("%.1f", 100.0 * x.result.comm_fraction); }},
+    // Speculative decoding (bench --spec): after the columns scripts already read. The plain row of
+    // a speculative test says "none"; other tests "".
+    {.key = "spec", .value = [](const BenchRow& x) -> Value { return x.result.spec; }, .csv_quote = false},
+    {.key = "drafted_tokens", .value = [](const BenchRow& x) -> Value { return x.result.drafted; },
+     .md_title = "drafted", .md_spec_only = true, .md = [](const BenchRow& x) { return spec_cell(x, std::to_string(x.result.drafted)); }},
+    {.key = "accepted_tokens", .value = [](const BenchRow& x) -> Value { return x.result.accepted; },
+     .md_title = "accepted", .md_spec_only = true, .md = [](const BenchRow& x) { return spec_cell(x, std::to_string(x.result.accepted)); }},
+    {.key = "acceptance_rate", .value = [](const BenchRow& x) -> Value { return x.result.acceptance(); },
+     .md_title = "% accepted", .md_spec_only = true,
+     .md = [](const BenchRow& x) { return spec_cell(x, printf1("%.1f", 100.0 * x.result.acceptance())); }},
+    {.key = "accepted_per_step", .value = [](const BenchRow& x) -> Value { return x.result.accepted_per_step(); },
+     .md_title = "accepted/step", .md_spec_only = true,
+     .md = [](const BenchRow& x) { return spec_cell(x, printf1("%.2f", x.result.accepted_per_step())); }},
 };
 
 std::string csv_cell(const Column& c, const Value& v) {
@@ -151,8 +168,10 @@ std::string markdown(std::span<const BenchRow> rows) {
   const bool gemm = std::any_of(rows.begin(), rows.end(), [](const BenchRow& x) { return x.gemm_ceiling_tflops > 0; });
   const bool batched = std::any_of(rows.begin(), rows.end(), [](const BenchRow& x) { return x.result.batch > 1; });
   const bool ranks = std::any_of(rows.begin(), rows.end(), [](const BenchRow& x) { return x.result.ranks > 1; });
+  const bool spec = std::any_of(rows.begin(), rows.end(), [](const BenchRow& x) { return !x.result.spec.empty(); });
   auto shown = [&](const Column& c) {
-    return c.md && (gemm || !c.md_gemm_only) && (batched || !c.md_batch_only) && (ranks || !c.md_ranks_only);
+    return c.md && (gemm || !c.md_gemm_only) && (batched || !c.md_batch_only) && (ranks || !c.md_ranks_only) &&
+           (spec || !c.md_spec_only);
   };
   std::string title = "|", rule = "|";
   for (const Column& c : kColumns)

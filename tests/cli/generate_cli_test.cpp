@@ -83,6 +83,92 @@ TEST(RunCli, SpeculationKeepsTheTextAndCountsDrafts) {
   EXPECT_EQ(run_cli("run -q --spec ngram --spec-max 16 -p hi").code, 2);  // past the exact range
 }
 
+// --spec draft with the default model as its own draft: greedy text as plain decoding gives it,
+// every draft accepted (the draft picks what the target then picks). --draft-model alone means
+// --spec draft.
+TEST(RunCli, DraftModelSpeculationKeepsTheText) {
+  REQUIRE_DEFAULT_MODEL();
+  const std::string prompt = "-p 'Write a short poem about the sea.'";
+  const std::string self = "'" + default_model().string() + "'";
+  const CliRun plain = run_cli("run --temp 0 -q --json -n 24 " + prompt);
+  const CliRun spec = run_cli("run --temp 0 -q --json -n 24 --spec draft --spec-max 4 --draft-model " + self + " " + prompt);
+  const CliRun implied = run_cli("run --temp 0 -q --json -n 24 --draft-model " + self + " " + prompt);
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  ASSERT_EQ(spec.code, 0) << spec.err;
+  ASSERT_EQ(implied.code, 0) << implied.err;
+  const auto a = testing::Json::parse(plain.out), b = testing::Json::parse(spec.out), c = testing::Json::parse(implied.out);
+  EXPECT_EQ(b["text"], a["text"]);
+  EXPECT_EQ(b["generated_tokens"], a["generated_tokens"]);
+  EXPECT_GT(b["drafted_tokens"].get<int64_t>(), 0);
+  EXPECT_EQ(b["accepted_tokens"], b["drafted_tokens"]);
+  EXPECT_EQ(c["text"], a["text"]);
+  EXPECT_GT(c["drafted_tokens"].get<int64_t>(), 0);
+}
+
+// What cannot speculate says so: --spec draft without a draft model (usage, 2), a draft model whose
+// tokenizer gives an id another token (1), --spec mtp on a model without an MTP layer (1), a draft
+// model with another --spec (2).
+TEST(RunCli, SpeculationErrorsNameTheProblem) {
+  REQUIRE_DEFAULT_MODEL();
+  const CliRun no_draft = run_cli("run -q --spec draft -p hi");
+  EXPECT_EQ(no_draft.code, 2);
+  EXPECT_NE(no_draft.err.find("--draft-model"), std::string::npos) << no_draft.err;
+  EXPECT_EQ(run_cli("run -q --spec ngram --draft-model '" + default_model().string() + "' -p hi").code, 2);
+
+  // A draft directory whose tokenizer.json swaps the tokens of ids 1000 and 1001 (the rest is the model's).
+  const fs::path other = testing::fresh_dir("draft_other_tokenizer");
+  for (const char* name : {"config.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"})
+    fs::create_symlink(default_model() / name, other / name);
+  auto tok = nlohmann::json::parse(testing::read_file(default_model() / "tokenizer.json"));
+  auto& vocab = tok["model"]["vocab"];
+  for (auto& entry : vocab.items())
+    if (entry.value() == 1000) entry.value() = -1;
+  for (auto& entry : vocab.items())
+    if (entry.value() == 1001) entry.value() = 1000;
+  for (auto& entry : vocab.items())
+    if (entry.value() == -1) entry.value() = 1001;
+  testing::write_file(other / "tokenizer.json", tok.dump());
+  const CliRun differs = run_cli("run -q --draft-model '" + other.string() + "' -p hi");
+  EXPECT_EQ(differs.code, 1);
+  EXPECT_NE(differs.err.find("tokenizer"), std::string::npos) << differs.err;
+  EXPECT_NE(differs.err.find(other.string()), std::string::npos) << differs.err;
+
+  const CliRun mtp = run_cli("run -q --spec mtp -p hi");
+  EXPECT_EQ(mtp.code, 1);
+  EXPECT_NE(mtp.err.find("MTP"), std::string::npos) << mtp.err;
+  EXPECT_NE(mtp.err.find("num_nextn_predict_layers"), std::string::npos) << mtp.err;
+}
+
+// bench --spec: the speculating row and the plain row on the same prompt, with the counts.
+TEST(BenchCli, SpeculativeTestRows) {
+  REQUIRE_DEFAULT_MODEL();
+  const fs::path dir = testing::fresh_dir("bench_spec");
+  testing::write_file(dir / "prompt.txt",
+                      "Repeat this list exactly, twice: one two three four five six seven eight nine ten. "
+                      "one two three four five six seven eight nine ten.");
+  const CliRun r = run_cli("bench --spec ngram --spec-max 4 --spec-prompt '" + (dir / "prompt.txt").string() + "' -n 16 -r 1 -p 0 -o json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 2u) << r.out;
+  EXPECT_EQ(j[0]["test"], "tg16 spec ngram");
+  EXPECT_EQ(j[0]["spec"], "ngram");
+  EXPECT_EQ(j[1]["test"], "tg16 prompt");
+  EXPECT_EQ(j[1]["spec"], "none");
+  for (const auto& row : j) {
+    EXPECT_EQ(row["tokens"], 16);
+    EXPECT_GT(row["tps_mean"].get<double>(), 0.0);
+    EXPECT_LE(row["accepted_tokens"].get<int64_t>(), row["drafted_tokens"].get<int64_t>());
+    for (const char* key : {"acceptance_rate", "accepted_per_step"}) EXPECT_TRUE(row.contains(key)) << key;
+  }
+  EXPECT_GT(j[0]["drafted_tokens"].get<int64_t>(), 0);
+  EXPECT_EQ(j[1]["drafted_tokens"], 0);
+
+  const CliRun no_prompt = run_cli("bench --spec ngram -n 16 -r 1 -p 0");
+  EXPECT_EQ(no_prompt.code, 2);
+  EXPECT_NE(no_prompt.err.find("--spec-prompt"), std::string::npos) << no_prompt.err;
+  EXPECT_EQ(run_cli("bench --spec-prompt '" + (dir / "prompt.txt").string() + "' -n 16 -p 0").code, 2);  // no --spec
+}
+
 TEST(RunCli, StopStringsAndTokenLimits) {
   REQUIRE_DEFAULT_MODEL();
   const CliRun stop = run_cli("run --temp 0 -q --json --stop Paris -p 'What is the capital of France?'");

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "moerun/bench.h"
+#include "moerun/error.h"
 #include "support/golden.h"
 #include "support/writer.h"
 
@@ -76,6 +77,63 @@ TEST(Bench, ResultsHaveOneRatePerRepetition) {
   EXPECT_DOUBLE_EQ(tg.bytes_per_token, decode_bytes_per_token(engine, 2));
   EXPECT_NEAR(tg.gbps, tg.bytes_per_token * tg.mean / 1e9, 1e-12);
   EXPECT_GT(measure_read_bandwidth(1, 8 << 20).gbps, 0);
+}
+
+// bench --spec: the speculating run and the plain one on the same prompt, each `reps` timed runs of
+// exactly `tokens` greedy tokens; the engine as its own draft model accepts every draft.
+TEST(Bench, SpeculativeTestPairsTheSpeculatingAndPlainRuns) {
+  const Engine engine = Engine::load(golden_dir("llama"));
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 24; ++i) prompt.push_back(5 + i % 6);  // repeats: prompt lookup finds drafts
+  const SpecBench ngram = bench_speculative(engine, nullptr, prompt, SpecKind::ngram, 4, 12, 3);
+  EXPECT_EQ(ngram.spec.test, "tg12 spec ngram");
+  EXPECT_EQ(ngram.spec.spec, "ngram");
+  EXPECT_EQ(ngram.plain.test, "tg12 prompt");
+  EXPECT_EQ(ngram.plain.spec, "none");
+  for (const BenchResult* r : {&ngram.spec, &ngram.plain}) {
+    EXPECT_EQ(r->tokens, 12);
+    ASSERT_EQ(r->tps.size(), 3u);
+    EXPECT_GT(r->mean, 0);
+    EXPECT_GT(r->bytes_per_token, 0);  // a decode row
+    EXPECT_LE(r->accepted, r->drafted);
+    // Each run: 11 tokens from decode forwards, each forward one token plus the drafts it accepted.
+    EXPECT_EQ(r->steps + r->accepted, 3 * 11);
+  }
+  EXPECT_EQ(ngram.plain.drafted, 0);
+  EXPECT_DOUBLE_EQ(ngram.plain.bytes_per_token, decode_bytes_per_token(engine, 24 + 6));
+  // Fewer forwards than tokens: fewer weight bytes per token.
+  EXPECT_NEAR(ngram.spec.bytes_per_token, ngram.plain.bytes_per_token * static_cast<double>(ngram.spec.steps) / 33.0, 1e-6);
+
+  Session draft(engine, 64);
+  const SpecBench self = bench_speculative(engine, &draft, prompt, SpecKind::draft, 4, 12, 1);
+  EXPECT_EQ(self.spec.test, "tg12 spec draft");
+  EXPECT_GT(self.spec.drafted, 0);
+  EXPECT_EQ(self.spec.accepted, self.spec.drafted);  // the same model drafts what it then picks
+  EXPECT_GT(self.spec.accepted_per_step(), 0.0);
+
+  EXPECT_THROW(bench_speculative(engine, nullptr, prompt, SpecKind::draft, 4, 12, 1), Error);  // no draft session
+  EXPECT_THROW(bench_speculative(engine, nullptr, prompt, SpecKind::none, 4, 12, 1), Error);
+  EXPECT_THROW(bench_speculative(engine, nullptr, {}, SpecKind::ngram, 4, 12, 1), Error);
+}
+
+// bench --spec mtp on random weights (bench --synthetic): the MTP layer drafts, and a decode step's
+// bytes leave it out (it is the drafter's, not the step's).
+TEST(Bench, MtpSpeculationOnASyntheticModel) {
+  const fs::path dir = testing::fresh_dir("synthetic_mtp");
+  auto config_json = testing::tiny_config("deepseek_v3");
+  config_json["num_nextn_predict_layers"] = 1;
+  testing::write_file(dir / "config.json", config_json.dump());
+  const ModelConfig config = load_model_config(dir / "config.json");
+  const Engine plain = Engine::from_model(Model::synthetic(config, 7));
+  const Engine mtp = Engine::from_model(Model::synthetic(config, 7, /*lazy=*/false, /*mtp=*/true), {.mtp = true});
+  ASSERT_TRUE(mtp.has_mtp());
+  EXPECT_DOUBLE_EQ(decode_bytes_per_token(mtp, 10), decode_bytes_per_token(plain, 10));
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 16; ++i) prompt.push_back(3 + (i * 37) % 500);
+  const SpecBench r = bench_speculative(mtp, nullptr, prompt, SpecKind::mtp, 2, 8, 1);
+  EXPECT_EQ(r.spec.test, "tg8 spec mtp");
+  EXPECT_EQ(r.spec.steps + r.spec.accepted, 7);
+  EXPECT_LE(r.spec.accepted, r.spec.drafted);
 }
 
 }  // namespace

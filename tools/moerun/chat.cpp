@@ -107,17 +107,26 @@ struct Chat {
   SamplerParams params;
   Sampler sampler;
   Session session;
+  std::optional<Session> draft;  // --spec draft: the draft model's session, beside `session`
   Conversation conversation;  // the messages, the system prompt and what the session's cache holds
   bool tty, hide_think;
   GenerateResult last;
 
   Chat(LoadedModel model, GenerationFlags& f, bool is_tty, bool hide)
       : m(std::move(model)), flags(f), params(f.sampler_params(m.dir)), sampler(params),
-        session(m.engine, m.engine.default_context()), conversation(m.conversation(f)), tty(is_tty), hide_think(hide) {}
+        session(m.engine, m.engine.default_context()), conversation(m.conversation(f)), tty(is_tty), hide_think(hide) {
+    if (m.draft) draft.emplace(m.draft->session());
+  }
+
+  // The target's cache was dropped: the draft's goes too (generate() brings it up to date again).
+  void forget_draft() {
+    if (draft) draft->reset();
+  }
 
   void reset() {
     conversation.clear();
     conversation.forget_cache(&session);
+    forget_draft();
   }
 
   void answer(const std::string& user) {
@@ -137,7 +146,7 @@ struct Chat {
       std::fprintf(stderr, "moerun: %s\n", what.c_str());
       return;
     }
-    GenerateOptions go = m.generate_options(flags);
+    GenerateOptions go = m.generate_options(flags, draft ? &*draft : nullptr);
     ThinkFilter out(tty, hide_think);
     // Ctrl+C (or SIGTERM) stops this answer; the session's InterruptGuard catches it.
     InterruptGuard::clear();
@@ -150,6 +159,7 @@ struct Chat {
       });
     } catch (...) {
       conversation.pop_message();  // the reply reset the session: the next turn prefills from the start
+      forget_draft();
       throw;
     }
     out.finish();
@@ -218,6 +228,7 @@ struct Chat {
       throw Error(file, e.detail());
     }
     conversation.forget_cache(&session);
+    forget_draft();
   }
 
   // Returns false to leave.

@@ -9,20 +9,92 @@
 
 #include "cli_io.h"
 #include "moerun/commands.h"
+#include "moerun/error.h"
 #include "validators.h"
 
 namespace moerun::cli {
+
+using detail::cat;
+
+void SpecFlags::add_to(CLI::App* a, bool bench, std::function<void()> also) {
+  const std::string what =
+      bench ? "speculative decoding test: -n tokens decoded greedily after --spec-prompt's text with speculation (row "
+              "\"tg<n> spec KIND\") and without (row \"tg<n> prompt\"), alternating per repetition; replaces the tg tests. "
+              "Kinds: "
+            : "speculative decoding: draft tokens cheaply, verify them in one forward, keep those the sampler picks; "
+              "greedy output is token for token the same, sampled output has the same distribution (speculative "
+              "sampling). ";
+  a->add_option("--spec", spec,
+                what + "ngram (prompt lookup: the tokens that followed the last few tokens' latest earlier occurrence), "
+                       "draft (a smaller model with the same tokenizer, --draft-model), mtp (DeepSeek-V3's "
+                       "multi-token-prediction layer, loaded for it), or none")
+      ->check(CLI::IsMember({"none", "ngram", "draft", "mtp"}));
+  a->add_option("--spec-max", spec_max, "with --spec: most draft tokens per step")->check(integer_in(1, kMaxDraft));
+  a->add_option("--draft-model", draft_model,
+                "the draft model's directory for --spec draft (implies it): the same tokenizer as the model, loaded "
+                "with the same engine flags");
+  // Usage errors (exit 2), found as the command line is parsed.
+  a->parse_complete_callback([this, also = std::move(also)] {
+    if (spec == "draft" && draft_model.empty())
+      throw CLI::ValidationError("--spec", "--spec draft needs the draft model: --draft-model DIR");
+    if (!draft_model.empty() && spec != "none" && spec != "draft")
+      throw CLI::ValidationError("--draft-model", "a draft model goes with --spec draft, not --spec " + spec);
+    if (also) also();
+  });
+}
+
+SpecKind SpecFlags::kind() const {
+  if (spec == "ngram") return SpecKind::ngram;
+  if (spec == "mtp") return SpecKind::mtp;
+  if (spec == "draft" || !draft_model.empty()) return SpecKind::draft;
+  return SpecKind::none;
+}
+
+void SpecFlags::check_launch() const {
+  const SpecKind k = kind();
+  if (launch_size() > 1 && (k == SpecKind::draft || k == SpecKind::mtp))
+    throw Error("--spec " + std::string(k == SpecKind::draft ? "draft" : "mtp"),
+                "speculation with a draft model or MTP runs in one process (not under mpirun) for now; --spec ngram works there");
+}
+
+DraftModel load_draft_model(const std::string& dir, const Tokenizer& target_tokenizer, EngineOptions options,
+                            int64_t target_context, bool context_override, bool quiet) {
+  const auto t0 = std::chrono::steady_clock::now();
+  // The tokenizer first: a draft that cannot share the target's ids is refused before its weights load.
+  const Tokenizer tokenizer = Tokenizer::load(dir);
+  try {
+    check_draft_tokenizer(target_tokenizer, tokenizer);
+  } catch (const Error& e) {
+    throw Error("--draft-model " + dir, cat("its tokenizer differs from the model's: ", e.detail()));
+  }
+  Model model = Model::load(dir);
+  DraftModel d;
+  d.dir = dir;
+  d.context = target_context;
+  const int64_t max_positions = model.config().max_position_embeddings;
+  if (!context_override && max_positions > 0) d.context = std::min(d.context, max_positions);
+  options.context = d.context;
+  options.context_override = context_override;
+  options.mtp = false;
+  options.progress = nullptr;
+  if (!quiet) open_progress("# loading draft model " + dir + " ...");
+  d.engine = std::make_unique<Engine>(Engine::from_model(std::move(model), options));
+  if (!quiet) {
+    char tail[160];
+    std::snprintf(tail, sizeof tail, " done in %.2f s (%s, %lld-token context)",
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                  d.engine->config().architecture.c_str(), static_cast<long long>(d.context));
+    close_progress(tail);
+  }
+  return d;
+}
 
 void GenerationFlags::add_to(CLI::App* a) {
   app = a;
   constexpr int64_t kMaxTokens = int64_t{1} << 31;
   a->add_option("-m,--model", model, "model directory (default: $MOERUN_MODEL or models/default)");
   a->add_option("-n,--n-predict", max_tokens, "most tokens to generate")->check(integer_in(1, kMaxTokens));
-  a->add_option("--spec", spec,
-                "speculative decoding: ngram (prompt lookup: drafts the tokens that followed the last few tokens' latest "
-                "earlier occurrence; greedy sampling only, the output is unchanged) or none")
-      ->check(CLI::IsMember({"none", "ngram"}));
-  a->add_option("--spec-max", spec_max, "with --spec: most draft tokens per step")->check(integer_in(1, kMaxDraft));
+  spec.add_to(a);
   a->add_option("-t,--threads", threads, "CPU threads (default: one per hardware thread)")->check(thread_count());
   a->add_option("-c,--ctx", context, "context length in tokens (default: the model's, at most 4096)")->check(integer_in(1, kMaxTokens));
   a->add_flag("--ctx-override", context_override, "allow -c above the model's max_position_embeddings (output degrades)");
@@ -65,14 +137,21 @@ Conversation LoadedModel::conversation(const GenerationFlags& flags) const {
   return c;
 }
 
-GenerateOptions LoadedModel::generate_options(const GenerationFlags& flags) const {
+GenerateOptions LoadedModel::generate_options(const GenerationFlags& flags, Session* draft_session) const {
   GenerateOptions go;
   go.max_tokens = flags.max_tokens;
-  go.spec = flags.spec == "ngram" ? SpecKind::ngram : SpecKind::none;
-  go.spec_max = flags.spec_max;
+  go.spec = flags.spec.kind();
+  go.spec_max = flags.spec.spec_max;
+  go.draft = go.spec == SpecKind::draft ? draft_session : nullptr;
   go.stop = flags.stop;
   go.eos_ids = eos_ids;
   return go;
+}
+
+void check_mtp(const std::string& dir, const ModelConfig& config) {
+  if (config.num_nextn_predict_layers > 0) return;
+  throw Error(dir, cat("--spec mtp needs a multi-token-prediction (MTP) layer and this model has none (", config.architecture,
+                       ", num_nextn_predict_layers 0; DeepSeek-V3 checkpoints carry one)"));
 }
 
 void follow_if_worker(const Engine& engine) {
@@ -84,13 +163,16 @@ void follow_if_worker(const Engine& engine) {
 LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
   quiet = quiet || launch_rank() != 0;  // the leader alone prints
   const std::string dir = flags.model.empty() ? default_model_dir() : flags.model;
+  flags.spec.check_launch();
   const auto t0 = std::chrono::steady_clock::now();
   EngineOptions eo;
   eo.threads = flags.threads;
   eo.context = flags.context;
   eo.context_override = flags.context_override;
   flags.engine.apply(eo);
+  eo.mtp = flags.spec.kind() == SpecKind::mtp;
   Model model = Model::load(dir);
+  if (eo.mtp) check_mtp(dir, model.config());
   if (flags.context_override && flags.context > model.config().max_position_embeddings)
     std::fprintf(stderr, "moerun: warning: -c %lld is above the model's max_position_embeddings (%lld): output past it degrades\n",
                  static_cast<long long>(flags.context), static_cast<long long>(model.config().max_position_embeddings));
@@ -107,7 +189,7 @@ LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
   }
   Engine engine = Engine::from_model(std::move(model), eo);
   follow_if_worker(engine);
-  LoadedModel m{dir, std::move(engine), Tokenizer::load(dir), std::nullopt, {}};
+  LoadedModel m{dir, std::move(engine), Tokenizer::load(dir), std::nullopt, {}, std::nullopt};
   const ModelFiles& files = m.engine.model().files();
   if (files.has_chat_template) m.chat_template = ChatTemplate::load(dir);
   m.eos_ids = m.tokenizer.eos_ids();
@@ -121,6 +203,11 @@ LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
                   m.engine.config().architecture.c_str(), static_cast<long long>(m.engine.default_context()),
                   m.engine.backend() == BackendKind::cuda ? "CUDA" : "CPU");
     close_progress(tail);
+  }
+  if (flags.spec.kind() == SpecKind::draft) {
+    EngineOptions deo = eo;
+    deo.progress = nullptr;
+    m.draft = load_draft_model(flags.spec.draft_model, m.tokenizer, deo, m.engine.default_context(), flags.context_override, quiet);
   }
   return m;
 }

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -59,7 +60,9 @@ void add_run_command(CLI::App& root, std::vector<Command>& commands) {
     }
     Sampler sampler(opt->gen.sampler_params(m.dir));
     Session session(m.engine, std::max<int64_t>(m.engine.default_context(), 0));
-    GenerateOptions go = m.generate_options(opt->gen);
+    std::optional<Session> draft;  // --spec draft: the draft model's session beside the target's
+    if (m.draft) draft.emplace(m.draft->session());
+    GenerateOptions go = m.generate_options(opt->gen, draft ? &*draft : nullptr);
     // SIGINT/SIGTERM stop generating: what was produced is printed and the exit code says why.
     InterruptGuard guard;
     go.interrupted = [] { return InterruptGuard::signal() != 0; };

@@ -37,6 +37,10 @@ struct ServeFlags {
 };
 
 int serve(const ServeFlags& f) {
+  // A draft model or the MTP layer would be loaded for nothing: the server's batched steps do not
+  // speculate yet.
+  if (const SpecKind k = f.gen.spec.kind(); k == SpecKind::draft || k == SpecKind::mtp)
+    throw Error("serve", "--spec draft and --spec mtp are for run and chat; the server does not speculate yet");
   // A worker rank of a distributed run binds no port: it follows the leader's engine (load_model
   // ends in WorkerDone once the leader is done).
   if (launch_rank() != 0) load_model(f.gen, /*quiet=*/true);
