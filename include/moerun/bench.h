@@ -63,6 +63,9 @@ struct BenchResult {
   std::string spec{};
   int64_t drafted = 0, accepted = 0;  // draft tokens verified and accepted, over the timed runs
   int64_t steps = 0;                  // the target's decode forwards (after the prefill), over the timed runs
+  double draft_seconds = 0;           // drafting's share of the timed runs' decode time
+  // Drafting time per draft token, in ms: what a drafter (a draft model, the MTP layer) costs.
+  double draft_ms_per_token() const { return drafted > 0 ? 1e3 * draft_seconds / static_cast<double>(drafted) : 0.0; }
   double acceptance() const { return drafted > 0 ? static_cast<double>(accepted) / static_cast<double>(drafted) : 0.0; }
   // Accepted drafts per decode forward: each forward yields this many tokens beyond the one it verifies.
   double accepted_per_step() const { return steps > 0 ? static_cast<double>(accepted) / static_cast<double>(steps) : 0.0; }
@@ -83,8 +86,9 @@ struct BatchedBench {
 };
 BatchedBench bench_batched(const Engine& engine, int batch, int prompt, int tokens, int reps);
 
-// Speculative decoding on a real text (bench --spec): generate() decodes `tokens` tokens greedily
-// after `prompt` (EOS ignored, so every run makes exactly `tokens`), once with `spec` (the "tg{tokens}
+// Speculative decoding on a real text (bench --spec): generate() decodes up to `tokens` tokens
+// greedily after `prompt`, stopping at an id of `eos_ids` (the answer's end; none: exactly `tokens`;
+// greedy, so every run makes the same count, the rows' `tokens`), once with `spec` (the "tg{tokens}
 // spec {kind}" result) and once without (the "tg{tokens} prompt" result), the two alternating in every
 // repetition (and swapping order) so drift in the machine's speed hits both alike; one warm-up
 // pair, then `reps` timed ones. t/s counts the generated tokens over the decode time (the prefill
@@ -97,7 +101,7 @@ struct SpecBench {
   BenchResult spec, plain;
 };
 SpecBench bench_speculative(const Engine& engine, Session* draft, std::span<const int32_t> prompt, SpecKind spec, int spec_max,
-                            int tokens, int reps, const Tokenizer* tokenizer = nullptr);
+                            int tokens, int reps, const Tokenizer* tokenizer = nullptr, std::span<const int32_t> eos_ids = {});
 
 // One row of bench's report: one test on one engine, with the ceilings it is compared with.
 struct BenchRow {

@@ -204,6 +204,10 @@ class Session {
   // here from the final hidden states every forward of this session records. Throws Error when the
   // engine has no MTP layer or runs on several ranks.
   size_t mtp_draft(int32_t next, size_t count, std::vector<int32_t>& out);
+  // Brings the MTP layer's cache up to date with every cached position whose next token is cached
+  // too (all but the last): what the first mtp_draft after a prompt would do, done with the prompt's
+  // prefill. No-op without an MTP layer.
+  void mtp_prefill();
   // The logits [V] of the last draft mtp_draft made (empty before the first): for tests and diagnostics.
   std::span<const float> mtp_logits() const noexcept;
 

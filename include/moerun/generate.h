@@ -77,6 +77,7 @@ struct GenerateResult {
   std::vector<int32_t> tokens;     // the sampled ids, EOS included
   int64_t drafted_tokens = 0;      // speculation: draft tokens verified
   int64_t accepted_tokens = 0;     // of them, those the sampler picked (each saves a decode step)
+  double draft_seconds = 0;        // of gen_seconds, the time drafting took (a draft model's or MTP's forwards)
   double prompt_seconds = 0, gen_seconds = 0;
   double prompt_tps() const { return prompt_seconds > 0 ? prompt_tokens / prompt_seconds : 0; }
   double gen_tps() const { return gen_seconds > 0 ? generated_tokens / gen_seconds : 0; }

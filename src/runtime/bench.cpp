@@ -272,7 +272,7 @@ BenchResult bench_decode(const Engine& engine, int tokens, int reps, int depth) 
 }
 
 SpecBench bench_speculative(const Engine& engine, Session* draft, std::span<const int32_t> prompt, SpecKind spec, int spec_max,
-                            int tokens, int reps, const Tokenizer* tokenizer) {
+                            int tokens, int reps, const Tokenizer* tokenizer, std::span<const int32_t> eos_ids) {
   using detail::cat;
   if (spec == SpecKind::none) throw Error("bench", "a speculative test needs a kind of speculation (ngram, draft or mtp)");
   if (spec == SpecKind::draft && !draft) throw Error("bench", "speculation with a draft model needs the draft model's session");
@@ -299,9 +299,11 @@ SpecBench bench_speculative(const Engine& engine, Session* draft, std::span<cons
     x->tokens = tokens;
     x->ranks = engine.ranks();
   }
+  int64_t produced = -1;  // tokens every run generates (greedy: the same in all of them)
   auto run = [&](bool speculate, bool timed) {
     GenerateOptions go;
-    go.max_tokens = tokens;  // no EOS ids, no stop strings: exactly `tokens` every run
+    go.max_tokens = tokens;  // no stop strings: `tokens`, or fewer when the answer ends (an EOS id)
+    go.eos_ids.assign(eos_ids.begin(), eos_ids.end());
     go.spec = speculate ? spec : SpecKind::none;
     go.spec_max = spec_max;
     go.draft = speculate && spec == SpecKind::draft ? draft : nullptr;
@@ -309,14 +311,16 @@ SpecBench bench_speculative(const Engine& engine, Session* draft, std::span<cons
     if (draft) draft->reset();
     Sampler sampler(greedy);
     const GenerateResult g = generate(session, tok, sampler, prompt, go, [](std::string_view) { return true; });
-    if (g.generated_tokens != tokens)
+    if (produced < 0) produced = g.generated_tokens;
+    if (g.generated_tokens != produced || (eos_ids.empty() && g.generated_tokens != tokens))
       throw Error("bench", cat("the ", speculate ? kind : "plain", " run stopped after ", g.generated_tokens, " of ", tokens,
-                               " tokens (", g.finish_reason, ")"));
+                               " tokens (", g.finish_reason, "; the first run made ", produced, ")"));
     if (!timed) return;
     BenchResult& x = speculate ? r.spec : r.plain;
     x.tps.push_back(g.gen_tps());
     x.drafted += g.drafted_tokens;
     x.accepted += g.accepted_tokens;
+    x.draft_seconds += g.draft_seconds;
     // The first token comes from the prefill's logits; each decode forward then yields one token
     // plus the drafts it accepted (the last token sampled is never fed).
     x.steps += std::max<int64_t>(0, g.generated_tokens - 1 - g.accepted_tokens);
@@ -326,14 +330,15 @@ SpecBench bench_speculative(const Engine& engine, Session* draft, std::span<cons
     run(spec_first, rep >= 0);
     run(!spec_first, rep >= 0);
   }
+  for (BenchResult* x : {&r.spec, &r.plain}) x->tokens = static_cast<int>(produced);
   finish(r.spec);
   finish(r.plain);
   // Bytes: every decode forward reads the target's weights once and the cache so far (the mean
   // cached length during the run); the drafter's reads are not counted.
-  const double per_forward = decode_bytes_per_token(engine, static_cast<double>(prompt.size()) + tokens / 2.0);
+  const double per_forward = decode_bytes_per_token(engine, static_cast<double>(prompt.size()) + static_cast<double>(produced) / 2.0);
   for (BenchResult* x : {&r.spec, &r.plain}) {
-    const double produced = static_cast<double>(reps) * std::max(tokens - 1, 1);  // tokens that came from decode forwards
-    x->bytes_per_token = x->steps > 0 ? per_forward * static_cast<double>(x->steps) / produced : per_forward;
+    const double from_decode = static_cast<double>(reps) * std::max<double>(static_cast<double>(produced) - 1, 1);  // tokens that came from decode forwards
+    x->bytes_per_token = x->steps > 0 ? per_forward * static_cast<double>(x->steps) / from_decode : per_forward;
     x->gbps = x->bytes_per_token * x->mean / 1e9;
   }
   return r;

@@ -149,6 +149,9 @@ const Column kColumns[] = {
     {.key = "accepted_per_step", .value = [](const BenchRow& x) -> Value { return x.result.accepted_per_step(); },
      .md_title = "accepted/step", .md_spec_only = true,
      .md = [](const BenchRow& x) { return spec_cell(x, printf1("%.2f", x.result.accepted_per_step())); }},
+    {.key = "draft_ms_per_token", .value = [](const BenchRow& x) -> Value { return x.result.draft_ms_per_token(); },
+     .md_title = "draft ms/token", .md_spec_only = true,
+     .md = [](const BenchRow& x) { return spec_cell(x, printf1("%.2f", x.result.draft_ms_per_token())); }},
 };
 
 std::string csv_cell(const Column& c, const Value& v) {

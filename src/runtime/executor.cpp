@@ -978,6 +978,27 @@ struct Session::Impl {
     mtp->seq.pos = std::min(mtp->seq.pos, std::max<int64_t>(n - 1, 0));
   }
 
+  // The MTP cache's rows up to `end` (exclusive) from the recorded hidden states and the cached ids,
+  // in micro-batches (the step lock held).
+  void catch_up(int64_t end) {
+    Sequence& ms = mtp->seq;
+    const int64_t D = engine->local.hidden_size;
+    mtp->logits.resize(static_cast<size_t>(engine->local.vocab_size));
+    float* scratch = seq.hidden + seq.context * D;
+    for (int64_t j = ms.pos; j < end;) {
+      const int64_t m = std::min(runner->tokens, end - j);
+      runner->mtp_step(0, ms, seq.hidden + j * D, std::span<const int32_t>(mtp->ids).subspan(static_cast<size_t>(j + 1), static_cast<size_t>(m)),
+                       scratch, mtp->logits.data());
+      j += m;
+    }
+  }
+  void mtp_prefill() {
+    if (!mtp || seq.pos < 2) return;
+    const std::lock_guard<std::mutex> lock(engine->step);
+    mtp->seq.pos = std::min(mtp->seq.pos, seq.pos - 1);
+    catch_up(seq.pos - 1);
+  }
+
   // The tokens after position P (seq.pos) are `next` and then drafts: the MTP layer's cache is brought
   // up to position P - 1 from the recorded hidden states (rows it has not seen, (hidden j, id j + 1)),
   // then each draft comes from the last row's logits, the next row joining the block output with it.
@@ -994,17 +1015,10 @@ struct Session::Impl {
     const std::lock_guard<std::mutex> lock(engine->step);
     Sequence& ms = mtp->seq;
     ms.pos = std::min(ms.pos, P - 1);  // rows from P - 1 on joined a token that may have changed
-    mtp->logits.resize(static_cast<size_t>(c.vocab_size));
     float* chain = seq.hidden + seq.context * D;
-    std::vector<int32_t>& ids = mtp->ids;  // ids[j + 1] follows hidden row j; `next` follows row P - 1
-    ids.push_back(next);
     try {
-      for (int64_t j = ms.pos; j < P;) {
-        const int64_t m = std::min(runner->tokens, P - j);
-        runner->mtp_step(0, ms, seq.hidden + j * D, std::span<const int32_t>(ids).subspan(static_cast<size_t>(j + 1), static_cast<size_t>(m)),
-                         chain, mtp->logits.data());
-        j += m;
-      }
+      catch_up(P - 1);  // rows j < P - 1: mtp->ids[j + 1] follows hidden row j
+      runner->mtp_step(0, ms, seq.hidden + (P - 1) * D, std::span<const int32_t>(&next, 1), chain, mtp->logits.data());
       auto argmax = [&] {
         return static_cast<int32_t>(std::max_element(mtp->logits.begin(), mtp->logits.end()) - mtp->logits.begin());
       };
@@ -1015,11 +1029,9 @@ struct Session::Impl {
         out.push_back(argmax());
       }
     } catch (...) {
-      ids.pop_back();
       ms.pos = std::min(ms.pos, P - 1);
       throw;
     }
-    ids.pop_back();
     ms.pos = P - 1;  // the chain's rows are overwritten from the verified hidden states next time
     return out.size();
   }
@@ -1088,6 +1100,7 @@ std::span<const float> Session::forward_view(std::span<const int32_t> ids, bool 
   return impl_->forward(ids, all_positions);
 }
 size_t Session::mtp_draft(int32_t next, size_t count, std::vector<int32_t>& out) { return impl_->mtp_draft(next, count, out); }
+void Session::mtp_prefill() { impl_->mtp_prefill(); }
 std::span<const float> Session::mtp_logits() const noexcept {
   return impl_->mtp ? std::span<const float>(impl_->mtp->logits) : std::span<const float>();
 }

@@ -136,10 +136,16 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
     logits = session.forward_view(fresh.subspan(done, std::min(kPiece, fresh.size() - done)));
     r.prompt_tokens += static_cast<int64_t>(std::min(kPiece, fresh.size() - done));
   }
-  r.prompt_seconds = seconds(t0);
-
   // Room for every token this call can add, so the decode loop does not reallocate.
   const size_t room = static_cast<size_t>(std::max<int64_t>(0, std::min(options.max_tokens, session.context() - n + 1)));
+  const bool speculate = options.spec != SpecKind::none;
+  const auto V = static_cast<size_t>(logits.size());
+  std::optional<runtime::Drafter> drafter;
+  if (speculate) {
+    drafter.emplace(options.spec, session, options, sampler, prompt, r.cached_tokens, V, room);
+    drafter->prefill(prompt);  // a draft model reads the prompt too: part of the prefill
+  }
+  r.prompt_seconds = seconds(t0);
   std::vector<int32_t> history;
   history.reserve(prompt.size() + room);
   history.assign(prompt.begin(), prompt.end());
@@ -159,10 +165,6 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
   // argmax; sampling: accept or draw from the residual); a token equal to the draft moves on to the
   // next row without a forward. The row after the last accepted draft, and every row without one,
   // goes through sample(). `pending` drafts of `rows`, from `next_draft` on, wait.
-  const bool speculate = options.spec != SpecKind::none;
-  const auto V = static_cast<size_t>(logits.size());
-  std::optional<runtime::Drafter> drafter;
-  if (speculate) drafter.emplace(options.spec, session, options, sampler, prompt, r.cached_tokens, V, room);
   const bool timed = drafter && drafter->timed();
   std::vector<int32_t> step_ids;
   if (speculate) step_ids.reserve(static_cast<size_t>(kMaxDraft + 1));
@@ -176,7 +178,8 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
     if (!timed) return session.forward_view(ids, all);
     const auto ts = std::chrono::steady_clock::now();
     const std::span<const float> out = session.forward_view(ids, all);
-    drafter->target_step(seconds(ts));
+    if (all) drafter->verify_step(seconds(ts));
+    else drafter->target_step(seconds(ts));
     return out;
   };
   while (r.generated_tokens < options.max_tokens) {
@@ -250,7 +253,10 @@ GenerateResult generate(Session& session, const Tokenizer& tokenizer, Sampler& s
     const int64_t plain = n + r.generated_tokens - 1;
     if (session.position() > plain) session.truncate(plain);
   }
-  if (drafter) drafter->finish(history);
+  if (drafter) {
+    drafter->finish(history);
+    r.draft_seconds = drafter->draft_seconds();
+  }
   if (r.finish_reason != "stop" && r.finish_reason != "cancelled") {  // interrupted: keep what was decoded
     bool stopped = false;
     std::string tail = stops.push(decoder.flush(), stopped);

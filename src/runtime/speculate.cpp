@@ -25,8 +25,10 @@ size_t ngram_draft(std::span<const int32_t> history, size_t max_draft, std::vect
 
 void DraftPolicy::record(size_t drafted, size_t accepted, double cost) {
   if (drafted == 0) return;
-  if (accepted == drafted) next_ = std::min(max_, std::max<size_t>(1, next_ * 2));
-  else if (accepted == 0) next_ = std::max<size_t>(1, next_ / 2);
+  loss_ += cost - static_cast<double>(accepted);
+  last_cost_ = cost / static_cast<double>(drafted);
+  if (accepted == drafted) next_ = fit(2 * next_ + 1);
+  else if (accepted == 0) next_ = fit((next_ - 1) / 2);
   // Means of the window so far, then an exponential average over about the last 8.
   ++seen_;
   const double a = 1.0 / std::min(seen_, 8);
@@ -36,6 +38,7 @@ void DraftPolicy::record(size_t drafted, size_t accepted, double cost) {
   const bool judged = seen_ >= kWindow;
   if (cold_ >= kColdLimit || (judged && gain_ < cost_)) {
     pause_ = backoff_;
+    next_ = fit(1);  // the probe after the pause
     backoff_ = std::min(2 * backoff_, kMaxPause);
     cold_ = seen_ = 0;
     gain_ = cost_ = 0.0;
@@ -63,13 +66,15 @@ Drafter::Drafter(SpecKind kind, Session& target, const GenerateOptions& options,
     : kind_(kind),
       target_(target),
       draft_(options.draft),
-      policy_(static_cast<size_t>(std::clamp<int64_t>(options.spec_max, 1, kMaxDraft))),
+      policy_(static_cast<size_t>(std::clamp<int64_t>(options.spec_max, 1, kMaxDraft)), kind == SpecKind::ngram ? DraftPolicy::kFirst : 1,
+              kind == SpecKind::ngram ? DraftPolicy::kVerifyQuantum : 1),
       fixed_cost_(options.draft_cost),
       draft_sampler_(draft_params(sampler)),
       one_hot_(sampler.params().greedy()),
-      target_vocab_(target_vocab) {
+      target_vocab_(target_vocab),
+      prompt_(prompt.size()) {
   drafts_.reserve(static_cast<size_t>(kMaxDraft));
-  if (kind == SpecKind::draft || kind == SpecKind::mtp) timed_ = fixed_cost_ <= 0 && sampler.params().greedy();
+  timed_ = fixed_cost_ <= 0 && sampler.params().greedy();
   if (kind != SpecKind::draft) return;
   // The draft session holds the prompt's start (at most what the target reused): the rest goes.
   const auto keep = static_cast<size_t>(std::clamp<int64_t>(std::min(draft_->position(), cached), 0,
@@ -87,9 +92,10 @@ std::span<const float> Drafter::q(size_t i) const noexcept {
 
 size_t Drafter::propose(std::span<const int32_t> history, size_t fits) {
   drafts_.clear();
-  const size_t want = std::min(policy_.next(), fits);
+  if (timed_ && target_step_ <= 0) return 0;  // a plain step first, to measure what drafting must beat
+  const size_t want = std::min(policy_.next(static_cast<int64_t>(history.size() - std::min(history.size(), prompt_))), fits);
   if (want == 0) return 0;
-  const auto t0 = timed_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
+  const auto t0 = std::chrono::steady_clock::now();
   forwards_ = 0;
   switch (kind_) {
     case SpecKind::ngram: ngram_draft(history, want, drafts_); break;
@@ -97,9 +103,18 @@ size_t Drafter::propose(std::span<const int32_t> history, size_t fits) {
     case SpecKind::mtp: target_.mtp_draft(history.back(), want, drafts_); break;
     case SpecKind::none: break;
   }
-  if (timed_) draft_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  draft_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  total_draft_seconds_ += draft_seconds_;
   if (drafts_.size() > want) drafts_.resize(want);
   return drafts_.size();
+}
+
+void Drafter::prefill(std::span<const int32_t> prompt) {
+  if (kind_ == SpecKind::mtp) target_.mtp_prefill();
+  if (kind_ != SpecKind::draft || prompt.size() <= synced_ || static_cast<int64_t>(prompt.size()) > draft_->context()) return;
+  draft_->forward_view(prompt.subspan(synced_));  // (in micro-batches; its logits are not needed)
+  held_.assign(prompt.begin(), prompt.end());
+  synced_ = prompt.size();
 }
 
 size_t Drafter::from_draft_model(std::span<const int32_t> history, size_t want) {
@@ -148,7 +163,7 @@ size_t Drafter::from_draft_model(std::span<const int32_t> history, size_t want) 
 void Drafter::record(size_t drafted, size_t accepted) {
   double cost = 0.0;
   if (timed_) {
-    cost = target_step_ > 0 ? draft_seconds_ / target_step_ : 0.0;
+    cost = target_step_ > 0 ? std::max(0.0, (draft_seconds_ + verify_seconds_) / target_step_ - 1.0) : 0.0;
   } else if (fixed_cost_ > 0) {
     cost = fixed_cost_ * static_cast<double>(kind_ == SpecKind::draft ? forwards_ : drafted);
   }

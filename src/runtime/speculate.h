@@ -3,6 +3,7 @@
 // one forward over the fed token and its k drafts gives k + 1 positions' logits, the drafts the
 // sampler accepts are kept, the rest dropped from the cache).
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -21,41 +22,69 @@ size_t ngram_draft(std::span<const int32_t> history, size_t max_draft, std::vect
                    size_t min_n = 2);
 
 // How many tokens to draft next (speculation must never cost much when the drafts are wrong).
-//  - Length: doubles after a fully accepted draft, halves after a rejected first token.
+//  - Length: starts at `first` (kFirst for free drafts, 1 for a drafter that runs a model: each of
+//    its tokens costs a forward), grows k -> 2k + 1 after a fully accepted draft, shrinks to
+//    (k - 1) / 2 after a rejected first token, and after a pause resumes at its least (a cheap
+//    probe); always within [1, max]. With a `quantum` q > 1 the lengths are q m - 1 (k + 1 rows a
+//    whole number of q-row groups): free drafts cost only their verification, whose rows the CPU
+//    decode kernels take in groups of kVerifyQuantum (kernels/cpu: up to 16 tokens in passes of 4),
+//    so 7 drafts verify in 2 passes and 8 in 3 (measured: 8 drafts decode a copy prompt 1.41x
+//    faster than plain, 7 drafts 1.63x, 3 drafts 1.71x).
 //  - Cold rule: after kColdLimit verifications in a row that accepted nothing, drafting pauses.
-//  - Cost rule (drafters that run a model: a draft model, the MTP layer): each verification
-//    reports what its drafting cost, in target decode steps (k draft tokens of a model whose step
-//    costs c target steps: about k * c). A verification saves `accepted` target steps, so drafting
-//    pays while the mean accepted tokens per verification stays above the mean cost; once kWindow
-//    verifications (since the start or the last pause) say it does not, drafting pauses.
+//  - Cost rule: each verification reports what it cost beyond the plain decode step it replaces,
+//    in target decode steps: measured (greedy: the drafting time plus the verification forward's,
+//    over a plain step's, minus one), or estimated from the weight bytes (sampling: k draft tokens
+//    of a drafter whose step costs c target steps: about k * c). A verification saves `accepted`
+//    target steps, so drafting pays while the mean accepted tokens per verification stays above the
+//    mean cost; once kWindow verifications (since the start or the last pause) say it does not,
+//    drafting pauses.
+//  - Budget: the steps lost so far (each verification's cost minus its accepted tokens, summed:
+//    negative while drafting pays), plus what the next verification would cost (the last one's cost
+//    per draft token times the length), may not pass kAllowance + kBudget * the tokens generated;
+//    past it no drafts are proposed until enough tokens were decoded plainly. This bounds what wrong drafts
+//    cost a whole generation to about kBudget (2.5%) of its plain decode time, whatever the text.
 //  - Pauses: kPause tokens, doubling each time drafting is found not to pay again right after a
 //    pause (up to kMaxPause), back to kPause once a whole window paid. After a pause drafting
 //    resumes as a probe: a fresh window of kWindow verifications judges it.
-// Prompt lookup reports cost 0 (only the cold rule pauses it).
 class DraftPolicy {
  public:
-  explicit DraftPolicy(size_t max_draft) : max_(max_draft), next_(max_draft) {}
-  // The draft length for the next token (0: do not draft now).
-  size_t next() {
+  explicit DraftPolicy(size_t max_draft, size_t first = kFirst, size_t quantum = 1)
+      : max_(std::max<size_t>(max_draft, 1)), quantum_(std::max<size_t>(quantum, 1)), next_(fit(first)) {}
+  // The draft length for the next token, `generated` tokens into the generation (0: do not draft now).
+  size_t next(int64_t generated = 0) {
     if (pause_ > 0) {
       --pause_;
       return 0;
     }
+    if (loss_ + last_cost_ * static_cast<double>(next_) > kAllowance + kBudget * static_cast<double>(generated)) return 0;
     return next_;
   }
+  double loss() const noexcept { return loss_; }
   // A verification of `drafted` tokens accepted `accepted`; drafting them cost `cost` target steps.
   void record(size_t drafted, size_t accepted, double cost = 0.0);
   bool paused() const noexcept { return pause_ > 0; }
 
+  static constexpr size_t kFirst = 3;
+  static constexpr size_t kVerifyQuantum = 4;
   static constexpr int kColdLimit = 4;
   static constexpr int kPause = 16;
   static constexpr int kMaxPause = 512;
   static constexpr int kWindow = 4;
+  static constexpr double kAllowance = 0.25, kBudget = 0.025;
+
+  // The length k snapped to the quantum's lengths (the largest q m - 1 <= k, at least q - 1) and to [1, max].
+  size_t fit(size_t k) const noexcept {
+    k = std::min(k, max_);
+    if (quantum_ > 1 && max_ + 1 >= quantum_) k = std::max<size_t>((k + 1) / quantum_, 1) * quantum_ - 1;
+    return std::clamp<size_t>(k, 1, max_);
+  }
 
  private:
-  size_t max_, next_;
+  size_t max_, quantum_, next_;
   int cold_ = 0, pause_ = 0, backoff_ = kPause, seen_ = 0;
   double gain_ = 0.0, cost_ = 0.0;  // mean accepted tokens and drafting cost per verification (EMA after 8)
+  double loss_ = 0.0;               // target steps lost to speculation so far (negative: gained)
+  double last_cost_ = 0.0;          // the last verification's cost per draft token
 };
 
 // Where drafts come from, one case per SpecKind, and the policy deciding how many. generate() asks
@@ -71,10 +100,11 @@ class DraftPolicy {
 //    draft. Drafting stops at the draft session's context (no error).
 //  - mtp: Session::mtp_draft of the target session; one-hot.
 // Cost (DraftPolicy's cost rule): GenerateOptions::draft_cost per draft-model forward or MTP draft
-// token when given; otherwise, for greedy decoding only, measured with steady_clock (the drafter's
-// time per verification over the target's mean step time: timing may decide when to draft, which
-// cannot change greedy tokens); sampling without draft_cost has no cost rule, so that a seed keeps
-// deciding every token.
+// token when given; otherwise, for greedy decoding only, measured with steady_clock (the drafting
+// and verification time over the target's mean plain step, minus one: timing may decide when to
+// draft, which cannot change greedy tokens; the first token after the prompt decodes plainly, to
+// measure that step); sampling without draft_cost has no cost rule, so that a seed keeps deciding
+// every token.
 class Drafter {
  public:
   // `cached`: the tokens of `history` the target session held on entry (a draft session keeps at
@@ -82,6 +112,9 @@ class Drafter {
   Drafter(SpecKind kind, Session& target, const GenerateOptions& options, const Sampler& sampler, std::span<const int32_t> prompt,
           int64_t cached, size_t target_vocab, size_t room);
 
+  // A draft model reads the prompt now, with the target's prefill, rather than at the first draft
+  // (where its time would count against drafting). No-op for the other sources.
+  void prefill(std::span<const int32_t> prompt);
   // Drafts up to min(policy, fits) tokens to follow `history` (its last token sampled and not yet
   // fed to the target). Returns how many (0: none now); they are drafts().
   size_t propose(std::span<const int32_t> history, size_t fits);
@@ -92,7 +125,9 @@ class Drafter {
   void record(size_t drafted, size_t accepted);
   // Measuring: whether generate() should time the target's forwards, and one forward's time.
   bool timed() const noexcept { return timed_; }
-  void target_step(double seconds) noexcept;
+  double draft_seconds() const noexcept { return total_draft_seconds_; }  // every proposal's, summed
+  void target_step(double seconds) noexcept;   // a plain decode step's forward
+  void verify_step(double seconds) noexcept { verify_seconds_ = seconds; }  // the last verification's
   // Generation is over: the draft session keeps only what agrees with `history`.
   void finish(std::span<const int32_t> history);
 
@@ -105,13 +140,15 @@ class Drafter {
   DraftPolicy policy_;
   double fixed_cost_ = 0.0;  // options.draft_cost
   bool timed_ = false;
-  double draft_seconds_ = 0.0, target_step_ = 0.0;  // the last proposal's time; EMA of target steps
+  double draft_seconds_ = 0.0, verify_seconds_ = 0.0, target_step_ = 0.0;  // the last proposal's; EMA of plain steps
+  double total_draft_seconds_ = 0.0;
   size_t forwards_ = 0;                              // draft-model forwards of the last proposal
   std::vector<int32_t> drafts_;
   // Draft model.
   Sampler draft_sampler_;
   bool one_hot_ = true;
   size_t target_vocab_ = 0, qwidth_ = 0;
+  size_t prompt_ = 0;  // the prompt's tokens (the history past them: generated)
   std::vector<int32_t> held_;  // what the draft session's cache holds
   size_t synced_ = 0;          // held_[0, synced_) is known to agree with the history
   std::vector<float> q_;       // [kMaxDraft, qwidth_]

@@ -154,14 +154,21 @@ TEST(BenchCli, SpeculativeTestRows) {
   EXPECT_EQ(j[0]["spec"], "ngram");
   EXPECT_EQ(j[1]["test"], "tg16 prompt");
   EXPECT_EQ(j[1]["spec"], "none");
+  // The answer ends at the model's EOS (both rows alike: greedy), at most -n.
+  EXPECT_EQ(j[0]["tokens"], j[1]["tokens"]);
   for (const auto& row : j) {
-    EXPECT_EQ(row["tokens"], 16);
+    EXPECT_GT(row["tokens"].get<int>(), 0);
+    EXPECT_LE(row["tokens"].get<int>(), 16);
     EXPECT_GT(row["tps_mean"].get<double>(), 0.0);
     EXPECT_LE(row["accepted_tokens"].get<int64_t>(), row["drafted_tokens"].get<int64_t>());
     for (const char* key : {"acceptance_rate", "accepted_per_step"}) EXPECT_TRUE(row.contains(key)) << key;
   }
   EXPECT_GT(j[0]["drafted_tokens"].get<int64_t>(), 0);
   EXPECT_EQ(j[1]["drafted_tokens"], 0);
+  // --ignore-eos: exactly -n tokens, past the answer.
+  const CliRun all = run_cli("bench --spec ngram --ignore-eos --spec-prompt '" + (dir / "prompt.txt").string() + "' -n 24 -r 1 -p 0 -o json");
+  ASSERT_EQ(all.code, 0) << all.err;
+  for (const auto& row : nlohmann::json::parse(all.out)) EXPECT_EQ(row["tokens"], 24);
 
   const CliRun no_prompt = run_cli("bench --spec ngram -n 16 -r 1 -p 0");
   EXPECT_EQ(no_prompt.code, 2);

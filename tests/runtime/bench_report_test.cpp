@@ -66,7 +66,8 @@ TEST(BenchReport, JsonKeysAndCsvColumnsAreOneList) {
                                          "tps_mean", "tps_sd", "seq_tps", "tps", "bytes_per_token", "bytes_per_step",
                                          "experts_per_layer", "gbps", "ceiling_gbps", "bw_fraction", "tflops", "gemm_ceiling_tflops",
                                          "gemm_fraction", "ranks", "comm_bytes_per_token", "comm_fraction", "spec",
-                                         "drafted_tokens", "accepted_tokens", "acceptance_rate", "accepted_per_step"};
+                                         "drafted_tokens", "accepted_tokens", "acceptance_rate", "accepted_per_step",
+                                         "draft_ms_per_token"};
   EXPECT_EQ(keys, want);
   EXPECT_EQ(j[1]["test"], "tg4 @ d16");
   EXPECT_EQ(j[1]["threads"], 2);
@@ -82,7 +83,7 @@ TEST(BenchReport, JsonKeysAndCsvColumnsAreOneList) {
   EXPECT_EQ(split(line), want);  // the header: every JSON key, in order
   std::getline(csv, line);
   EXPECT_EQ(line, "\"llama 1.23 M f32\",\"4.50 MiB\",\"1.23 M\",CPU,2,f32,\"pp8\",1,8,105.0000,7.0711,105.0000,\"100.0000 110.0000\",0,0,"
-                  "0.0000,0.0000,10.0000,0.0000,0.2600,2.0000,0.1300,1,0,0.0000,,0,0,0.0000,0.0000");
+                  "0.0000,0.0000,10.0000,0.0000,0.2600,2.0000,0.1300,1,0,0.0000,,0,0,0.0000,0.0000,0.0000");
   std::getline(csv, line);
   EXPECT_EQ(split(line).size(), want.size()) << line;
   EXPECT_FALSE(std::getline(csv, line));
@@ -137,16 +138,18 @@ TEST(BenchReport, SpeculationColumnsOnlyForSpeculativeRows) {
   rows[1].result.test = "tg4 prompt";
   rows[1].result.spec = "none";
   rows[1].result.steps = 42;
+  rows[0].result.draft_seconds = 0.2;  // 5 ms per draft token
   const std::string md = format_bench(rows, BenchFormat::markdown);
-  EXPECT_NE(md.find("| % bw | drafted | accepted | % accepted | accepted/step |"), std::string::npos) << md;
-  EXPECT_NE(md.find("| tg4 spec ngram | 11.00 ± 1.41 | 1.23 MB | 0.01 | 0.1 | 40 | 30 | 75.0 | 2.50 |"), std::string::npos) << md;
-  EXPECT_NE(md.find("| tg4 prompt | 11.00 ± 1.41 | 1.23 MB | 0.01 | 0.1 | - | - | - | - |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| % bw | drafted | accepted | % accepted | accepted/step | draft ms/token |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| tg4 spec ngram | 11.00 ± 1.41 | 1.23 MB | 0.01 | 0.1 | 40 | 30 | 75.0 | 2.50 | 5.00 |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| tg4 prompt | 11.00 ± 1.41 | 1.23 MB | 0.01 | 0.1 | - | - | - | - | - |"), std::string::npos) << md;
   const auto j = nlohmann::ordered_json::parse(format_bench(rows, BenchFormat::json));
   EXPECT_EQ(j[0]["spec"], "ngram");
   EXPECT_EQ(j[0]["drafted_tokens"], 40);
   EXPECT_EQ(j[0]["accepted_tokens"], 30);
   EXPECT_DOUBLE_EQ(j[0]["acceptance_rate"].get<double>(), 0.75);
   EXPECT_DOUBLE_EQ(j[0]["accepted_per_step"].get<double>(), 2.5);
+  EXPECT_DOUBLE_EQ(j[0]["draft_ms_per_token"].get<double>(), 5.0);
   EXPECT_EQ(j[1]["spec"], "none");
   EXPECT_EQ(j[1]["drafted_tokens"], 0);
   EXPECT_DOUBLE_EQ(j[1]["acceptance_rate"].get<double>(), 0.0);

@@ -56,17 +56,46 @@ TEST(NgramDraft, ProposesWhatFollowedTheLatestLongestMatch) {
 }
 
 TEST(DraftPolicy, FollowsAcceptanceAndPausesWhenNothingIsAccepted) {
-  runtime::DraftPolicy p(8);
-  EXPECT_EQ(p.next(), 8u);
+  runtime::DraftPolicy p(8, 1);
+  EXPECT_EQ(p.next(), 1u);
+  p.record(1, 1);
+  EXPECT_EQ(p.next(), 3u);
+  p.record(3, 3);
+  EXPECT_EQ(p.next(), 7u);
+  p.record(7, 7);
+  EXPECT_EQ(p.next(), 8u);  // at most max
   p.record(8, 0);
-  EXPECT_EQ(p.next(), 4u);
-  p.record(4, 4);
-  EXPECT_EQ(p.next(), 8u);
-  p.record(8, 3);  // partly accepted: the length stays
-  EXPECT_EQ(p.next(), 8u);
+  EXPECT_EQ(p.next(), 3u);
+  p.record(3, 3);
+  EXPECT_EQ(p.next(), 7u);
+  p.record(7, 3);  // partly accepted: the length stays
+  EXPECT_EQ(p.next(), 7u);
   for (int i = 0; i < runtime::DraftPolicy::kColdLimit; ++i) p.record(1, 0);
   for (int i = 0; i < runtime::DraftPolicy::kPause; ++i) EXPECT_EQ(p.next(), 0u) << i;
   EXPECT_EQ(p.next(), 1u);
+}
+
+// Free drafts come in lengths whose verification fills whole groups of kVerifyQuantum rows.
+TEST(DraftPolicy, FreeDraftLengthsFillWholeRowGroups) {
+  runtime::DraftPolicy p(15, runtime::DraftPolicy::kFirst, runtime::DraftPolicy::kVerifyQuantum);
+  EXPECT_EQ(p.next(), 3u);
+  p.record(3, 3);
+  EXPECT_EQ(p.next(), 7u);
+  p.record(7, 7);
+  EXPECT_EQ(p.next(), 15u);
+  p.record(15, 0);
+  EXPECT_EQ(p.next(), 7u);
+  p.record(7, 0);
+  EXPECT_EQ(p.next(), 3u);
+  p.record(3, 0);
+  EXPECT_EQ(p.next(), 3u);  // the least
+  runtime::DraftPolicy eight(8, runtime::DraftPolicy::kFirst, runtime::DraftPolicy::kVerifyQuantum);
+  eight.record(3, 3);
+  EXPECT_EQ(eight.next(), 7u);
+  eight.record(7, 7);
+  EXPECT_EQ(eight.next(), 7u);  // 8 would take a third group
+  runtime::DraftPolicy two(2, runtime::DraftPolicy::kFirst, runtime::DraftPolicy::kVerifyQuantum);
+  EXPECT_EQ(two.next(), 2u);  // below a group: the max
 }
 
 struct Outcome {

@@ -32,6 +32,7 @@ struct BenchOptions {
   EngineFlags engine;
   SpecFlags spec;           // --spec: the speculative test (rows "tg<n> spec KIND" and "tg<n> prompt")
   std::string spec_prompt;  // its text
+  bool ignore_eos = false;
 };
 
 // A synthetic model's "prompt" for --spec: seeded random ids (there is no tokenizer).
@@ -82,10 +83,17 @@ void append_spec_rows(const Engine& engine, const EngineOptions& eo, const Bench
                              /*context_override=*/true, /*quiet=*/false);
     draft_session.emplace(draft->session());
   }
+  // The answer ends where the model ends it (its EOS ids), as run would, unless --ignore-eos.
+  std::vector<int32_t> eos;
+  if (tokenizer && !opt.ignore_eos) {
+    eos = tokenizer->eos_ids();
+    for (int64_t id : engine.config().eos_token_ids)
+      if (std::find(eos.begin(), eos.end(), id) == eos.end()) eos.push_back(static_cast<int32_t>(id));
+  }
   for (int n : opt.gen) {
     if (n <= 0) continue;
     const SpecBench r = bench_speculative(engine, draft_session ? &*draft_session : nullptr, prompt, opt.spec.kind(),
-                                          static_cast<int>(opt.spec.spec_max), n, opt.reps, tokenizer ? &*tokenizer : nullptr);
+                                          static_cast<int>(opt.spec.spec_max), n, opt.reps, tokenizer ? &*tokenizer : nullptr, eos);
     rows.push_back(bench_row(engine, threads, r.spec, ceiling, gemm_ceiling));
     rows.push_back(bench_row(engine, threads, r.plain, ceiling, gemm_ceiling));
   }
@@ -165,9 +173,11 @@ void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
   });
   app->add_option("--spec-prompt", opt->spec_prompt,
                   "with --spec: the text the speculative test decodes after (tokenized as run does, through the chat "
-                  "template when the model has one); -n tokens are decoded greedily, EOS ignored. With --synthetic leave "
+                  "template when the model has one); up to -n tokens are decoded greedily, until the model's EOS (--ignore-eos: "
+                  "exactly -n). With --synthetic leave "
                   "it out: the prompt is 128 seeded random ids, and on random weights the rows measure what speculation "
                   "costs per step, not what it gains (--spec mtp, ngram)");
+  app->add_flag("--ignore-eos", opt->ignore_eos, "with --spec-prompt: decode exactly -n tokens, past the answer's end");
   opt->engine.add_to(app);
   commands.push_back({app, [opt] {
     opt->spec.check_launch();
