@@ -170,7 +170,11 @@ void Drafter::record(size_t drafted, size_t accepted) {
   policy_.record(drafted, accepted, cost);
 }
 
-void Drafter::target_step(double seconds) noexcept { target_step_ = ema(target_step_, seconds); }
+void Drafter::target_step(double seconds) noexcept {
+  // The first plain step after the prompt is a warm-up (caches and threads cold after the prefill):
+  // left out, it would make drafting look cheaper than it is.
+  if (++plain_steps_ > 1) target_step_ = ema(target_step_, seconds);
+}
 
 void Drafter::finish(std::span<const int32_t> history) {
   if (kind_ != SpecKind::draft) return;

@@ -102,8 +102,8 @@ class DraftPolicy {
 // Cost (DraftPolicy's cost rule): GenerateOptions::draft_cost per draft-model forward or MTP draft
 // token when given; otherwise, for greedy decoding only, measured with steady_clock (the drafting
 // and verification time over the target's mean plain step, minus one: timing may decide when to
-// draft, which cannot change greedy tokens; the first token after the prompt decodes plainly, to
-// measure that step); sampling without draft_cost has no cost rule, so that a seed keeps deciding
+// draft, which cannot change greedy tokens; the first tokens after the prompt decode plainly, to
+// measure that step, the first of them a warm-up left out); sampling without draft_cost has no cost rule, so that a seed keeps deciding
 // every token.
 class Drafter {
  public:
@@ -142,6 +142,7 @@ class Drafter {
   bool timed_ = false;
   double draft_seconds_ = 0.0, verify_seconds_ = 0.0, target_step_ = 0.0;  // the last proposal's; EMA of plain steps
   double total_draft_seconds_ = 0.0;
+  int plain_steps_ = 0;
   size_t forwards_ = 0;                              // draft-model forwards of the last proposal
   std::vector<int32_t> drafts_;
   // Draft model.

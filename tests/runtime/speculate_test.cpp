@@ -75,6 +75,24 @@ TEST(DraftPolicy, FollowsAcceptanceAndPausesWhenNothingIsAccepted) {
   EXPECT_EQ(p.next(), 1u);
 }
 
+// What wrong drafts lost may not pass kAllowance + kBudget * generated tokens (plus the next
+// verification's expected cost): past it no drafts until enough tokens were decoded plainly, and
+// gains give the budget back.
+TEST(DraftPolicy, LossStaysWithinTheBudget) {
+  using P = runtime::DraftPolicy;
+  P p(1, 1);
+  EXPECT_EQ(p.next(0), 1u);
+  p.record(1, 0, 0.5);  // lost half a step
+  EXPECT_DOUBLE_EQ(p.loss(), 0.5);
+  // 0.5 + 0.5 (the next one's) > 0.25 + 0.025 g until g = 30.
+  EXPECT_EQ(p.next(29), 0u);
+  EXPECT_EQ(p.next(30), 1u);
+  p.record(1, 1, 0.5);  // accepted: gained half a step back
+  EXPECT_DOUBLE_EQ(p.loss(), 0.0);
+  EXPECT_EQ(p.next(0), 0u);  // the next verification's expected half step is over the allowance
+  EXPECT_EQ(p.next(10), 1u);
+}
+
 // Free drafts come in lengths whose verification fills whole groups of kVerifyQuantum rows.
 TEST(DraftPolicy, FreeDraftLengthsFillWholeRowGroups) {
   runtime::DraftPolicy p(15, runtime::DraftPolicy::kFirst, runtime::DraftPolicy::kVerifyQuantum);
@@ -117,6 +135,9 @@ Outcome run(const Engine& engine, const Tokenizer& tok, const std::vector<int32_
   o.spec_max = spec_max;
   o.draft = draft;
   o.eos_ids = std::move(eos);
+  // A fixed, negligible drafting cost instead of the clock: when to draft must not depend on how
+  // busy the machine is, or the counts these tests assert would.
+  o.draft_cost = 1e-9;
   Outcome r;
   r.result = generate(session, tok, sampler, prompt, o, [](std::string_view) { return true; });
   r.position = session.position();
