@@ -181,7 +181,8 @@ TEST(Speculation, GreedyOutputIsUnchangedOnEveryGoldenModel) {
 }
 
 // The default model on real text that repeats (code to copy): drafts are accepted and the text is
-// the same; an EOS and the context's end stop speculation where they stop plain decoding.
+// the same, drafted by prompt lookup and by a draft model (the model itself: the one model with its
+// tokenizer here); an EOS and the context's end stop speculation where they stop plain decoding.
 TEST(Speculation, DefaultModelCopiesTheSameTextWithFewerSteps) {
   if (!fs::exists(kTokenizerDir / "model.safetensors")) GTEST_SKIP() << "models/default is not installed (run scripts/setup.sh)";
   const Tokenizer tok = Tokenizer::load(kTokenizerDir);
@@ -201,6 +202,20 @@ TEST(Speculation, DefaultModelCopiesTheSameTextWithFewerSteps) {
       EXPECT_EQ(spec.result.text, plain.result.text);
       EXPECT_EQ(spec.position, plain.position);
       EXPECT_EQ(spec.next, plain.next);
+    }
+  }
+  // The draft model on the copy text's first 24 tokens (every draft token costs the model a forward).
+  {
+    const std::vector<int32_t> prompt = tok.encode(texts[0]);
+    const Outcome plain = run(engine, tok, prompt, SpecKind::none, 8, 24, tok.eos_ids());
+    for (int64_t k : {int64_t{1}, int64_t{4}, int64_t{8}}) {
+      Session draft(engine);
+      const Outcome drafted = run(engine, tok, prompt, SpecKind::draft, k, 24, tok.eos_ids(), 1.1f, &draft);
+      ASSERT_EQ(drafted.result.tokens, plain.result.tokens) << "draft model, spec_max " << k;
+      EXPECT_EQ(drafted.position, plain.position);
+      EXPECT_EQ(drafted.next, plain.next);
+      EXPECT_GT(drafted.result.drafted_tokens, 0);
+      EXPECT_GE(drafted.result.accepted_tokens * 10, drafted.result.drafted_tokens * 9);  // its own drafts
     }
   }
   // Without a repetition penalty the model goes on repeating the sentence, and the drafts are taken.
