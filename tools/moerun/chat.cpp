@@ -146,7 +146,7 @@ struct Chat {
       std::fprintf(stderr, "moerun: %s\n", what.c_str());
       return;
     }
-    GenerateOptions go = m.generate_options(flags, draft ? &*draft : nullptr);
+    GenerateOptions go = m.generate_options(flags, sampler.params(), draft ? &*draft : nullptr);
     ThinkFilter out(tty, hide_think);
     // Ctrl+C (or SIGTERM) stops this answer; the session's InterruptGuard catches it.
     InterruptGuard::clear();

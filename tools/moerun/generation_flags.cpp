@@ -137,12 +137,16 @@ Conversation LoadedModel::conversation(const GenerationFlags& flags) const {
   return c;
 }
 
-GenerateOptions LoadedModel::generate_options(const GenerationFlags& flags, Session* draft_session) const {
+GenerateOptions LoadedModel::generate_options(const GenerationFlags& flags, const SamplerParams& sampling, Session* draft_session) const {
   GenerateOptions go;
   go.max_tokens = flags.max_tokens;
   go.spec = flags.spec.kind();
   go.spec_max = flags.spec.spec_max;
   go.draft = go.spec == SpecKind::draft ? draft_session : nullptr;
+  if (!sampling.greedy()) {  // (a clock must not decide sampled tokens)
+    if (go.spec == SpecKind::draft && draft) go.draft_cost = draft_step_cost(engine, *draft->engine);
+    if (go.spec == SpecKind::mtp) go.draft_cost = mtp_step_cost(engine);
+  }
   go.stop = flags.stop;
   go.eos_ids = eos_ids;
   return go;

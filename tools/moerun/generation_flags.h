@@ -86,7 +86,9 @@ struct LoadedModel {
   Conversation conversation(const GenerationFlags& flags) const;
   // The options generate() takes from the flags: -n, --stop, --spec, --spec-max and the EOS ids;
   // `draft`: the draft model's session (--spec draft; made by draft->session() beside the target's).
-  GenerateOptions generate_options(const GenerationFlags& flags, Session* draft_session = nullptr) const;
+  // Sampling (not greedy) also gets the drafter's cost estimated from the weights a step reads (greedy
+  // decoding measures it: generate.h).
+  GenerateOptions generate_options(const GenerationFlags& flags, const SamplerParams& sampling, Session* draft_session = nullptr) const;
 };
 
 // Loads with a progress line on stderr unless `quiet`. On a worker rank of a distributed run

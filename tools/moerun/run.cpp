@@ -62,7 +62,7 @@ void add_run_command(CLI::App& root, std::vector<Command>& commands) {
     Session session(m.engine, std::max<int64_t>(m.engine.default_context(), 0));
     std::optional<Session> draft;  // --spec draft: the draft model's session beside the target's
     if (m.draft) draft.emplace(m.draft->session());
-    GenerateOptions go = m.generate_options(opt->gen, draft ? &*draft : nullptr);
+    GenerateOptions go = m.generate_options(opt->gen, sampler.params(), draft ? &*draft : nullptr);
     // SIGINT/SIGTERM stop generating: what was produced is printed and the exit code says why.
     InterruptGuard guard;
     go.interrupted = [] { return InterruptGuard::signal() != 0; };
