@@ -208,7 +208,8 @@ class Session {
   // too (all but the last): what the first mtp_draft after a prompt would do, done with the prompt's
   // prefill. No-op without an MTP layer.
   void mtp_prefill();
-  // The logits [V] of the last draft mtp_draft made (empty before the first): for tests and diagnostics.
+  // The logits [V] of the last draft mtp_draft made (zeros before the first; empty without an MTP
+  // layer): for tests and diagnostics.
   std::span<const float> mtp_logits() const noexcept;
 
   struct Impl;

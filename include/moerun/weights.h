@@ -120,22 +120,16 @@ void for_each_weight(W& w, Visit&& visit) {
   };
   const auto proj = [](const char* role, int64_t layer) { return WeightSite{.role = role, .kind = WeightKind::linear, .layer = layer}; };
   one(WeightSite{.role = "embed_tokens", .kind = WeightKind::table}, w.embed_tokens);
+  // A site of layer l (a multi-token-prediction layer's when `mtp`).
+  const auto at = [](WeightSite s, int64_t l, bool mtp) {
+    s.layer = l;
+    s.mtp = mtp;
+    return s;
+  };
   auto layer = [&](auto& L, int64_t l, bool mtp_layer) {
-    auto norm_at = [&](const char* role) {
-      WeightSite s = norm(role, l);
-      s.mtp = mtp_layer;
-      return s;
-    };
-    auto proj_at = [&](const char* role) {
-      WeightSite s = proj(role, l);
-      s.mtp = mtp_layer;
-      return s;
-    };
-    auto site_at = [&](WeightSite s) {
-      s.layer = l;
-      s.mtp = mtp_layer;
-      return s;
-    };
+    auto norm_at = [&](const char* role) { return at(norm(role, l), l, mtp_layer); };
+    auto proj_at = [&](const char* role) { return at(proj(role, l), l, mtp_layer); };
+    auto site_at = [&](WeightSite s) { return at(s, l, mtp_layer); };
     one(norm_at("input_layernorm"), L.input_layernorm);
     one(norm_at("post_attention_layernorm"), L.post_attention_layernorm);
     one(proj_at("q_proj"), L.q_proj);
@@ -162,18 +156,13 @@ void for_each_weight(W& w, Visit&& visit) {
   for (size_t i = 0; i < w.mtp.size(); ++i) {
     auto& M = w.mtp[i];
     const auto l = static_cast<int64_t>(w.layers.size() + i);
-    auto at = [&](WeightSite s) {
-      s.layer = l;
-      s.mtp = true;
-      return s;
-    };
-    one(at({.role = "mtp_embed_tokens", .kind = WeightKind::table}), M.embed_tokens);
-    one(at(norm("enorm", l)), M.enorm);
-    one(at(norm("hnorm", l)), M.hnorm);
-    one(at(proj("eh_proj", l)), M.eh_proj);
+    one(at({.role = "mtp_embed_tokens", .kind = WeightKind::table}, l, true), M.embed_tokens);
+    one(at(norm("enorm", l), l, true), M.enorm);
+    one(at(norm("hnorm", l), l, true), M.hnorm);
+    one(at(proj("eh_proj", l), l, true), M.eh_proj);
     layer(M.block, l, true);
-    one(at(norm("shared_head_norm", l)), M.head_norm);
-    one(at(proj("shared_head", l)), M.head);
+    one(at(norm("shared_head_norm", l), l, true), M.head_norm);
+    one(at(proj("shared_head", l), l, true), M.head);
   }
   one(norm("norm", -1), w.norm);
   // The LM head is a projection even when tied (it is then the embedding's tensor: walkers that count

@@ -949,10 +949,11 @@ struct Session::Impl {
     const size_t L = static_cast<size_t>(c.num_hidden_layers);
     seq.k_cache.resize(L);
     seq.v_cache.resize(L);
-    for (size_t l = 0; l < L; ++l) {  // GQA: K and V; MLA: the latent rows in k_cache
-      runner->be->reserve(seq.k_cache[l], mem.cache_bytes);
-      if (c.attention == AttentionKind::gqa) runner->be->reserve(seq.v_cache[l], mem.cache_bytes);
-    }
+    auto reserve_cache = [&](Sequence& s, size_t l) {  // GQA: K and V; MLA: the latent rows in k_cache
+      runner->be->reserve(s.k_cache[l], mem.cache_bytes);
+      if (c.attention == AttentionKind::gqa) runner->be->reserve(s.v_cache[l], mem.cache_bytes);
+    };
+    for (size_t l = 0; l < L; ++l) reserve_cache(seq, l);
     if (!c.mtp_ffn.empty()) {
       mtp = std::make_unique<Mtp>();
       runner->be->reserve(mtp->hidden, mem.mtp_hidden_bytes);
@@ -961,11 +962,9 @@ struct Session::Impl {
       mtp->seq.context = ctx;
       mtp->seq.k_cache.resize(L + c.mtp_ffn.size());
       mtp->seq.v_cache.resize(L + c.mtp_ffn.size());
-      for (size_t l = L; l < L + c.mtp_ffn.size(); ++l) {
-        runner->be->reserve(mtp->seq.k_cache[l], mem.cache_bytes);
-        if (c.attention == AttentionKind::gqa) runner->be->reserve(mtp->seq.v_cache[l], mem.cache_bytes);
-      }
+      for (size_t l = L; l < L + c.mtp_ffn.size(); ++l) reserve_cache(mtp->seq, l);
       mtp->ids.reserve(static_cast<size_t>(ctx));
+      mtp->logits.resize(static_cast<size_t>(c.vocab_size));
     }
   }
 
@@ -983,7 +982,6 @@ struct Session::Impl {
   void catch_up(int64_t end) {
     Sequence& ms = mtp->seq;
     const int64_t D = engine->local.hidden_size;
-    mtp->logits.resize(static_cast<size_t>(engine->local.vocab_size));
     float* scratch = seq.hidden + seq.context * D;
     for (int64_t j = ms.pos; j < end;) {
       const int64_t m = std::min(runner->tokens, end - j);
