@@ -253,6 +253,11 @@ class Context;  // kernels/cuda/context.h: one device, one stream, a cuBLAS hand
 // True when a CUDA device can be used; any error from the driver (none installed, too old) is false.
 bool available() noexcept;
 void matmul(const MatmulParams& p, Context& ctx);   // GEMV for few tokens, cuBLAS GEMM for many
+// Matmuls of the same rows (q/k/v, q_a + kv_a, gate + up; at most cpu::kMatmulGroupMax): entries
+// that read the same x with the same n, in_features, x_stride and weight dtype run as one launch on the
+// GEMV path (their output rows concatenated); anything else runs entry by entry. Each entry's results
+// are exactly matmul()'s.
+void matmul_group(const MatmulParams* ps, size_t count, Context& ctx);
 void rms_norm(const RmsNormParams& p, Context& ctx);
 void rope(const RopeParams& p, Context& ctx);
 void attention(const AttentionParams& p, Context& ctx);  // flash-decoding / tiled prefill
