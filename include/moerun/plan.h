@@ -40,6 +40,9 @@ struct MemoryPlan {
   };
 
   BackendKind backend = BackendKind::cpu;  // resolved
+  // Why `--backend auto` runs on the CPU although a GPU is usable (the plan does not fit it); empty
+  // otherwise. The CLI prints it.
+  std::string backend_note;
   // Distributed runs: the plan is one rank's share (weights cut to it, its KV heads, its workspace)
   // against this machine's memory divided by the ranks running on it.
   int rank = 0, ranks = 1;

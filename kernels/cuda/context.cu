@@ -3,6 +3,7 @@
 #include "kernels/cuda/context.h"
 
 #include <utility>
+#include <vector>
 
 #include "moerun/error.h"
 
@@ -105,6 +106,23 @@ void Context::end_capture() {
 void Context::replay() {
   if (!exec_) throw Error("CUDA", "replay() without a captured graph");
   MOERUN_CUDA_CHECK(cudaGraphLaunch(exec_, stream_));
+}
+
+Context::GraphCounts Context::graph_counts() const {
+  GraphCounts c;
+  if (!graph_) return c;
+  size_t n = 0;
+  MOERUN_CUDA_CHECK(cudaGraphGetNodes(graph_, nullptr, &n));
+  std::vector<cudaGraphNode_t> nodes(n);
+  if (n > 0) MOERUN_CUDA_CHECK(cudaGraphGetNodes(graph_, nodes.data(), &n));
+  for (size_t i = 0; i < n; ++i) {
+    cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
+    MOERUN_CUDA_CHECK(cudaGraphNodeGetType(nodes[i], &type));
+    if (type == cudaGraphNodeTypeKernel) ++c.kernels;
+    else if (type == cudaGraphNodeTypeMemcpy || type == cudaGraphNodeTypeMemset) ++c.memory_ops;
+    else ++c.other;
+  }
+  return c;
 }
 
 void Context::drop_graph() {

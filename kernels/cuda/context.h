@@ -75,6 +75,12 @@ class Context {
   bool has_graph() const noexcept { return exec_ != nullptr; }
   void replay();
   void drop_graph();
+  // Kernel launches (kernel nodes) and memory operations (copy/set nodes) in the captured graph: a
+  // recorded decode step's launches per token. 0 without a graph.
+  struct GraphCounts {
+    size_t kernels = 0, memory_ops = 0, other = 0;
+  };
+  GraphCounts graph_counts() const;
 
  private:
   int device_ = 0;

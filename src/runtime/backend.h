@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -78,7 +79,19 @@ class Backend {
   virtual void replay() {}
   virtual void drop_record() {}
   virtual uint64_t generation() const noexcept { return 0; }
+  // What the recorded step launches (CUDA: the captured graph's kernel and copy/set nodes, the
+  // launches of one decode token); zeros without a recording.
+  struct RecordedLaunches {
+    size_t kernels = 0, memory_ops = 0;
+  };
+  virtual RecordedLaunches recorded_launches() const { return {}; }
 };
+
+// Tests and benchmarks only: when set, make_backend hands every backend it makes to `wrap` and
+// returns what that gives (a counting stub: runtime/counting_backend.h). Set it before the engine's
+// sessions are made and clear it (an empty function) afterwards; not thread-safe.
+using BackendWrapper = std::function<std::unique_ptr<Backend>(std::unique_ptr<Backend>)>;
+void set_backend_wrapper(BackendWrapper wrap);
 
 // The engine-wide state of a backend: for CUDA the uploaded weights (shared by all sessions).
 struct BackendState;

@@ -99,8 +99,26 @@ std::shared_ptr<const BackendState> prepare_backend(BackendKind kind, const Mode
 #endif
 }
 
+namespace {
+BackendWrapper& backend_wrapper() {
+  static BackendWrapper wrap;
+  return wrap;
+}
+std::unique_ptr<Backend> make_plain_backend(BackendKind kind, const std::shared_ptr<const BackendState>& state,
+                                            std::shared_ptr<cpu::ThreadPool> pool);
+}  // namespace
+
+void set_backend_wrapper(BackendWrapper wrap) { backend_wrapper() = std::move(wrap); }
+
 std::unique_ptr<Backend> make_backend(BackendKind kind, const std::shared_ptr<const BackendState>& state,
                                       std::shared_ptr<cpu::ThreadPool> pool) {
+  std::unique_ptr<Backend> b = make_plain_backend(kind, state, std::move(pool));
+  return backend_wrapper() ? backend_wrapper()(std::move(b)) : std::move(b);
+}
+
+namespace {
+std::unique_ptr<Backend> make_plain_backend(BackendKind kind, const std::shared_ptr<const BackendState>& state,
+                                            std::shared_ptr<cpu::ThreadPool> pool) {
 #if MOERUN_HAVE_CUDA
   if (kind == BackendKind::cuda) return make_cuda_backend(state);
 #else
@@ -110,5 +128,6 @@ std::unique_ptr<Backend> make_backend(BackendKind kind, const std::shared_ptr<co
   if (!pool) throw Error("CPU backend", "the engine made no thread pool");
   return make_cpu_backend(std::move(pool));
 }
+}  // namespace
 
 }  // namespace moerun::runtime

@@ -3,6 +3,9 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstring>
+#include <span>
 #include <unordered_map>
 
 #include "kernels/cuda/context.h"
@@ -28,6 +31,67 @@ namespace {
 constexpr size_t kTensorAlign = 256;
 constexpr double kMiB = 1024.0 * 1024.0;
 
+// Host-to-device copies of the weights through two pinned staging buffers on a stream of their own:
+// the host fills one buffer while the other is on its way (a pageable cudaMemcpy would stage through
+// the driver's small buffer and, for host memory it cannot pin, may return before the DMA ends). Where
+// pinned memory cannot be had, plain cudaMemcpy and a device-wide synchronize. finish() waits for all.
+class Uploader {
+ public:
+  static constexpr size_t kChunk = size_t{64} << 20;
+  Uploader() {
+    MOERUN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    for (int i = 0; i < 2; ++i) {
+      if (cudaHostAlloc(&staging_[i], kChunk, cudaHostAllocDefault) != cudaSuccess) {
+        (void)cudaGetLastError();
+        release_staging();
+        return;
+      }
+      MOERUN_CUDA_CHECK(cudaEventCreateWithFlags(&done_[i], cudaEventDisableTiming));
+    }
+  }
+  ~Uploader() {
+    if (stream_) cudaStreamSynchronize(stream_);
+    release_staging();
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+  Uploader(const Uploader&) = delete;
+  Uploader& operator=(const Uploader&) = delete;
+
+  void copy(std::byte* dst, const void* src, size_t bytes) {
+    const auto* from = static_cast<const std::byte*>(src);
+    if (!staging_[0] || !staging_[1]) {
+      MOERUN_CUDA_CHECK(cudaMemcpy(dst, from, bytes, cudaMemcpyHostToDevice));
+      return;
+    }
+    for (size_t off = 0; off < bytes; off += kChunk) {
+      const size_t n = std::min(kChunk, bytes - off);
+      MOERUN_CUDA_CHECK(cudaEventSynchronize(done_[next_]));  // its previous copy has left the buffer
+      std::memcpy(staging_[next_], from + off, n);
+      MOERUN_CUDA_CHECK(cudaMemcpyAsync(dst + off, staging_[next_], n, cudaMemcpyHostToDevice, stream_));
+      MOERUN_CUDA_CHECK(cudaEventRecord(done_[next_], stream_));
+      next_ ^= 1;
+    }
+  }
+  void finish() {
+    MOERUN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    MOERUN_CUDA_CHECK(cudaDeviceSynchronize());  // (the pageable fallback's copies too)
+  }
+
+ private:
+  void release_staging() {
+    for (int i = 0; i < 2; ++i) {
+      if (done_[i]) cudaEventDestroy(done_[i]);
+      if (staging_[i]) cudaFreeHost(staging_[i]);
+      done_[i] = nullptr;
+      staging_[i] = nullptr;
+    }
+  }
+  cudaStream_t stream_ = nullptr;
+  void* staging_[2] = {nullptr, nullptr};
+  cudaEvent_t done_[2] = {nullptr, nullptr};
+  int next_ = 0;
+};
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(std::shared_ptr<const BackendState> state) : state_(std::move(state)), device_(use_device(state_->device)) {}
@@ -43,11 +107,20 @@ class CudaBackend final : public Backend {
       throw Error("CUDA backend", cat("a buffer grew to ", bytes, " bytes while the decode step was being recorded"));
     // Sessions reserve their planned sizes once (runtime/workspace.h), so no growth slack: the size
     // rounded to 256 bytes, with b.bytes the usable (planned) size.
+    // The old buffer goes first, once the work that may still read it is done, so growing needs room
+    // for the new size only (not old + new).
+    if (b.holder) {
+      ctx_.synchronize();
+      b.holder.reset();
+      b.data = nullptr;
+      b.bytes = 0;
+      ++generation_;
+    }
     auto mem = std::make_shared<cuda::DeviceBuffer>(detail::checked_add(bytes, 255, "CUDA session memory") / 256 * 256,
                                                     "session memory");
     b.data = mem->data();
     b.bytes = bytes;
-    b.holder = std::move(mem);  // the old buffer is freed here (cudaFree waits for work using it)
+    b.holder = std::move(mem);
     ++generation_;
   }
   void upload(void* dst, const void* src, size_t bytes) override {
@@ -65,6 +138,7 @@ class CudaBackend final : public Backend {
   }
 
   void matmul(const MatmulParams& p) override { cuda::matmul(p, ctx_); }
+  void matmul_group(std::span<const MatmulParams> ps) override { cuda::matmul_group(ps.data(), ps.size(), ctx_); }
   void rms_norm(const RmsNormParams& p) override { cuda::rms_norm(p, ctx_); }
   void rope(const RopeParams& p) override { cuda::rope(p, ctx_); }
   void attention(const AttentionParams& p) override { cuda::attention(p, ctx_); }
@@ -86,6 +160,10 @@ class CudaBackend final : public Backend {
   void replay() override { ctx_.replay(); }
   void drop_record() override { ctx_.drop_graph(); }
   uint64_t generation() const noexcept override { return generation_ + ctx_.workspace_generation(); }
+  RecordedLaunches recorded_launches() const override {
+    const cuda::Context::GraphCounts g = ctx_.graph_counts();
+    return {g.kernels, g.memory_ops};
+  }
 
  private:
   std::shared_ptr<const BackendState> state_;
@@ -130,11 +208,13 @@ std::shared_ptr<const BackendState> upload_weights(const ModelWeights& weights) 
                                     " MiB are free; use --backend cpu or a smaller model"));
   state->memory = cuda::DeviceBuffer(total, "the model's weights");
   auto* base = state->memory.as<std::byte>();
+  Uploader up;
   for (const Tensor* t : order) {
     std::byte* dst = base + offset_of.at(t->data());
-    MOERUN_CUDA_CHECK(cudaMemcpy(dst, t->data(), t->nbytes(), cudaMemcpyHostToDevice));
+    up.copy(dst, t->data(), t->nbytes());
     state->device_of.emplace(t->data(), dst);
   }
+  up.finish();  // every copy is on the device before a session's stream reads the weights
   return state;
 }
 

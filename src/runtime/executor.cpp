@@ -166,7 +166,9 @@ struct Engine::Impl {
 KvType kv_type_for(const EngineOptions& options, BackendKind backend, const ModelDesc& desc) {
   if (options.kv_type) return *options.kv_type;
   const bool naive_mla = desc.attention == AttentionKind::mla && options.mla == MlaMode::naive;
-  return backend == BackendKind::cuda || naive_mla ? KvType::f32 : kDefaultKvType;
+  if (naive_mla) return KvType::f32;
+  // CUDA: bf16 (its MLA decode runs on tensor cores over bf16 rows); the CPU: kDefaultKvType.
+  return backend == BackendKind::cuda ? KvType::bf16 : kDefaultKvType;
 }
 
 int64_t default_context(const ModelDesc& d, const EngineOptions& options) {
@@ -228,19 +230,24 @@ Engine Engine::from_model(Model model, const EngineOptions& opts) {
   if (ranks > 1 && options.threads == 0)  // the ranks on this machine share its cores
     options.threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, world->local_size()));
   if (options.context != 0) check_context(options.context, model.config(), options.context_override);
-  const BackendKind backend = runtime::resolve_backend(runtime::requested_backend(options));
+  const BackendKind requested = runtime::requested_backend(options);
+  // An explicit backend that cannot run here is its own clear error, before any plan.
+  const BackendKind resolved = runtime::resolve_backend(requested);
   const model::Partition part = model::make_partition(model.config(), options.split, rank, ranks);
   // The plan comes first: a model that cannot fit is refused before its weights are converted or
   // uploaded (the mapped files cost nothing until read). Under mpirun it is this rank's share.
   MemoryPlan plan = plan_memory(model, options);
   if (options.memory_check && !plan.fits) throw Error("memory", cat(ranks > 1 ? cat("rank ", rank, " of ", ranks, ": ") : std::string(), plan.refusal()));
+  // `automatic` runs where the plan put it (the CPU when the model does not fit the GPU).
+  const BackendKind backend = requested == BackendKind::automatic ? plan.backend : resolved;
+  if (requested == BackendKind::automatic) options.backend = backend;
   ModelConfig local = model::local_config(model.config(), part);
   if (!options.mtp) local.mtp_ffn.clear();  // the MTP layers stay unused unless loaded
   const KvType kv_type = kv_type_for(options, backend, local);
   runtime::check_kv_type(local, kv_type, options.mla);
-  if (backend == BackendKind::cuda && kv_type != KvType::f32)
-    throw Error("--kv-type", cat("a ", kv_type_name(kv_type), " KV cache is not supported on CUDA yet (its attention reads f32 caches); "
-                                 "use --kv-type f32 or --backend cpu"));
+  if (backend == BackendKind::cuda && kv_type == KvType::q8_0)
+    throw Error("--kv-type", "a q8_0 KV cache is not supported on CUDA (its attention reads f32, f16 or bf16 caches); "
+                             "use --kv-type bf16 (the CUDA default), f16 or f32, or --backend cpu");
   auto impl = std::make_shared<Impl>(model);
   impl->part = part;
   impl->local = local;

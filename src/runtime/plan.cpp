@@ -57,8 +57,31 @@ void check_kv_type(const ModelDesc& d, KvType kv_type, MlaMode mla) {
   }
 }
 
-DType fp8_form(const EngineOptions& o, BackendKind backend) {
-  return backend == BackendKind::cuda && o.fp8_dequant == DType::f8_e4m3 ? DType::bf16 : o.fp8_dequant;
+DType fp8_form(const EngineOptions& o, BackendKind /*backend*/) {
+  // Both backends read FP8 weights with their block scales (the CUDA GEMVs, MoE and head matmuls as
+  // the CPU kernels do), so --fp8 keep is zero copy on either.
+  return o.fp8_dequant;
+}
+
+size_t cuda_scratch_bytes(const ModelDesc& d, int64_t context) {
+  constexpr size_t kMiB = size_t{1} << 20;
+  const auto B = static_cast<size_t>(std::max<int64_t>(1, std::min(context, kMaxBatch)));
+  const auto D = static_cast<size_t>(d.hidden_size);
+  size_t widest = D;  // the widest GEMM input row
+  for (int64_t w : {d.intermediate_size, d.moe_intermediate_size, d.num_attention_heads * d.v_head_dim,
+                    d.num_attention_heads * d.head_dim, d.q_lora_rank.value_or(0), d.kv_lora_rank})
+    widest = std::max(widest, static_cast<size_t>(std::max<int64_t>(w, 0)));
+  // A GEMM's x rounded to bf16, plus an FP8 weight's bf16 dequantization tile (matmul.cu).
+  const size_t gemm = B * widest * 2 + (d.fp8.enabled ? 64 * kMiB : 0);
+  // The MoE prefill: per (token, expert) pair its gathered x (bf16), gate/up/act rows (f32) and down row.
+  const auto pairs = B * static_cast<size_t>(std::max<int64_t>(d.router.num_experts_per_tok, 0));
+  const auto I = static_cast<size_t>(std::max<int64_t>(d.moe_intermediate_size, 0));
+  const size_t moe = pairs * (D * 2 + I * 4 * 3 + D * 4);
+  // Split-K attention partials stay within ~2 blocks per SM of 16 query rows x 512 floats: 16 MiB.
+  const size_t ops = std::max({gemm, moe, 16 * kMiB});
+  // The workspace grows to 1.25x a request (context.cu); cuBLAS's own 32 MiB; 64 MiB for the graph,
+  // events and kernels' module memory.
+  return ops + ops / 4 + 32 * kMiB + 64 * kMiB;
 }
 
 WorkspaceShare workspace_share(const model::Partition& p, int64_t vocab_size) {
@@ -242,10 +265,15 @@ MemoryPlan place(MemoryPlan p, const ModelDesc& d, MlaMode mla, int64_t context,
   p.workspace_bytes = s.total_bytes - s.kv_bytes;
   MemoryPlan::Device host = room.host;
   if (p.backend == BackendKind::cuda) {
-    // Weight copies made at load stay on the host; the mapped views are read once, at upload.
+    // Weight copies made at load stay on the host; the mapped views are read once, at upload. The
+    // device also holds the ops' scratch (the op workspace at the longest prefill step, cuBLAS's).
     host.needed_bytes = p.weights_owned_bytes;
+    const size_t scratch = runtime::cuda_scratch_bytes(d, context);
+    p.workspace.push_back({"cuda_scratch", scratch});
+    p.workspace_bytes += scratch;
     p.devices = {host, MemoryPlan::Device{.name = "cuda:0",
-                                          .needed_bytes = detail::checked_add(p.weights_device_bytes, s.total_bytes, what),
+                                          .needed_bytes = detail::checked_add(detail::checked_add(p.weights_device_bytes, s.total_bytes, what),
+                                                                              scratch, what),
                                           .available_bytes = room.cuda.bytes,
                                           .available_source = room.cuda.source}};
   } else {
@@ -327,6 +355,18 @@ MemoryPlan plan_for(const ModelDesc& d, const ModelWeights& w, bool shape_only, 
   Room room = measure_room();
   if (share.ranks > 1) room.host.available_bytes /= static_cast<uint64_t>(std::min(local_ranks(), share.ranks));
   MemoryPlan p = place(weigh(d, w, shape_only, o, planned_backend(o)), d, o.mla, context, room, share);
+  // `--backend auto` picks the GPU only when the plan fits it; otherwise the CPU, saying why.
+  if (!p.fits && p.backend == BackendKind::cuda && runtime::requested_backend(o) == BackendKind::automatic) {
+    const MemoryPlan::Device& gpu = p.devices.back();
+    const std::string why = cat("the model needs ", format_bytes(gpu.needed_bytes), " on ", gpu.name, " where ",
+                                format_bytes(gpu.available_bytes), " is free: running on the CPU (--backend cuda insists)");
+    EngineOptions on_cpu = o;
+    on_cpu.backend = BackendKind::cpu;
+    p = place(weigh(d, w, shape_only, on_cpu, BackendKind::cpu), d, o.mla, context, room, share);
+    p.backend_note = why;
+    if (!p.fits) p.suggestions = suggest(d, w, shape_only, on_cpu, p, room, share);
+    return p;
+  }
   if (!p.fits) p.suggestions = suggest(d, w, shape_only, o, p, room, share);
   return p;
 }
@@ -441,6 +481,7 @@ std::string plan_text(const MemoryPlan& p) {
                         quant_name(p.quant), ", KV ", kv_type_name(p.kv_type),
                         p.fp8_source_bytes ? cat(", FP8 ", fp8_name(p.fp8_form)) : std::string(), "\n");
   if (p.ranks > 1) out = cat(p.partition, "\n", out);
+  if (!p.backend_note.empty()) out += cat("  (", p.backend_note, ")\n");
   auto row = [&](const char* part, uint64_t bytes, const std::string& detail) {
     std::snprintf(line, sizeof line, "  %-10s %12s  %s\n", part, format_bytes(bytes).c_str(), detail.c_str());
     out += line;
@@ -469,6 +510,7 @@ std::string plan_json(const MemoryPlan& p) {
     j["partition"] = p.partition;
   }
   j["backend"] = backend_name(p.backend);
+  if (!p.backend_note.empty()) j["backend_note"] = p.backend_note;
   j["quant"] = quant_name(p.quant);
   j["context"] = p.context;
   j["kv_type"] = kv_type_name(p.kv_type);

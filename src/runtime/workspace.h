@@ -96,7 +96,11 @@ SessionMemory plan_session(const ModelDesc& d, int64_t context, MlaMode mla, KvT
 // row and head offset the kernels start at to be a multiple of 32 elements, and the naive MLA form
 // reads the latent cache as plain f32 rows.
 void check_kv_type(const ModelDesc& d, KvType kv_type, MlaMode mla);
-// The FP8 form weights take at load on `backend` (CUDA reads no FP8 experts yet: BF16 there).
+// The FP8 form weights take at load on `backend` (--fp8: kept as FP8 on both backends by default).
 DType fp8_form(const EngineOptions& options, BackendKind backend);
+// Device memory the CUDA ops need beyond the session's buffers, at a context's longest step: the op
+// workspace (a GEMM's bf16 input and FP8 dequantization tile, the MoE prefill's rows, split-K
+// partials), cuBLAS's workspace and the runtime's own. An upper estimate the plan reserves.
+size_t cuda_scratch_bytes(const ModelDesc& d, int64_t context);
 
 }  // namespace moerun::runtime

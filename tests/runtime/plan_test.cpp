@@ -134,6 +134,29 @@ TEST(PlanFromConfig, DeepSeekV3AtLongContextDoesNotFitHereAndSaysWhy) {
   EXPECT_EQ(why.find('\n'), std::string::npos) << why;
 }
 
+// The CUDA plan (made here without a GPU: 0 bytes available) keeps FP8 as FP8, stores the KV cache in
+// bf16 by default, and reserves the ops' scratch on the device: at DeepSeek-V3's longest prefill step
+// the MoE rows (512 tokens x 8 experts) dominate it.
+TEST(PlanFromConfig, CudaPlansKeepFp8AndReserveTheOpsScratch) {
+  const auto cfg = std::filesystem::path(MOERUN_TEST_DATA) / "configs" / "deepseek_v3.json";
+  const ModelConfig config = load_model_config(cfg);
+  const MemoryPlan p = plan_memory(config, {.context = 4096, .backend = BackendKind::cuda});
+  EXPECT_EQ(p.backend, BackendKind::cuda);
+  EXPECT_EQ(p.fp8_form, DType::f8_e4m3);
+  EXPECT_EQ(p.kv_type, KvType::bf16);
+  EXPECT_EQ(p.kv_bytes, uint64_t{61} * 4096 * (512 + 64) * 2);
+  uint64_t scratch = 0;
+  for (const MemoryPlan::Buffer& b : p.workspace)
+    if (b.role == "cuda_scratch") scratch = b.bytes;
+  const uint64_t moe_rows = uint64_t{512} * 8 * (7168 * 2 + 2048 * 4 * 3 + 7168 * 4);
+  EXPECT_GE(scratch, moe_rows + moe_rows / 4);
+  EXPECT_LT(scratch, moe_rows + moe_rows / 4 + (uint64_t{128} << 20));
+  ASSERT_EQ(p.devices.size(), 2u);
+  EXPECT_EQ(p.devices[1].needed_bytes, p.weights_device_bytes + p.kv_bytes + p.workspace_bytes);
+  EXPECT_FALSE(p.fits);  // no device here (and 671B parameters would not fit one anyway)
+  EXPECT_TRUE(p.backend_note.empty());  // asked for explicitly: no fallback
+}
+
 // A synthetic model is planned as Model::synthetic makes it, and the engine allocates exactly that.
 TEST(PlanFromConfig, SyntheticPlanEqualsTheSyntheticEngine) {
   const auto cfg = std::filesystem::path(MOERUN_TEST_DATA) / "configs" / "qwen3_30b_a3b.json";

@@ -212,6 +212,7 @@ void add_bench_command(CLI::App& root, std::vector<Command>& commands) {
       // counted twice (they already hold the memory the plan would look for).
       if (!opt->synthetic.empty()) eo.memory_check = false;
       const Engine engine = Engine::from_model(std::move(model), eo);
+      report_backend_note(engine);
       if (!engine.leader()) {  // a worker rank: the leader runs the benchmark, this rank follows it
         engine.follow();
         continue;

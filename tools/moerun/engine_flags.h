@@ -2,11 +2,13 @@
 // Flags that choose how a model runs, shared by run, chat, bench, logits and perplexity: the backend,
 // the load-time weight quantization, and whether tensors the config does not use may be left out.
 
+#include <cstdio>
 #include <string>
 
 #include <CLI/CLI.hpp>
 
 #include "moerun/engine.h"
+#include "moerun/plan.h"
 
 namespace moerun::cli {
 
@@ -22,12 +24,12 @@ struct EngineFlags {
     app->add_option("--quant", quant, "quantize weights at load (CPU backend): none, q8 (int8) or q4 (4-bit), blocks of 32")
         ->check(CLI::IsMember({"none", "q8", "q4"}));
     app->add_option("--fp8", fp8,
-                    "FP8 checkpoints (DeepSeek-V3): keep (the CPU kernels read the FP8 weights as they are, zero copy), "
+                    "FP8 checkpoints (DeepSeek-V3): keep (the kernels, CPU and CUDA, read the FP8 weights with their block scales as they are: zero copy), "
                     "or dequantize at load to bf16 or f32 (twice / four times the memory)")
         ->check(CLI::IsMember({"keep", "bf16", "f32"}));
     app->add_option("--kv-type", kv_type,
                     std::string("KV cache element type: f32, f16, bf16 or q8_0 (blocks of 32 int8 with an fp16 scale); "
-                                "default ") + std::string(kv_type_name(kDefaultKvType)) + " on the CPU, f32 on CUDA")
+                                "default ") + std::string(kv_type_name(kDefaultKvType)) + " on the CPU, bf16 on CUDA (which has no q8_0)")
         ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0"}));
     app->add_option("--split", split,
                     "under mpirun: how the model is split over the ranks: ep (experts), tp (heads, FFN columns, "
@@ -51,5 +53,11 @@ struct EngineFlags {
     eo.split = parse_split(split);
   }
 };
+
+// One line on stderr when `--backend auto` chose the CPU although a GPU is usable (the model's plan
+// does not fit it): what it needs there and what is free.
+inline void report_backend_note(const Engine& engine) {
+  if (!engine.plan().backend_note.empty()) std::fprintf(stderr, "moerun: %s\n", engine.plan().backend_note.c_str());
+}
 
 }  // namespace moerun::cli

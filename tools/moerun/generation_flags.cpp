@@ -208,6 +208,7 @@ LoadedModel load_model(const GenerationFlags& flags, bool quiet) {
                   m.engine.backend() == BackendKind::cuda ? "CUDA" : "CPU");
     close_progress(tail);
   }
+  report_backend_note(m.engine);
   if (flags.spec.kind() == SpecKind::draft) {
     EngineOptions deo = eo;
     deo.progress = nullptr;

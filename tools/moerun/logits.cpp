@@ -77,6 +77,7 @@ void add_logits_command(CLI::App& root, std::vector<Command>& commands) {
     eo.mla = opt->mla == "naive" ? MlaMode::naive : MlaMode::absorbed;
     opt->engine.apply(eo);
     const Engine engine = Engine::load(opt->model, eo);
+    report_backend_note(engine);
     follow_if_worker(engine);
     // Without -c the context grows to fit the ids; with -c a longer input is an error.
     const int64_t n = static_cast<int64_t>(ids.size());

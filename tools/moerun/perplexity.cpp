@@ -56,6 +56,7 @@ void add_perplexity_command(CLI::App& root, std::vector<Command>& commands) {
     eo.context_override = opt->context_override;
     opt->engine.apply(eo);
     const Engine engine = Engine::load(dir, eo);
+    report_backend_note(engine);
     follow_if_worker(engine);
     const Tokenizer tok = Tokenizer::load(dir);
     const std::vector<int32_t> ids = tok.encode(text, {.add_special_tokens = false});

@@ -1,0 +1,115 @@
+// The ops one decode token enqueues, per family, counted by the counting backend (runtime/
+// counting_backend.h) around the CPU backend: every op is one CUDA launch or a fixed few (a split-K
+// combine, the MoE kernel's three), so this is the launch count a GPU run starts from, checked here
+// without one. A change that adds ops to the decode step shows up as a failure to update on purpose.
+// On a GPU, bench/cuda_kernels_bench.cpp reports the captured graph's real kernel count beside it.
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moerun/engine.h"
+#include "runtime/backend.h"
+#include "runtime/counting_backend.h"
+#include "support/golden.h"
+
+namespace moerun {
+namespace {
+
+using runtime::OpCounts;
+using runtime::OpKind;
+
+// The counting wrapper for one test's engines; cleared when the test ends.
+class Counting {
+ public:
+  Counting() {
+    runtime::set_backend_wrapper([c = counts_](std::unique_ptr<runtime::Backend> b) -> std::unique_ptr<runtime::Backend> {
+      return std::make_unique<runtime::CountingBackend>(std::move(b), c);
+    });
+  }
+  ~Counting() { runtime::set_backend_wrapper({}); }
+  Counting(const Counting&) = delete;
+  Counting& operator=(const Counting&) = delete;
+  OpCounts& counts() { return *counts_; }
+
+ private:
+  std::shared_ptr<OpCounts> counts_ = std::make_shared<OpCounts>();
+};
+
+// The ops of one decode token by the executor's structure (src/runtime/executor.cpp, Runner::block):
+// per layer the two norms and two residual adds, the attention's ops and the FFN's; then the
+// embedding, the final norm and the LM head.
+int64_t expected_ops(const ModelConfig& c) {
+  int64_t attn = 0;
+  if (c.attention == AttentionKind::gqa) {
+    // q/k/v as one group, q and k rope, K and V stores, attention, o_proj.
+    attn = 7 + (c.qk_norm != QkNorm::none ? 2 : 0) + (c.clip_qkv ? 3 : 0);
+  } else {
+    // (q_a + kv_a) as one group [q_a norm, q_b], kv norm, two ropes, the latent store, the two
+    // absorption head matmuls around the attention, the rope-part copy, o_proj.
+    attn = 10 + (c.q_lora_rank ? 2 : 0);
+  }
+  int64_t ops = 3;  // embed, final norm, LM head
+  for (FfnKind f : c.layer_ffn) {
+    int64_t ffn = 3;  // dense: gate + up as one group, act, down
+    if (f == FfnKind::moe) {
+      ffn = 3;  // router, route, moe
+      if (c.shared.count > 0) ffn += 3 + 1 + (c.shared.gated ? 1 : 0);  // the shared expert, its add, [its gate]
+    }
+    ops += 4 + attn + ffn;
+  }
+  return ops;
+}
+
+TEST(LaunchCount, OneDecodeTokenEnqueuesTheOpsItsFamilyNeeds) {
+  for (const std::string name : {"llama", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2_lite", "deepseek_v3"}) {
+    Counting counting;
+    const Engine engine = Engine::load(testing::golden_dir(name), {.backend = BackendKind::cpu});
+    Session s(engine);
+    s.forward(std::vector<int32_t>{1, 2, 3, 4});
+    counting.counts() = {};
+    s.forward(std::vector<int32_t>{5});
+    const OpCounts& n = counting.counts();
+    const ModelConfig& c = engine.config();
+    const auto layers = static_cast<int64_t>(c.layer_ffn.size());
+    EXPECT_EQ(n.total(), expected_ops(c)) << name;
+    // The projections that read the same rows run as one group: q/k/v (or q_a + kv_a) and every
+    // gate + up pair.
+    int64_t groups = layers;  // attention's
+    for (FfnKind f : c.layer_ffn) groups += f == FfnKind::moe ? (c.shared.count > 0 ? 1 : 0) : 1;
+    EXPECT_EQ(n[OpKind::matmul_group], groups) << name;
+    EXPECT_EQ(n[OpKind::attention], layers) << name;
+    EXPECT_EQ(n[OpKind::embed], 1) << name;
+    std::string summary;
+    for (size_t k = 0; k < n.calls.size(); ++k)
+      if (n.calls[k]) summary += " " + std::string(runtime::kOpNames[k]) + "=" + std::to_string(n.calls[k]);
+    std::printf("%-18s %2lld layers: %4lld ops per decode token (%.1f per layer):%s\n", name.c_str(),
+                static_cast<long long>(layers), static_cast<long long>(n.total()),
+                static_cast<double>(n.total() - 3) / static_cast<double>(layers), summary.c_str());
+  }
+}
+
+// The counts add up across a batch's sequences the way the executor runs them: one op per layer for
+// all rows, attention once per sequence.
+TEST(LaunchCount, ABatchedStepRunsEachOpOnceAndAttentionPerSequence) {
+  Counting counting;
+  const Engine engine = Engine::load(testing::golden_dir("qwen3_moe"), {.backend = BackendKind::cpu});
+  Session one(engine);
+  one.forward(std::vector<int32_t>{1, 2});
+  counting.counts() = {};
+  one.forward(std::vector<int32_t>{3});
+  const int64_t single = counting.counts().total();
+  const auto layers = static_cast<int64_t>(engine.config().layer_ffn.size());
+  // Prefill of 4 tokens at once costs the same ops as one token: rows are a dimension, not a loop.
+  Session two(engine);
+  counting.counts() = {};
+  two.forward(std::vector<int32_t>{1, 2, 3, 4});
+  EXPECT_EQ(counting.counts().total(), single);
+  EXPECT_EQ(counting.counts()[OpKind::attention], layers);
+}
+
+}  // namespace
+}  // namespace moerun
