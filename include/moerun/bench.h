@@ -69,6 +69,9 @@ struct BenchResult {
   double acceptance() const { return drafted > 0 ? static_cast<double>(accepted) / static_cast<double>(drafted) : 0.0; }
   // Accepted drafts per decode forward: each forward yields this many tokens beyond the one it verifies.
   double accepted_per_step() const { return steps > 0 ? static_cast<double>(accepted) / static_cast<double>(steps) : 0.0; }
+  // tg rows: the backend ops one decode step enqueues (counted), and on CUDA the kernels its
+  // recorded graph launches (its kernel nodes; 0 on the CPU).
+  int64_t ops_per_token = 0, launches_per_token = 0;
 };
 
 // pp: prefill `tokens` random ids into a session holding `depth` cached tokens; tg: decode `tokens`

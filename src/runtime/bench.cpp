@@ -21,6 +21,7 @@
 #include "moerun/generate.h"
 #include "moerun/sampler.h"
 #include "moerun/tokenizer.h"
+#include "runtime/counting_backend.h"
 
 namespace moerun {
 namespace {
@@ -251,6 +252,7 @@ BenchResult bench_decode(const Engine& engine, int tokens, int reps, int depth) 
   r.test = test_name("tg", tokens, depth);
   r.tokens = tokens;
   const std::vector<int32_t> ids = random_ids(engine, tokens, 2);
+  runtime::ScopedOpCounting counting;  // (one process: a distributed engine's ranks count their own)
   Session s = filled_session(engine, tokens, depth);
   double timed = 0;
   for (int rep = -1; rep < reps; ++rep) {
@@ -268,6 +270,17 @@ BenchResult bench_decode(const Engine& engine, int tokens, int reps, int depth) 
   finish(r);
   r.bytes_per_token = decode_bytes_per_token(engine, depth + tokens / 2.0);  // mean cached length during the run
   r.gbps = r.bytes_per_token * r.mean / 1e9;
+  // The ops of one step: those recorded into the replayed graph (CUDA), else one more plain step's.
+  runtime::OpCounts& n = counting.counts();
+  if (n.recorded.kernels > 0) {
+    r.ops_per_token = n.recorded_ops;
+    r.launches_per_token = static_cast<int64_t>(n.recorded.kernels);
+  } else if (tokens > 0) {
+    s.truncate(depth);
+    n = {};
+    s.forward(std::span<const int32_t>(ids.data(), 1));
+    r.ops_per_token = n.total();
+  }
   return r;
 }
 

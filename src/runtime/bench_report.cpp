@@ -152,6 +152,9 @@ const Column kColumns[] = {
     {.key = "draft_ms_per_token", .value = [](const BenchRow& x) -> Value { return x.result.draft_ms_per_token(); },
      .md_title = "draft ms/token", .md_spec_only = true,
      .md = [](const BenchRow& x) { return spec_cell(x, printf1("%.2f", x.result.draft_ms_per_token())); }},
+    // Decode rows: ops per step and (CUDA) the recorded graph's kernel launches; JSON and CSV only.
+    {.key = "ops_per_token", .value = [](const BenchRow& x) -> Value { return x.result.ops_per_token; }},
+    {.key = "launches_per_token", .value = [](const BenchRow& x) -> Value { return x.result.launches_per_token; }},
 };
 
 std::string csv_cell(const Column& c, const Value& v) {

@@ -25,6 +25,10 @@ inline constexpr std::array<std::string_view, static_cast<size_t>(OpKind::count)
 struct OpCounts {
   std::array<int64_t, static_cast<size_t>(OpKind::count)> calls{};
   int64_t group_entries = 0;
+  // The last recorded step (CUDA graphs): the ops enqueued while it was recorded, and what the
+  // recording launches (its graph's kernel and copy/set nodes).
+  int64_t recorded_ops = 0;
+  Backend::RecordedLaunches recorded{};
   int64_t& operator[](OpKind k) { return calls[static_cast<size_t>(k)]; }
   int64_t operator[](OpKind k) const { return calls[static_cast<size_t>(k)]; }
   int64_t total() const {
@@ -112,11 +116,23 @@ class CountingBackend final : public Backend {
 
   // A replayed recording enqueues no op through here: only the steps that record or run plainly count.
   bool can_record() const noexcept override { return inner_->can_record(); }
-  void begin_record() override { inner_->begin_record(); }
-  void end_record() override { inner_->end_record(); }
+  void begin_record() override {
+    inner_->begin_record();
+    recording_ = true;
+    recording_start_ = counts_->total();
+  }
+  void end_record() override {
+    recording_ = false;
+    inner_->end_record();
+    counts_->recorded_ops = counts_->total() - recording_start_;
+    counts_->recorded = inner_->recorded_launches();
+  }
   bool has_record() const noexcept override { return inner_->has_record(); }
   void replay() override { inner_->replay(); }
-  void drop_record() override { inner_->drop_record(); }
+  void drop_record() override {
+    recording_ = false;
+    inner_->drop_record();
+  }
   uint64_t generation() const noexcept override { return inner_->generation(); }
   RecordedLaunches recorded_launches() const override { return inner_->recorded_launches(); }
 
@@ -124,6 +140,26 @@ class CountingBackend final : public Backend {
   void count(OpKind k) { ++(*counts_)[k]; }
   std::unique_ptr<Backend> inner_;
   std::shared_ptr<OpCounts> counts_;
+  bool recording_ = false;
+  int64_t recording_start_ = 0;
+};
+
+// Counts the ops of the sessions made while it lives (set_backend_wrapper), restoring no wrapper
+// when it goes. One at a time.
+class ScopedOpCounting {
+ public:
+  ScopedOpCounting() {
+    set_backend_wrapper([c = counts_](std::unique_ptr<Backend> b) -> std::unique_ptr<Backend> {
+      return std::make_unique<CountingBackend>(std::move(b), c);
+    });
+  }
+  ~ScopedOpCounting() { set_backend_wrapper({}); }
+  ScopedOpCounting(const ScopedOpCounting&) = delete;
+  ScopedOpCounting& operator=(const ScopedOpCounting&) = delete;
+  OpCounts& counts() { return *counts_; }
+
+ private:
+  std::shared_ptr<OpCounts> counts_ = std::make_shared<OpCounts>();
 };
 
 }  // namespace moerun::runtime

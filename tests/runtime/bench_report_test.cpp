@@ -67,7 +67,7 @@ TEST(BenchReport, JsonKeysAndCsvColumnsAreOneList) {
                                          "experts_per_layer", "gbps", "ceiling_gbps", "bw_fraction", "tflops", "gemm_ceiling_tflops",
                                          "gemm_fraction", "ranks", "comm_bytes_per_token", "comm_fraction", "spec",
                                          "drafted_tokens", "accepted_tokens", "acceptance_rate", "accepted_per_step",
-                                         "draft_ms_per_token"};
+                                         "draft_ms_per_token", "ops_per_token", "launches_per_token"};
   EXPECT_EQ(keys, want);
   EXPECT_EQ(j[1]["test"], "tg4 @ d16");
   EXPECT_EQ(j[1]["threads"], 2);
@@ -83,7 +83,7 @@ TEST(BenchReport, JsonKeysAndCsvColumnsAreOneList) {
   EXPECT_EQ(split(line), want);  // the header: every JSON key, in order
   std::getline(csv, line);
   EXPECT_EQ(line, "\"llama 1.23 M f32\",\"4.50 MiB\",\"1.23 M\",CPU,2,f32,\"pp8\",1,8,105.0000,7.0711,105.0000,\"100.0000 110.0000\",0,0,"
-                  "0.0000,0.0000,10.0000,0.0000,0.2600,2.0000,0.1300,1,0,0.0000,,0,0,0.0000,0.0000,0.0000");
+                  "0.0000,0.0000,10.0000,0.0000,0.2600,2.0000,0.1300,1,0,0.0000,,0,0,0.0000,0.0000,0.0000,0,0");
   std::getline(csv, line);
   EXPECT_EQ(split(line).size(), want.size()) << line;
   EXPECT_FALSE(std::getline(csv, line));

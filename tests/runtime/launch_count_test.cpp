@@ -22,22 +22,7 @@ namespace {
 using runtime::OpCounts;
 using runtime::OpKind;
 
-// The counting wrapper for one test's engines; cleared when the test ends.
-class Counting {
- public:
-  Counting() {
-    runtime::set_backend_wrapper([c = counts_](std::unique_ptr<runtime::Backend> b) -> std::unique_ptr<runtime::Backend> {
-      return std::make_unique<runtime::CountingBackend>(std::move(b), c);
-    });
-  }
-  ~Counting() { runtime::set_backend_wrapper({}); }
-  Counting(const Counting&) = delete;
-  Counting& operator=(const Counting&) = delete;
-  OpCounts& counts() { return *counts_; }
-
- private:
-  std::shared_ptr<OpCounts> counts_ = std::make_shared<OpCounts>();
-};
+using Counting = runtime::ScopedOpCounting;
 
 // The ops of one decode token by the executor's structure (src/runtime/executor.cpp, Runner::block):
 // per layer the two norms and two residual adds, the attention's ops and the FFN's; then the
