@@ -3,13 +3,19 @@
 // onwards, each row_len long:
 //   transposed = false: out[t, h, o] = sum_i W[first + o, i] * x[t, h, i]   (i < in_dim = row_len)
 //   transposed = true:  out[t, h, o] = sum_i W[first + i, o] * x[t, h, i]   (o < out_dim = row_len)
+// FP8 (e4m3) weights carry block scales of the whole weight, as the CPU twin defines them: element (row, i)
+// is fp8 * scale[row / block_out, i / block_in] (DeepSeek-V3's kv_b_proj, 128 x 128 blocks).
 // Decode (n_tokens <= 4) is bandwidth-bound: the GEMV kernels read every weight byte once per call with
-// 16-byte loads (4 floats or 8 halves), all tokens accumulated from one load, and enough warps per
+// 16-byte loads (4 floats, 8 halves or 16 FP8 bytes), all tokens accumulated from one load, and enough warps per
 // multiprocessor to keep ~32 KB of loads in flight. More tokens (prefill) or weights that cannot be read in
-// 16-byte chunks take a tiled fp32 GEMM per head (64 tokens x 64 outputs per block), which reads each weight
-// once per 64 tokens.
+// 16-byte chunks (FP8: also block_in not a multiple of 16) take a tiled fp32 GEMM per head (64 tokens x 64
+// outputs per block), which reads each weight once per 64 tokens.
+// DeepSeek-V3 decode with FP8 kv_b_proj [32768, 512]: q absorption reads 128 heads x 128 rows x 512 (8 MB),
+// the output projection the other 8 MB: 16.8 MB (+ 64 KB of scales) per token and layer, ~3.5 us at 4.8 TB/s;
+// 2 FLOPs per weight byte per token, so HBM is the bound.
 
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -22,6 +28,8 @@
 namespace moerun::cuda {
 namespace {
 
+using ::moerun::detail::cat;
+
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxGemvTokens = 4;           // decode with a few speculative tokens at most
@@ -33,10 +41,26 @@ struct Args {
   const void* w;
   int64_t n_tokens, in_dim, out_dim, head_rows, row_offset, row_len;
   int64_t x_token_stride, x_head_stride, out_token_stride, out_head_stride;
+  const float* scale;  // FP8 only: [ceil(weight rows / block_out), scale_cols]
+  int64_t block_out, block_in, scale_cols;
 };
 
 template <DType D>
-constexpr int kVec = D == DType::f32 ? 4 : 8;  // elements per 16-byte weight load
+constexpr int kVec = D == DType::f32 ? 4 : D == DType::f8_e4m3 ? 16 : 8;  // elements per 16-byte weight load
+
+__device__ __forceinline__ float fp8_to_float(uint32_t byte) {
+  __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(byte), __NV_E4M3);
+  return __half2float(__half(h));  // exact; 0x7f / 0xff are NaN
+}
+
+// The block scale of weight element (row, col); 1 for the float types.
+template <DType D>
+__device__ __forceinline__ float scale_at(const Args& a, int64_t row, int64_t col) {
+  if constexpr (D == DType::f8_e4m3)
+    return __ldg(a.scale + (row / a.block_out) * a.scale_cols + col / a.block_in);
+  else
+    return 1.0f;
+}
 
 template <DType D>
 __device__ float widen(const void* w, int64_t i) {
@@ -44,6 +68,8 @@ __device__ float widen(const void* w, int64_t i) {
     return static_cast<const float*>(w)[i];
   else if constexpr (D == DType::bf16)
     return __uint_as_float(static_cast<uint32_t>(static_cast<const uint16_t*>(w)[i]) << 16);
+  else if constexpr (D == DType::f8_e4m3)
+    return fp8_to_float(static_cast<const uint8_t*>(w)[i]);  // unscaled: the caller applies scale_at
   else
     return __half2float(static_cast<const __half*>(w)[i]);
 }
@@ -54,6 +80,11 @@ __device__ void load_chunk(const void* w, int64_t i, float* o) {
   if constexpr (D == DType::f32) {
     const float4 v = *reinterpret_cast<const float4*>(static_cast<const float*>(w) + i);
     o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
+  } else if constexpr (D == DType::f8_e4m3) {  // 16 bytes, unscaled
+    const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(w) + i);
+    const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int k = 0; k < 16; ++k) o[k] = fp8_to_float((u[k / 4] >> (8 * (k % 4))) & 0xffu);
   } else {
     const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w) + i);
     const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
@@ -105,12 +136,24 @@ __global__ void __launch_bounds__(kThreads) gemv_rows_kernel(Args a) {
   for (int64_t c = lane; c < a.in_dim / V; c += 32) {
     float wv[V];
     load_chunk<D>(a.w, base + c * V, wv);
+    // FP8: the 16 elements share one block scale (block_in % 16 == 0 on this path).
+    const float s = scale_at<D>(a, h * a.head_rows + a.row_offset + o, c * V);
 #pragma unroll
     for (int t = 0; t < kTok; ++t) {
+      if constexpr (D == DType::f8_e4m3) {
+        float d = 0.0f;
 #pragma unroll
-      for (int k = 0; k < V; k += 4) {
-        const float4 xv = *reinterpret_cast<const float4*>(xs + t * a.in_dim + c * V + k);
-        acc[t] += wv[k] * xv.x + wv[k + 1] * xv.y + wv[k + 2] * xv.z + wv[k + 3] * xv.w;
+        for (int k = 0; k < V; k += 4) {
+          const float4 xv = *reinterpret_cast<const float4*>(xs + t * a.in_dim + c * V + k);
+          d += wv[k] * xv.x + wv[k + 1] * xv.y + wv[k + 2] * xv.z + wv[k + 3] * xv.w;
+        }
+        acc[t] = fmaf(s, d, acc[t]);
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; k += 4) {
+          const float4 xv = *reinterpret_cast<const float4*>(xs + t * a.in_dim + c * V + k);
+          acc[t] += wv[k] * xv.x + wv[k + 1] * xv.y + wv[k + 2] * xv.z + wv[k + 3] * xv.w;
+        }
       }
     }
   }
@@ -145,9 +188,10 @@ __global__ void __launch_bounds__(kThreads) gemv_cols_kernel(Args a) {
     for (int64_t i = g; i < a.in_dim; i += kWarps) {
       float wv[V];
       load_chunk<D>(a.w, (first + i) * a.row_len + col, wv);
+      const float s = scale_at<D>(a, first + i, col);  // FP8: one scale for the V columns (block_in % 16 == 0)
 #pragma unroll
       for (int t = 0; t < kTok; ++t) {
-        const float xi = xs[t * a.in_dim + i];
+        const float xi = xs[t * a.in_dim + i] * s;
 #pragma unroll
         for (int k = 0; k < V; ++k) acc[t][k] += xi * wv[k];
       }
@@ -158,13 +202,15 @@ __global__ void __launch_bounds__(kThreads) gemv_cols_kernel(Args a) {
 #pragma unroll
     for (int k = 0; k < V; ++k) red[g * kCols + lane * V + k] = acc[t][k];
     __syncthreads();
-    // Thread j < kCols adds the 8 row groups' partials of output column j of the tile.
-    const int j = threadIdx.x;
-    const int64_t oc = static_cast<int64_t>(blockIdx.y) * kCols + j;
-    if (j < kCols && oc < a.out_dim && t < a.n_tokens) {
-      float s = 0.0f;
-      for (int r = 0; r < kWarps; ++r) s += red[r * kCols + j];
-      a.out[t * a.out_token_stride + h * a.out_head_stride + oc] = s;
+    // Thread j adds the 8 row groups' partials of output columns j, j + kThreads, ... of the tile
+    // (FP8's 16-element vectors make the tile 512 columns, twice the threads).
+    for (int j = threadIdx.x; j < kCols; j += kThreads) {
+      const int64_t oc = static_cast<int64_t>(blockIdx.y) * kCols + j;
+      if (oc < a.out_dim && t < a.n_tokens) {
+        float s = 0.0f;
+        for (int r = 0; r < kWarps; ++r) s += red[r * kCols + j];
+        a.out[t * a.out_token_stride + h * a.out_head_stride + oc] = s;
+      }
     }
     __syncthreads();
   }
@@ -199,11 +245,15 @@ __global__ void __launch_bounds__(kThreads) tiled_kernel(Args a) {
       if constexpr (kTransposed) {  // W[first + i, o]: consecutive threads read consecutive outputs
         const int oo = e % kTile, kk = e / kTile;
         const int64_t o = o0 + oo, i = k0 + kk;
-        ws[kk][oo] = o < a.out_dim && i < a.in_dim ? widen<D>(a.w, (first + i) * a.row_len + o) : 0.0f;
+        ws[kk][oo] = o < a.out_dim && i < a.in_dim
+                         ? widen<D>(a.w, (first + i) * a.row_len + o) * scale_at<D>(a, first + i, o)
+                         : 0.0f;
       } else {  // W[first + o, i]: consecutive threads read consecutive k
         const int kk = e % kStep, oo = e / kStep;
         const int64_t o = o0 + oo, i = k0 + kk;
-        ws[kk][oo] = o < a.out_dim && i < a.in_dim ? widen<D>(a.w, (first + o) * a.row_len + i) : 0.0f;
+        ws[kk][oo] = o < a.out_dim && i < a.in_dim
+                         ? widen<D>(a.w, (first + o) * a.row_len + i) * scale_at<D>(a, first + o, i)
+                         : 0.0f;
       }
     }
     __syncthreads();
@@ -234,7 +284,8 @@ __global__ void __launch_bounds__(kThreads) tiled_kernel(Args a) {
 template <DType D>
 void launch(const HeadMatmulParams& p, const Args& a, cudaStream_t stream) {
   constexpr int V = kVec<D>;
-  const bool aligned = aligned16(p.weight) && p.row_len % V == 0;
+  // FP8 vectors of 16 must lie inside one scale block.
+  const bool aligned = aligned16(p.weight) && p.row_len % V == 0 && (D != DType::f8_e4m3 || p.block_in % 16 == 0);
   const bool few = p.n_tokens <= kMaxGemvTokens;
   const int tok = p.n_tokens == 1 ? 1 : kMaxGemvTokens;
   const size_t x_bytes = static_cast<size_t>(tok * p.in_dim) * sizeof(float);
@@ -277,10 +328,29 @@ void head_matmul(const HeadMatmulParams& p, Context& ctx) {
   if (p.transposed && p.out_dim != p.row_len)
     throw Error("cuda::head_matmul", "transposed: out_dim must equal row_len");
   if (p.n_heads > 65535) throw Error("cuda::head_matmul", "more than 65535 heads");
+  const bool f8 = p.weight_dtype == DType::f8_e4m3;
+  if (f8 && !p.weight_scale) throw Error("cuda::head_matmul", "F8_E4M3 weights need weight_scale (block scales)");
+  if (f8 && (p.block_out <= 0 || p.block_in <= 0))
+    throw Error("cuda::head_matmul", cat("F8_E4M3 block sizes must be positive (block_out ", p.block_out,
+                                         ", block_in ", p.block_in, ")"));
   if (p.n_tokens == 0 || p.n_heads == 0 || p.out_dim == 0) return;
-  const Args a{
-      p.out,        p.x,       p.weight,         p.n_tokens,      p.in_dim,           p.out_dim,        p.head_rows,
-      p.row_offset, p.row_len, p.x_token_stride, p.x_head_stride, p.out_token_stride, p.out_head_stride};
+  const Args a{p.out,
+               p.x,
+               p.weight,
+               p.n_tokens,
+               p.in_dim,
+               p.out_dim,
+               p.head_rows,
+               p.row_offset,
+               p.row_len,
+               p.x_token_stride,
+               p.x_head_stride,
+               p.out_token_stride,
+               p.out_head_stride,
+               f8 ? p.weight_scale : nullptr,
+               f8 ? p.block_out : 1,
+               f8 ? p.block_in : 1,
+               f8 ? (p.row_len + p.block_in - 1) / p.block_in : 0};
   switch (p.weight_dtype) {
     case DType::f32:
       launch<DType::f32>(p, a, ctx.stream());
@@ -291,8 +361,12 @@ void head_matmul(const HeadMatmulParams& p, Context& ctx) {
     case DType::f16:
       launch<DType::f16>(p, a, ctx.stream());
       break;
+    case DType::f8_e4m3:
+      launch<DType::f8_e4m3>(p, a, ctx.stream());
+      break;
     default:
-      throw Error("cuda::head_matmul", "weight dtype must be f32, bf16 or f16");
+      throw Error("cuda::head_matmul",
+                  cat("weight dtype must be f32, bf16, f16 or f8_e4m3, got ", dtype_name(p.weight_dtype)));
   }
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }

@@ -1,21 +1,44 @@
 // y = x W^T + b on the GPU; the CPU twin is kernels/cpu/matmul.cpp.
 //
-// Few tokens (n <= kGemvMaxTokens, decode): our GEMV (kernels/cuda/gemv.cuh). It is memory-bound, so
-// the design goal is to read every weight byte exactly once at close to HBM bandwidth: one block per
-// few output rows, 16-byte streaming loads, all n tokens multiplied from the same registers.
+// Few tokens (n <= kGemvMaxTokens = 8, decode): our GEMV (kernels/cuda/gemv.cuh). It is memory-bound,
+// so the design goal is to read every weight byte exactly once at close to HBM bandwidth: one block per
+// R output rows, 16-byte streaming loads, all n tokens multiplied from the same registers, bias fused.
+// R (4, 2 or 1) is matmul_plan::gemv_rows_per_block (kernels/cuda/gemm.h): the most rows per block
+// that still leave >= 2 blocks per SM, so small outputs (router 256 x 7168, kv_a 576 x 7168) fill the
+// chip. The kernel takes a table of up to 32 entries (out, weight, scale, bias, rows, first block):
+// a plain matmul is a table of one, and matmul_group runs every set of entries that read the same x
+// (q/k/v, q_a + kv_a, gate + up) as one launch whose blocks map to (entry, row block). A row's sum has
+// the same order whatever R and whatever the other entries are (same threads per block, same vector
+// or scalar path per entry), so grouped and separate calls give identical bits.
 // Many tokens (prefill): cuBLAS, fp32 accumulation and fp32 output. bf16/f16 weights multiply x
 // rounded to the weights' dtype (tensor cores; x is converted into the workspace first); f32 weights
 // run a true fp32 GEMM (no TF32) so results stay close to the CPU; FP8 weights are dequantized to
 // bf16 in row tiles into the workspace and each tile is one bf16 GEMM (correctness first: the tile is
 // written once and read once more than an FP8 GEMM would). The bias is a separate small kernel.
+//
+// Kernel launches per call (matmul_plan::matmul_launches): GEMV 1 (bias included); a group 1 per set
+// of entries sharing x (entries that share with nobody: 1 each); GEMM f32 1, bf16/f16 2 (round x +
+// GEMM), FP8 1 + 2 per 64 MB tile (round x, then dequantize + GEMM per tile), each + 1 with a bias.
+// No split-K: the GEMV path needs no workspace and no second kernel, so it is graph-safe trivially.
+//
+// Decode bound at DeepSeek-V3 shapes (per token, per layer, FP8 weights + fp32 block scales): q_a
+// 1536 x 7168 (11.0 MB) + kv_a 576 x 7168 (4.1 MB) + q_b 24576 x 1536 (37.7 MB) + o 7168 x 16384
+// (117 MB) + router 256 x 7168 bf16 (3.7 MB) + the shared expert (3 x 2048 x 7168, 44 MB) ~ 218 MB; at
+// 4.8 TB/s that is ~45 us per layer, and lm_head 129280 x 7168 bf16 (1.85 GB) ~ 0.39 ms. FLOPs are
+// 2 per weight per token: 2n per FP8 byte, n per bf16 byte. Up to n = 4 that is <= 38 TFLOP/s at full
+// HBM speed, under the ~67 TFLOP/s fp32 FMA ceiling, so the target is HBM: ~85-90% on the large
+// matrices, less on the small ones (< 5 MB is ~1 us of streaming, comparable to the launch and the
+// tail). FP8 at n = 8 would need ~77 TFLOP/s (plus the byte conversions): the FMA pipe bounds it first.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/gemm.h"
@@ -29,49 +52,66 @@ namespace {
 
 using ::moerun::detail::cat;
 
-constexpr int64_t kGemvMaxTokens = 8;        // beyond this the weights are worth staging through tensor cores
-constexpr int64_t kFp8TileBytes = 64 << 20;  // bf16 dequantization tile of the FP8 GEMM path
+using matmul_plan::kFp8TileBytes;
+using matmul_plan::kGemvMaxEntries;
+using matmul_plan::kGemvMaxTokens;
+static_assert(kGemvMaxEntries == static_cast<int>(cpu::kMatmulGroupMax), "a group fits one launch's table");
 
-// Rows per GEMV block. A thread holds R x NT accumulators and 2R weight vectors; more rows reuse each
-// x load for more weights (x traffic per weight byte falls as 1/R), fewer keep registers for tokens.
-template <int NT>
-inline constexpr int kGemvRows = NT <= 2 ? 4 : 2;
-
-struct GemvArgs {
-  float* out;          // [n, out_features], row stride out_stride
-  const float* x;      // [n, in], row stride x_stride
-  const void* w;       // [out_features, in]
-  const float* bias;   // [out_features] or nullptr
-  const float* scale;  // FP8: [ceil(out / block_out), scale_cols]
-  int64_t n, in, out_features, x_stride, out_stride;
-  int64_t row_bytes;  // in * element size
-  int64_t scale_cols, block_out;
-  uint32_t block_in;
-  bool vec;    // 16-byte weight vectors allowed (FP8: block_in % 16 == 0)
-  bool x_vec;  // every x row is 16-byte aligned
+// One matmul of a GEMV launch: its own weight, scales, bias and output; x and the shapes are shared.
+struct GemvEntry {
+  float* out = nullptr;          // [n, out_features], row stride out_stride
+  const void* w = nullptr;       // [out_features, in]
+  const float* scale = nullptr;  // FP8: [ceil(out_features / block_out), scale_cols]
+  const float* bias = nullptr;   // [out_features] or nullptr
+  int64_t out_features = 0, out_stride = 0, block_out = 1;
+  bool vec = false;  // 16-byte weight vectors: every row 16-byte aligned (FP8: and block_in % 16 == 0)
 };
 
-// Grid: ceil(out_features / R) blocks, one per R consecutive output rows; block: gemv::threads_for(in)
-// threads splitting the row length. Each block streams its R rows once and produces out[t, o] for all
-// n <= NT tokens; the reduction order is fixed, so repeated runs give identical bits.
-template <class W, int NT>
+// Kernel parameters (by value, ~2.2 KB of the 4 KB allowed): what the entries share, and the table.
+struct GemvArgs {
+  const float* x = nullptr;  // [n, in], row stride x_stride
+  int64_t n = 0, in = 0, x_stride = 0;
+  int64_t row_bytes = 0;   // in * element size
+  int64_t scale_cols = 0;  // FP8: ceil(in / block_in)
+  uint32_t block_in = 1;   // FP8 only
+  bool x_vec = false;      // every x row is 16-byte aligned
+  int count = 0;           // entries used
+  uint32_t first_block[kGemvMaxEntries + 1] = {};  // entry k owns blocks [first_block[k], first_block[k + 1])
+  GemvEntry e[kGemvMaxEntries];
+};
+
+// Grid: sum over entries of ceil(out_features / R) blocks, each R consecutive output rows of one
+// entry; block: gemv::threads_for(in) threads splitting the row length. Each block streams its R rows
+// once and produces out[t, o] for all n <= NT tokens; the reduction order is fixed (and independent of
+// R and of the other entries), so repeated and grouped runs give identical bits.
+template <class W, int NT, int R>
 __global__ void __launch_bounds__(gemv::kMaxThreads) gemv_kernel(const GemvArgs a) {
-  constexpr int R = kGemvRows<NT>;
   constexpr int M = R * NT;
-  const int64_t o0 = static_cast<int64_t>(blockIdx.x) * R;
+  // The block's entry: the last one starting at or before it. Constant indices only (unrolled), so
+  // the table stays in the parameter bank instead of being copied to local memory.
+  const uint32_t b = blockIdx.x;
+  int k = 0;
+#pragma unroll
+  for (int j = 1; j < kGemvMaxEntries; ++j)
+    if (j < a.count && b >= a.first_block[j]) k = j;
+  GemvEntry e = a.e[0];
+  uint32_t first = a.first_block[0];
+#pragma unroll
+  for (int j = 1; j < kGemvMaxEntries; ++j)
+    if (j == k) e = a.e[j], first = a.first_block[j];
+
+  const int64_t o0 = static_cast<int64_t>(b - first) * R;
   gemv::Rows<R> rows;
-  bool vec = a.vec;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const int64_t o = o0 + r < a.out_features ? o0 + r : a.out_features - 1;  // past the end: a duplicate, dropped
-    rows.w[r] = static_cast<const char*>(a.w) + o * a.row_bytes;
-    rows.scale[r] = gemv::kScaled<W> ? a.scale + (o / a.block_out) * a.scale_cols : nullptr;
-    vec = vec && aligned16(rows.w[r]);  // odd rows of an odd-length bf16 matrix take the scalar path
+    const int64_t o = o0 + r < e.out_features ? o0 + r : e.out_features - 1;  // past the end: a duplicate, dropped
+    rows.w[r] = static_cast<const char*>(e.w) + o * a.row_bytes;
+    rows.scale[r] = gemv::kScaled<W> ? e.scale + (o / e.block_out) * a.scale_cols : nullptr;
   }
   rows.block_in = a.block_in;
 
   float acc[R][NT] = {};
-  gemv::accumulate<W, R, NT>(acc, rows, a.x, a.x_stride, static_cast<int>(a.n), a.in, vec, a.x_vec);
+  gemv::accumulate<W, R, NT>(acc, rows, a.x, a.x_stride, static_cast<int>(a.n), a.in, e.vec, a.x_vec);
 
   float flat[M];
 #pragma unroll
@@ -84,28 +124,57 @@ __global__ void __launch_bounds__(gemv::kMaxThreads) gemv_kernel(const GemvArgs 
   if (threadIdx.x < M) {
     const int r = static_cast<int>(threadIdx.x) / NT, t = static_cast<int>(threadIdx.x) % NT;
     const int64_t o = o0 + r;
-    if (o < a.out_features && t < a.n) a.out[t * a.out_stride + o] = totals[threadIdx.x] + (a.bias ? a.bias[o] : 0.0f);
+    if (o < e.out_features && t < a.n) e.out[t * e.out_stride + o] = totals[threadIdx.x] + (e.bias ? e.bias[o] : 0.0f);
   }
 }
 
-template <class W, int NT>
-void launch_gemv(const GemvArgs& a, cudaStream_t stream) {
-  const int64_t blocks = (a.out_features + kGemvRows<NT> - 1) / kGemvRows<NT>;
-  gemv_kernel<W, NT><<<static_cast<unsigned>(blocks), gemv::threads_for(a.in, gemv::kVec<W>), 0, stream>>>(a);
+// SMs of the context's device, asked once per device (the attribute query is cheap but not free, and
+// it is no stream operation, so it is safe during capture either way).
+int sm_count(const Context& ctx) {
+  constexpr int kDevices = 64;
+  static std::atomic<int> cached[kDevices];  // static storage: zero, i.e. not asked yet
+  const int d = ctx.device();
+  if (d >= 0 && d < kDevices) {
+    if (const int c = cached[d].load(std::memory_order_relaxed); c > 0) return c;
+  }
+  int c = 0;
+  MOERUN_CUDA_CHECK(cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, d));
+  if (d >= 0 && d < kDevices) cached[d].store(c, std::memory_order_relaxed);
+  return c;
+}
+
+template <class W, int NT, int R>
+void launch_gemv(GemvArgs& a, cudaStream_t stream) {
+  uint32_t blocks = 0;
+  for (int k = 0; k < a.count; ++k) {
+    a.first_block[k] = blocks;
+    blocks += static_cast<uint32_t>((a.e[k].out_features + R - 1) / R);  // the caller bounded the total rows
+  }
+  for (int k = a.count; k <= kGemvMaxEntries; ++k) a.first_block[k] = blocks;
+  gemv_kernel<W, NT, R><<<blocks, gemv::threads_for(a.in, gemv::kVec<W>), 0, stream>>>(a);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 
+template <class W, int NT>
+void launch_gemv_rows(GemvArgs& a, int rows_per_block, cudaStream_t stream) {
+  if constexpr (NT <= 2) {
+    if (rows_per_block >= 4) return launch_gemv<W, NT, 4>(a, stream);
+  }
+  if (rows_per_block >= 2) return launch_gemv<W, NT, 2>(a, stream);
+  launch_gemv<W, NT, 1>(a, stream);
+}
+
 template <class W>
-void launch_gemv_tokens(const GemvArgs& a, cudaStream_t stream) {
+void launch_gemv_tokens(GemvArgs& a, int rows_per_block, cudaStream_t stream) {
   // Token counts round up to an instantiated width; the kernel skips tokens t >= n.
   if (a.n == 1) {
-    launch_gemv<W, 1>(a, stream);
+    launch_gemv_rows<W, 1>(a, rows_per_block, stream);
   } else if (a.n == 2) {
-    launch_gemv<W, 2>(a, stream);
+    launch_gemv_rows<W, 2>(a, rows_per_block, stream);
   } else if (a.n <= 4) {
-    launch_gemv<W, 4>(a, stream);
+    launch_gemv_rows<W, 4>(a, rows_per_block, stream);
   } else {
-    launch_gemv<W, 8>(a, stream);
+    launch_gemv_rows<W, 8>(a, rows_per_block, stream);
   }
 }
 
@@ -178,7 +247,10 @@ void gemm_xwt(Context& ctx, float* out, int64_t ldo, const void* w, const void* 
 
 }  // namespace detail
 
-void matmul(const MatmulParams& p, Context& ctx) {
+namespace {
+
+// Checks p as matmul documents it; returns the resolved x and out row strides.
+std::pair<int64_t, int64_t> validate(const MatmulParams& p) {
   const int64_t in = p.in_features, O = p.out_features;
   const int64_t xs = p.x_stride ? p.x_stride : in, os = p.out_stride ? p.out_stride : O;
   if (p.n < 0 || in <= 0 || O <= 0)
@@ -193,35 +265,75 @@ void matmul(const MatmulParams& p, Context& ctx) {
   if (fp8 && (!p.weight_scale || p.block_out <= 0 || p.block_in <= 0 || in > INT_MAX || p.block_in > INT_MAX))
     throw Error("cuda::matmul", cat("FP8 weights need weight_scale and positive block sizes (block_out ", p.block_out,
                                     ", block_in ", p.block_in, ", in_features ", in, ")"));
+  if (p.n > 0 && (!p.out || !p.x || !p.weight)) throw Error("cuda::matmul", "out, x and weight must be set");
+  if (O > INT_MAX) throw Error("cuda::matmul", cat("out_features ", O, " exceeds the grid"));
+  return {xs, os};
+}
+
+// The GEMV launch's shared fields for p (validated, 0 < n <= kGemvMaxTokens), with no entries yet.
+GemvArgs gemv_args(const MatmulParams& p, int64_t xs) {
+  const bool fp8 = p.weight_dtype == DType::f8_e4m3;
+  GemvArgs a;  // field by field: the CUDA dialect here is C++17 (no designated initializers)
+  a.x = p.x;
+  a.n = p.n;
+  a.in = p.in_features;
+  a.x_stride = xs;
+  a.row_bytes = p.in_features * static_cast<int64_t>(dtype_size(p.weight_dtype));
+  a.scale_cols = fp8 ? (p.in_features + p.block_in - 1) / p.block_in : 0;
+  a.block_in = static_cast<uint32_t>(fp8 ? p.block_in : 1);
+  a.x_vec = aligned16(p.x) && (p.n == 1 || xs % 4 == 0);
+  return a;
+}
+
+// Appends p as an entry of a. The vector path is decided per entry for all its rows (never per
+// block), so a row's summation order depends on nothing but its own matmul.
+void add_entry(GemvArgs& a, const MatmulParams& p, int64_t os) {
+  const bool fp8 = p.weight_dtype == DType::f8_e4m3;
+  GemvEntry& e = a.e[a.count++];
+  e.out = p.out;
+  e.w = p.weight;
+  e.scale = fp8 ? p.weight_scale : nullptr;
+  e.bias = p.bias;
+  e.out_features = p.out_features;
+  e.out_stride = os;
+  e.block_out = fp8 ? p.block_out : 1;
+  e.vec = (!fp8 || p.block_in % 16 == 0) && aligned16(p.weight) && a.row_bytes % 16 == 0;
+}
+
+void run_gemv(GemvArgs& a, DType dt, Context& ctx) {
+  int64_t rows = 0;
+  for (int k = 0; k < a.count; ++k) rows += a.e[k].out_features;
+  if (rows > INT_MAX) throw Error("cuda::matmul_group", cat("group of ", rows, " output rows exceeds the grid"));
+  const int per_block = matmul_plan::gemv_rows_per_block(rows, a.n, sm_count(ctx));
+  switch (dt) {
+    case DType::f32: launch_gemv_tokens<gemv::F32>(a, per_block, ctx.stream()); break;
+    case DType::bf16: launch_gemv_tokens<gemv::BF16>(a, per_block, ctx.stream()); break;
+    case DType::f16: launch_gemv_tokens<gemv::F16>(a, per_block, ctx.stream()); break;
+    default: launch_gemv_tokens<gemv::F8E4M3>(a, per_block, ctx.stream()); break;
+  }
+}
+
+// Whether b can join a's GEMV launch: the same activations read the same way, the same weight
+// format (FP8: the same block_in, which fixes the scale columns and the vector path).
+bool shares_gemv(const MatmulParams& a, int64_t axs, const MatmulParams& b, int64_t bxs) {
+  return a.x == b.x && a.n == b.n && a.in_features == b.in_features && axs == bxs &&
+         a.weight_dtype == b.weight_dtype && (a.weight_dtype != DType::f8_e4m3 || a.block_in == b.block_in);
+}
+
+}  // namespace
+
+void matmul(const MatmulParams& p, Context& ctx) {
+  const auto [xs, os] = validate(p);
+  const int64_t in = p.in_features, O = p.out_features;
+  const DType dt = p.weight_dtype;
+  const bool fp8 = dt == DType::f8_e4m3;
   if (p.n == 0) return;
-  if (!p.out || !p.x || !p.weight) throw Error("cuda::matmul", "out, x and weight must be set");
   const int64_t scale_cols = fp8 ? (in + p.block_in - 1) / p.block_in : 0;
 
   if (p.n <= kGemvMaxTokens) {
-    GemvArgs a{};  // field by field: the CUDA dialect here is C++17 (no designated initializers)
-    a.out = p.out;
-    a.x = p.x;
-    a.w = p.weight;
-    a.bias = p.bias;
-    a.scale = p.weight_scale;
-    a.n = p.n;
-    a.in = in;
-    a.out_features = O;
-    a.x_stride = xs;
-    a.out_stride = os;
-    a.row_bytes = in * static_cast<int64_t>(dtype_size(dt));
-    a.scale_cols = scale_cols;
-    a.block_out = p.block_out;
-    a.block_in = static_cast<uint32_t>(fp8 ? p.block_in : 1);
-    a.vec = !fp8 || p.block_in % 16 == 0;
-    a.x_vec = aligned16(p.x) && (p.n == 1 || xs % 4 == 0);
-    if (O > INT_MAX) throw Error("cuda::matmul", cat("out_features ", O, " exceeds the grid"));
-    switch (dt) {
-      case DType::f32: launch_gemv_tokens<gemv::F32>(a, ctx.stream()); break;
-      case DType::bf16: launch_gemv_tokens<gemv::BF16>(a, ctx.stream()); break;
-      case DType::f16: launch_gemv_tokens<gemv::F16>(a, ctx.stream()); break;
-      default: launch_gemv_tokens<gemv::F8E4M3>(a, ctx.stream()); break;
-    }
+    GemvArgs a = gemv_args(p, xs);
+    add_entry(a, p, os);
+    run_gemv(a, dt, ctx);
     return;
   }
 
@@ -259,6 +371,34 @@ void matmul(const MatmulParams& p, Context& ctx) {
   if (p.bias) {
     add_bias_kernel<<<elt_blocks(p.n * O), kEltThreads, 0, stream>>>(p.out, p.bias, p.n, O, os);
     MOERUN_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
+void matmul_group(const MatmulParams* ps, size_t count, Context& ctx) {
+  if (count > static_cast<size_t>(kGemvMaxEntries))
+    throw Error("cuda::matmul_group", cat("at most ", kGemvMaxEntries, " matmuls per group, got ", count));
+  if (count > 0 && !ps) throw Error("cuda::matmul_group", "ps is null");
+  std::pair<int64_t, int64_t> strides[kGemvMaxEntries];
+  for (size_t i = 0; i < count; ++i) strides[i] = validate(ps[i]);  // all checked before any runs
+  bool done[kGemvMaxEntries] = {};
+  for (size_t i = 0; i < count; ++i) {
+    if (done[i]) continue;
+    done[i] = true;
+    const MatmulParams& p = ps[i];
+    if (p.n == 0) continue;
+    if (p.n > kGemvMaxTokens) {
+      matmul(p, ctx);
+      continue;
+    }
+    // Entry i and every later entry reading the same x the same way: one launch.
+    GemvArgs a = gemv_args(p, strides[i].first);
+    add_entry(a, p, strides[i].second);
+    for (size_t j = i + 1; j < count; ++j) {
+      if (done[j] || !shares_gemv(p, strides[i].first, ps[j], strides[j].first)) continue;
+      done[j] = true;
+      add_entry(a, ps[j], strides[j].second);
+    }
+    run_gemv(a, p.weight_dtype, ctx);
   }
 }
 

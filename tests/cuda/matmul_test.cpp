@@ -1,6 +1,10 @@
 // CUDA matmul against its CPU twin: every weight dtype (f32, bf16, f16, FP8 e4m3 with block scales),
-// the GEMV path (n <= 8) and the cuBLAS path (n > 8), awkward sizes (1, 31, 257, 4095), misaligned
-// rows (odd-length 16-bit and FP8 rows), bias, row strides, determinism and graph capture. (Speed is
+// the GEMV path (n <= 8) and the cuBLAS path (n > 8, FP8 through dequantized bf16 tiles), awkward sizes
+// (1, 31, 257, 4095), misaligned rows (odd-length 16-bit and FP8 rows), bias, row strides, determinism
+// and graph capture; the small outputs the rows-per-block rule spreads (router, kv_a, q_a, a one-row
+// gate at model sizes); matmul_group equal bit for bit to separate matmuls (and close to the CPU twin)
+// whether its entries share a launch or fall back; and the host arithmetic of kernels/cuda/gemm.h
+// (rows per block, launch counts), which runs without a device. (Speed is
 // bench/cuda_kernels_bench.cpp's business, never a test's.) Skips with a reason when no GPU can be used.
 
 #include <cuda_runtime.h>
@@ -9,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <sstream>
 #include <string>
@@ -18,6 +23,7 @@
 #include "kernels/cpu/context.h"
 #include "kernels/cuda/ceilings.h"
 #include "kernels/cuda/context.h"
+#include "kernels/cuda/gemm.h"
 #include "kernels/ops.h"
 #include "support/op_tolerances.h"
 
@@ -38,7 +44,7 @@ constexpr const char* kNoDevice = "no usable CUDA device (cudaGetDeviceCount fai
 // does (x rounded where the GPU rounds it, FP8 dequantized as the GPU does), so only the order of the
 // fp32 additions differs.
 
-constexpr int64_t kGemvMaxTokens = 8;  // matmul.cu's switch between GEMV and cuBLAS
+constexpr int64_t kGemvMaxTokens = cuda::matmul_plan::kGemvMaxTokens;  // matmul.cu's switch to cuBLAS
 
 struct Case {
   DType dtype;
@@ -232,7 +238,7 @@ TEST(MatmulCuda, LargeVectorisedRows) {
   cuda::Context ctx;
   uint64_t seed = 2000;
   for (const DType dt : {DType::bf16, DType::f8_e4m3})
-    for (const int64_t n : {1, 2, 4, 8, 32})
+    for (const int64_t n : {1, 2, 4, 8, 9, 32})  // 9: the first cuBLAS n (FP8: dequantized tiles)
       run_case({.dtype = dt, .n = n, .in = 7168, .out = 576, .bias = false, .x_pad = 0, .out_pad = 0}, seed++, ctx);
 }
 
@@ -327,6 +333,239 @@ TEST(MatmulCuda, Ceilings) {
   // The ceilings are measurements; here only that they are measurements (finite and positive).
   EXPECT_TRUE(std::isfinite(copy) && copy > 0.0);
   EXPECT_TRUE(std::isfinite(tflops) && tflops > 0.0);
+}
+
+// --- matmul_group (one GEMV launch per set of entries sharing x) and the small-output rule ---
+
+// The reference check of run_case for one output [n, out] (dense): |got - want| within the
+// tolerance of the magnitude s (the CPU matmul of |x|, |W| and |b|).
+void expect_close_to_cpu(const std::vector<float>& got, const std::vector<float>& x, int64_t xs, const Weights& w,
+                         const std::vector<float>& bias, int64_t n, int64_t in, int64_t out, DType dtype) {
+  // The cuBLAS path multiplies x rounded to the GEMM's 16-bit type (make_weights rounded FP8 already).
+  const bool tensor = n > kGemvMaxTokens && dtype != DType::f32;
+  std::vector<float> xr(x);
+  if (tensor)
+    for (float& v : xr) v = dtype == DType::f16 ? round_f16(v) : round_bf16(v);
+  std::vector<float> x_abs(x.size()), w_abs(w.values.size()), b_abs(bias.size());
+  for (size_t i = 0; i < x.size(); ++i) x_abs[i] = std::fabs(xr[i]);
+  for (size_t i = 0; i < w.values.size(); ++i) w_abs[i] = std::fabs(w.values[i]);
+  for (size_t i = 0; i < bias.size(); ++i) b_abs[i] = std::fabs(bias[i]);
+  std::vector<float> want(static_cast<size_t>(n * out)), mag(want.size());
+  cpu::Context cpu_ctx;
+  const MatmulParams base{.weight_dtype = DType::f32, .n = n, .in_features = in, .out_features = out, .x_stride = xs};
+  MatmulParams p = base;
+  p.out = want.data(), p.x = xr.data(), p.weight = w.values.data(), p.bias = bias.empty() ? nullptr : bias.data();
+  cpu::matmul(p, cpu_ctx);
+  p = base;
+  p.out = mag.data(), p.x = x_abs.data(), p.weight = w_abs.data(), p.bias = bias.empty() ? nullptr : b_abs.data();
+  cpu::matmul(p, cpu_ctx);
+  const testing::Tolerance tol = testing::tolerance(
+      testing::Op::matmul, tensor ? testing::Check::cuda_tensor : testing::Check::cuda, dtype);
+  for (size_t k = 0; k < want.size(); ++k) {
+    ASSERT_TRUE(std::isfinite(got[k])) << "k=" << k;
+    ASSERT_LE(std::fabs(static_cast<double>(got[k]) - want[k]), tol.at(want[k], mag[k]))
+        << "t=" << k / static_cast<size_t>(out) << " o=" << k % static_cast<size_t>(out) << " got " << got[k]
+        << " want " << want[k];
+  }
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+struct GroupEntry {
+  int64_t out;
+  bool bias;
+  bool own_x = false;  // reads a copy of x at another address: cannot share the launch
+};
+
+// Runs the entries as one cuda::matmul_group and as separate cuda::matmul calls: the outputs must be
+// identical bits, and each close to the CPU twin. With `capture`, the group is also captured in a graph
+// and replayed into fresh outputs, which must again be identical.
+void run_group(DType dtype, int64_t n, int64_t in, const std::vector<GroupEntry>& entries, uint64_t seed,
+               cuda::Context& ctx, bool capture = false) {
+  std::ostringstream what;
+  what << dtype_name(dtype) << " n=" << n << " in=" << in << " seed=" << seed << " entries:";
+  for (const GroupEntry& e : entries) what << " " << e.out << (e.bias ? "+b" : "") << (e.own_x ? "(own x)" : "");
+  SCOPED_TRACE(what.str());
+  const size_t count = entries.size();
+  const std::vector<float> x = uniform(static_cast<size_t>(n * in), -1.0f, 1.0f, seed);
+  const auto dx = upload(x), dx_copy = upload(x);
+  std::vector<Weights> w(count);
+  std::vector<std::vector<float>> bias(count);
+  std::vector<cuda::DeviceBuffer> dw, ds, db, separate, grouped, replayed;
+  std::vector<MatmulParams> ps(count);
+  for (size_t k = 0; k < count; ++k) {
+    const GroupEntry& e = entries[k];
+    const Case c{.dtype = dtype, .n = n, .in = in, .out = e.out, .bias = e.bias, .x_pad = 0, .out_pad = 0};
+    w[k] = make_weights(c, /*gemm_path=*/n > kGemvMaxTokens, seed + 10 * (k + 1));
+    if (e.bias) bias[k] = uniform(static_cast<size_t>(e.out), -0.5f, 0.5f, seed + 10 * (k + 1) + 3);
+    dw.push_back(upload(w[k].bytes));
+    ds.push_back(upload(w[k].scale));
+    db.push_back(upload(bias[k]));
+    separate.push_back(output_with_guard(static_cast<size_t>(n * e.out)));
+    grouped.push_back(output_with_guard(static_cast<size_t>(n * e.out)));
+    replayed.push_back(output_with_guard(static_cast<size_t>(n * e.out)));
+    ps[k] = {.x = (e.own_x ? dx_copy : dx).as<float>(),
+             .weight = dw[k].data(),
+             .weight_dtype = dtype,
+             .bias = e.bias ? db[k].as<float>() : nullptr,
+             .n = n,
+             .in_features = in,
+             .out_features = e.out,
+             .weight_scale = dtype == DType::f8_e4m3 ? ds[k].as<float>() : nullptr};
+  }
+  for (size_t k = 0; k < count; ++k) {
+    MatmulParams p = ps[k];
+    p.out = separate[k].as<float>();
+    cuda::matmul(p, ctx);
+  }
+  std::vector<MatmulParams> gp = ps;
+  for (size_t k = 0; k < count; ++k) gp[k].out = grouped[k].as<float>();
+  cuda::matmul_group(gp.data(), count, ctx);
+  if (capture) {
+    for (size_t k = 0; k < count; ++k) gp[k].out = replayed[k].as<float>();
+    ctx.begin_capture();
+    cuda::matmul_group(gp.data(), count, ctx);
+    ctx.end_capture();
+    ctx.replay();
+    ctx.synchronize();
+  }
+  for (size_t k = 0; k < count; ++k) {
+    SCOPED_TRACE("entry " + std::to_string(k));
+    const std::vector<float> a = download(separate[k]), b = download(grouped[k]);
+    ASSERT_TRUE(same_bits(a, b)) << "group and separate matmul differ";
+    if (capture) {
+      ASSERT_TRUE(same_bits(a, download(replayed[k]))) << "replayed group differs";
+    }
+    EXPECT_EQ(first_bad_guard(b, static_cast<size_t>(n * entries[k].out)), -1);
+    expect_close_to_cpu(b, x, in, w[k], bias[k], n, in, entries[k].out, dtype);
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+}
+
+TEST(MatmulCuda, GroupEqualsSeparateCallsBitForBit) {
+  if (!cuda::available()) GTEST_SKIP() << kNoDevice;
+  cuda::Context ctx;
+  uint64_t seed = 3000;
+  for (const DType dt : {DType::bf16, DType::f32, DType::f8_e4m3}) {
+    for (const int64_t n : {int64_t{1}, kGemvMaxTokens}) {
+      // q/k/v-like (GQA: 2048 / 256 / 256 rows over 1024; Qwen2's bias on all three)
+      run_group(dt, n, 1024, {{2048, true}, {256, true}, {256, true}}, seed++, ctx);
+      run_group(dt, n, 1024, {{2048, false}, {256, false}, {256, false}}, seed++, ctx);
+      // q_a + kv_a-like (1536 + 576 over 7168 in DeepSeek-V3; smaller here), and gate + up
+      run_group(dt, n, 896, {{384, false}, {144, false}}, seed++, ctx);
+      run_group(dt, n, 512, {{1408, false}, {1408, true}}, seed++, ctx);
+      // Entries whose rows do not fill their last block, in a group big enough for 4 rows per block
+      // at n = 1 and 2 at n = 8 on a 132-SM H200 (1066 rows): no block may straddle two entries.
+      run_group(dt, n, 512, {{1030, true}, {3, false}, {33, true}}, seed++, ctx);
+      run_group(dt, n, 512, {{5, true}, {3, false}, {1, true}}, seed++, ctx);  // 1 row per block
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+TEST(MatmulCuda, GroupFallsBackWhereEntriesDiffer) {
+  // Entries reading x at another address, a group over the GEMV limit, an odd-length bf16 row (the
+  // scalar path for that whole matmul), FP8 entries of different block sizes: each still equals
+  // its own matmul, and the group is capturable.
+  if (!cuda::available()) GTEST_SKIP() << kNoDevice;
+  cuda::Context ctx;
+  uint64_t seed = 4000;
+  run_group(DType::bf16, 2, 512, {{64, false}, {64, true, true}, {32, false}}, seed++, ctx, /*capture=*/true);
+  run_group(DType::f32, 1, 300, {{16, true, true}, {8, false}}, seed++, ctx);  // no two share x
+  run_group(DType::bf16, 12, 256, {{64, true}, {40, false}}, seed++, ctx);      // cuBLAS path, entry by entry
+  run_group(DType::f8_e4m3, 9, 256, {{64, true}, {40, false}}, seed++, ctx);    // FP8 GEMM path
+  run_group(DType::bf16, 3, 257, {{70, true}, {33, false}}, seed++, ctx, true);  // odd rows: scalar path
+  if (HasFatalFailure()) return;
+  // Different FP8 block_in (fixed per launch) in one group: separate launches, same bits.
+  const int64_t n = 1, in = 512, out = 40;
+  const Case c16{.dtype = DType::f8_e4m3, .n = n, .in = in, .out = out, .bias = false, .x_pad = 0, .out_pad = 0,
+                 .block_out = 16, .block_in = 16};
+  Case c128 = c16;
+  c128.block_out = 128, c128.block_in = 128;
+  const Weights w16 = make_weights(c16, false, seed + 1), w128 = make_weights(c128, false, seed + 2);
+  const std::vector<float> x = uniform(static_cast<size_t>(n * in), -1.0f, 1.0f, seed);
+  const auto dx = upload(x), dw16 = upload(w16.bytes), ds16 = upload(w16.scale), dw128 = upload(w128.bytes),
+             ds128 = upload(w128.scale);
+  const auto a0 = output_with_guard(out), a1 = output_with_guard(out), b0 = output_with_guard(out),
+             b1 = output_with_guard(out);
+  MatmulParams ps[2] = {{.out = a0.as<float>(), .x = dx.as<float>(), .weight = dw16.data(),
+                         .weight_dtype = DType::f8_e4m3, .n = n, .in_features = in, .out_features = out,
+                         .weight_scale = ds16.as<float>(), .block_out = 16, .block_in = 16},
+                        {.out = a1.as<float>(), .x = dx.as<float>(), .weight = dw128.data(),
+                         .weight_dtype = DType::f8_e4m3, .n = n, .in_features = in, .out_features = out,
+                         .weight_scale = ds128.as<float>()}};
+  cuda::matmul(ps[0], ctx);
+  cuda::matmul(ps[1], ctx);
+  ps[0].out = b0.as<float>(), ps[1].out = b1.as<float>();
+  cuda::matmul_group(ps, 2, ctx);
+  EXPECT_TRUE(same_bits(download(a0), download(b0)));
+  EXPECT_TRUE(same_bits(download(a1), download(b1)));
+  expect_close_to_cpu(download(b0), x, in, w16, {}, n, in, out, DType::f8_e4m3);
+  expect_close_to_cpu(download(b1), x, in, w128, {}, n, in, out, DType::f8_e4m3);
+}
+
+TEST(MatmulCuda, GroupRejectsBadParams) {
+  if (!cuda::available()) GTEST_SKIP() << kNoDevice;
+  cuda::Context ctx;
+  const auto buf = output_with_guard(64);
+  const MatmulParams ok{
+      .out = buf.as<float>(), .x = buf.as<float>(), .weight = buf.data(), .n = 1, .in_features = 4, .out_features = 4};
+  std::vector<MatmulParams> ps(33, ok);
+  EXPECT_THROW(cuda::matmul_group(ps.data(), 33, ctx), Error);  // over kMatmulGroupMax
+  ps[1].weight_dtype = DType::q8_0;
+  EXPECT_THROW(cuda::matmul_group(ps.data(), 2, ctx), Error);
+  EXPECT_THROW(cuda::matmul_group(nullptr, 1, ctx), Error);
+  EXPECT_NO_THROW(cuda::matmul_group(nullptr, 0, ctx));
+}
+
+TEST(MatmulPlan, RowsPerBlockFillTheChip) {
+  // Host arithmetic only (no device needed): DeepSeek-V3 decode on an H200 (132 SMs).
+  using cuda::matmul_plan::gemv_rows_per_block;
+  constexpr int kSms = 132;
+  EXPECT_EQ(gemv_rows_per_block(256, 1, kSms), 1);     // router: 256 blocks of 1 row (64 of 4 before)
+  EXPECT_EQ(gemv_rows_per_block(576, 1, kSms), 2);     // kv_a: 288 blocks
+  EXPECT_EQ(gemv_rows_per_block(1536, 1, kSms), 4);    // q_a: 384 blocks
+  EXPECT_EQ(gemv_rows_per_block(1536 + 576, 1, kSms), 4);
+  EXPECT_EQ(gemv_rows_per_block(129280, 1, kSms), 4);  // lm_head
+  EXPECT_EQ(gemv_rows_per_block(1, 1, kSms), 1);       // Qwen2-MoE's shared-expert gate: one row
+  EXPECT_EQ(gemv_rows_per_block(1536, 4, kSms), 2);    // n > 2 holds at most 2 rows
+  EXPECT_EQ(gemv_rows_per_block(256, 8, kSms), 1);
+  EXPECT_EQ(gemv_rows_per_block(528, 1, kSms), 2);     // exactly 2 blocks per SM at 2 rows
+  EXPECT_EQ(gemv_rows_per_block(526, 1, kSms), 1);     // 263 blocks at 2 rows: one short
+  EXPECT_EQ(gemv_rows_per_block(1056, 2, kSms), 4);
+  EXPECT_EQ(gemv_rows_per_block(1000, 1, 0), 4);       // an unknown SM count counts as 1
+}
+
+TEST(MatmulPlan, LaunchCounts) {
+  using cuda::matmul_plan::matmul_launches;
+  EXPECT_EQ(matmul_launches(0, 7168, 576, DType::bf16, true), 0);
+  EXPECT_EQ(matmul_launches(1, 7168, 576, DType::bf16, true), 1);  // GEMV, bias fused
+  EXPECT_EQ(matmul_launches(8, 7168, 576, DType::f8_e4m3, false), 1);
+  EXPECT_EQ(matmul_launches(9, 7168, 576, DType::f32, false), 1);   // cuBLAS only
+  EXPECT_EQ(matmul_launches(9, 7168, 576, DType::f32, true), 2);
+  EXPECT_EQ(matmul_launches(64, 7168, 576, DType::bf16, false), 2);  // round x + GEMM
+  EXPECT_EQ(matmul_launches(64, 7168, 576, DType::f8_e4m3, true), 4);  // round, dequant, GEMM, bias
+  // lm_head-sized FP8: 129280 rows x 7168 in 64 MB bf16 tiles of 4681 rows: 28 tiles
+  EXPECT_EQ(matmul_launches(64, 7168, 129280, DType::f8_e4m3, false), 1 + 2 * 28);
+}
+
+TEST(MatmulCuda, SmallOutputsAtModelShapes) {
+  // The outputs the rows-per-block rule spreads thin: router 256 x 7168, kv_a 576 x 7168, q_a
+  // 1536 x 7168 (DeepSeek-V3) and a one-row shared-expert gate (Qwen2-MoE, 1 x 3584), every
+  // GEMV token width, against the CPU twin.
+  if (!cuda::available()) GTEST_SKIP() << kNoDevice;
+  cuda::Context ctx;
+  uint64_t seed = 5000;
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{7168, 256}, {7168, 576}, {7168, 1536}, {3584, 1}};
+  for (const DType dt : {DType::bf16, DType::f32, DType::f8_e4m3})
+    for (const auto& [in, out] : shapes)
+      for (const int64_t n : {1, 2, 4, 8}) {
+        run_case({.dtype = dt, .n = n, .in = in, .out = out, .bias = out == 1, .x_pad = 0, .out_pad = 0}, seed++,
+                 ctx);
+        if (HasFatalFailure()) return;
+      }
 }
 
 }  // namespace
