@@ -1,7 +1,7 @@
 #pragma once
-// The dispatch plan of the MoE op on both backends (kernels/cpu/moe.cpp, and kernels/cuda/moe.cu's
-// prefill path): the (token, k) pairs counting-sorted by expert, expert by expert and within an
-// expert by pair index, i.e. by token. Each selected expert's tokens then form one contiguous block
+// The dispatch plan of the MoE op (kernels/cpu/moe.cpp; kernels/cuda/moe.cu builds the same order on
+// the device, in its plan kernel, so no ids go to the host): the (token, k) pairs counting-sorted by
+// expert, expert by expert and within an expert by pair index, i.e. by token. Each selected expert's tokens then form one contiguous block
 // of rows, so the expert runs once over all of them; experts nobody selected own no rows.
 // Plain C++17 (nvcc compiles it as part of moe.cu); unit-tested in tests/kernels/moe_plan_test.cpp.
 

@@ -110,12 +110,11 @@ double decision_margin(const float* z, const std::vector<float>& bias, const Var
   return std::min(margin, head_margin(s, v.top_k, bias_scale));
 }
 
-void run_variant(const Variant& v, int64_t n_tokens, uint64_t seed, cuda::Context& ctx) {
-  SCOPED_TRACE(describe(v, n_tokens) + " seed=" + std::to_string(seed));
-  const int64_t E = v.n_experts, K = v.top_k;
-  const std::vector<float> bias =
-      v.bias ? uniform(static_cast<size_t>(E), -0.1f, 0.1f, seed + 99) : std::vector<float>{};
-  std::vector<float> logits(static_cast<size_t>(n_tokens * E));
+// Random logits [n_tokens, E] whose every routing decision has a margin above kMinMargin.
+void separated_logits(const Variant& v, int64_t n_tokens, uint64_t seed, const std::vector<float>& bias,
+                      std::vector<float>& logits) {
+  const int64_t E = v.n_experts;
+  logits.assign(static_cast<size_t>(n_tokens * E), 0.0f);
   for (int64_t t = 0; t < n_tokens; ++t) {
     float* z = logits.data() + t * E;
     for (uint64_t attempt = 0;; ++attempt) {
@@ -126,6 +125,16 @@ void run_variant(const Variant& v, int64_t n_tokens, uint64_t seed, cuda::Contex
       if (decision_margin(z, bias, v) > kMinMargin) break;
     }
   }
+}
+
+void run_variant(const Variant& v, int64_t n_tokens, uint64_t seed, cuda::Context& ctx) {
+  SCOPED_TRACE(describe(v, n_tokens) + " seed=" + std::to_string(seed));
+  const int64_t E = v.n_experts, K = v.top_k;
+  const std::vector<float> bias =
+      v.bias ? uniform(static_cast<size_t>(E), -0.1f, 0.1f, seed + 99) : std::vector<float>{};
+  std::vector<float> logits;
+  separated_logits(v, n_tokens, seed, bias, logits);
+  if (::testing::Test::HasFatalFailure()) return;
 
   std::vector<int32_t> want_ids(static_cast<size_t>(n_tokens * K));
   std::vector<float> want_w(want_ids.size());
@@ -198,7 +207,7 @@ TEST(RouteCuda, MatchesCpuEveryVariant) {
   for (const Variant& v : variants()) {
     for (const int64_t n_tokens : {1, 7, 300}) {
       run_variant(v, n_tokens, seed++, ctx);
-      if (HasFatalFailure()) return;
+      if (::testing::Test::HasFatalFailure()) return;
     }
   }
 }
@@ -246,6 +255,117 @@ TEST(RouteCuda, ExactTiesGoToTheLowerIndex) {
     ASSERT_EQ(cudaMemcpy(got_ids.data(), dids.data(), got_ids.size() * sizeof(int32_t), cudaMemcpyDeviceToHost),
               cudaSuccess);
     EXPECT_EQ(got_ids, want_ids);
+  }
+}
+
+// Stream-ordered copies for the route -> moe test: both ops run on ctx's non-blocking stream.
+template <class T>
+cuda::DeviceBuffer upload_on(cuda::Context& ctx, const std::vector<T>& host) {
+  cuda::DeviceBuffer d(std::max<size_t>(host.size(), 1) * sizeof(T), "test input");
+  if (!host.empty())
+    MOERUN_CUDA_CHECK(
+        cudaMemcpyAsync(d.data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice, ctx.stream()));
+  ctx.synchronize();
+  return d;
+}
+
+// DeepSeek-V3 routing (sigmoid scores, correction bias, noaux_tc over 8 groups, top-8 of 256, scaled
+// and normalised weights) feeding the experts on the device: cuda::route's ids and weights go to
+// cuda::moe as they are, against cpu::route + cpu::moe. Decode (4 and 8 tokens) and prefill (9 and 40);
+// bf16 experts of a small shape, the 256 table entries sharing four weight sets.
+TEST(RouteCuda, FeedsMoeOnTheDevice) {
+  if (!cuda::available()) GTEST_SKIP() << kNoDevice;
+  cuda::Context ctx;
+  const Variant v = {"deepseek_v3", 256, 8, ScoreFunc::sigmoid, TopkMethod::noaux_tc, 8, 4, true, true, 2.5f};
+  const int64_t E = v.n_experts, K = v.top_k, D = 256, I = 128, kSets = 4;
+  const size_t DI = static_cast<size_t>(D * I);
+  // Weight sets: gate, up, down of set q are bf16 bytes; table entry e points at set e % kSets.
+  std::vector<std::vector<uint16_t>> host(3 * kSets);
+  std::vector<cuda::DeviceBuffer> dev;
+  for (size_t m = 0; m < host.size(); ++m) {
+    const float r = m % 3 == 2 ? 2.0f / std::sqrt(static_cast<float>(I)) : 1.0f / std::sqrt(static_cast<float>(D));
+    const std::vector<float> f = uniform(DI, -r, r, 77 + m);
+    host[m].resize(DI);
+    for (size_t i = 0; i < DI; ++i) host[m][i] = cpu::f32_to_bf16(f[i]);
+    dev.push_back(upload_on(ctx, host[m]));
+  }
+  std::vector<const void*> htbl[3], dtbl[3];
+  for (int64_t e = 0; e < E; ++e)
+    for (size_t m = 0; m < 3; ++m) {
+      const size_t q = static_cast<size_t>(e % kSets) * 3 + m;
+      htbl[m].push_back(host[q].data());
+      dtbl[m].push_back(dev[q].data());
+    }
+  const cuda::DeviceBuffer gate_tbl = upload_on(ctx, dtbl[0]), up_tbl = upload_on(ctx, dtbl[1]),
+                           down_tbl = upload_on(ctx, dtbl[2]);
+  uint64_t seed = 4000;
+  for (const int64_t n : {4, 8, 9, 40}) {
+    SCOPED_TRACE("n_tokens=" + std::to_string(n));
+    const std::vector<float> bias = uniform(static_cast<size_t>(E), -0.1f, 0.1f, seed + 99);
+    std::vector<float> logits;
+    separated_logits(v, n, seed, bias, logits);
+    if (::testing::Test::HasFatalFailure()) return;
+    const std::vector<float> x = uniform(static_cast<size_t>(n * D), -1.0f, 1.0f, seed + 5);
+    ++seed;
+    const RouteParams base{.logits = logits.data(),
+                           .correction_bias = bias.data(),
+                           .n_tokens = n,
+                           .n_experts = E,
+                           .top_k = K,
+                           .score = v.score,
+                           .method = v.method,
+                           .n_group = v.n_group,
+                           .topk_group = v.topk_group,
+                           .norm_topk_prob = v.norm,
+                           .routed_scaling_factor = v.scaling};
+    const MoeParams moe_base{.weight_dtype = DType::bf16,
+                             .n_tokens = n,
+                             .top_k = K,
+                             .n_experts = E,
+                             .hidden = D,
+                             .intermediate = I};
+
+    std::vector<int32_t> ids(static_cast<size_t>(n * K));
+    std::vector<float> w(ids.size()), want(static_cast<size_t>(n * D));
+    cpu::Context cpu_ctx;
+    RouteParams cr = base;
+    cr.expert_ids = ids.data();
+    cr.expert_weights = w.data();
+    cpu::route(cr, cpu_ctx);
+    MoeParams cm = moe_base;
+    cm.out = want.data(), cm.x = x.data(), cm.expert_ids = ids.data(), cm.expert_weights = w.data();
+    cm.gate = htbl[0].data(), cm.up = htbl[1].data(), cm.down = htbl[2].data();
+    cpu::moe(cm, cpu_ctx);
+
+    const auto dlogits = upload_on(ctx, logits), dbias = upload_on(ctx, bias), dx = upload_on(ctx, x);
+    const cuda::DeviceBuffer dids(ids.size() * sizeof(int32_t), "ids"), dw(w.size() * sizeof(float), "weights");
+    const auto dout = upload_on(ctx, std::vector<float>(want.size(), std::nanf("")));
+    RouteParams gr = base;
+    gr.logits = dlogits.as<float>();
+    gr.correction_bias = dbias.as<float>();
+    gr.expert_ids = dids.as<int32_t>();
+    gr.expert_weights = dw.as<float>();
+    cuda::route(gr, ctx);
+    MoeParams gm = moe_base;
+    gm.out = dout.as<float>(), gm.x = dx.as<float>(), gm.expert_ids = dids.as<int32_t>();
+    gm.expert_weights = dw.as<float>();
+    gm.gate = gate_tbl.as<const void* const>(), gm.up = up_tbl.as<const void* const>();
+    gm.down = down_tbl.as<const void* const>();
+    cuda::moe(gm, ctx);  // same stream, no host round trip in between
+    std::vector<float> got(want.size());
+    MOERUN_CUDA_CHECK(
+        cudaMemcpyAsync(got.data(), dout.data(), got.size() * sizeof(float), cudaMemcpyDeviceToHost, ctx.stream()));
+    ctx.synchronize();
+
+    // The route weights differ by ~1e-5 relative, the experts by the moe budget of their path.
+    const bool tensor = n > 8;
+    const double tol = testing::tolerance(testing::Op::moe, tensor ? testing::Check::cuda_tensor : testing::Check::cuda,
+                                          DType::bf16)
+                           .mag +
+                       10 * kTolWeight.rel;
+    double scale = 0.0;
+    for (float f : want) scale = std::max(scale, static_cast<double>(std::fabs(f)));
+    EXPECT_LE(cuda::testing::max_abs_diff(got, want) / std::max(scale, 1e-30), tol);
   }
 }
 
