@@ -2,6 +2,8 @@
 // Helpers shared by the CUDA op tests (tests/cuda/*_test.cpp): seeded never-zero random inputs,
 // uploads and downloads through cuda::DeviceBuffer with guard values after outputs, weight-dtype
 // conversion of host data, and the error metric. Header-only so each suite file stays independent.
+// Copies: the forms that take a Context are ordered on its (non-blocking) stream; the older forms
+// without one synchronize the whole device around a legacy-stream copy, which is correct but slower.
 
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -111,6 +113,34 @@ inline std::vector<float> download(const DeviceBuffer& d) {
   MOERUN_CUDA_CHECK(cudaDeviceSynchronize());
   if (!host.empty())
     MOERUN_CUDA_CHECK(cudaMemcpy(host.data(), d.data(), host.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+// Stream-ordered forms: the copy goes on `ctx`'s stream (the non-blocking stream its ops run on), so it
+// is ordered with them without a device-wide synchronization, and the stream is synchronized before
+// returning (a pageable host buffer may be reused or freed as soon as the call returns).
+template <class T>
+DeviceBuffer upload(const std::vector<T>& host, Context& ctx, const std::string& what = "test input") {
+  DeviceBuffer d(host.size() * sizeof(T), what);
+  if (!host.empty())
+    MOERUN_CUDA_CHECK(cudaMemcpyAsync(d.data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice, ctx.stream()));
+  ctx.synchronize();
+  return d;
+}
+
+inline DeviceBuffer output_with_guard(size_t n, Context& ctx, float fill = std::numeric_limits<float>::quiet_NaN()) {
+  std::vector<float> host(n + kGuardCount, kGuard);
+  std::fill(host.begin(), host.begin() + static_cast<std::ptrdiff_t>(n), fill);
+  return upload(host, ctx, "test output");
+}
+
+// All elements of a device buffer as T, copied after everything queued on `ctx`'s stream so far.
+template <class T = float>
+std::vector<T> download(const DeviceBuffer& d, Context& ctx) {
+  std::vector<T> host(d.bytes() / sizeof(T));
+  if (!host.empty())
+    MOERUN_CUDA_CHECK(cudaMemcpyAsync(host.data(), d.data(), host.size() * sizeof(T), cudaMemcpyDeviceToHost, ctx.stream()));
+  ctx.synchronize();
   return host;
 }
 
