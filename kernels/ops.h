@@ -18,6 +18,10 @@
 namespace moerun {
 
 // y[t, o] = sum_i x[t, i] * W[o, i] + bias[o]   (y = x W^T + b), fp32 accumulation.
+// Two fusions save the executor a launch each (fields at the end): with norm_weight set the matmul reads
+// RMSNorm(x) instead of x, x'[t, i] = norm_weight[i] * (x[t, i] * inv_rms[t]) with inv_rms[t] =
+// 1 / sqrt(mean_i(x[t, i]^2) + norm_eps) as RmsNormParams (mean in fp32); with accumulate,
+// out[t, o] += y[t, o] (the residual add; out must not alias x).
 struct MatmulParams {
   float* out = nullptr;           // [n, out_features], row stride out_stride
   const float* x = nullptr;       // [n, in_features], row stride x_stride
@@ -31,6 +35,9 @@ struct MatmulParams {
   // weight_scale_inv); element (o, i) is w * scale[o / block_out, i / block_in].
   const float* weight_scale = nullptr;
   int64_t block_out = 128, block_in = 128;
+  const float* norm_weight = nullptr;  // [in_features] or nullptr: RMSNorm x first (x itself is not written)
+  float norm_eps = 0.0f;               // with norm_weight only
+  bool accumulate = false;             // out += y instead of out = y
 };
 
 // RMSNorm over the last dimension, as HF's T5-style norm (docs/MODELS.md §2.1):
@@ -205,6 +212,18 @@ struct MoeParams {
   const float* const* up_scale = nullptr;    // [n_experts]
   const float* const* down_scale = nullptr;  // [n_experts]
   int64_t block_out = 128, block_in = 128;
+  // The shared expert as one more pair of every token (DeepSeek's ungated shared experts), fused so
+  // it costs no launches of its own: when shared_gate is set,
+  //   out[t, :] += down_s(act(gate_s x[t]) * up_s x[t])   (weight 1, added after the routed sum)
+  // with gate_s/up_s [intermediate, hidden] and down_s [hidden, intermediate] (the routed experts'
+  // intermediate and weight_dtype; FP8: their scales below, same block sizes). Device (cuda::) or
+  // host (cpu::) pointers as the op runs, like the tables above.
+  const void* shared_gate = nullptr;
+  const void* shared_up = nullptr;
+  const void* shared_down = nullptr;
+  const float* shared_gate_scale = nullptr;
+  const float* shared_up_scale = nullptr;
+  const float* shared_down_scale = nullptr;
 };
 
 // CPU ops: host pointers, run to completion on the context's pool (or the calling thread without
@@ -254,7 +273,7 @@ class Context;  // kernels/cuda/context.h: one device, one stream, a cuBLAS hand
 bool available() noexcept;
 void matmul(const MatmulParams& p, Context& ctx);   // GEMV for few tokens, cuBLAS GEMM for many
 // Matmuls of the same rows (q/k/v, q_a + kv_a, gate + up; at most cpu::kMatmulGroupMax): entries
-// that read the same x with the same n, in_features, x_stride and weight dtype run as one launch on the
+// that read the same x with the same n, in_features, x_stride, weight dtype and norm run as one launch on the
 // GEMV path (their output rows concatenated); anything else runs entry by entry. Each entry's results
 // are exactly matmul()'s.
 void matmul_group(const MatmulParams* ps, size_t count, Context& ctx);

@@ -8,7 +8,8 @@
 // activations narrowed). FP8 (e4m3) weights carry fp32 block scales: the GEMM paths widen them to
 // fp32 with the scales applied, the vector decode paths multiply x by one row block's scales instead
 // (per worker) and widen the bytes in registers, so the weights are read once and the scales cost
-// nothing per weight.
+// nothing per weight. The fused RMSNorm and residual add (MatmulParams::norm_weight, accumulate) run
+// as the unfused ops would, through scratch (redirect_fused), so their bits are the unfused ones.
 
 #include <algorithm>
 #include <array>
@@ -19,6 +20,7 @@
 #include "kernels/cpu/context.h"
 #include "kernels/cpu/matmul_impl.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/vec.h"
 #include "moerun/error.h"
 
 namespace moerun::cpu {
@@ -253,6 +255,72 @@ bool shares_activations(const MatmulParams& a, const MatmulParams& b) {
   return a.x == b.x && as == bs && a.n == b.n && a.in_features == b.in_features && a.weight_dtype == b.weight_dtype;
 }
 
+// The fusions in their simplest exact form, so results are bit-identical to the unfused ops: fused[i]
+// is ps[i] with a normalized x (cpu::rms_norm itself writes it into scratch, once per set of entries
+// sharing x and the norm) and, for an accumulating entry, its output redirected to scratch at
+// acc_off[i] (the returned base), which the caller adds into out as cpu::add does. The scratch is the
+// calling worker's MatmulActs: they serve only matmul_alone (head_matmul's workers), never running
+// during a group. Costs over the unfused ops: nothing (the same passes, without their dispatches).
+const float* redirect_fused(const MatmulParams* ps, size_t count, std::array<MatmulParams, kMatmulGroupMax>& fused,
+                            std::array<int64_t, kMatmulGroupMax>& acc_off, Context& ctx) {
+  std::array<int64_t, kMatmulGroupMax> norm_off{};
+  std::array<size_t, kMatmulGroupMax> norm_owner{};
+  int64_t norm_floats = 0, acc_floats = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const MatmulParams& p = ps[i];
+    fused[i] = p;
+    fused[i].norm_weight = nullptr;
+    fused[i].accumulate = false;
+    if (p.n <= 0 || p.out_features <= 0) continue;
+    const int64_t xs = p.x_stride ? p.x_stride : p.in_features;
+    if (p.norm_weight) {
+      norm_owner[i] = i;
+      for (size_t j = 0; j < i && norm_owner[i] == i; ++j) {
+        const MatmulParams& q = ps[j];
+        if (q.norm_weight == p.norm_weight && q.norm_eps == p.norm_eps && q.x == p.x && q.n == p.n &&
+            q.in_features == p.in_features && (q.x_stride ? q.x_stride : q.in_features) == xs &&
+            q.out_features > 0)
+          norm_owner[i] = norm_owner[j];
+      }
+      if (norm_owner[i] == i) {
+        norm_off[i] = norm_floats;
+        norm_floats += p.n * xs;  // rms_norm keeps x's row stride
+      }
+    }
+    if (p.accumulate) {
+      acc_off[i] = acc_floats;
+      acc_floats += p.n * p.out_features;
+    }
+  }
+  MatmulActs& s = ctx.worker(0).acts;
+  float* norm_base = grow(s.xp, norm_floats);
+  float* acc_base = grow(s.xd, acc_floats);
+  for (size_t i = 0; i < count; ++i) {
+    const MatmulParams& p = ps[i];
+    if (p.n <= 0 || p.out_features <= 0) continue;
+    if (p.norm_weight) {
+      const size_t owner = norm_owner[i];
+      fused[i].x = norm_base + norm_off[owner];
+      if (owner == i) {
+        RmsNormParams r;
+        r.out = norm_base + norm_off[i];
+        r.x = p.x;
+        r.weight = p.norm_weight;
+        r.rows = p.n;
+        r.cols = p.in_features;
+        r.eps = p.norm_eps;
+        r.stride = p.x_stride ? p.x_stride : p.in_features;
+        rms_norm(r, ctx);
+      }
+    }
+    if (p.accumulate) {
+      fused[i].out = acc_base + acc_off[i];
+      fused[i].out_stride = 0;
+    }
+  }
+  return acc_base;
+}
+
 void run_rows(const MatmulCall& c, Isa isa, int64_t o0, int64_t o1, WorkerScratch& s) {
   switch (isa) {
     case Isa::avx512: rows_avx512(c, o0, o1, s); break;
@@ -267,6 +335,7 @@ void matmul_isa(const MatmulParams& p, Context& ctx, Isa isa) { matmul_group_isa
 
 void matmul_alone(const MatmulParams& p, WorkerScratch& s, Isa isa) {
   check(p);
+  if (p.norm_weight || p.accumulate) throw Error("cpu::matmul", "matmul_alone runs no fused norm or accumulate");
   if (p.n <= 0 || p.out_features <= 0) return;
   run_rows(prepare_call(p, isa, s.acts), isa, 0, p.out_features, s);
 }
@@ -274,7 +343,18 @@ void matmul_alone(const MatmulParams& p, WorkerScratch& s, Isa isa) {
 void matmul_group_isa(const MatmulParams* ps, size_t count, Context& ctx, Isa isa) {
   constexpr size_t kMax = kMatmulGroupMax;
   if (count > kMax) throw Error("matmul_group", "at most 32 matmuls per group");
+  const MatmulParams* const orig = ps;
   std::array<MatmulActs, kMax>& acts = ctx.call().matmul;
+  std::array<MatmulParams, kMax> fused;  // entries with a norm or accumulate, redirected to scratch
+  const float* acc_base = nullptr;       // accumulating entries' products, added into out at the end
+  std::array<int64_t, kMax> acc_off{};
+  for (size_t i = 0; i < count; ++i) check(ps[i]);  // before any entry's norm runs
+  for (size_t i = 0; i < count; ++i)
+    if (ps[i].norm_weight || ps[i].accumulate) {
+      acc_base = redirect_fused(ps, count, fused, acc_off, ctx);
+      ps = fused.data();
+      break;
+    }
   std::array<MatmulCall, kMax> calls;
   std::array<int64_t, kMax + 1> first{};  // entry i owns rows [first[i], first[i + 1]) of the union
   for (size_t i = 0; i < count; ++i) {
@@ -303,6 +383,14 @@ void matmul_group_isa(const MatmulParams* ps, size_t count, Context& ctx, Isa is
     }
   };
   ctx.parallel_for(first[count], rows, /*align=*/16);
+  if (!acc_base) return;
+  for (size_t i = 0; i < count; ++i) {
+    const MatmulParams& p = orig[i];
+    if (!p.accumulate || p.n <= 0 || p.out_features <= 0) continue;
+    const int64_t os = p.out_stride ? p.out_stride : p.out_features;
+    // cpu::add's arithmetic (vec::add per row), with out's own row stride.
+    for (int64_t t = 0; t < p.n; ++t) vec::add(p.out + t * os, acc_base + acc_off[i] + t * p.out_features, p.out_features);
+  }
 }
 
 }  // namespace detail

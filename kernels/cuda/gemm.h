@@ -14,12 +14,13 @@ class Context;
 
 namespace detail {
 
-// out[t, o] = sum_i x[t, i] * W[o, i] for t < n, o < out_features, fp32 accumulation and output.
+// out[t, o] = sum_i x[t, i] * W[o, i] + beta * out[t, o] for t < n, o < out_features, fp32 accumulation
+// and output (beta 0: out is only written; 1: the fused residual add).
 // W is [out_features, in] row-major (rows contiguous); x is [n, in] with row stride ldx and the same
 // dtype as W (f32, bf16 or f16); out has row stride ldo. f32 runs in true fp32 (no TF32). Asynchronous
 // on ctx's stream; needs no workspace of its own.
 void gemm_xwt(Context& ctx, float* out, int64_t ldo, const void* w, const void* x, int64_t ldx, DType dtype, int64_t n,
-              int64_t in, int64_t out_features);
+              int64_t in, int64_t out_features, float beta = 0.0f);
 
 }  // namespace detail
 
@@ -45,13 +46,16 @@ constexpr int gemv_rows_per_block(int64_t total_rows, int64_t n, int sm_count) {
 }
 
 // Kernel launches (graph kernel nodes) one cuda::matmul enqueues; cuBLAS GEMMs count as one each
-// (its heuristics may add a split-K reduce of its own). GEMV: 1 (bias fused). GEMM: f32 1; bf16/f16
-// 2 (x rounded, GEMM); FP8 2 + 2 per 64 MB bf16 tile of dequantized rows beyond the first (round x,
-// then per tile dequantize + GEMM); + 1 for a bias.
-constexpr int64_t matmul_launches(int64_t n, int64_t in, int64_t out_features, DType dtype, bool bias) {
+// (its heuristics may add a split-K reduce of its own). GEMV: 1 (bias, fused norm and accumulate
+// included). GEMM: f32 1, + 1 with a fused norm (x normalized into the workspace); bf16/f16 2 (x
+// rounded, or normalized and rounded, GEMM); FP8 2 + 2 per 64 MB bf16 tile of dequantized rows beyond
+// the first (round x, then per tile dequantize + GEMM); + 1 for a bias. accumulate adds none (cuBLAS
+// beta = 1).
+constexpr int64_t matmul_launches(int64_t n, int64_t in, int64_t out_features, DType dtype, bool bias,
+                                  bool norm = false) {
   if (n <= 0) return 0;
   if (n <= kGemvMaxTokens) return 1;
-  int64_t k = 1;  // the GEMM, or the first tile's GEMM
+  int64_t k = dtype == DType::f32 && norm ? 2 : 1;  // (the norm +) the GEMM, or the first tile's GEMM
   if (dtype == DType::bf16 || dtype == DType::f16) k = 2;
   if (dtype == DType::f8_e4m3) {
     int64_t tile_rows = kFp8TileBytes / (2 * (in > 0 ? in : 1));

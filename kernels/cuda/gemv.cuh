@@ -8,8 +8,10 @@
 // per step), keeps two vectors of each row in flight before the first use, widens them to fp32 in
 // registers and multiplies them into up to 8 tokens at once, so every weight byte is read once for
 // all tokens. x (fp32) is read with ordinary cached loads: it is small and every block reads it, so it
-// stays in L1/L2; weights bypass L1 (they are read once). Partial sums are reduced with warp shuffles,
-// then across warps through shared memory, in a fixed order (deterministic).
+// stays in L1/L2; weights bypass L1 (they are read once). A fused RMSNorm of x (Norm) rides on the
+// same x loads: per element a square into the token's sum and a product with the norm weight, and
+// 1/rms once per output. Partial sums are reduced with warp shuffles, then across warps through
+// shared memory, in a fixed order (deterministic).
 
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -147,6 +149,24 @@ __device__ __forceinline__ void load_x(float (&xv)[V], const float* __restrict__
   }
 }
 
+// The fused RMSNorm of x (cuda::matmul's norm_weight), in one pass with the products: as a thread
+// loads x[t, i] it adds x^2 to ss[t] (the same loads, so every x element of the row is squared exactly
+// once over the block) and multiplies by weight[i] (one 16-byte load per vector, shared by all tokens
+// and rows): x for few tokens (NT <= 2, where a block has up to 4 rows), else the widened weights
+// (NT >= 4: at most 2 rows), whichever takes fewer multiplies; NT depends only on n, so a matmul and
+// the same entry in a group still multiply alike. The caller reduces ss with the products and scales
+// token t's sums by
+// inv_rms[t] = rsqrt(ss[t] / in + eps) at the end: sum_i W[o, i] * (w[i] * x[t, i]) * inv_rms[t] is the
+// matmul of the normalized x up to rounding, with no extra pass over x and no extra barrier.
+template <int NT>
+struct Norm {
+  const float* weight = nullptr;  // [in]
+  bool vec = false;               // weight is 16-byte aligned
+  float ss[NT] = {};              // this thread's share of sum_i x[t, i]^2
+};
+template <bool kNorm, int NT>
+inline constexpr bool kNormIntoWeights = kNorm && NT >= 4;
+
 // The rows one block multiplies: R row pointers (rows past the matrix point at a valid row; their
 // results are dropped) and, for FP8, each row's block-scale row and the scale block width.
 template <int R>
@@ -157,14 +177,23 @@ struct Rows {
 };
 
 // acc[r][t] += sum over the vector's elements of W[r, i0 + j] * x[t, i0 + j], for tokens t < n.
-template <class W, int R, int NT>
+// kNorm: x is normalized as it is loaded (Norm above).
+template <class W, int R, int NT, bool kNorm>
 __device__ __forceinline__ void fma_vector(float (&acc)[R][NT], const uint4 (&wv)[R], const Rows<R>& rows,
                                            const float* __restrict__ x, int64_t x_stride, int n, int64_t i0,
-                                           bool x_vec) {
+                                           bool x_vec, Norm<NT>& norm) {
   constexpr int V = kVec<W>;
+  float nw[V];
+  if constexpr (kNorm) load_x<V>(nw, norm.weight + i0, norm.vec);
   float wf[R][V];
 #pragma unroll
   for (int r = 0; r < R; ++r) widen(W{}, wv[r], wf[r]);
+  if constexpr (kNormIntoWeights<kNorm, NT>) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int j = 0; j < V; ++j) wf[r][j] *= nw[j];
+  }
   float scale[R];
   if constexpr (kScaled<W>) {
     // The host sends FP8 down this path only when block_in is a multiple of 16, so one vector lies in
@@ -178,6 +207,13 @@ __device__ __forceinline__ void fma_vector(float (&acc)[R][NT], const uint4 (&wv
     if (t >= n) break;
     float xv[V];
     load_x<V>(xv, x + t * x_stride + i0, x_vec);
+    if constexpr (kNorm) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        norm.ss[t] = fmaf(xv[j], xv[j], norm.ss[t]);
+        if constexpr (!kNormIntoWeights<kNorm, NT>) xv[j] *= nw[j];
+      }
+    }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       if constexpr (kScaled<W>) {
@@ -194,19 +230,26 @@ __device__ __forceinline__ void fma_vector(float (&acc)[R][NT], const uint4 (&wv
 }
 
 // acc[r][t] += W[r, i] * x[t, i] for one element i.
-template <class W, int R, int NT>
+template <class W, int R, int NT, bool kNorm>
 __device__ __forceinline__ void fma_scalar(float (&acc)[R][NT], const Rows<R>& rows, const float* __restrict__ x,
-                                           int64_t x_stride, int n, int64_t i) {
+                                           int64_t x_stride, int n, int64_t i, Norm<NT>& norm) {
+  float nw = 1.0f;
+  if constexpr (kNorm) nw = __ldg(norm.weight + i);
   float w[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     w[r] = load_elem(W{}, rows.w[r], i);
     if constexpr (kScaled<W>) w[r] *= __ldg(rows.scale[r] + static_cast<uint32_t>(i) / rows.block_in);
+    if constexpr (kNormIntoWeights<kNorm, NT>) w[r] *= nw;
   }
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
     if (t >= n) break;
-    const float xv = __ldg(x + t * x_stride + i);
+    float xv = __ldg(x + t * x_stride + i);
+    if constexpr (kNorm) {
+      norm.ss[t] = fmaf(xv, xv, norm.ss[t]);
+      if constexpr (!kNormIntoWeights<kNorm, NT>) xv *= nw;
+    }
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r][t] = fmaf(w[r], xv, acc[r][t]);
   }
@@ -214,10 +257,12 @@ __device__ __forceinline__ void fma_scalar(float (&acc)[R][NT], const Rows<R>& r
 
 // This thread's share of the R x n dot products over [0, in). `vec`: every row is 16-byte aligned
 // (and, for FP8, block_in is a multiple of 16), so whole vectors can be streamed; the last in % V
-// elements go through the scalar path. x_vec: every x row start used is 16-byte aligned.
-template <class W, int R, int NT>
+// elements go through the scalar path. x_vec: every x row start used is 16-byte aligned. kNorm: x is
+// normalized on the way (Norm; every element i < in is visited by exactly one thread, once).
+template <class W, int R, int NT, bool kNorm>
 __device__ __forceinline__ void accumulate(float (&acc)[R][NT], const Rows<R>& rows, const float* __restrict__ x,
-                                           int64_t x_stride, int n, int64_t in, bool vec, bool x_vec) {
+                                           int64_t x_stride, int n, int64_t in, bool vec, bool x_vec,
+                                           Norm<NT>& norm) {
   constexpr int V = kVec<W>;
   const int64_t step = blockDim.x;
   int64_t tail = 0;
@@ -234,12 +279,13 @@ __device__ __forceinline__ void accumulate(float (&acc)[R][NT], const Rows<R>& r
 #pragma unroll
       for (int r = 0; r < R; ++r)
         b[r] = has1 ? load_stream(static_cast<const char*>(rows.w[r]) + v1 * 16) : make_uint4(0u, 0u, 0u, 0u);
-      fma_vector<W, R, NT>(acc, a, rows, x, x_stride, n, v * V, x_vec);
-      if (has1) fma_vector<W, R, NT>(acc, b, rows, x, x_stride, n, v1 * V, x_vec);
+      fma_vector<W, R, NT, kNorm>(acc, a, rows, x, x_stride, n, v * V, x_vec, norm);
+      if (has1) fma_vector<W, R, NT, kNorm>(acc, b, rows, x, x_stride, n, v1 * V, x_vec, norm);
     }
     tail = nvec * V;
   }
-  for (int64_t i = tail + threadIdx.x; i < in; i += step) fma_scalar<W, R, NT>(acc, rows, x, x_stride, n, i);
+  for (int64_t i = tail + threadIdx.x; i < in; i += step)
+    fma_scalar<W, R, NT, kNorm>(acc, rows, x, x_stride, n, i, norm);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

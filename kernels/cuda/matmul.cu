@@ -10,15 +10,27 @@
 // (q/k/v, q_a + kv_a, gate + up) as one launch whose blocks map to (entry, row block). A row's sum has
 // the same order whatever R and whatever the other entries are (same threads per block, same vector
 // or scalar path per entry), so grouped and separate calls give identical bits.
+// Fusions (MatmulParams::norm_weight, accumulate), for the executor's launch count: the GEMV reads x
+// through the norm in the same pass (gemv::Norm: each thread squares the x elements it loads anyway
+// and multiplies them by the norm weight; the block reduction sums the squares with the products, and
+// each output is scaled by its token's 1/rms), so the norm costs no launch, no barrier and no extra
+// pass over x: per block in * 4 bytes of norm weight (L1/L2, like x) and 2 FMA-pipe operations per x
+// element per token (against R per element per token of products: +50% at R = 4, n <= 2; hidden while
+// the GEMV is HBM-bound, which it is at n <= 4). The result is sum_i W[o, i] (w[i] x[t, i]) * inv_rms[t],
+// the normalized matmul up to rounding. Entries share a launch only with the same norm (weight, eps).
+// accumulate: the epilogue adds into out (out + (x W^T + b), the CPU's order). The GEMM path
+// normalizes x in the kernel that rounds it to 16 bits anyway (norm_rows_kernel; f32 weights: into
+// fp32 in the workspace, one more launch) and accumulates through cuBLAS's beta = 1.
 // Many tokens (prefill): cuBLAS, fp32 accumulation and fp32 output. bf16/f16 weights multiply x
 // rounded to the weights' dtype (tensor cores; x is converted into the workspace first); f32 weights
 // run a true fp32 GEMM (no TF32) so results stay close to the CPU; FP8 weights are dequantized to
 // bf16 in row tiles into the workspace and each tile is one bf16 GEMM (correctness first: the tile is
 // written once and read once more than an FP8 GEMM would). The bias is a separate small kernel.
 //
-// Kernel launches per call (matmul_plan::matmul_launches): GEMV 1 (bias included); a group 1 per set
-// of entries sharing x (entries that share with nobody: 1 each); GEMM f32 1, bf16/f16 2 (round x +
-// GEMM), FP8 1 + 2 per 64 MB tile (round x, then dequantize + GEMM per tile), each + 1 with a bias.
+// Kernel launches per call (matmul_plan::matmul_launches): GEMV 1 (bias, norm and accumulate
+// included); a group 1 per set of entries sharing x and norm (entries that share with nobody: 1 each);
+// GEMM f32 1 (2 with a norm), bf16/f16 2 (round or normalize x + GEMM), FP8 1 + 2 per 64 MB tile
+// (round or normalize x, then dequantize + GEMM per tile), each + 1 with a bias.
 // No split-K: the GEMV path needs no workspace and no second kernel, so it is graph-safe trivially.
 //
 // Decode bound at DeepSeek-V3 shapes (per token, per layer, FP8 weights + fp32 block scales): q_a
@@ -65,6 +77,7 @@ struct GemvEntry {
   const float* bias = nullptr;   // [out_features] or nullptr
   int64_t out_features = 0, out_stride = 0, block_out = 1;
   bool vec = false;  // 16-byte weight vectors: every row 16-byte aligned (FP8: and block_in % 16 == 0)
+  bool add_to_out = false;  // MatmulParams::accumulate: out += y
 };
 
 // Kernel parameters (by value, ~2.2 KB of the 4 KB allowed): what the entries share, and the table.
@@ -75,6 +88,9 @@ struct GemvArgs {
   int64_t scale_cols = 0;  // FP8: ceil(in / block_in)
   uint32_t block_in = 1;   // FP8 only
   bool x_vec = false;      // every x row is 16-byte aligned
+  const float* norm_weight = nullptr;  // the fused RMSNorm of x (shared by the entries), or nullptr
+  float norm_eps = 0.0f;
+  bool norm_vec = false;   // norm_weight is 16-byte aligned
   int count = 0;           // entries used
   uint32_t first_block[kGemvMaxEntries + 1] = {};  // entry k owns blocks [first_block[k], first_block[k + 1])
   GemvEntry e[kGemvMaxEntries];
@@ -84,9 +100,12 @@ struct GemvArgs {
 // entry; block: gemv::threads_for(in) threads splitting the row length. Each block streams its R rows
 // once and produces out[t, o] for all n <= NT tokens; the reduction order is fixed (and independent of
 // R and of the other entries), so repeated and grouped runs give identical bits.
-template <class W, int NT, int R>
+// kNorm (a.norm_weight set): x is normalized on the way in (gemv::Norm): the block reduction also sums
+// each token's x^2 (NT more values) and token t's sums are scaled by its inv_rms in the epilogue.
+template <class W, int NT, int R, bool kNorm>
 __global__ void __launch_bounds__(gemv::kMaxThreads) gemv_kernel(const GemvArgs a) {
   constexpr int M = R * NT;
+  constexpr int MS = kNorm ? M + NT : M;  // the products, then the sums of squares
   // The block's entry: the last one starting at or before it. Constant indices only (unrolled), so
   // the table stays in the parameter bank instead of being copied to local memory.
   const uint32_t b = blockIdx.x;
@@ -111,20 +130,34 @@ __global__ void __launch_bounds__(gemv::kMaxThreads) gemv_kernel(const GemvArgs 
   rows.block_in = a.block_in;
 
   float acc[R][NT] = {};
-  gemv::accumulate<W, R, NT>(acc, rows, a.x, a.x_stride, static_cast<int>(a.n), a.in, e.vec, a.x_vec);
+  gemv::Norm<NT> norm;
+  norm.weight = a.norm_weight;
+  norm.vec = a.norm_vec;
+  gemv::accumulate<W, R, NT, kNorm>(acc, rows, a.x, a.x_stride, static_cast<int>(a.n), a.in, e.vec, a.x_vec, norm);
 
-  float flat[M];
+  float flat[MS];
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int t = 0; t < NT; ++t) flat[r * NT + t] = acc[r][t];
-  __shared__ float partial[gemv::kMaxWarps][M];
-  __shared__ float totals[M];
-  gemv::block_sum<M>(flat, partial, totals);
-  if (threadIdx.x < M) {
+  if constexpr (kNorm) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t) flat[M + t] = norm.ss[t];
+  }
+  __shared__ float partial[gemv::kMaxWarps][MS];
+  __shared__ float totals[MS];
+  gemv::block_sum<MS>(flat, partial, totals);
+  if (threadIdx.x < M) {  // blocks have >= 32 threads >= MS
     const int r = static_cast<int>(threadIdx.x) / NT, t = static_cast<int>(threadIdx.x) % NT;
     const int64_t o = o0 + r;
-    if (o < e.out_features && t < a.n) e.out[t * e.out_stride + o] = totals[threadIdx.x] + (e.bias ? e.bias[o] : 0.0f);
+    if (o < e.out_features && t < a.n) {
+      float y = totals[threadIdx.x];
+      // rms_norm's arithmetic (kernels/cuda/rms_norm.cu): rsqrt of the mean square plus eps.
+      if constexpr (kNorm) y *= rsqrtf(totals[M + t] / static_cast<float>(a.in) + a.norm_eps);
+      y += e.bias ? e.bias[o] : 0.0f;
+      float* dst = e.out + t * e.out_stride + o;
+      *dst = e.add_to_out ? *dst + y : y;  // the residual add: out + (x W^T + b), as cpu::matmul's order
+    }
   }
 }
 
@@ -145,13 +178,18 @@ int sm_count(const Context& ctx) {
 
 template <class W, int NT, int R>
 void launch_gemv(GemvArgs& a, cudaStream_t stream) {
+  const unsigned threads = static_cast<unsigned>(gemv::threads_for(a.in, gemv::kVec<W>));
   uint32_t blocks = 0;
   for (int k = 0; k < a.count; ++k) {
     a.first_block[k] = blocks;
     blocks += static_cast<uint32_t>((a.e[k].out_features + R - 1) / R);  // the caller bounded the total rows
   }
   for (int k = a.count; k <= kGemvMaxEntries; ++k) a.first_block[k] = blocks;
-  gemv_kernel<W, NT, R><<<blocks, gemv::threads_for(a.in, gemv::kVec<W>), 0, stream>>>(a);
+  if (a.norm_weight) {
+    gemv_kernel<W, NT, R, true><<<blocks, threads, 0, stream>>>(a);
+  } else {
+    gemv_kernel<W, NT, R, false><<<blocks, threads, 0, stream>>>(a);
+  }
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -193,6 +231,42 @@ __global__ void round_rows_kernel(T* __restrict__ dst, const float* __restrict__
   }
 }
 
+// dst[r, c] = RMSNorm(x)[r, c] in T (float, or rounded to nearest even bf16 / f16); dst dense [n, in].
+// The GEMM path's fused norm: one block of kNormThreads per row, exactly rms_norm_kernel's arithmetic
+// (kernels/cuda/rms_norm.cu: the same threads, the same strided fp32 sum of squares, warp shuffles, then
+// warp 0 over the warp sums), so the f32 GEMM reads the bits cuda::rms_norm would have written.
+constexpr int kNormThreads = 256;
+template <class T>
+__global__ void __launch_bounds__(kNormThreads) norm_rows_kernel(T* __restrict__ dst, const float* __restrict__ x,
+                                                                 const float* __restrict__ weight, int64_t in,
+                                                                 int64_t x_stride, float eps) {
+  __shared__ float partial[kNormThreads / 32];
+  __shared__ float inv_rms;
+  const float* row = x + blockIdx.x * x_stride;
+  float sum = 0.0f;
+  for (int64_t i = threadIdx.x; i < in; i += kNormThreads) sum += row[i] * row[i];
+  sum = gemv::warp_sum(sum);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float t = threadIdx.x < kNormThreads / 32 ? partial[threadIdx.x] : 0.0f;
+    t = gemv::warp_sum(t);
+    if (threadIdx.x == 0) inv_rms = rsqrtf(t / static_cast<float>(in) + eps);
+  }
+  __syncthreads();
+  T* o = dst + blockIdx.x * in;
+  for (int64_t i = threadIdx.x; i < in; i += kNormThreads) {
+    const float v = weight[i] * (row[i] * inv_rms);
+    if constexpr (std::is_same_v<T, float>) {
+      o[i] = v;
+    } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      o[i] = __float2bfloat16_rn(v);
+    } else {
+      o[i] = __float2half_rn(v);
+    }
+  }
+}
+
 // dst[r, c] = bf16(fp8(w[o0 + r, c]) * scale[(o0 + r) / block_out, c / block_in]) for r < rows: one
 // row tile of an FP8 weight, ready for a bf16 GEMM.
 __global__ void dequant_fp8_kernel(__nv_bfloat16* __restrict__ dst, const uint8_t* __restrict__ w,
@@ -221,7 +295,7 @@ __global__ void add_bias_kernel(float* __restrict__ out, const float* __restrict
 namespace detail {
 
 void gemm_xwt(Context& ctx, float* out, int64_t ldo, const void* w, const void* x, int64_t ldx, DType dtype, int64_t n,
-              int64_t in, int64_t out_features) {
+              int64_t in, int64_t out_features, float beta) {
   if (n <= 0) return;
   for (const int64_t v : {n, in, out_features, ldo, ldx})
     if (v > INT_MAX) throw Error("cuda::matmul", cat("GEMM size ", v, " exceeds cuBLAS's 32-bit limit"));
@@ -238,7 +312,7 @@ void gemm_xwt(Context& ctx, float* out, int64_t ldo, const void* w, const void* 
   //   x   [n, in] row-major = column-major B [in, n], ldb = ldx -> op(B) = B   is x^T [in, n]
   //   out [n, O]  row-major = column-major C [O, n],  ldc = ldo    and C = W x^T = (x W^T)^T.
   // So C = op(A) op(B) with transa = T, transb = N, m = O, n = n, k = in.
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f;  // beta 1: out += x W^T (the fused residual add)
   MOERUN_CUBLAS_CHECK(cublasGemmEx(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out_features),
                                    static_cast<int>(n), static_cast<int>(in), &alpha, w, type, static_cast<int>(in), x,
                                    type, static_cast<int>(ldx), &beta, out, CUDA_R_32F, static_cast<int>(ldo),
@@ -267,6 +341,15 @@ std::pair<int64_t, int64_t> validate(const MatmulParams& p) {
                                     ", block_in ", p.block_in, ", in_features ", in, ")"));
   if (p.n > 0 && (!p.out || !p.x || !p.weight)) throw Error("cuda::matmul", "out, x and weight must be set");
   if (O > INT_MAX) throw Error("cuda::matmul", cat("out_features ", O, " exceeds the grid"));
+  if (p.n > INT_MAX) throw Error("cuda::matmul", cat("n ", p.n, " exceeds the grid"));
+  if (p.accumulate && p.n > 0) {
+    // out is read and written while other blocks read x: they must not overlap.
+    const auto* x0 = reinterpret_cast<const char*>(p.x);
+    const auto* x1 = reinterpret_cast<const char*>(p.x + (p.n - 1) * xs + in);
+    const auto* o0 = reinterpret_cast<const char*>(p.out);
+    const auto* o1 = reinterpret_cast<const char*>(p.out + (p.n - 1) * os + O);
+    if (o0 < x1 && x0 < o1) throw Error("cuda::matmul", "accumulate: out overlaps x");
+  }
   return {xs, os};
 }
 
@@ -282,6 +365,9 @@ GemvArgs gemv_args(const MatmulParams& p, int64_t xs) {
   a.scale_cols = fp8 ? (p.in_features + p.block_in - 1) / p.block_in : 0;
   a.block_in = static_cast<uint32_t>(fp8 ? p.block_in : 1);
   a.x_vec = aligned16(p.x) && (p.n == 1 || xs % 4 == 0);
+  a.norm_weight = p.norm_weight;
+  a.norm_eps = p.norm_weight ? p.norm_eps : 0.0f;
+  a.norm_vec = aligned16(p.norm_weight);
   return a;
 }
 
@@ -298,6 +384,7 @@ void add_entry(GemvArgs& a, const MatmulParams& p, int64_t os) {
   e.out_stride = os;
   e.block_out = fp8 ? p.block_out : 1;
   e.vec = (!fp8 || p.block_in % 16 == 0) && aligned16(p.weight) && a.row_bytes % 16 == 0;
+  e.add_to_out = p.accumulate;
 }
 
 void run_gemv(GemvArgs& a, DType dt, Context& ctx) {
@@ -314,9 +401,11 @@ void run_gemv(GemvArgs& a, DType dt, Context& ctx) {
 }
 
 // Whether b can join a's GEMV launch: the same activations read the same way, the same weight
-// format (FP8: the same block_in, which fixes the scale columns and the vector path).
+// format (FP8: the same block_in, which fixes the scale columns and the vector path), the same fused
+// norm (weight and eps: the launch normalizes x once for all; accumulate is per entry).
 bool shares_gemv(const MatmulParams& a, int64_t axs, const MatmulParams& b, int64_t bxs) {
-  return a.x == b.x && a.n == b.n && a.in_features == b.in_features && axs == bxs &&
+  const bool same_norm = a.norm_weight == b.norm_weight && (!a.norm_weight || a.norm_eps == b.norm_eps);
+  return a.x == b.x && a.n == b.n && a.in_features == b.in_features && axs == bxs && same_norm &&
          a.weight_dtype == b.weight_dtype && (a.weight_dtype != DType::f8_e4m3 || a.block_in == b.block_in);
 }
 
@@ -338,36 +427,57 @@ void matmul(const MatmulParams& p, Context& ctx) {
   }
 
   cudaStream_t stream = ctx.stream();
+  const float beta = p.accumulate ? 1.0f : 0.0f;  // the fused residual add: cuBLAS adds into out
+  const unsigned rows = static_cast<unsigned>(p.n);  // validated <= INT_MAX
   if (dt == DType::f32) {
-    detail::gemm_xwt(ctx, p.out, os, p.weight, p.x, xs, DType::f32, p.n, in, O);
+    if (!p.norm_weight) {
+      detail::gemm_xwt(ctx, p.out, os, p.weight, p.x, xs, DType::f32, p.n, in, O, beta);
+    } else {  // normalized x, fp32, dense [n, in] in the workspace
+      auto* xn = static_cast<float*>(ctx.workspace(static_cast<size_t>(p.n * in) * sizeof(float)));
+      norm_rows_kernel<float><<<rows, kNormThreads, 0, stream>>>(xn, p.x, p.norm_weight, in, xs, p.norm_eps);
+      MOERUN_CUDA_CHECK(cudaGetLastError());
+      detail::gemm_xwt(ctx, p.out, os, p.weight, xn, in, DType::f32, p.n, in, O, beta);
+    }
   } else {
-    // x rounded to the GEMM's 16-bit type, dense [n, in]; FP8 also needs a bf16 tile of weight rows.
+    // x rounded to the GEMM's 16-bit type (normalized first with a fused norm), dense [n, in]; FP8 also
+    // needs a bf16 tile of weight rows.
     const size_t x_bytes = round_up(static_cast<size_t>(p.n * in) * 2, kWorkspaceAlign);
     const int64_t tile_rows = fp8 ? std::clamp<int64_t>(kFp8TileBytes / (2 * in), 1, O) : 0;
     char* ws = static_cast<char*>(ctx.workspace(x_bytes + static_cast<size_t>(tile_rows * in) * 2));
     const DType gemm_type = dt == DType::f16 ? DType::f16 : DType::bf16;
     if (gemm_type == DType::f16) {
-      round_rows_kernel<__half>
-          <<<elt_blocks(p.n * in), kEltThreads, 0, stream>>>(reinterpret_cast<__half*>(ws), p.x, p.n, in, xs);
+      auto* xh = reinterpret_cast<__half*>(ws);
+      if (p.norm_weight) {
+        norm_rows_kernel<__half><<<rows, kNormThreads, 0, stream>>>(xh, p.x, p.norm_weight, in, xs, p.norm_eps);
+      } else {
+        round_rows_kernel<__half><<<elt_blocks(p.n * in), kEltThreads, 0, stream>>>(xh, p.x, p.n, in, xs);
+      }
     } else {
-      round_rows_kernel<__nv_bfloat16>
-          <<<elt_blocks(p.n * in), kEltThreads, 0, stream>>>(reinterpret_cast<__nv_bfloat16*>(ws), p.x, p.n, in, xs);
+      auto* xb = reinterpret_cast<__nv_bfloat16*>(ws);
+      if (p.norm_weight) {
+        norm_rows_kernel<__nv_bfloat16>
+            <<<rows, kNormThreads, 0, stream>>>(xb, p.x, p.norm_weight, in, xs, p.norm_eps);
+      } else {
+        round_rows_kernel<__nv_bfloat16><<<elt_blocks(p.n * in), kEltThreads, 0, stream>>>(xb, p.x, p.n, in, xs);
+      }
     }
     MOERUN_CUDA_CHECK(cudaGetLastError());
     if (!fp8) {
-      detail::gemm_xwt(ctx, p.out, os, p.weight, ws, in, gemm_type, p.n, in, O);
+      detail::gemm_xwt(ctx, p.out, os, p.weight, ws, in, gemm_type, p.n, in, O, beta);
     } else {
       auto* tile = reinterpret_cast<__nv_bfloat16*>(ws + x_bytes);
       for (int64_t o0 = 0; o0 < O; o0 += tile_rows) {  // stream order keeps each tile until its GEMM has read it
-        const int64_t rows = std::min(tile_rows, O - o0);
-        dequant_fp8_kernel<<<elt_blocks(rows * in), kEltThreads, 0, stream>>>(
-            tile, static_cast<const uint8_t*>(p.weight), p.weight_scale, o0, rows, in, p.block_out, p.block_in,
+        const int64_t tr = std::min(tile_rows, O - o0);
+        dequant_fp8_kernel<<<elt_blocks(tr * in), kEltThreads, 0, stream>>>(
+            tile, static_cast<const uint8_t*>(p.weight), p.weight_scale, o0, tr, in, p.block_out, p.block_in,
             scale_cols);
         MOERUN_CUDA_CHECK(cudaGetLastError());
-        detail::gemm_xwt(ctx, p.out + o0, os, tile, ws, in, DType::bf16, p.n, in, rows);
+        detail::gemm_xwt(ctx, p.out + o0, os, tile, ws, in, DType::bf16, p.n, in, tr, beta);
       }
     }
   }
+  // With accumulate this is (out + x W^T) + b: the bias after cuBLAS's out += x W^T, where the CPU adds
+  // out + (x W^T + b): the same sum, rounded in another order.
   if (p.bias) {
     add_bias_kernel<<<elt_blocks(p.n * O), kEltThreads, 0, stream>>>(p.out, p.bias, p.n, O, os);
     MOERUN_CUDA_CHECK(cudaGetLastError());

@@ -3,7 +3,8 @@
 // (1, 31, 257, 4095), misaligned rows (odd-length 16-bit and FP8 rows), bias, row strides, determinism
 // and graph capture; the small outputs the rows-per-block rule spreads (router, kv_a, q_a, a one-row
 // gate at model sizes); matmul_group equal bit for bit to separate matmuls (and close to the CPU twin)
-// whether its entries share a launch or fall back; and the host arithmetic of kernels/cuda/gemm.h
+// whether its entries share a launch or fall back; the fused RMSNorm and residual add (every dtype and
+// path, alone and grouped, captured); and the host arithmetic of kernels/cuda/gemm.h
 // (rows per block, launch counts), which runs without a device. (Speed is
 // bench/cuda_kernels_bench.cpp's business, never a test's.) Skips with a reason when no GPU can be used.
 
@@ -520,6 +521,207 @@ TEST(MatmulCuda, GroupRejectsBadParams) {
   EXPECT_NO_THROW(cuda::matmul_group(nullptr, 0, ctx));
 }
 
+// --- the fusions: MatmulParams::norm_weight (RMSNorm of x on the way in) and accumulate (out += y) ---
+
+struct FusedEntry {
+  int64_t out;
+  bool bias;
+  int norm;         // 0: none, 1: norm A, 2: norm B (another weight and eps: its own launch)
+  bool accumulate;
+};
+
+// Uploads `start` followed by the guard values: an accumulating output's initial contents.
+cuda::DeviceBuffer output_starting_at(const std::vector<float>& start) {
+  std::vector<float> host(start);
+  host.resize(start.size() + cuda::testing::kGuardCount, cuda::testing::kGuard);
+  return upload(host);
+}
+
+// The entries as separate cuda::matmul calls, as one cuda::matmul_group and as a captured-then-replayed
+// group: identical bits all three ways (entries of a group that share x and the norm share one GEMV
+// launch, the others fall back), and each close to the CPU twin: rms_norm of x (rounded to the GEMM's
+// 16-bit type on the tensor-core path, as the GPU rounds its normalized x), the matmul of the weights'
+// fp32 values, then the add into the starting output. The tolerance is the matmul's over the magnitude
+// sum_i |x'_i w_i| + |b| (+ |out| with accumulate) plus the norm's (2e-5 relative on every x'_i, which
+// moves the sum by at most 2e-5 times that magnitude).
+void run_fused(DType dtype, int64_t n, int64_t in, const std::vector<FusedEntry>& entries, uint64_t seed,
+               cuda::Context& ctx) {
+  std::ostringstream what;
+  what << dtype_name(dtype) << " n=" << n << " in=" << in << " seed=" << seed << " entries:";
+  for (const FusedEntry& e : entries)
+    what << " " << e.out << (e.bias ? "+b" : "") << (e.norm ? (e.norm == 1 ? "+normA" : "+normB") : "")
+         << (e.accumulate ? "+acc" : "");
+  SCOPED_TRACE(what.str());
+  const bool gemm_path = n > kGemvMaxTokens, tensor = gemm_path && dtype != DType::f32;
+  const size_t count = entries.size();
+  // Rows of different magnitudes, so each token's inv_rms differs.
+  std::vector<float> x = uniform(static_cast<size_t>(n * in), -1.0f, 1.0f, seed);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t i = 0; i < in; ++i) x[static_cast<size_t>(t * in + i)] *= 0.25f + static_cast<float>(t % 5);
+  const std::vector<float> norm_w[2] = {uniform(static_cast<size_t>(in), 0.5f, 1.5f, seed + 1),
+                                        uniform(static_cast<size_t>(in), -1.2f, 1.2f, seed + 2)};
+  const float norm_eps[2] = {1e-6f, 1e-3f};
+  const auto dx = upload(x), dn0 = upload(norm_w[0]), dn1 = upload(norm_w[1]);
+  const float* dnorm[2] = {dn0.as<float>(), dn1.as<float>()};
+
+  // The normalized x of each norm as the CPU computes it (and as the GEMM path rounds it).
+  std::vector<float> xn[3] = {x, x, x};
+  cpu::Context cpu_ctx;
+  for (int k = 0; k < 2; ++k)
+    cpu::rms_norm({.out = xn[k + 1].data(), .x = x.data(), .weight = norm_w[k].data(), .rows = n, .cols = in,
+                   .eps = norm_eps[k]},
+                  cpu_ctx);
+  if (tensor)
+    for (auto& v : xn)
+      for (float& f : v) f = dtype == DType::f16 ? round_f16(f) : round_bf16(f);
+
+  std::vector<Weights> w(count);
+  std::vector<std::vector<float>> bias(count), start(count);
+  std::vector<cuda::DeviceBuffer> dw, ds, db, separate, grouped, replayed;
+  std::vector<MatmulParams> ps(count);
+  for (size_t k = 0; k < count; ++k) {
+    const FusedEntry& e = entries[k];
+    const Case c{.dtype = dtype, .n = n, .in = in, .out = e.out, .bias = e.bias, .x_pad = 0, .out_pad = 0};
+    w[k] = make_weights(c, gemm_path, seed + 10 * (k + 1));
+    if (e.bias) bias[k] = uniform(static_cast<size_t>(e.out), -0.5f, 0.5f, seed + 10 * (k + 1) + 3);
+    // Without accumulate the output starts as NaN (an unwritten element shows).
+    start[k] = e.accumulate ? uniform(static_cast<size_t>(n * e.out), -2.0f, 2.0f, seed + 10 * (k + 1) + 4)
+                            : std::vector<float>(static_cast<size_t>(n * e.out), std::nanf(""));
+    dw.push_back(upload(w[k].bytes));
+    ds.push_back(upload(w[k].scale));
+    db.push_back(upload(bias[k]));
+    separate.push_back(output_starting_at(start[k]));
+    grouped.push_back(output_starting_at(start[k]));
+    replayed.push_back(output_starting_at(start[k]));
+    ps[k] = {.x = dx.as<float>(),
+             .weight = dw[k].data(),
+             .weight_dtype = dtype,
+             .bias = e.bias ? db[k].as<float>() : nullptr,
+             .n = n,
+             .in_features = in,
+             .out_features = e.out,
+             .weight_scale = dtype == DType::f8_e4m3 ? ds[k].as<float>() : nullptr,
+             .norm_weight = e.norm ? dnorm[e.norm - 1] : nullptr,
+             .norm_eps = e.norm ? norm_eps[e.norm - 1] : 0.0f,
+             .accumulate = e.accumulate};
+  }
+  for (size_t k = 0; k < count; ++k) {
+    MatmulParams p = ps[k];
+    p.out = separate[k].as<float>();
+    cuda::matmul(p, ctx);
+  }
+  std::vector<MatmulParams> gp = ps;
+  for (size_t k = 0; k < count; ++k) gp[k].out = grouped[k].as<float>();
+  cuda::matmul_group(gp.data(), count, ctx);
+  for (size_t k = 0; k < count; ++k) gp[k].out = replayed[k].as<float>();
+  ctx.begin_capture();
+  cuda::matmul_group(gp.data(), count, ctx);
+  ctx.end_capture();
+  ctx.replay();
+  ctx.synchronize();
+
+  const testing::Tolerance tol = testing::tolerance(
+      testing::Op::matmul, tensor ? testing::Check::cuda_tensor : testing::Check::cuda, dtype);
+  constexpr double kNormRel = 2e-5;  // rms_norm's CUDA tolerance on O(1) values, relative here
+  for (size_t k = 0; k < count; ++k) {
+    SCOPED_TRACE("entry " + std::to_string(k));
+    const FusedEntry& e = entries[k];
+    const std::vector<float> a = download(separate[k]), b = download(grouped[k]);
+    ASSERT_TRUE(same_bits(a, b)) << "group and separate matmul differ";
+    ASSERT_TRUE(same_bits(a, download(replayed[k]))) << "replayed group differs";
+    EXPECT_EQ(first_bad_guard(b, static_cast<size_t>(n * e.out)), -1);
+    // The reference: the CPU twin over the normalized (and rounded) x, the fp32 weight values, and
+    // the magnitude of the terms.
+    const std::vector<float>& xr = xn[e.norm];
+    std::vector<float> x_abs(xr.size()), w_abs(w[k].values.size()), b_abs(bias[k].size());
+    for (size_t i = 0; i < xr.size(); ++i) x_abs[i] = std::fabs(xr[i]);
+    for (size_t i = 0; i < w_abs.size(); ++i) w_abs[i] = std::fabs(w[k].values[i]);
+    for (size_t i = 0; i < b_abs.size(); ++i) b_abs[i] = std::fabs(bias[k][i]);
+    std::vector<float> want = e.accumulate ? start[k] : std::vector<float>(start[k].size(), 0.0f), mag(want.size());
+    for (size_t i = 0; i < mag.size(); ++i) mag[i] = e.accumulate ? std::fabs(start[k][i]) : 0.0f;
+    MatmulParams p{.weight_dtype = DType::f32, .n = n, .in_features = in, .out_features = e.out, .accumulate = true};
+    p.out = want.data(), p.x = xr.data(), p.weight = w[k].values.data();
+    p.bias = e.bias ? bias[k].data() : nullptr;
+    cpu::matmul(p, cpu_ctx);
+    p.out = mag.data(), p.x = x_abs.data(), p.weight = w_abs.data(), p.bias = e.bias ? b_abs.data() : nullptr;
+    cpu::matmul(p, cpu_ctx);
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(b[i])) << "i=" << i;
+      ASSERT_LE(std::fabs(static_cast<double>(b[i]) - want[i]), tol.at(want[i], mag[i]) + kNormRel * mag[i])
+          << "t=" << i / static_cast<size_t>(e.out) << " o=" << i % static_cast<size_t>(e.out) << " got " << b[i]
+          << " want " << want[i];
+    }
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+}
+
+TEST(MatmulCuda, FusedNormAndAccumulateEveryDtypeAndPath) {
+  // Every GEMV token width and both sides of the cuBLAS switch; alone (a group of one) and in groups
+  // where norm-only, accumulate-only and both share x: the entries with norm A share one launch, the
+  // others (no norm, norm B) run their own.
+  if (!cuda::available()) GTEST_SKIP() << kNoDevice;
+  cuda::Context ctx;
+  uint64_t seed = 7000;
+  for (const DType dt : {DType::f32, DType::bf16, DType::f16, DType::f8_e4m3}) {
+    for (const int64_t n : {1, 2, 5, 8, 9, 64}) {
+      // 520: 65 bf16 vectors on 64 threads (one thread loads a second vector), 130 f32 vectors on 96
+      const int64_t in = dt == DType::f8_e4m3 ? 768 : 520;
+      run_fused(dt, n, in, {{300, true, 1, false}}, seed++, ctx);
+      run_fused(dt, n, in, {{300, false, 0, true}}, seed++, ctx);
+      run_fused(dt, n, in, {{300, true, 1, true}}, seed++, ctx);
+      // q_a + kv_a-like (norm, no bias), a residual-style entry, and a second norm
+      run_fused(dt, n, in,
+                {{384, false, 1, false}, {144, false, 1, true}, {257, true, 0, true}, {65, true, 1, true},
+                 {33, false, 2, true}, {7, true, 2, false}},
+                seed++, ctx);
+      if (HasFatalFailure()) return;
+    }
+  }
+  // An odd row length (the scalar path for every element, norm weight loads unaligned too) and a
+  // DeepSeek-V3-wide row (7168, 8 warps of 2+ vectors each).
+  run_fused(DType::bf16, 3, 1001, {{129, true, 1, true}, {64, false, 1, false}}, seed++, ctx);
+  run_fused(DType::f8_e4m3, 1, 7168, {{1536, false, 1, false}, {576, false, 1, false}}, seed++, ctx);
+  run_fused(DType::bf16, 1, 7168, {{1000, false, 1, false}}, seed++, ctx);
+}
+
+TEST(MatmulCuda, FusedNormOnGemmPathEqualsRmsNormThenMatmulBitForBit) {
+  // The cuBLAS path normalizes x with rms_norm_kernel's own arithmetic, so for f32 (the normalized x
+  // multiplied as is) and bf16 (the same fp32 values rounded) it is cuda::rms_norm then cuda::matmul.
+  if (!cuda::available()) GTEST_SKIP() << kNoDevice;
+  cuda::Context ctx;
+  const int64_t n = 16, in = 1000, out = 96;
+  const auto dx = upload(uniform(static_cast<size_t>(n * in), -2.0f, 2.0f, 91));
+  const auto dn = upload(uniform(static_cast<size_t>(in), 0.5f, 1.5f, 92));
+  const auto xn = output_with_guard(static_cast<size_t>(n * in));
+  cuda::rms_norm({.out = xn.as<float>(), .x = dx.as<float>(), .weight = dn.as<float>(), .rows = n, .cols = in, .eps = 1e-6f},
+                 ctx);
+  for (const DType dt : {DType::f32, DType::bf16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    const auto w = cuda::testing::to_dtype(uniform(static_cast<size_t>(in * out), -0.05f, 0.05f, 93), dt);
+    const auto dw = upload(w.bytes);
+    const auto a = output_with_guard(static_cast<size_t>(n * out)), b = output_with_guard(static_cast<size_t>(n * out));
+    cuda::matmul({.out = a.as<float>(), .x = xn.as<float>(), .weight = dw.data(), .weight_dtype = dt, .n = n,
+                  .in_features = in, .out_features = out},
+                 ctx);
+    cuda::matmul({.out = b.as<float>(), .x = dx.as<float>(), .weight = dw.data(), .weight_dtype = dt, .n = n,
+                  .in_features = in, .out_features = out, .norm_weight = dn.as<float>(), .norm_eps = 1e-6f},
+                 ctx);
+    EXPECT_TRUE(same_bits(download(a), download(b)));
+  }
+}
+
+TEST(MatmulCuda, FusedAccumulateRejectsOutOverlappingX) {
+  if (!cuda::available()) GTEST_SKIP() << kNoDevice;
+  cuda::Context ctx;
+  const auto buf = output_with_guard(64, 1.0f), w = output_with_guard(64, 1.0f);
+  MatmulParams p{.out = buf.as<float>() + 2, .x = buf.as<float>(), .weight = w.data(), .n = 1, .in_features = 4,
+                 .out_features = 4, .accumulate = true};
+  EXPECT_THROW(cuda::matmul(p, ctx), Error);
+  EXPECT_THROW(cuda::matmul_group(&p, 1, ctx), Error);
+  p.out = buf.as<float>() + 4;  // right after x: fine
+  EXPECT_NO_THROW(cuda::matmul(p, ctx));
+}
+
 TEST(MatmulPlan, RowsPerBlockFillTheChip) {
   // Host arithmetic only (no device needed): DeepSeek-V3 decode on an H200 (132 SMs).
   using cuda::matmul_plan::gemv_rows_per_block;
@@ -549,6 +751,12 @@ TEST(MatmulPlan, LaunchCounts) {
   EXPECT_EQ(matmul_launches(64, 7168, 576, DType::f8_e4m3, true), 4);  // round, dequant, GEMM, bias
   // lm_head-sized FP8: 129280 rows x 7168 in 64 MB bf16 tiles of 4681 rows: 28 tiles
   EXPECT_EQ(matmul_launches(64, 7168, 129280, DType::f8_e4m3, false), 1 + 2 * 28);
+  // Fused norm: nothing more on the GEMV path or where x is rounded anyway; f32 GEMM normalizes first.
+  EXPECT_EQ(matmul_launches(1, 7168, 1536, DType::f8_e4m3, false, true), 1);
+  EXPECT_EQ(matmul_launches(8, 7168, 129280, DType::bf16, false, true), 1);
+  EXPECT_EQ(matmul_launches(9, 7168, 576, DType::f32, false, true), 2);
+  EXPECT_EQ(matmul_launches(64, 7168, 576, DType::bf16, true, true), 3);
+  EXPECT_EQ(matmul_launches(64, 7168, 576, DType::f8_e4m3, false, true), 3);
 }
 
 TEST(MatmulCuda, SmallOutputsAtModelShapes) {
