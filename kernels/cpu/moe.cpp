@@ -1,6 +1,9 @@
-// The routed experts of a MoE layer on the CPU: token->expert pairs are grouped by expert, each
-// selected expert runs once as a small GEMM over its tokens (its weights are read once per batch),
-// and the weighted outputs are scattered back. One token (decode) takes a grouped path below.
+// The experts of a MoE layer on the CPU: token->expert pairs are grouped by expert, each selected
+// expert runs once as a small GEMM over its tokens (its weights are read once per batch), and the
+// weighted outputs are scattered back. One token (decode) takes a grouped path below. The shared
+// expert (MoeParams::shared_gate) then runs over all tokens with exactly the ops the executor used
+// for it when it was a separate FFN (matmul_group of gate and up, gated_act, matmul of down, add), so
+// fusing it into the op changes no bit of the CPU results.
 // Scratch is the context's and keeps its capacity, so a decode step allocates nothing after the first.
 
 #include <algorithm>
@@ -60,9 +63,8 @@ void moe_one_token(const MoeParams& p, Context& ctx) {
   for (int64_t i = 0; i < k; ++i) vec::axpy(p.out, p.expert_weights[order[static_cast<size_t>(i)]], y + i * D, D);
 }
 
-}  // namespace
-
-void moe(const MoeParams& p, Context& ctx) {
+// The routed experts: out = sum over each token's pairs of weight * expert(x).
+void moe_routed(const MoeParams& p, Context& ctx) {
   const int64_t D = p.hidden, I = p.intermediate, pairs = p.n_tokens * p.top_k;
   if (p.n_tokens == 1 && 2 * p.top_k <= static_cast<int64_t>(kMatmulGroupMax)) {
     moe_one_token(p, ctx);
@@ -99,6 +101,41 @@ void moe(const MoeParams& p, Context& ctx) {
       vec::axpy(p.out + (pair / p.top_k) * D, p.expert_weights[pair], y + j * D, D);
     }
   }
+}
+
+// out += down_s(act(gate_s x) * up_s x) over all tokens: the executor's gated FFN (gate and up as one
+// matmul_group, gated_act in place, down) and its residual add, op for op, into the moe scratch
+// (free again once the routed experts are summed into out).
+void add_shared_expert(const MoeParams& p, Context& ctx) {
+  const int64_t n = p.n_tokens, D = p.hidden, I = p.intermediate;
+  const bool fp8 = p.weight_dtype == DType::f8_e4m3;
+  CallScratch& s = ctx.call();
+  float* g = grow(s.moe_gate, n * I);
+  float* u = grow(s.moe_up, n * I);
+  float* y = grow(s.moe_down, n * D);
+  auto shared = [&](const void* w, const float* scale, float* out, const float* x, int64_t in, int64_t outf) {
+    return MatmulParams{.out = out, .x = x, .weight = w, .weight_dtype = p.weight_dtype, .n = n, .in_features = in,
+                        .out_features = outf, .weight_scale = fp8 ? scale : nullptr, .block_out = p.block_out,
+                        .block_in = p.block_in};
+  };
+  const MatmulParams gate_up[] = {shared(p.shared_gate, p.shared_gate_scale, g, p.x, D, I),
+                                  shared(p.shared_up, p.shared_up_scale, u, p.x, D, I)};
+  matmul_group(gate_up, 2, ctx);
+  gated_act({.out = g, .gate = g, .up = u, .n = n * I, .act = p.act}, ctx);
+  matmul(shared(p.shared_down, p.shared_down_scale, y, g, I, D), ctx);
+  add({.out = p.out, .x = y, .rows = n, .cols = D}, ctx);
+}
+
+}  // namespace
+
+void moe(const MoeParams& p, Context& ctx) {
+  if (p.shared_gate &&
+      (!p.shared_up || !p.shared_down ||
+       (p.weight_dtype == DType::f8_e4m3 && (!p.shared_gate_scale || !p.shared_up_scale || !p.shared_down_scale))))
+    throw Error("moe", "a shared expert (shared_gate set) needs shared_up and shared_down, and for FP8 experts "
+                       "shared_gate_scale, shared_up_scale and shared_down_scale");
+  moe_routed(p, ctx);
+  if (p.shared_gate && p.n_tokens > 0) add_shared_expert(p, ctx);
 }
 
 }  // namespace moerun::cpu

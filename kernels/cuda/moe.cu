@@ -1,5 +1,12 @@
-// The routed experts of a MoE layer on the GPU; the CPU twin is kernels/cpu/moe.cpp.
+// The experts of a MoE layer on the GPU; the CPU twin is kernels/cpu/moe.cpp.
 //   out[t, :] = sum_k w[t, k] * down_e(act(gate_e x[t]) * up_e x[t]),  e = ids[t, k]   (act: hidden_act)
+//             [+ down_s(act(gate_s x[t]) * up_s x[t])   with a shared expert (MoeParams::shared_gate)]
+// The shared expert is one more pair of every token, of a virtual expert E = n_experts whose weight
+// pointers are the shared ones: pairs n_tokens * top_k + t, after the routed pairs. It runs in the same
+// launches as the routed experts (its tokens form one more group, its weights are read once per step
+// for all of them), so it costs no launch of its own: it replaces the executor's separate gated FFN
+// (gate+up matmul_group, gated_act, down matmul, add: 4 launches per MoE layer, 232 per DeepSeek-V3
+// token over its 58 MoE layers).
 // Weights: f32, bf16, f16, or f8_e4m3 with block scales (DeepSeek's weight_scale_inv: element (o, i) is
 // w * scale[o / block_out, i / block_in], as cpu::matmul defines it).
 //
@@ -7,9 +14,10 @@
 // device, so every step can be captured in a graph. Both paths start with the same plan kernel:
 //   1. plan (one block): counting-sorts the (token, k) pairs by expert (stable: within an expert by
 //      pair index, i.e. by token), and cuts each expert's rows into work items of at most `tile` rows:
-//      {expert, first sorted row, rows}. Pairs whose id is out of range or whose expert has a null
-//      table entry (another rank's expert: expert parallel) get no row and contribute nothing (the
-//      device cannot report a bad id). Integer counts only, so the plan is the same on every run.
+//      {expert, first sorted row, rows}; the shared expert's pairs sort after all routed ones, as
+//      expert E. Pairs whose id is out of range or whose expert has a null table entry (another
+//      rank's expert: expert parallel) get no row and contribute nothing (the device cannot report a
+//      bad id). Integer counts only, so the plan is the same on every run.
 // Decode (n_tokens <= kDecodeMaxTokens, and every f32 step): GEMV blocks (kernels/cuda/gemv.cuh's
 // widening and reductions), one item of <= NT tokens of one expert per block row, so a weight row
 // is read once for all of a step's tokens that chose its expert:
@@ -18,23 +26,26 @@
 //   3. down: per item, 2R rows of down_e times the item's h rows                   -> y [pairs, D]
 // Prefill (bf16, f16, FP8; more tokens): a grouped GEMM on tensor cores (mma.sync m16n8k16, fp32
 // accumulation) over (item, column tile) blocks; items are kBM-row tiles of one expert, and the grid
-// is sized by their upper bound ceil(pairs / kBM) + min(E, pairs) (blocks past the plan's count exit):
+// is sized by their upper bound ceil(pairs / kBM) + min(experts, pairs) (the shared expert counts as
+// one more; blocks past the plan's count exit):
 //   2. gate_up: x rows gathered through the plan and rounded to the 16-bit type while staged in
 //      shared memory; gate and up tiles of the same columns; act(g) * u in the epilogue -> h (T)
 //   3. down: h rows times down_e                                                      -> y [pairs, D]
 //   FP8 weights are widened in shared memory to bf16(w * scale) (the rounding cuda::matmul's FP8
 //   GEMM makes); x and h are rounded to the weights' 16-bit type, as on matmul's tensor-core path.
 // Last, on both paths:
-//   4. combine: out[t, d] = sum over k, in k order, of w[t, k] * y[row_of(t, k), d]
+//   4. combine: out[t, d] = sum over k, in k order, of w[t, k] * y[row_of(t, k), d], then + the shared
+//      expert's y (the order of the executor's add, (sum_k w y) + s)
 // Every output element has one writer and a fixed summation order (no atomics in sums), so a rerun
 // or a graph replay gives identical bits. Four launches per layer, whatever the token count.
 //
-// Bounds (DeepSeek-V3: D 7168, I 2048, top-8; an expert is 3 x D x I = 44M weights). Decode reads each
-// selected expert's weights once per step: at n = 1, 8 x 44M = 352 MB (FP8; the 128 x 128 scales add
-// 0.1%) or 705 MB (bf16) per token per layer, 73 / 147 us at 4.8 TB/s; the GEMV streams at an expected
-// ~80% of HBM, and the plan and combine launches add a few us. At n = 8 the distinct experts (~57 of
-// 64 pairs under random routing) are read once for all their tokens. Prefill does 6 x D x I = 88
-// MFLOP per pair, 705 MFLOP per token per layer: 0.71 us per token at the 989 TFLOP/s bf16 peak. The
+// Bounds (DeepSeek-V3: D 7168, I 2048, top-8 + 1 shared expert of the same width; an expert is
+// 3 x D x I = 44M weights). Decode reads each selected expert's weights once per step: at n = 1,
+// 9 x 44M = 396 MB (FP8; the 128 x 128 scales add 0.1%) or 793 MB (bf16) per token per layer, 83 / 165 us
+// at 4.8 TB/s; the GEMV streams at an expected ~80% of HBM, and the plan and combine launches add a few
+// us. At n = 8 the distinct experts (~57 of 64 routed pairs under random routing, + the shared one)
+// are read once for all their tokens. Prefill does 6 x D x I = 88 MFLOP per pair, 793 MFLOP per token
+// per layer (9 pairs): 0.80 us per token at the 989 TFLOP/s bf16 peak. The
 // weights of all 256 experts (11.3 GB FP8) stream in 2.35 ms, so below ~3300 tokens per step the
 // grouped GEMM is bound by weight bytes (FP8 is read as FP8 and widened on chip), above by tensor
 // cores; this mma.sync kernel (register-staged, no cp.async/wgmma pipeline) is expected at a
@@ -79,6 +90,20 @@ struct Plan {
   Item* items;       // [max_items]
 };
 
+// The shared expert (MoeParams::shared_gate) is one more pair of every token: pairs [routed,
+// routed + n_tokens) after the routed ones (pair routed + t is token t's), all of the virtual expert
+// n_experts, whose weights are the shared pointers. The token of a pair:
+__device__ __forceinline__ int64_t token_of(int32_t pair, int64_t top_k, int32_t routed) {
+  return pair < routed ? pair / top_k : pair - routed;
+}
+
+// Expert e's entry of a weight or scale table, the shared expert's for e == n_experts (never read
+// from the table, which has n_experts entries).
+template <class P>
+__device__ __forceinline__ P expert_ptr(const P* table, P shared, int32_t e, int32_t n_experts) {
+  return e == n_experts ? shared : table[e];
+}
+
 // Whether expert e runs here: in range, and every matrix (and, for FP8, every scale table) present.
 __device__ __forceinline__ bool expert_usable(int32_t e, int64_t n_experts, const void* const* gate,
                                               const void* const* up, const void* const* down,
@@ -115,27 +140,28 @@ __device__ int block_exclusive_scan(int v, int* buf, int* total) {
   return r;
 }
 
-// Grid: one block of kPlanThreads. Stable counting sort of the pairs by bucket (the expert, or E for
-// a pair that contributes nothing), then the work items. Warp w owns the contiguous pair segment w,
-// so "earlier pair" = earlier warp, or same warp and earlier iteration, or same iteration and lower
-// lane: each warp counts its segment per bucket (lanes with equal buckets found with match_any, the
-// lowest of them adds), the scan turns the counts into per-warp starting rows, and a second pass
-// places the pairs in order.
+// Grid: one block of kPlanThreads. Stable counting sort of the pairs by bucket (the expert; E for
+// the shared expert's pairs, those from `routed` on; E + 1 for a pair that contributes nothing), then
+// the work items. Warp w owns the contiguous pair segment w, so "earlier pair" = earlier warp, or
+// same warp and earlier iteration, or same iteration and lower lane: each warp counts its segment
+// per bucket (lanes with equal buckets found with match_any, the lowest of them adds), the scan turns
+// the counts into per-warp starting rows, and a second pass places the pairs in order.
 __global__ void __launch_bounds__(kPlanThreads)
-    moe_plan_kernel(Plan plan, const int32_t* __restrict__ ids, int32_t pairs, int32_t n_experts, int32_t tile,
-                    const void* const* gate, const void* const* up, const void* const* down, const float* const* gs,
-                    const float* const* us, const float* const* ds, bool fp8) {
-  __shared__ int cnt[kPlanWarps][kMaxExperts + 1];
+    moe_plan_kernel(Plan plan, const int32_t* __restrict__ ids, int32_t pairs, int32_t routed, int32_t n_experts,
+                    int32_t tile, const void* const* gate, const void* const* up, const void* const* down,
+                    const float* const* gs, const float* const* us, const float* const* ds, bool fp8) {
+  __shared__ int cnt[kPlanWarps][kMaxExperts + 2];
   __shared__ int scan_buf[kPlanWarps + 1];
-  const int E = n_experts, buckets = E + 1;
+  const int E = n_experts, buckets = E + 2;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int i = threadIdx.x; i < kPlanWarps * buckets; i += kPlanThreads) cnt[i / buckets][i % buckets] = 0;
   __syncthreads();
   const int seg = (pairs + kPlanWarps - 1) / kPlanWarps;
   const int s0 = min(pairs, warp * seg), s1 = min(pairs, s0 + seg);
   auto bucket = [&](int i) {
+    if (i >= routed) return E;  // the shared expert (the host checked its pointers)
     const int32_t e = ids[i];
-    return expert_usable(e, E, gate, up, down, gs, us, ds, fp8) ? static_cast<int>(e) : E;
+    return expert_usable(e, E, gate, up, down, gs, us, ds, fp8) ? static_cast<int>(e) : E + 1;
   };
   const unsigned lt = (1u << lane) - 1u;  // lanes below this one
   for (int b = s0; b < s1; b += 32) {     // warp-uniform trip count
@@ -154,9 +180,9 @@ __global__ void __launch_bounds__(kPlanThreads)
     for (int w = 0; w < kPlanWarps; ++w) mine += cnt[w][b];
   int total = 0;
   int start = block_exclusive_scan(mine, scan_buf, &total);
-  // Work items of the experts among my buckets (the last bucket, E, has none).
+  // Work items of the experts among my buckets (the last bucket, E + 1, has none).
   int my_items = 0;
-  for (int b = b0; b < b1 && b < E; ++b) {
+  for (int b = b0; b < b1 && b <= E; ++b) {
     int rows = 0;
     for (int w = 0; w < kPlanWarps; ++w) rows += cnt[w][b];
     my_items += (rows + tile - 1) / tile;
@@ -171,7 +197,7 @@ __global__ void __launch_bounds__(kPlanThreads)
       cnt[w][b] = start + rows;
       rows += c;
     }
-    if (b < E)
+    if (b <= E)
       for (int r = 0; r < rows; r += tile) plan.items[item++] = Item{b, start + r, min(tile, rows - r), 0};
     start += rows;
   }
@@ -183,7 +209,7 @@ __global__ void __launch_bounds__(kPlanThreads)
     if (key >= 0) {
       const int row = cnt[warp][key] + __popc(peers & lt);
       plan.order[row] = i;
-      plan.row_of[i] = key < E ? row : -1;
+      plan.row_of[i] = key <= E ? row : -1;
     }
     __syncwarp();
     if (key >= 0 && (peers & lt) == 0) cnt[warp][key] += __popc(peers);
@@ -192,9 +218,11 @@ __global__ void __launch_bounds__(kPlanThreads)
 }
 
 // out[t, d] = sum_k weights[t, k] * y[row_of[t*K + k], d], k ascending; pairs without a row add nothing.
+// With a shared expert, its row (pair n_tokens*K + t) is then added with weight 1: (sum_k w y) + s, the
+// order of the executor's add when the shared expert was a separate FFN.
 __global__ void moe_combine_kernel(float* __restrict__ out, const float* __restrict__ y,
                                    const float* __restrict__ weights, const int32_t* __restrict__ row_of,
-                                   int64_t n_tokens, int64_t top_k, int64_t D) {
+                                   int64_t n_tokens, int64_t top_k, int64_t D, bool shared) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_tokens * D;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = i / D, d = i % D;
@@ -203,6 +231,10 @@ __global__ void moe_combine_kernel(float* __restrict__ out, const float* __restr
       const int64_t pair = t * top_k + k;
       const int32_t row = row_of[pair];
       if (row >= 0) s = fmaf(weights[pair], y[static_cast<int64_t>(row) * D + d], s);
+    }
+    if (shared) {
+      const int32_t row = row_of[n_tokens * top_k + t];
+      if (row >= 0) s += y[static_cast<int64_t>(row) * D + d];
     }
     out[i] = s;
   }
@@ -224,6 +256,13 @@ struct DecodeArgs {
   const float* const* gate_scale;  // FP8 only
   const float* const* up_scale;
   const float* const* down_scale;
+  const void* shared_gate;  // the shared expert (virtual expert n_experts), or null
+  const void* shared_up;
+  const void* shared_down;
+  const float* shared_gate_scale;  // FP8 only
+  const float* shared_up_scale;
+  const float* shared_down_scale;
+  int32_t n_experts, routed;  // routed: n_tokens * top_k, the first shared pair
   int64_t top_k, hidden, intermediate, elem_bytes;
   int64_t block_out;
   int64_t scale_cols_d, scale_cols_i;  // FP8: scale columns of gate/up (over D) and of down (over I)
@@ -326,12 +365,13 @@ __global__ void __launch_bounds__(gemv::kMaxThreads) moe_gate_up_kernel(const De
   const int n = it.rows;
   const float* xr[NT];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) xr[t] = a.x + (a.order[it.row0 + min(t, n - 1)] / a.top_k) * D;
+  for (int t = 0; t < NT; ++t) xr[t] = a.x + token_of(a.order[it.row0 + min(t, n - 1)], a.top_k, a.routed) * D;
   gemv::Rows<2 * R> rows;
-  const char* g = static_cast<const char*>(a.gate[it.expert]);
-  const char* u = static_cast<const char*>(a.up[it.expert]);
-  const float* gs = gemv::kScaled<W> ? a.gate_scale[it.expert] : nullptr;
-  const float* us = gemv::kScaled<W> ? a.up_scale[it.expert] : nullptr;
+  const int32_t e = it.expert, E = a.n_experts;
+  const char* g = static_cast<const char*>(expert_ptr(a.gate, a.shared_gate, e, E));
+  const char* u = static_cast<const char*>(expert_ptr(a.up, a.shared_up, e, E));
+  const float* gs = gemv::kScaled<W> ? expert_ptr(a.gate_scale, a.shared_gate_scale, e, E) : nullptr;
+  const float* us = gemv::kScaled<W> ? expert_ptr(a.up_scale, a.shared_up_scale, e, E) : nullptr;
   bool vec = a.vec;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
@@ -375,8 +415,8 @@ __global__ void __launch_bounds__(gemv::kMaxThreads) moe_down_kernel(const Decod
 #pragma unroll
   for (int t = 0; t < NT; ++t) xr[t] = a.h + (it.row0 + min(t, n - 1)) * I;
   gemv::Rows<R> rows;
-  const char* w = static_cast<const char*>(a.down[it.expert]);
-  const float* ds = gemv::kScaled<W> ? a.down_scale[it.expert] : nullptr;
+  const char* w = static_cast<const char*>(expert_ptr(a.down, a.shared_down, it.expert, a.n_experts));
+  const float* ds = gemv::kScaled<W> ? expert_ptr(a.down_scale, a.shared_down_scale, it.expert, a.n_experts) : nullptr;
   bool vec = a.vec;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
@@ -430,6 +470,11 @@ struct GemmArgs {
   const void* const* w1;    // up (gate_up)
   const float* const* s0;   // FP8 scales of w0 / w1
   const float* const* s1;
+  const void* sw0;          // the shared expert's w0 / w1 / scales (virtual expert n_experts), or null
+  const void* sw1;
+  const float* ss0;
+  const float* ss1;
+  int32_t n_experts, routed;  // routed: n_tokens * top_k, the first shared pair
   void* out;                // gate_up: h [pairs, N] of T; down: y [pairs, N] fp32
   int64_t K, N, top_k;      // in and out features of the weights
   int64_t block_out, scale_cols;
@@ -517,7 +562,7 @@ __global__ void __launch_bounds__(kGemmThreads) moe_mma_kernel(const GemmArgs a)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int r = tid / 8 + 32 * j;
-      if (r < it.rows) xrow[j] = a.x + (a.order[it.row0 + r] / a.top_k) * K;
+      if (r < it.rows) xrow[j] = a.x + token_of(a.order[it.row0 + r], a.top_k, a.routed) * K;
     }
   } else {
     const int r = tid / 4;
@@ -529,8 +574,9 @@ __global__ void __launch_bounds__(kGemmThreads) moe_mma_kernel(const GemmArgs a)
   bool b_vec[NB];
 #pragma unroll
   for (int m = 0; m < NB; ++m) {
-    const char* base = static_cast<const char*>(m == 0 ? a.w0[it.expert] : a.w1[it.expert]);
-    const float* sbase = kFp8 ? (m == 0 ? a.s0[it.expert] : a.s1[it.expert]) : nullptr;
+    const int32_t e = it.expert, E = a.n_experts;
+    const char* base = static_cast<const char*>(m == 0 ? expert_ptr(a.w0, a.sw0, e, E) : expert_ptr(a.w1, a.sw1, e, E));
+    const float* sbase = kFp8 ? (m == 0 ? expert_ptr(a.s0, a.ss0, e, E) : expert_ptr(a.s1, a.ss1, e, E)) : nullptr;
     b_vec[m] = aligned16(base) && K % (16 / W::kBytes) == 0;
 #pragma unroll
     for (int j = 0; j < kBRows; ++j) {
@@ -712,7 +758,7 @@ struct Layout {
   size_t order, row_of, n_items, items, h, y, total;
 };
 
-Layout layout(int64_t pairs, int64_t max_items, int64_t I, int64_t D, size_t h_elem) {
+Layout layout(int64_t pairs, int64_t items, int64_t I, int64_t D, size_t h_elem) {
   Layout l{};
   size_t at = 0;
   auto take = [&](size_t bytes) {
@@ -723,15 +769,26 @@ Layout layout(int64_t pairs, int64_t max_items, int64_t I, int64_t D, size_t h_e
   l.order = take(static_cast<size_t>(pairs) * sizeof(int32_t));
   l.row_of = take(static_cast<size_t>(pairs) * sizeof(int32_t));
   l.n_items = take(sizeof(int32_t));
-  l.items = take(static_cast<size_t>(max_items) * sizeof(Item));
+  l.items = take(static_cast<size_t>(items) * sizeof(Item));
   l.h = take(static_cast<size_t>(pairs * I) * h_elem);
   l.y = take(static_cast<size_t>(pairs * D) * sizeof(float));
   l.total = at;
   return l;
 }
 
-void launch_plan(const MoeParams& p, const Plan& plan, int64_t pairs, int32_t tile, cudaStream_t stream) {
-  moe_plan_kernel<<<1, kPlanThreads, 0, stream>>>(plan, p.expert_ids, static_cast<int32_t>(pairs),
+// The pairs the plan sorts: the routed ones, then (with a shared expert) one more per token.
+int64_t routed_pairs(const MoeParams& p) { return p.n_tokens * p.top_k; }
+int64_t plan_pairs(const MoeParams& p) { return routed_pairs(p) + (p.shared_gate ? p.n_tokens : 0); }
+// An upper bound on the plan's work items of at most `tile` rows: each expert's last item may be
+// partial, and only experts with pairs (at most one per pair) have items.
+int64_t max_items(const MoeParams& p, int64_t tile) {
+  const int64_t pairs = plan_pairs(p);
+  return ceil_div(pairs, tile) + std::min(p.n_experts + (p.shared_gate ? 1 : 0), pairs);
+}
+
+void launch_plan(const MoeParams& p, const Plan& plan, int32_t tile, cudaStream_t stream) {
+  moe_plan_kernel<<<1, kPlanThreads, 0, stream>>>(plan, p.expert_ids, static_cast<int32_t>(plan_pairs(p)),
+                                                  static_cast<int32_t>(routed_pairs(p)),
                                                   static_cast<int32_t>(p.n_experts), tile, p.gate, p.up, p.down,
                                                   p.gate_scale, p.up_scale, p.down_scale,
                                                   p.weight_dtype == DType::f8_e4m3);
@@ -740,19 +797,19 @@ void launch_plan(const MoeParams& p, const Plan& plan, int64_t pairs, int32_t ti
 
 void launch_combine(const MoeParams& p, const float* y, const int32_t* row_of, cudaStream_t stream) {
   moe_combine_kernel<<<elt_blocks(p.n_tokens * p.hidden), kEltThreads, 0, stream>>>(
-      p.out, y, p.expert_weights, row_of, p.n_tokens, p.top_k, p.hidden);
+      p.out, y, p.expert_weights, row_of, p.n_tokens, p.top_k, p.hidden, p.shared_gate != nullptr);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class W, int NT>
 void moe_decode(const MoeParams& p, Context& ctx) {
   constexpr int R = kDecodeRows<W, NT>;
-  const int64_t pairs = p.n_tokens * p.top_k, D = p.hidden, I = p.intermediate;
-  const int64_t max_items = ceil_div(pairs, int64_t{NT}) + std::min(p.n_experts, pairs);
-  if (max_items > 65535 || ceil_div(I, int64_t{R}) > INT_MAX || ceil_div(D, int64_t{2 * R}) > INT_MAX)
+  const int64_t pairs = plan_pairs(p), D = p.hidden, I = p.intermediate;
+  const int64_t items = max_items(p, NT);
+  if (items > 65535 || ceil_div(I, int64_t{R}) > INT_MAX || ceil_div(D, int64_t{2 * R}) > INT_MAX)
     throw Error("cuda::moe", cat("GEMV grid too large: ", p.n_tokens, " tokens x top_k ", p.top_k, " over ",
-                                 p.n_experts, " experts (", max_items, " items > 65535)"));
-  const Layout l = layout(pairs, max_items, I, D, sizeof(float));
+                                 p.n_experts, " experts (", items, " items > 65535)"));
+  const Layout l = layout(pairs, items, I, D, sizeof(float));
   char* ws = static_cast<char*>(ctx.workspace(l.total));
   const Plan plan{reinterpret_cast<int32_t*>(ws + l.order), reinterpret_cast<int32_t*>(ws + l.row_of),
                   reinterpret_cast<int32_t*>(ws + l.n_items), reinterpret_cast<Item*>(ws + l.items)};
@@ -769,6 +826,14 @@ void moe_decode(const MoeParams& p, Context& ctx) {
   a.gate_scale = p.gate_scale;
   a.up_scale = p.up_scale;
   a.down_scale = p.down_scale;
+  a.shared_gate = p.shared_gate;
+  a.shared_up = p.shared_up;
+  a.shared_down = p.shared_down;
+  a.shared_gate_scale = p.shared_gate_scale;
+  a.shared_up_scale = p.shared_up_scale;
+  a.shared_down_scale = p.shared_down_scale;
+  a.n_experts = static_cast<int32_t>(p.n_experts);
+  a.routed = static_cast<int32_t>(routed_pairs(p));
   a.top_k = p.top_k;
   a.hidden = D;
   a.intermediate = I;
@@ -783,11 +848,11 @@ void moe_decode(const MoeParams& p, Context& ctx) {
   a.h_vec = I % 4 == 0;  // h starts on the workspace alignment
   a.act = p.act;
   cudaStream_t stream = ctx.stream();
-  launch_plan(p, plan, pairs, NT, stream);
-  const dim3 gate_grid(static_cast<unsigned>(ceil_div(I, int64_t{R})), static_cast<unsigned>(max_items));
+  launch_plan(p, plan, NT, stream);
+  const dim3 gate_grid(static_cast<unsigned>(ceil_div(I, int64_t{R})), static_cast<unsigned>(items));
   moe_gate_up_kernel<W, NT><<<gate_grid, gemv::threads_for(D, gemv::kVec<W>), 0, stream>>>(a);
   MOERUN_CUDA_CHECK(cudaGetLastError());
-  const dim3 down_grid(static_cast<unsigned>(ceil_div(D, int64_t{2 * R})), static_cast<unsigned>(max_items));
+  const dim3 down_grid(static_cast<unsigned>(ceil_div(D, int64_t{2 * R})), static_cast<unsigned>(items));
   moe_down_kernel<W, NT><<<down_grid, gemv::threads_for(I, gemv::kVec<W>), 0, stream>>>(a);
   MOERUN_CUDA_CHECK(cudaGetLastError());
   launch_combine(p, a.y, plan.row_of, stream);
@@ -810,18 +875,18 @@ void moe_decode_tokens(const MoeParams& p, Context& ctx) {
 // T: the 16-bit MMA operand type (bf16 for bf16 and FP8 weights, half for f16).
 template <class T, class W>
 void moe_prefill(const MoeParams& p, Context& ctx) {
-  const int64_t pairs = p.n_tokens * p.top_k, D = p.hidden, I = p.intermediate;
-  const int64_t max_items = ceil_div(pairs, int64_t{kBM}) + std::min(p.n_experts, pairs);
+  const int64_t pairs = plan_pairs(p), D = p.hidden, I = p.intermediate;
+  const int64_t items = max_items(p, kBM);
   if (ceil_div(std::max(D, I), int64_t{kBN}) > 65535)
     throw Error("cuda::moe", cat("hidden ", D, " or intermediate ", I, " too large for the GEMM grid"));
-  const Layout l = layout(pairs, max_items, I, D, sizeof(T));
+  const Layout l = layout(pairs, items, I, D, sizeof(T));
   char* ws = static_cast<char*>(ctx.workspace(l.total));
   const Plan plan{reinterpret_cast<int32_t*>(ws + l.order), reinterpret_cast<int32_t*>(ws + l.row_of),
                   reinterpret_cast<int32_t*>(ws + l.n_items), reinterpret_cast<Item*>(ws + l.items)};
   T* h = reinterpret_cast<T*>(ws + l.h);
   float* y = reinterpret_cast<float*>(ws + l.y);
   cudaStream_t stream = ctx.stream();
-  launch_plan(p, plan, pairs, kBM, stream);
+  launch_plan(p, plan, kBM, stream);
   const bool fp8 = W::kBytes == 1;
 
   GemmArgs g{};
@@ -833,6 +898,12 @@ void moe_prefill(const MoeParams& p, Context& ctx) {
   g.w1 = p.up;
   g.s0 = p.gate_scale;
   g.s1 = p.up_scale;
+  g.sw0 = p.shared_gate;
+  g.sw1 = p.shared_up;
+  g.ss0 = p.shared_gate_scale;
+  g.ss1 = p.shared_up_scale;
+  g.n_experts = static_cast<int32_t>(p.n_experts);
+  g.routed = static_cast<int32_t>(routed_pairs(p));
   g.out = h;
   g.K = D;
   g.N = I;
@@ -843,7 +914,7 @@ void moe_prefill(const MoeParams& p, Context& ctx) {
   g.a_vec = aligned16(p.x) && D % 4 == 0;
   g.act = p.act;
   moe_mma_kernel<T, W, true>
-      <<<dim3(static_cast<unsigned>(max_items), static_cast<unsigned>(ceil_div(I, int64_t{kBN}))), kGemmThreads, 0,
+      <<<dim3(static_cast<unsigned>(items), static_cast<unsigned>(ceil_div(I, int64_t{kBN}))), kGemmThreads, 0,
          stream>>>(g);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 
@@ -854,13 +925,17 @@ void moe_prefill(const MoeParams& p, Context& ctx) {
   d.w1 = nullptr;
   d.s0 = p.down_scale;
   d.s1 = nullptr;
+  d.sw0 = p.shared_down;
+  d.sw1 = nullptr;
+  d.ss0 = p.shared_down_scale;
+  d.ss1 = nullptr;
   d.out = y;
   d.K = I;
   d.N = D;
   d.scale_cols = fp8 ? ceil_div(I, p.block_in) : 0;
   d.a_vec = I % 8 == 0;  // h starts on the workspace alignment
   moe_mma_kernel<T, W, false>
-      <<<dim3(static_cast<unsigned>(max_items), static_cast<unsigned>(ceil_div(D, int64_t{kBN}))), kGemmThreads, 0,
+      <<<dim3(static_cast<unsigned>(items), static_cast<unsigned>(ceil_div(D, int64_t{kBN}))), kGemmThreads, 0,
          stream>>>(d);
   MOERUN_CUDA_CHECK(cudaGetLastError());
   launch_combine(p, y, plan.row_of, stream);
@@ -870,7 +945,8 @@ void moe_prefill(const MoeParams& p, Context& ctx) {
 
 void moe(const MoeParams& p, Context& ctx) {
   if (p.n_tokens < 0 || p.top_k < 1 || p.n_experts < 1 || p.hidden < 1 || p.intermediate < 1 ||
-      p.n_tokens * p.top_k > INT_MAX || p.n_tokens * p.top_k * std::max(p.hidden, p.intermediate) > INT64_MAX / 4)
+      p.n_tokens * (p.top_k + 1) > INT_MAX ||
+      p.n_tokens * (p.top_k + 1) * std::max(p.hidden, p.intermediate) > INT64_MAX / 4)
     throw Error("cuda::moe", cat("bad shape: n_tokens ", p.n_tokens, ", top_k ", p.top_k, ", n_experts ", p.n_experts,
                                  ", hidden ", p.hidden, ", intermediate ", p.intermediate));
   if (p.n_experts > kMaxExperts)
@@ -884,6 +960,10 @@ void moe(const MoeParams& p, Context& ctx) {
     throw Error("cuda::moe", cat("FP8 experts need gate_scale, up_scale and down_scale tables and positive block "
                                  "sizes (block_out ",
                                  p.block_out, ", block_in ", p.block_in, ")"));
+  if (p.shared_gate && (!p.shared_up || !p.shared_down ||
+                        (fp8 && (!p.shared_gate_scale || !p.shared_up_scale || !p.shared_down_scale))))
+    throw Error("cuda::moe", "a shared expert (shared_gate set) needs shared_up and shared_down, and for FP8 experts "
+                             "shared_gate_scale, shared_up_scale and shared_down_scale");
   if (p.n_tokens == 0) return;
   if (!p.out || !p.x || !p.expert_ids || !p.expert_weights || !p.gate || !p.up || !p.down)
     throw Error("cuda::moe", "out, x, expert_ids, expert_weights and the gate/up/down tables must be set");

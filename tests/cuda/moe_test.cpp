@@ -6,7 +6,8 @@
 // into a few distinct weight buffers, which the kernels cannot tell), every activation on both paths,
 // experts nobody selected (null table entries, so reading one faults), all pairs on one expert (rows
 // over several GEMM tiles), graph capture of both paths (replay equals the uncaptured bits, and reads
-// new ids), bad ids, determinism. Host<->device copies are
+// new ids), bad ids, determinism; and the fused shared expert (MoeParams::shared_gate) on both paths,
+// at small shapes and DeepSeek-V3's, with null routed experts, and under graph replay. Host<->device copies are
 // ordered on the context's stream. Skips with a reason when no GPU can be used.
 
 #include <cuda_runtime.h>
@@ -21,6 +22,7 @@
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
@@ -88,6 +90,7 @@ struct MoeCase {
   int64_t block_out = 128, block_in = 128;  // FP8 only
   int64_t distinct = 0;       // > 0: expert e uses physical weights e % distinct (big shapes)
   bool all_usable = false;    // false: experts with e % 3 == 1 have no weights (null entries)
+  bool shared = false;        // a shared expert (MoeParams::shared_gate) of the same shape and dtype
 };
 
 std::string describe(const MoeCase& c) {
@@ -95,6 +98,7 @@ std::string describe(const MoeCase& c) {
   os << dtype_name(c.dtype) << " top_k=" << c.top_k << " E=" << c.n_experts << " D=" << c.hidden
      << " I=" << c.intermediate;
   if (c.dtype == DType::f8_e4m3) os << " blocks=" << c.block_out << "x" << c.block_in;
+  if (c.shared) os << " +shared";
   return os.str();
 }
 
@@ -138,6 +142,9 @@ Matrix make_matrix(const MoeCase& c, int64_t rows, int64_t cols, float r, uint64
 struct Experts {
   MoeCase c;
   std::vector<Matrix> gate, up, down;  // physical weights: [E] or [distinct]; empty for unused experts
+  Matrix sgate, sup, sdown;            // the shared expert (c.shared)
+  const void* dsg = nullptr, *dsu = nullptr, *dsd = nullptr;  // ... on the device
+  const float* dsgs = nullptr, *dsus = nullptr, *dsds = nullptr;
   std::vector<cuda::DeviceBuffer> dbufs;
   std::vector<const void*> hgate_tbl, hup_tbl, hdown_tbl;  // host pointers (CPU twin)
   std::vector<const float*> hgs_tbl, hus_tbl, hds_tbl;
@@ -187,6 +194,13 @@ struct Experts {
     }
     gate_tbl = upload(ctx, tg), up_tbl = upload(ctx, tu), down_tbl = upload(ctx, td);
     gs_tbl = upload(ctx, tgs), us_tbl = upload(ctx, tus), ds_tbl = upload(ctx, tds);
+    if (c.shared) {  // its own weights, unlike every routed expert's
+      sgate = make_matrix(c, c.intermediate, c.hidden, rg, seed + 100003);
+      sup = make_matrix(c, c.intermediate, c.hidden, rg, seed + 100004);
+      sdown = make_matrix(c, c.hidden, c.intermediate, rd, seed + 100005);
+      dsg = put(sgate.bytes), dsu = put(sup.bytes), dsd = put(sdown.bytes);
+      dsgs = put_scale(sgate.scale), dsus = put_scale(sup.scale), dsds = put_scale(sdown.scale);
+    }
   }
 
   // out = moe(x, ids, weights) by the CPU twin (on a thread pool: the big shapes are GFLOPs).
@@ -200,8 +214,18 @@ struct Experts {
     p.gate_scale = fp8() ? hgs_tbl.data() : nullptr;
     p.up_scale = fp8() ? hus_tbl.data() : nullptr;
     p.down_scale = fp8() ? hds_tbl.data() : nullptr;
+    set_host_shared(p);
     cpu::moe(p, cpu_ctx);
     return out;
+  }
+
+  // The CPU twin's shared expert: host pointers.
+  void set_host_shared(MoeParams& p) const {
+    if (!c.shared) return;
+    p.shared_gate = sgate.bytes.data(), p.shared_up = sup.bytes.data(), p.shared_down = sdown.bytes.data();
+    p.shared_gate_scale = fp8() ? sgate.scale.data() : nullptr;
+    p.shared_up_scale = fp8() ? sup.scale.data() : nullptr;
+    p.shared_down_scale = fp8() ? sdown.scale.data() : nullptr;
   }
 
   MoeParams params(float* out, const float* x, const int32_t* ids, const float* w, int64_t n_tokens,
@@ -223,7 +247,13 @@ struct Experts {
             .up_scale = fp8() ? us_tbl.as<const float* const>() : nullptr,
             .down_scale = fp8() ? ds_tbl.as<const float* const>() : nullptr,
             .block_out = c.block_out,
-            .block_in = c.block_in};
+            .block_in = c.block_in,
+            .shared_gate = dsg,
+            .shared_up = dsu,
+            .shared_down = dsd,
+            .shared_gate_scale = dsgs,
+            .shared_up_scale = dsus,
+            .shared_down_scale = dsds};
   }
 };
 
@@ -402,13 +432,16 @@ TEST(MoeCuda, AllPairsOnOneExpert) {
   }
 }
 
-// Both paths are captured once and replayed: the replay gives the uncaptured run's bits, and after
-// the ids and x change on the device it reads them there (no host round trip baked into the graph).
+// Both paths are captured once and replayed, without and with a shared expert: the replay gives the
+// uncaptured run's bits, and after the ids and x change on the device it reads them there (no host
+// round trip baked into the graph).
 TEST(MoeCuda, CapturedStepsReplayExactlyWithNewIds) {
   if (!cuda::available()) GTEST_SKIP() << kNoDevice;
   cuda::Context ctx;
-  for (const DType dt : {DType::bf16, DType::f8_e4m3}) {
-    const Experts ex({.dtype = dt, .top_k = 8, .n_experts = 64, .hidden = 256, .intermediate = 128}, 42, ctx);
+  for (const auto& [dt, shared] : {std::pair{DType::bf16, false}, std::pair{DType::f8_e4m3, false},
+                                   std::pair{DType::bf16, true}, std::pair{DType::f8_e4m3, true}}) {
+    const Experts ex(
+        {.dtype = dt, .top_k = 8, .n_experts = 64, .hidden = 256, .intermediate = 128, .shared = shared}, 42, ctx);
     for (const int64_t n : {int64_t{1}, kDecodeMaxTokens, kDecodeMaxTokens + 1, int64_t{48}}) {
       SCOPED_TRACE(describe(ex.c) + " n_tokens=" + std::to_string(n));
       const int64_t D = ex.c.hidden, K = ex.c.top_k;
@@ -465,6 +498,77 @@ TEST(MoeCuda, BadIdsContributeNothing) {
   }
 }
 
+// The shared expert (MoeParams::shared_gate), one more pair of every token run as a virtual expert
+// after the routed ones, on both paths against the CPU twin (which adds it op for op as the executor's
+// separate FFN and add did): every weight dtype, aligned and odd shapes (rows not 16-byte aligned,
+// scalar tails, FP8 scale blocks that cut rows), routed experts with null entries, both sides of the
+// decode/prefill boundary, and enough tokens that the shared expert's rows span several GEMM tiles.
+TEST(MoeCuda, SharedExpertMatchesCpu) {
+  if (!cuda::available()) GTEST_SKIP() << kNoDevice;
+  cuda::Context ctx;
+  uint64_t seed = 700;
+  for (const DType dt : {DType::f32, DType::bf16, DType::f16, DType::f8_e4m3}) {
+    std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>> shapes = {
+        {2, 16, 256, 96, 128, 128}, {8, 64, 130, 70, 128, 128}};
+    if (dt == DType::f8_e4m3) shapes.emplace_back(8, 64, 200, 72, 48, 24);
+    for (const auto& [k, E, D, I, bo, bi] : shapes) {
+      MoeCase mc{.dtype = dt, .top_k = k, .n_experts = E, .hidden = D, .intermediate = I, .shared = true};
+      mc.block_out = bo, mc.block_in = bi;
+      const Experts ex(mc, seed * 7919, ctx);
+      for (const int64_t n : {int64_t{1}, int64_t{2}, int64_t{5}, kDecodeMaxTokens, kDecodeMaxTokens + 1,
+                              int64_t{37}, int64_t{300}}) {
+        run_case(ex, random_ids(ex, n, k, seed), n, k, seed, ctx);
+        ++seed;
+      }
+    }
+  }
+}
+
+// DeepSeek-V3's MoE layer with its shared expert (width 2048, as the routed ones): 256 routed experts
+// (three physical weight sets) + the shared one, bf16 and FP8 with 128 x 128 scales, at a decode
+// token, a full decode step, the first prefill width and a prefill chunk.
+TEST(MoeCuda, SharedExpertAtDeepSeekV3Shape) {
+  if (!cuda::available()) GTEST_SKIP() << kNoDevice;
+  cuda::Context ctx;
+  uint64_t seed = 950;
+  for (const DType dt : {DType::bf16, DType::f8_e4m3}) {
+    const Experts ex({.dtype = dt,
+                      .top_k = 8,
+                      .n_experts = 256,
+                      .hidden = 7168,
+                      .intermediate = 2048,
+                      .distinct = 3,
+                      .all_usable = true,
+                      .shared = true},
+                     seed * 31, ctx);
+    for (const int64_t n : {int64_t{1}, kDecodeMaxTokens, kDecodeMaxTokens + 1, int64_t{64}}) {
+      run_case(ex, random_ids(ex, n, 8, seed), n, 8, seed, ctx);
+      ++seed;
+    }
+  }
+}
+
+// Expert parallel with the shared expert on this rank: selected experts held elsewhere (null entries)
+// add nothing, and a token whose selected experts are all elsewhere still gets the shared expert.
+TEST(MoeCuda, SharedExpertWithNullRoutedExperts) {
+  if (!cuda::available()) GTEST_SKIP() << kNoDevice;
+  cuda::Context ctx;
+  uint64_t seed = 800;
+  for (const DType dt : {DType::f32, DType::bf16, DType::f8_e4m3}) {
+    const Experts ex(
+        {.dtype = dt, .top_k = 2, .n_experts = 12, .hidden = 128, .intermediate = 64, .shared = true}, seed * 31, ctx);
+    for (const int64_t n : {1, 3, 40}) {
+      std::vector<int32_t> ids;
+      for (int64_t t = 0; t < n; ++t) {  // token 0: experts 1 and 4 (both null); others: one held, 7 not
+        ids.push_back(t == 0 ? 1 : static_cast<int32_t>((3 * t) % 12));
+        ids.push_back(t == 0 ? 4 : 7);
+      }
+      run_case(ex, ids, n, 2, seed, ctx);
+      ++seed;
+    }
+  }
+}
+
 TEST(MoeCuda, RejectsUnsupportedParams) {
   if (!cuda::available()) GTEST_SKIP() << kNoDevice;
   cuda::Context ctx;
@@ -480,6 +584,13 @@ TEST(MoeCuda, RejectsUnsupportedParams) {
   EXPECT_THROW(cuda::moe(p, ctx), Error);
   p.top_k = 1;
   p.n_experts = 4096;  // beyond the plan's shared-memory counters
+  EXPECT_THROW(cuda::moe(p, ctx), Error);
+  p.n_experts = 2;
+  p.shared_gate = buf.data(), p.shared_up = buf.data();  // a shared expert without its down matrix
+  EXPECT_THROW(cuda::moe(p, ctx), Error);
+  p.shared_down = buf.data();
+  p.weight_dtype = DType::f8_e4m3;  // FP8: the routed scales alone are not enough
+  p.gate_scale = p.up_scale = p.down_scale = ex.gs_tbl.as<const float* const>();
   EXPECT_THROW(cuda::moe(p, ctx), Error);
 }
 
