@@ -1,6 +1,6 @@
 // Google Benchmark microbenchmarks of the CUDA kernels against their ceilings (moerun_cuda_bench):
 // the decode GEMV (bf16 and FP8 at batch 1, DeepSeek-V3 and Qwen3 shapes) and MLA decode attention
-// over the latent cache (128 heads, 576-wide rows) at 1k..32k positions. Each reports GB/s of bytes
+// over the latent cache (128 heads, 576-wide rows; fp32 at 1k..32k positions, bf16 at 8k and 32k). Each reports GB/s of bytes
 // the kernel must read (counter gbps) and the device copy bandwidth measured once (copy_gbps), timed
 // with CUDA events around back-to-back launches. Without a usable device every benchmark skips.
 
@@ -81,24 +81,38 @@ BENCHMARK(BM_CudaGemv)
     ->Args({18432, 7168, 1})   // FP8 weights with block scales
     ->UseManualTime();
 
-// MLA absorbed decode: 128 query heads over one latent row of 512 + 64 floats per position.
-// args: cached positions
+// MLA absorbed decode: 128 query heads over one latent row of 512 + 64 elements per position, over an fp32
+// cache (the tiled SIMT kernel) or a bf16 cache (the tensor-core MMA kernel on sm_80+). gbps counts the cache
+// bytes (len x 576 x element size). The bf16 design bound (attention.cu): 242 FLOP per cache byte at 128
+// heads, above an H200's bf16 ridge (~206), so it is compute-bound even at tensor-core peak; tflops reports
+// the rate of the 128 x 2 x (576 + 512) FLOP per row. args: cached positions, cache type (0 f32, 1 bf16)
 void BM_CudaMlaDecode(benchmark::State& state) {
   if (!cuda::available()) return state.SkipWithError("no usable CUDA device");
   const int64_t len = state.range(0), H = 128, r = 512, dr = 64, row = r + dr;
-  cuda::DeviceBuffer cache = filled(static_cast<size_t>(len * row) * 4, 0x3c);
+  const bool bf16 = state.range(1) == 1;
+  const int64_t elem = bf16 ? 2 : 4;
+  // Bytes 0x3c: every bf16 and float element is a plain number (~0.0115).
+  cuda::DeviceBuffer cache = filled(static_cast<size_t>(len * row * elem), 0x3c);
   cuda::DeviceBuffer q = filled(static_cast<size_t>(H * row) * 4, 0x3c), out(static_cast<size_t>(H * r) * 4, "out");
   const int64_t position = len - 1;
   cuda::DeviceBuffer pos(sizeof(int64_t), "positions");
   MOERUN_CUDA_CHECK(cudaMemcpy(pos.data(), &position, sizeof position, cudaMemcpyHostToDevice));
-  const AttentionParams p{.out = out.as<float>(), .q = q.as<float>(), .k = cache.as<float>(), .v = cache.as<float>(),
-                          .positions = pos.as<int64_t>(), .n_tokens = 1, .n_heads = H, .n_kv_heads = 1,
-                          .qk_dim = row, .v_dim = r, .q_token_stride = H * row, .q_head_stride = row,
-                          .k_pos_stride = row, .k_head_stride = 0, .v_pos_stride = row, .v_head_stride = 0,
-                          .scale = 0.1f, .max_len = len};
-  time_kernel(state, static_cast<double>(len * row) * 4, [&](cuda::Context& ctx) { cuda::attention(p, ctx); });
+  const AttentionParams p{.out = out.as<float>(), .q = q.as<float>(), .k = cache.data(), .v = cache.data(),
+                          .kv_type = bf16 ? KvType::bf16 : KvType::f32, .positions = pos.as<int64_t>(),
+                          .n_tokens = 1, .n_heads = H, .n_kv_heads = 1, .qk_dim = row, .v_dim = r,
+                          .q_token_stride = H * row, .q_head_stride = row, .k_pos_stride = row, .k_head_stride = 0,
+                          .v_pos_stride = row, .v_head_stride = 0, .scale = 0.1f, .max_len = len};
+  time_kernel(state, static_cast<double>(len * row * elem), [&](cuda::Context& ctx) { cuda::attention(p, ctx); });
+  state.counters["tflops"] = benchmark::Counter(static_cast<double>(len * H * 2 * (row + r)) / 1e12,
+                                                benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_CudaMlaDecode)->Arg(1024)->Arg(8192)->Arg(32768)->UseManualTime();
+BENCHMARK(BM_CudaMlaDecode)
+    ->Args({1024, 0})
+    ->Args({8192, 0})
+    ->Args({32768, 0})
+    ->Args({8192, 1})   // DeepSeek-V3 decode at 8k over the default bf16 cache
+    ->Args({32768, 1})  // and at 32k
+    ->UseManualTime();
 
 // GQA decode: 32 query heads over 4 KV heads of 128 (Qwen3-30B-A3B). args: cached positions
 void BM_CudaGqaDecode(benchmark::State& state) {

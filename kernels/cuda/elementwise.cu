@@ -1,5 +1,6 @@
 // Elementwise and data-movement ops on the GPU: gated_act, embed, add (optionally sigmoid-gated), clamp,
-// store_rows and copy. CPU twins: kernels/cpu/activations.cpp and kernels/cpu/elementwise.cpp.
+// store_rows (into f32, bf16 or f16 caches) and copy. CPU twins: kernels/cpu/activations.cpp and
+// kernels/cpu/elementwise.cpp (store_rows: kernels/cpu/kv.cpp's conversions, bit for bit).
 // All of them are memory-bound: each thread moves 16 bytes per access (float4, or 8 halves for a bf16/f16
 // embedding row) when every pointer and stride involved is 16-byte aligned, and one element otherwise.
 // Row ops use grid (rows, column blocks); the column blocks loop so a single long row still spreads over
@@ -192,6 +193,41 @@ __global__ void move_rows_kernel(float* __restrict__ dst, const float* __restric
   }
 }
 
+// store_rows into a 16-bit cache: each fp32 element rounded exactly as the CPU twin's kv_from_f32 does
+// (kernels/cpu/convert.cpp f32_to_bf16, kernels/cpu/quant.cpp f32_to_f16), so CPU and GPU caches hold the same
+// bits: round to nearest even; bf16 keeps NaN a NaN by setting a mantissa bit; f16 NaN becomes sign | 0x7e00,
+// values rounding past 65504 become inf, values below 2^-14 become subnormals. Rows are a few per step, so
+// one element per thread (2-byte stores coalesce across the warp).
+__device__ uint16_t to_bf16_bits(float f) {
+  const uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+__device__ uint16_t to_f16_bits(float f) {
+  const uint32_t u = __float_as_uint(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t mag = u & 0x7fffffffu;
+  if (mag > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);
+  if (mag >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);
+  if (mag < 0x38800000u) {
+    // A multiple of 2^-24: |f| * 2^24 < 1024 is exact, and __float2uint_rn rounds it to nearest even.
+    return static_cast<uint16_t>(sign | __float2uint_rn(__uint_as_float(mag) * 16777216.0f));
+  }
+  const uint32_t r = mag + 0xfffu + ((mag >> 13) & 1u);
+  return static_cast<uint16_t>(sign | ((r - 0x38000000u) >> 13));
+}
+
+template <bool kBf16>
+__global__ void store_rows16_kernel(uint16_t* __restrict__ cache, const float* __restrict__ src,
+                                    const int64_t* __restrict__ positions, int64_t cols, int64_t cache_stride,
+                                    int64_t src_stride) {
+  const int64_t r = blockIdx.x;
+  uint16_t* d = cache + positions[r] * cache_stride;
+  const float* s = src + r * src_stride;
+  for (int64_t j = blockIdx.y * int64_t{kEltThreads} + threadIdx.x; j < cols; j += int64_t{gridDim.y} * kEltThreads)
+    d[j] = kBf16 ? to_bf16_bits(s[j]) : to_f16_bits(s[j]);
+}
+
 void launch_move_rows(float* dst, const float* src, const int64_t* dst_rows, int64_t rows, int64_t cols,
                       int64_t dst_stride, int64_t src_stride, cudaStream_t stream) {
   const bool vec = cols % 4 == 0 && dst_stride % 4 == 0 && src_stride % 4 == 0 && aligned16(dst) && aligned16(src);
@@ -264,11 +300,23 @@ void clamp(const ClampParams& p, Context& ctx) {
 void store_rows(const StoreRowsParams& p, Context& ctx) {
   if (p.n < 0 || p.cols < 0) throw Error("cuda::store_rows", "n and cols must be >= 0");
   check_rows("cuda::store_rows", p.n);
-  if (p.cache_type != KvType::f32)
+  if (p.cache_type != KvType::f32 && p.cache_type != KvType::bf16 && p.cache_type != KvType::f16)
     throw Error("cuda::store_rows", std::string("a ") + std::string(kv_type_name(p.cache_type)) +
-                                        " KV cache is not supported on CUDA yet (f32 only; --kv-type f32)");
+                                        " KV cache is not supported on CUDA (f32, bf16 or f16: --kv-type bf16)");
   if (p.n == 0 || p.cols == 0) return;
-  launch_move_rows(static_cast<float*>(p.cache), p.src, p.positions, p.n, p.cols, p.cache_stride, p.src_stride, ctx.stream());
+  if (p.cache_type == KvType::f32) {
+    launch_move_rows(static_cast<float*>(p.cache), p.src, p.positions, p.n, p.cols, p.cache_stride, p.src_stride,
+                     ctx.stream());
+  } else {
+    const dim3 grid(static_cast<unsigned>(p.n), elt_blocks(p.cols));
+    auto* cache = static_cast<uint16_t*>(p.cache);
+    if (p.cache_type == KvType::bf16)
+      store_rows16_kernel<true><<<grid, kEltThreads, 0, ctx.stream()>>>(cache, p.src, p.positions, p.cols,
+                                                                        p.cache_stride, p.src_stride);
+    else
+      store_rows16_kernel<false><<<grid, kEltThreads, 0, ctx.stream()>>>(cache, p.src, p.positions, p.cols,
+                                                                         p.cache_stride, p.src_stride);
+  }
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 

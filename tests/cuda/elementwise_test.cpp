@@ -1,11 +1,12 @@
 // CUDA elementwise and data-movement ops against their CPU twins: gated_act (every hidden_act, and
 // inside cuda::moe's decode and prefill paths), embed (f32, bf16, f16 tables),
-// add (plain and sigmoid-gated), clamp, store_rows and copy. Sizes are odd and even, and pointers are offset
+// add (plain and sigmoid-gated), clamp, store_rows (f32, and bf16 / f16 caches bit for bit) and copy. Sizes are odd and even, and pointers are offset
 // by one float so both the 16-byte and the one-element paths run. Skips without a GPU.
 
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -275,6 +276,73 @@ TEST(ElementwiseCuda, StoreRowsWritesAtDevicePositions) {
     const auto got = download(dcache);
     EXPECT_LE(max_abs_diff(got, want), max_diff(Op::store_rows)) << "n=" << c.n << " cols=" << c.cols;
     EXPECT_EQ(first_bad_guard(got, want.size()), -1);
+  }
+}
+
+// store_rows into bf16 and f16 caches: the same bits as the CPU twin (kernels/cpu/kv.cpp), on random rows
+// and on the edges of the conversions: ties to even, NaN (either sign, quiet and signalling payloads),
+// infinities, f16 overflow (65504 stays, 65520 rounds to inf), f16 subnormals and their rounding, bf16's
+// largest finite values. Unordered positions, padded strides; the rest of the cache is untouched.
+TEST(ElementwiseCuda, StoreRowsSixteenBitCachesMatchCpuBits) {
+  MOERUN_SKIP_WITHOUT_CUDA();
+  auto bits = [](uint32_t u) {
+    float f = 0.0f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  const std::vector<float> edges = {
+      bits(0x7fc00000u), bits(0xffc00001u), bits(0x7f800001u), bits(0x7fbfffffu),  // NaNs
+      bits(0x7f800000u), bits(0xff800000u), 65504.0f, 65519.99f, 65520.0f, -65520.0f, 1e9f, -3e38f,
+      bits(0x7f7fffffu), bits(0x7f7f8000u), bits(0x7f7f7fffu),  // near bf16's largest finite value
+      1.0f + 1.0f / 256.0f, 1.0f + 3.0f / 256.0f, 1.0f + 1.0f / 2048.0f, 1.0f + 3.0f / 2048.0f,  // ties to even
+      6.103515625e-05f, 6.1e-05f, 5.96046448e-08f, 2.98023224e-08f, 2.98023253e-08f, 8.9406967e-08f, 1e-10f,
+      -1e-10f, bits(0x00000001u), bits(0x80000001u), 0.0f, -0.0f, 0.1f, -0.3f, 1e-3f, 3.14159f};
+  struct Case {
+    int64_t n, cols, src_stride, cache_stride, capacity;
+  };
+  for (KvType kv : {KvType::bf16, KvType::f16}) {
+    for (const Case& c : std::vector<Case>{{1, 1, 1, 1, 4}, {3, 576, 576, 576, 50}, {5, 130, 131, 260, 40},
+                                           {2, static_cast<int64_t>(edges.size()), 40, 41, 7}}) {
+      const uint64_t seed = static_cast<uint64_t>(c.n * 1000 + c.cols);
+      auto src = uniform(static_cast<size_t>(c.n * c.src_stride), -3.0f, 3.0f, seed + 1);
+      if (c.cols == static_cast<int64_t>(edges.size()))
+        for (int64_t t = 0; t < c.n; ++t)
+          for (int64_t j = 0; j < c.cols; ++j)
+            src[static_cast<size_t>(t * c.src_stride + j)] = t == 0 ? edges[static_cast<size_t>(j)]
+                                                                    : -edges[static_cast<size_t>(j)];
+      std::vector<uint16_t> cache0(static_cast<size_t>(c.capacity * c.cache_stride));
+      for (size_t e = 0; e < cache0.size(); ++e) cache0[e] = static_cast<uint16_t>(0x3c00u + (e * 2654435761u) % 977u);
+      std::vector<int64_t> positions;
+      for (int64_t t = 0; t < c.n; ++t) positions.push_back((t * 7 + 3) % c.capacity);  // distinct, unordered
+      std::vector<uint16_t> want = cache0;
+      cpu::Context cpu_ctx;
+      cpu::store_rows({.cache = want.data(),
+                       .cache_type = kv,
+                       .src = src.data(),
+                       .positions = positions.data(),
+                       .n = c.n,
+                       .cols = c.cols,
+                       .src_stride = c.src_stride,
+                       .cache_stride = c.cache_stride},
+                      cpu_ctx);
+
+      DeviceBuffer dcache = upload(cache0), dsrc = upload(src), dpos = upload(positions);
+      cuda::Context ctx;
+      cuda::store_rows({.cache = dcache.data(),
+                        .cache_type = kv,
+                        .src = dsrc.as<float>(),
+                        .positions = dpos.as<int64_t>(),
+                        .n = c.n,
+                        .cols = c.cols,
+                        .src_stride = c.src_stride,
+                        .cache_stride = c.cache_stride},
+                       ctx);
+      std::vector<uint16_t> got(cache0.size());
+      ctx.synchronize();
+      MOERUN_CUDA_CHECK(cudaMemcpy(got.data(), dcache.data(), got.size() * 2, cudaMemcpyDeviceToHost));
+      for (size_t e = 0; e < got.size(); ++e)
+        ASSERT_EQ(got[e], want[e]) << kv_type_name(kv) << " n=" << c.n << " cols=" << c.cols << " element " << e;
+    }
   }
 }
 

@@ -1,11 +1,13 @@
 // The CUDA attention's split and tiling arithmetic (kernels/cuda/attention_plan.h), tested on the CPU: splits
-// cover the cache exactly once, the grid depends only on max_len and shapes, the workspace matches what the
-// kernels index, and the shared-memory layout is aligned and fits the devices we build for.
+// cover the cache exactly once, the grid depends only on max_len and shapes, live-length splits cover the live
+// rows with the fixed split count and share them evenly, the workspace matches what the kernels index, and the
+// shared-memory layouts (tiled kernel in fp32 and 16-bit, MMA kernel) are aligned and fit the devices we build for.
 
 #include "kernels/cuda/attention_plan.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -121,8 +123,101 @@ TEST(AttentionPlan, TileLayoutIsAlignedAndChosenByDevice) {
     EXPECT_EQ(t.v - t.k, int64_t{t.stages} * t.rows * t.ld_qk);
     EXPECT_EQ(t.part - t.v, alias ? 0 : int64_t{t.stages} * t.rows * t.ld_v);
     EXPECT_EQ(t.p - t.part, int64_t{kThreads} * kQueryTile);  // (256 / rows) slices x 16 queries x rows
-    EXPECT_EQ(t.floats - t.stat, 4 * kQueryTile);
+    EXPECT_EQ(t.floats - t.stat, 4 * kQueryTile + 4);  // stats, lengths, then the live length
   }
+}
+
+TEST(AttentionPlan, LiveSplitsCoverTheLiveRowsWithTheFixedCount) {
+  for (int64_t max_len : {1, 33, 128, 4096, 8192 + 77, 32768}) {
+    for (int64_t blocks : {1, 2, 4, 264}) {
+      const Splits cap = plan_splits(max_len, blocks, kH200Sms);
+      for (int64_t live : {int64_t{1}, int64_t{2}, int64_t{31}, int64_t{32}, int64_t{33}, int64_t{1000},
+                           max_len / 2, max_len - 1, max_len}) {
+        if (live < 1 || live > max_len) continue;
+        const int64_t rows = live_rows_per_split(live, cap.n_splits, kRowAlign);
+        ASSERT_GT(rows, 0);
+        EXPECT_EQ(rows % kRowAlign, 0);
+        EXPECT_LE(rows, cap.rows_per_split) << "live rows never need longer splits than the capacity";
+        // The fixed count of splits covers every live row exactly once, in order.
+        EXPECT_GE(cap.n_splits * rows, live) << "max_len=" << max_len << " live=" << live;
+        int64_t covered = 0;
+        for (int64_t sp = 0; sp < cap.n_splits; ++sp) {
+          const int64_t b = live_split_begin(rows, sp), e = live_split_end(rows, sp, live);
+          if (b >= e) continue;
+          EXPECT_EQ(b, covered);
+          covered = e;
+        }
+        EXPECT_EQ(covered, live);
+        // The combine reads exactly the splits holding rows of a query, never past n_splits.
+        for (int64_t len : {int64_t{1}, live}) {
+          const int64_t ns = live_splits_for_len(rows, cap.n_splits, len);
+          EXPECT_GE(ns, 1);
+          EXPECT_LE(ns, cap.n_splits);
+          EXPECT_GE(ns * rows, len);
+          EXPECT_LT((ns - 1) * rows, len);
+        }
+      }
+    }
+  }
+}
+
+TEST(AttentionPlan, EarlyInALongContextEverySplitShares) {
+  // MLA decode at position 1023 of a 32k context: 64 splits (at capacity 512 rows each, so the first two
+  // would hold all 1024 live rows); live splits give each 32 rows.
+  const Splits cap = plan_splits(32768, 2, kH200Sms);
+  ASSERT_GT(cap.n_splits, 8);
+  const int64_t rows = live_rows_per_split(1024, cap.n_splits, kRowAlign);
+  EXPECT_EQ(rows, round_up(ceil_div(int64_t{1024}, cap.n_splits), kRowAlign));
+  EXPECT_EQ(ceil_div(int64_t{1024}, rows), std::min<int64_t>(cap.n_splits, 1024 / kRowAlign));
+  // Near the end the split length is back at the capacity plan's.
+  EXPECT_EQ(live_rows_per_split(32768, cap.n_splits, kRowAlign), cap.rows_per_split);
+  // One split: the whole live length.
+  EXPECT_EQ(live_rows_per_split(700, 1, kRowAlign), 704);
+}
+
+TEST(AttentionPlan, SixteenBitTilesHalveTheCacheBuffers) {
+  constexpr size_t kAda = 99u << 10;
+  const TileLayout f32 = tile_layout(32, 2, 128, 128, false, 4), b16 = tile_layout(32, 2, 128, 128, false, 2);
+  EXPECT_EQ(b16.v - b16.k, (f32.v - f32.k) / 2);
+  EXPECT_EQ(b16.part - b16.v, (f32.part - f32.v) / 2);
+  for (const TileLayout& t : {b16, tile_layout(16, 1, 576, 512, true, 2), tile_layout(32, 2, 40, 24, false, 2)})
+    for (int64_t off : {t.q, t.k, t.v, t.part, t.p, t.stat, t.floats}) EXPECT_EQ(off % 4, 0);
+  // MLA over a bf16 cache on a 99 KB part: a 32-row double-buffered tile now fits.
+  const TileLayout mla_ada = choose_tile(576, 512, true, kAda, 2);
+  EXPECT_EQ(mla_ada.rows, 32);
+  EXPECT_LE(mla_ada.bytes(), kAda);
+  // Forced layouts are exactly the named shapes.
+  EXPECT_EQ(forced_tile(Layout::tile16x1, 128, 128, false, 2).rows, 16);
+  EXPECT_EQ(forced_tile(Layout::tile16x1, 128, 128, false, 2).stages, 1);
+  EXPECT_EQ(forced_tile(Layout::tile32x2, 128, 128, false, 4).bytes(), tile_layout(32, 2, 128, 128, false, 4).bytes());
+  EXPECT_EQ(forced_tile(Layout::warp, 128, 128, false, 4).rows, 0);
+  EXPECT_EQ(forced_tile(Layout::mma, 576, 512, true, 2).rows, 0);
+}
+
+TEST(AttentionPlan, MmaLayoutFitsHopperAndAmpere) {
+  constexpr size_t kH100 = 227u << 10, kA100 = 163u << 10, kAda = 99u << 10;
+  const MmaLayout h = choose_mma(576, kH100), a = choose_mma(576, kA100);
+  EXPECT_EQ(h.stages, 3);
+  EXPECT_EQ(a.stages, 2);
+  EXPECT_EQ(choose_mma(576, kAda).stages, 0);  // sm_89's 99 KB: the tiled kernel serves it
+  for (const MmaLayout& m : {h, a}) {
+    EXPECT_EQ(m.ld, 584);
+    EXPECT_EQ((m.ld * 2 / 16) % 2, 1) << "rows an odd number of 16-byte pieces: ldmatrix conflict-free";
+    for (int64_t off : {m.q, m.k, m.x, m.len, m.bytes}) EXPECT_EQ(off % 16, 0);
+    EXPECT_EQ(m.k - m.q, int64_t{kMmaQueryRows} * m.ld * 2);
+    EXPECT_EQ(m.x - m.k, int64_t{m.stages} * kMmaRows * m.ld * 2);
+    EXPECT_EQ(m.len - m.x, int64_t{kThreads / 32} * 16 * kMmaRows * 4);
+  }
+  EXPECT_LE(static_cast<size_t>(h.bytes), kH100);
+  EXPECT_LE(static_cast<size_t>(a.bytes), kA100);
+  // Shapes: the MLA absorbed form over 16-bit caches only.
+  EXPECT_TRUE(mma_shapes_fit(576, 512, true, 2, true));
+  EXPECT_TRUE(mma_shapes_fit(64, 32, true, 2, true));
+  EXPECT_FALSE(mma_shapes_fit(576, 512, true, 4, true));   // f32 cache
+  EXPECT_FALSE(mma_shapes_fit(576, 512, false, 2, true));  // separate values
+  EXPECT_FALSE(mma_shapes_fit(575, 511, true, 2, true));
+  EXPECT_FALSE(mma_shapes_fit(576, 496, true, 2, true));  // v_dim not whole pairs of 8-column tiles per half
+  EXPECT_FALSE(mma_shapes_fit(576, 512, true, 2, false));  // rows not 16-byte aligned
 }
 
 }  // namespace
