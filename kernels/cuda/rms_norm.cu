@@ -2,6 +2,8 @@
 
 #include <cuda_runtime.h>
 
+#include <string>
+
 #include "kernels/cuda/context.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
@@ -46,6 +48,9 @@ __global__ void rms_norm_kernel(float* out,                        // [rows, col
 void rms_norm(const RmsNormParams& p, Context& ctx) {
   if (p.rows < 0 || p.cols <= 0 || p.rows > 0x7fffffff)
     throw Error("cuda::rms_norm", "rows must be in [0, 2^31) and cols positive");
+  if (p.stride != 0 && p.stride < p.cols)
+    throw Error("cuda::rms_norm", "stride " + std::to_string(p.stride) + " is less than cols " + std::to_string(p.cols) +
+                                      " (rows would overlap; 0 means cols)");
   if (p.rows == 0) return;
   rms_norm_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, ctx.stream()>>>(p.out, p.x, p.weight, p.cols, p.stride ? p.stride : p.cols, p.eps);
   MOERUN_CUDA_CHECK(cudaGetLastError());

@@ -331,6 +331,15 @@ struct Segment {
 // segments per step, the experts' pointer tables and the RoPE tables. Every matmul, norm and MoE
 // block runs once over all rows of a step (weights read once for the whole batch); RoPE, the cache
 // stores and attention run per segment over that sequence's own cache.
+// What a matmul folds in, saving the separate ops (one CUDA launch each; the CPU runs the same
+// steps as the separate ops, bit for bit): RMSNorm of its input rows, and adding into its output
+// (the residual add).
+struct Fold {
+  const Tensor* norm = nullptr;  // the input's RMSNorm weight; null: the input as it is
+  float eps = 0.0f;
+  bool accumulate = false;
+};
+
 struct Runner {
   const Engine::Impl* engine;
   const ModelDesc& c;  // the executor sees capabilities and dimensions, never the family (this rank's share of them)
@@ -470,11 +479,14 @@ struct Runner {
   const float* scale_of(const LinearWeight& weight) const {
     return weight.weight_scale_inv ? static_cast<const float*>(wp(weight.weight_scale_inv)) : nullptr;
   }
-  MatmulParams lin_params(float* dst, const float* src, int64_t n, const LinearWeight& weight, int64_t src_stride = 0) {
+  MatmulParams lin_params(float* dst, const float* src, int64_t n, const LinearWeight& weight, int64_t src_stride = 0,
+                          Fold fold = {}) {
     return {.out = dst, .x = src, .weight = wp(weight.weight), .weight_dtype = weight.weight.dtype(),
             .bias = weight.bias ? static_cast<const float*>(wp(weight.bias)) : nullptr, .n = n,
             .in_features = weight.weight.dim(1), .out_features = weight.weight.dim(0), .x_stride = src_stride,
-            .weight_scale = scale_of(weight), .block_out = c.fp8.block_out, .block_in = c.fp8.block_in};
+            .weight_scale = scale_of(weight), .block_out = c.fp8.block_out, .block_in = c.fp8.block_in,
+            .norm_weight = fold.norm ? static_cast<const float*>(wp(*fold.norm)) : nullptr, .norm_eps = fold.eps,
+            .accumulate = fold.accumulate};
   }
   void lin(float* dst, const float* src, int64_t n, const LinearWeight& weight, int64_t src_stride = 0) {
     be->matmul(lin_params(dst, src, n, weight, src_stride));
@@ -525,9 +537,9 @@ struct Runner {
       for (const Segment& s : segs) run(s.row, s.n, s.slot);
   }
 
-  // GQA attention of n tokens (normed input `in` [n, D]) into `o` [n, D]: of this rank's heads
-  // (o then holds its partial sum of o_proj).
-  void gqa(size_t l, const float* in, int64_t n, float* o) {
+  // GQA attention of n tokens (input `in` [n, D], normed by `in_norm` on the way into q/k/v) into
+  // `o` [n, D] (added to it with `add_out`): of this rank's heads (o then holds its partial sum of o_proj).
+  void gqa(size_t l, const float* in, int64_t n, float* o, Fold in_norm, bool add_out) {
     const LayerWeights& L = lw(l);
     const int64_t H = c.num_attention_heads, Hkv = c.num_key_value_heads, dh = c.head_dim;
     // A q/k norm over all heads (OLMoE) needs every head's q and k: the rank computes them whole and
@@ -537,7 +549,8 @@ struct Runner {
     float* qb = buf(Ws::q, n * qs);
     float* kb = buf(Ws::k, n * ks);
     float* vb = buf(Ws::v, n * Hkv * dh);
-    const MatmulParams qkv[] = {lin_params(qb, in, n, L.q_proj), lin_params(kb, in, n, L.k_proj), lin_params(vb, in, n, L.v_proj)};
+    const MatmulParams qkv[] = {lin_params(qb, in, n, L.q_proj, 0, in_norm), lin_params(kb, in, n, L.k_proj, 0, in_norm),
+                                lin_params(vb, in, n, L.v_proj, 0, in_norm)};
     be->matmul_group(qkv);
     const float eps = static_cast<float>(c.rms_norm_eps);
     if (c.qk_norm == QkNorm::per_head) {  // Qwen3: each head normed on its own, one weight for all heads
@@ -572,11 +585,11 @@ struct Runner {
                             .scale = static_cast<float>(c.softmax_scale), .max_len = s.seq->context});
     }
     be->attention_many(attn_calls);
-    lin(o, ab, n, L.o_proj);
+    be->matmul(lin_params(o, ab, n, L.o_proj, 0, {.accumulate = add_out}));
   }
 
-  // Multi-head latent attention (docs/MODELS.md §4) into `o` [n, D].
-  void mla(size_t l, const float* in, int64_t n, float* o) {
+  // Multi-head latent attention (docs/MODELS.md §4) into `o` [n, D], as gqa() takes its input and output.
+  void mla(size_t l, const float* in, int64_t n, float* o, Fold in_norm, bool add_out) {
     const LayerWeights& L = lw(l);
     const int64_t H = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
     const int64_t r = c.kv_lora_rank, dq = dn + dr, row = r + dr;
@@ -586,12 +599,13 @@ struct Runner {
     float* new_rows = buf(Ws::kv_new, n * row);
     if (c.q_lora_rank) {
       float* qa = buf(Ws::q_lora, n * *c.q_lora_rank);
-      const MatmulParams first[] = {lin_params(qa, in, n, L.q_a_proj), lin_params(new_rows, in, n, L.kv_a_proj_with_mqa)};
+      const MatmulParams first[] = {lin_params(qa, in, n, L.q_a_proj, 0, in_norm),
+                                    lin_params(new_rows, in, n, L.kv_a_proj_with_mqa, 0, in_norm)};
       be->matmul_group(first);
-      norm(qa, qa, n, *c.q_lora_rank, L.q_a_layernorm, kMlaNormEps);
-      lin(qb, qa, n, L.q_b_proj);
+      // q_b reads q_a's output normed (q_a_layernorm), folded into it.
+      be->matmul(lin_params(qb, qa, n, L.q_b_proj, 0, {.norm = &L.q_a_layernorm, .eps = kMlaNormEps}));
     } else {
-      const MatmulParams first[] = {lin_params(qb, in, n, L.q_proj), lin_params(new_rows, in, n, L.kv_a_proj_with_mqa)};
+      const MatmulParams first[] = {lin_params(qb, in, n, L.q_proj, 0, in_norm), lin_params(new_rows, in, n, L.kv_a_proj_with_mqa, 0, in_norm)};
       be->matmul_group(first);
     }
     norm(new_rows, new_rows, n, r, L.kv_a_layernorm, kMlaNormEps, row);
@@ -648,18 +662,19 @@ struct Runner {
                        .max_len = len});
       }
     }
-    lin(o, ab, n, L.o_proj);
+    be->matmul(lin_params(o, ab, n, L.o_proj, 0, {.accumulate = add_out}));
   }
 
-  // The gated FFN over n rows: out = down(act(gate x) * up x), act = hidden_act (SwiGLU for silu).
-  void swiglu(const MlpWeights& m, const float* in, int64_t n, float* o) {
+  // The gated FFN over n rows: out = down(act(gate x) * up x), act = hidden_act (SwiGLU for silu);
+  // x normed by `in_norm` on the way in, the result added to `o` with `add_out`.
+  void swiglu(const MlpWeights& m, const float* in, int64_t n, float* o, Fold in_norm = {}, bool add_out = false) {
     const int64_t I = m.gate_proj.weight.dim(0);
     float* g = buf(Ws::ffn_gate, n * I);
     float* u = buf(Ws::ffn_up, n * I);
-    const MatmulParams gate_up[] = {lin_params(g, in, n, m.gate_proj), lin_params(u, in, n, m.up_proj)};
+    const MatmulParams gate_up[] = {lin_params(g, in, n, m.gate_proj, 0, in_norm), lin_params(u, in, n, m.up_proj, 0, in_norm)};
     be->matmul_group(gate_up);
     be->gated_act({.out = g, .gate = g, .up = u, .n = n * I, .act = c.hidden_act});
-    lin(o, g, n, m.down_proj);
+    be->matmul(lin_params(o, g, n, m.down_proj, 0, {.accumulate = add_out}));
   }
 
   // The MoE block into `o` [n, D]: route every token, then run each selected expert once over all
@@ -680,15 +695,30 @@ struct Runner {
                .routed_scaling_factor = static_cast<float>(rs.routed_scaling_factor)});
     if (expert_stats) count_experts(ids, n * K, E);
     const ExpertTables& t = experts[l];
-    be->moe({.out = o, .x = in, .expert_ids = ids, .expert_weights = wts,
-             .gate = static_cast<const void* const*>(t.gate.data), .up = static_cast<const void* const*>(t.up.data),
-             .down = static_cast<const void* const*>(t.down.data), .weight_dtype = t.dtype, .n_tokens = n, .top_k = K,
-             .n_experts = E, .hidden = D, .intermediate = held_expert(L)->gate_proj.weight.dim(0), .act = c.hidden_act,
-             .gate_scale = static_cast<const float* const*>(t.gate_scale.data),
-             .up_scale = static_cast<const float* const*>(t.up_scale.data),
-             .down_scale = static_cast<const float* const*>(t.down_scale.data), .block_out = c.fp8.block_out,
-             .block_in = c.fp8.block_in});
-    if (c.shared.count > 0 && P.shared_here) {  // (expert parallel: rank 0 alone adds it)
+    const int64_t I = held_expert(L)->gate_proj.weight.dim(0);
+    MoeParams mp{.out = o, .x = in, .expert_ids = ids, .expert_weights = wts,
+                 .gate = static_cast<const void* const*>(t.gate.data), .up = static_cast<const void* const*>(t.up.data),
+                 .down = static_cast<const void* const*>(t.down.data), .weight_dtype = t.dtype, .n_tokens = n, .top_k = K,
+                 .n_experts = E, .hidden = D, .intermediate = I, .act = c.hidden_act,
+                 .gate_scale = static_cast<const float* const*>(t.gate_scale.data),
+                 .up_scale = static_cast<const float* const*>(t.up_scale.data),
+                 .down_scale = static_cast<const float* const*>(t.down_scale.data), .block_out = c.fp8.block_out,
+                 .block_in = c.fp8.block_in};
+    const bool shared = c.shared.count > 0 && P.shared_here;  // (expert parallel: rank 0 alone adds it)
+    if (shared && shared_fuses(L.shared_expert, t.dtype, I)) {
+      // DeepSeek's ungated shared expert as one more pair of every token: no ops of its own.
+      const MlpWeights& m = L.shared_expert;
+      mp.shared_gate = wp(m.gate_proj.weight);
+      mp.shared_up = wp(m.up_proj.weight);
+      mp.shared_down = wp(m.down_proj.weight);
+      mp.shared_gate_scale = scale_of(m.gate_proj);
+      mp.shared_up_scale = scale_of(m.up_proj);
+      mp.shared_down_scale = scale_of(m.down_proj);
+      be->moe(mp);
+      return;
+    }
+    be->moe(mp);
+    if (shared) {
       float* s = buf(Ws::shared_out, n * D);
       swiglu(L.shared_expert, in, n, s);
       const float* g = nullptr;
@@ -699,6 +729,15 @@ struct Runner {
       }
       be->add({.out = o, .x = s, .gate = g, .rows = n, .cols = D});
     }
+  }
+
+  // Whether a layer's shared expert can run inside the moe op: ungated, the routed experts' width
+  // and weight type, no biases.
+  bool shared_fuses(const MlpWeights& m, DType dtype, int64_t I) const {
+    if (c.shared.gated || m.gate_proj.bias || m.up_proj.bias || m.down_proj.bias) return false;
+    for (const LinearWeight* lw : {&m.gate_proj, &m.up_proj, &m.down_proj})
+      if (lw->weight.dtype() != dtype) return false;
+    return m.gate_proj.weight.dim(0) == I && m.up_proj.weight.dim(0) == I && m.down_proj.weight.dim(1) == I;
   }
 
   void count_experts(const int32_t* ids, int64_t count, int64_t E) {
@@ -719,19 +758,29 @@ struct Runner {
     const LayerWeights& L = lw(l);
     float* hb = buf(Ws::h, n * D);
     float* ob = buf(Ws::out, n * D);
-    norm(hb, xb, n, D, L.input_layernorm, eps);
-    if (c.attention == AttentionKind::gqa) gqa(l, hb, n, ob);
-    else mla(l, hb, n, ob);
-    if (P.attn_split) reduce(ob, n * D);  // the ranks' heads' o_proj partial sums
-    be->add({.out = xb, .x = ob, .rows = n, .cols = D});
+    // The input norm is folded into the attention's first projections, and its o_proj adds into the
+    // residual stream directly unless the ranks' partial sums are reduced first.
+    const Fold in_norm{.norm = &L.input_layernorm, .eps = eps};
+    const bool attn_adds = !P.attn_split;
+    if (c.attention == AttentionKind::gqa) gqa(l, xb, n, attn_adds ? xb : ob, in_norm, attn_adds);
+    else mla(l, xb, n, attn_adds ? xb : ob, in_norm, attn_adds);
+    if (!attn_adds) {
+      reduce(ob, n * D);  // the ranks' heads' o_proj partial sums
+      be->add({.out = xb, .x = ob, .rows = n, .cols = D});
+    }
     if (diagnosing) checkpoint(xb, n * D, cat("layer ", l, "'s attention"));
-    norm(hb, xb, n, D, L.post_attention_layernorm, eps);
     const bool moe_layer = ffn_of(l) == FfnKind::moe;
-    if (moe_layer) moe(l, hb, n, ob);
-    else swiglu(L.mlp, hb, n, ob);
     // The ranks' experts (and shared or dense columns) partial sums, one all-reduce per block.
-    if (moe_layer ? P.experts_ep || P.experts_tp || P.ffn_split : P.ffn_split) reduce(ob, n * D);
-    be->add({.out = xb, .x = ob, .rows = n, .cols = D});
+    const bool ffn_reduced = moe_layer ? P.experts_ep || P.experts_tp || P.ffn_split : P.ffn_split;
+    if (moe_layer) {
+      norm(hb, xb, n, D, L.post_attention_layernorm, eps);  // (read by the router, the experts and the shared expert)
+      moe(l, hb, n, ob);
+    } else {
+      // A dense FFN: the norm folded into gate + up, down adding into the stream unless reduced first.
+      swiglu(L.mlp, xb, n, ffn_reduced ? ob : xb, {.norm = &L.post_attention_layernorm, .eps = eps}, !ffn_reduced);
+    }
+    if (ffn_reduced) reduce(ob, n * D);
+    if (moe_layer || ffn_reduced) be->add({.out = xb, .x = ob, .rows = n, .cols = D});
     if (diagnosing) checkpoint(xb, n * D, cat("layer ", l, "'s ", moe_layer ? "MoE block" : "MLP"));
   }
 
@@ -763,19 +812,21 @@ struct Runner {
       last = g;
     }
     if (!P.head_here) return nullptr;  // (expert parallel: rank 0 alone computes the logits)
-    float* hb = buf(Ws::h, rows * D);
-    norm(hb, last, rows, D, w.norm, eps);
+    // The final norm is folded into the LM head.
+    const auto head = [&](float* out) {
+      be->matmul(lin_params(out, last, rows, LinearWeight{w.lm_head, {}, {}}, 0, {.norm = &w.norm, .eps = eps}));
+    };
     const int64_t V = c.vocab_size;
     if (!P.head_split) {
       float* lg = buf(Ws::logits, rows * V);
-      lin(lg, hb, rows, w.lm_head);
+      head(lg);
       if (diagnosing) checkpoint(lg, rows * V, "the final norm and LM head");
       return lg;
     }
     // Vocabulary split: each rank's rows of the head, gathered (padded to the widest rank's), then
     // laid side by side on the leader.
     float* part = buf(Ws::logits_part, rows * vocab_rows);
-    lin(part, hb, rows, w.lm_head);
+    head(part);
     float* all = buf(Ws::logits_all, P.ranks * rows * vocab_rows);
     gather(part, all, rows * vocab_rows);
     if (P.rank != 0) return nullptr;
@@ -904,9 +955,21 @@ void check_new_tokens(const Sequence& seq, std::span<const int32_t> ids, int64_t
 // succeed lazily and would fail later, under the OOM killer); CUDA allocations fail at once with a
 // clear error.
 void check_host_memory(const Engine::Impl& e, uint64_t bytes, uint64_t kv_bytes, const std::string& what, const char* hint) {
-  if (e.backend != BackendKind::cpu || !e.options.memory_check) return;
+  if (!e.options.memory_check) return;
   std::string source;
-  const uint64_t have = host_available_bytes(&source);
+  uint64_t have = 0;
+  if (e.backend == BackendKind::cuda) {
+    // On the device a buffer either fits or fails at once, but a session whose buffers cannot all
+    // fit would allocate the first (gigabytes, maybe) before the next fails: refused up front.
+#if MOERUN_HAVE_CUDA
+    have = runtime::cuda_free_bytes();
+    source = "free device memory, cudaMemGetInfo";
+#else
+    return;
+#endif
+  } else {
+    have = host_available_bytes(&source);
+  }
   if (bytes > have)
     throw Error("context", cat(what, " needs ", runtime::format_bytes(bytes), " (KV cache ", runtime::format_bytes(kv_bytes), ") but ",
                                runtime::format_bytes(have), " is available (", source, "); ", hint));

@@ -74,7 +74,8 @@ size_t cuda_scratch_bytes(const ModelDesc& d, int64_t context) {
   // A GEMM's x rounded to bf16, plus an FP8 weight's bf16 dequantization tile (matmul.cu).
   const size_t gemm = B * widest * 2 + (d.fp8.enabled ? 64 * kMiB : 0);
   // The MoE prefill: per (token, expert) pair its gathered x (bf16), gate/up/act rows (f32) and down row.
-  const auto pairs = B * static_cast<size_t>(std::max<int64_t>(d.router.num_experts_per_tok, 0));
+  // (+1: a shared expert may run as one more pair of every token.)
+  const auto pairs = B * static_cast<size_t>(std::max<int64_t>(d.router.num_experts_per_tok, 0) + (d.shared.count > 0 ? 1 : 0));
   const auto I = static_cast<size_t>(std::max<int64_t>(d.moe_intermediate_size, 0));
   const size_t moe = pairs * (D * 2 + I * 4 * 3 + D * 4);
   // Split-K attention partials stay within ~2 blocks per SM of 16 query rows x 512 floats: 16 MiB.

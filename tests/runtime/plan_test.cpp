@@ -136,7 +136,7 @@ TEST(PlanFromConfig, DeepSeekV3AtLongContextDoesNotFitHereAndSaysWhy) {
 
 // The CUDA plan (made here without a GPU: 0 bytes available) keeps FP8 as FP8, stores the KV cache in
 // bf16 by default, and reserves the ops' scratch on the device: at DeepSeek-V3's longest prefill step
-// the MoE rows (512 tokens x 8 experts) dominate it.
+// the MoE rows (512 tokens x (8 routed + 1 shared) experts) dominate it.
 TEST(PlanFromConfig, CudaPlansKeepFp8AndReserveTheOpsScratch) {
   const auto cfg = std::filesystem::path(MOERUN_TEST_DATA) / "configs" / "deepseek_v3.json";
   const ModelConfig config = load_model_config(cfg);
@@ -148,7 +148,7 @@ TEST(PlanFromConfig, CudaPlansKeepFp8AndReserveTheOpsScratch) {
   uint64_t scratch = 0;
   for (const MemoryPlan::Buffer& b : p.workspace)
     if (b.role == "cuda_scratch") scratch = b.bytes;
-  const uint64_t moe_rows = uint64_t{512} * 8 * (7168 * 2 + 2048 * 4 * 3 + 7168 * 4);
+  const uint64_t moe_rows = uint64_t{512} * (8 + 1) * (7168 * 2 + 2048 * 4 * 3 + 7168 * 4);  // 8 experts + the shared one
   EXPECT_GE(scratch, moe_rows + moe_rows / 4);
   EXPECT_LT(scratch, moe_rows + moe_rows / 4 + (uint64_t{128} << 20));
   ASSERT_EQ(p.devices.size(), 2u);
