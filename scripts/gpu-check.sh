@@ -449,13 +449,15 @@ if kernels:
 rows = [(name, r) for name, rs in (load(os.path.join(out, "bench.json")) or {}).items() for r in rs]
 if rows:
     print(f"\nceilings: copy {rows[0][1]['ceiling_gbps']:.0f} GB/s, bf16 GEMM {rows[0][1]['gemm_ceiling_tflops']:.0f} TFLOP/s")
-    print("| model | test | t/s | bytes/token | GB/s | % of copy bw | TFLOP/s | % of GEMM |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | test | t/s | bytes/token | GB/s | % of copy bw | TFLOP/s | % of GEMM | ops/token | launches/token |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, r in rows:
         tg = r["bytes_per_token"] > 0
+        # ops a decode step enqueues, and the kernels its recorded CUDA graph launches
+        counts = f"{r.get('ops_per_token', 0)} | {r.get('launches_per_token', 0)} |" if tg else "- | - |"
         print(f"| {name} | {r['test']} | {r['tps_mean']:.1f} ± {r['tps_sd']:.1f} | "
-              + (f"{r['bytes_per_token']/1e6:.1f} MB | {r['gbps']:.0f} | {100*r['bw_fraction']:.1f} | - | - |" if tg else
-                 f"- | - | - | {r['tflops']:.1f} | {100*r['gemm_fraction']:.1f} |"))
+              + (f"{r['bytes_per_token']/1e6:.1f} MB | {r['gbps']:.0f} | {100*r['bw_fraction']:.1f} | - | - | " if tg else
+                 f"- | - | - | {r['tflops']:.1f} | {100*r['gemm_fraction']:.1f} | ") + counts)
 else:
     print("\nno bench results")
 EOF
