@@ -151,12 +151,24 @@ struct ClampParams {
 // src[t * src_stride + j] for j < cols, converted to the cache's type (KvType; q8_0: cols and
 // cache_stride multiples of 32, each 32-block quantized on its own). Positions are read where the op
 // runs, so a captured decode step stays valid.
+// With rope_inv_freq set, the stored values are first rotated (the new K rows' RoPE, fused so it
+// costs no launch of its own; src itself is not written): for each row t and head h < rope_heads,
+// dims [h * rope_head_stride + rope_offset, + rope_dim) of the row are rotated exactly as RopeParams
+// defines (position positions[t], inv_freq rope_inv_freq, attention_factor, style), i.e. what rope
+// on a copy followed by store_rows gives, bit for bit on each backend. rope_dim is even, the regions
+// lie inside cols, and with rope_heads > 1 each lies inside its head (rope_offset + rope_dim <=
+// rope_head_stride). GQA: rope_heads = n_kv_heads, rope_head_stride = head_dim; MLA: one head,
+// rope_offset = kv_lora_rank, rope_dim = qk_rope_head_dim.
 struct StoreRowsParams {
   void* cache = nullptr;       // of cache_type, strides in elements
   KvType cache_type = KvType::f32;
   const float* src = nullptr;
   const int64_t* positions = nullptr;  // [n]
   int64_t n = 0, cols = 0, src_stride = 0, cache_stride = 0;
+  const float* rope_inv_freq = nullptr;  // [rope_dim / 2] or nullptr: no rotation
+  int64_t rope_heads = 1, rope_head_stride = 0, rope_offset = 0, rope_dim = 0;  // in floats
+  float rope_attention_factor = 1.0f;
+  RopeStyle rope_style = RopeStyle::neox;
 };
 
 // Strided 2-D copy: dst[r * dst_stride + j] = src[r * src_stride + j] for r < rows, j < cols.

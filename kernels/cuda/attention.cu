@@ -238,6 +238,7 @@ __device__ void store_stats(const Args& a, int64_t idx, int64_t split, float m, 
 // fp32 variant spills 8 bytes (a fallback there).
 template <int kRows, Kv E>
 __global__ void __launch_bounds__(kThreads, 2) tile_kernel(Args a, plan::TileLayout L) {
+  MOERUN_PDL_WAIT();
   using T = typename KvStore<E>::T;
   constexpr int kSlices = kThreads / kRows;
   constexpr int kGroups = kRows / 4;
@@ -493,6 +494,7 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
 }
 template <Kv E, int kStages>
 __global__ void __launch_bounds__(kThreads, 1) mma_kernel(Args a, plan::MmaLayout L) {
+  MOERUN_PDL_WAIT();
   static_assert(E != Kv::f32, "tensor cores read the 16-bit cache");
   extern __shared__ float4 smem4[];
   char* sm = reinterpret_cast<char*>(smem4);
@@ -693,6 +695,7 @@ static_assert(kWarpQk * 32 == plan::kMaxQkDim && kWarpV * 32 == plan::kMaxVDim, 
 
 template <Kv E>
 __global__ void __launch_bounds__(kThreads) warp_kernel(Args a) {
+  MOERUN_PDL_WAIT();
   using T = typename KvStore<E>::T;
   __shared__ int live_s;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -740,6 +743,7 @@ __global__ void __launch_bounds__(kThreads) warp_kernel(Args a) {
 constexpr int kCombineThreads = 128;
 
 __global__ void __launch_bounds__(kCombineThreads) combine_kernel(Args a) {
+  MOERUN_PDL_WAIT();
   extern __shared__ float4 smem4[];
   float* w = reinterpret_cast<float*>(smem4);  // [n_splits] weights, then [n_splits] sums
   float* ls = w + a.n_splits;
@@ -800,7 +804,7 @@ void launch(const Args& a, const plan::TileLayout& tile, const plan::MmaLayout& 
       const auto kernel = mma.stages == 3 ? mma_kernel<E, 3> : mma_kernel<E, 2>;
       if (!ctx.capturing())
         MOERUN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin));
-      kernel<<<grid, kThreads, static_cast<size_t>(mma.bytes), stream>>>(a, mma);
+      launch_kernel(kernel, grid, kThreads, static_cast<size_t>(mma.bytes), stream, a, mma);
       return;
     }
   }
@@ -808,9 +812,9 @@ void launch(const Args& a, const plan::TileLayout& tile, const plan::MmaLayout& 
     const auto kernel = tile.rows == 32 ? tile_kernel<32, E> : tile_kernel<16, E>;
     if (!ctx.capturing())
       MOERUN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin));
-    kernel<<<grid, kThreads, tile.bytes(), stream>>>(a, tile);
+    launch_kernel(kernel, grid, kThreads, tile.bytes(), stream, a, tile);
   } else {
-    warp_kernel<E><<<grid, kThreads, 0, stream>>>(a);
+    launch_kernel(warp_kernel<E>, grid, kThreads, 0, stream, a);
   }
 }
 
@@ -914,7 +918,8 @@ void attention(const AttentionParams& p, Context& ctx) {
   MOERUN_CUDA_CHECK(cudaGetLastError());
   if (splits.n_splits > 1) {
     const size_t combine_smem = static_cast<size_t>(2 * splits.n_splits) * sizeof(float);
-    combine_kernel<<<static_cast<unsigned>(p.n_tokens * p.n_heads), kCombineThreads, combine_smem, ctx.stream()>>>(a);
+    launch_kernel(combine_kernel, static_cast<unsigned>(p.n_tokens * p.n_heads), kCombineThreads, combine_smem,
+                  ctx.stream(), a);
     MOERUN_CUDA_CHECK(cudaGetLastError());
   }
 }

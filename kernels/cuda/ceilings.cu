@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/ceilings.h"
 #include "kernels/cuda/context.h"
+#include "kernels/cuda/launch.h"
 
 namespace moerun::cuda {
 namespace {
@@ -53,6 +54,7 @@ class EventPair {
 // p[i] = a bf16 in [-1, 1) from a hash of (i, seed): random enough that the tensor cores toggle as
 // on real weights (zeros run faster and would overstate the ceiling), with no generator state.
 __global__ void fill_random_bf16_kernel(__nv_bfloat16* __restrict__ p, int64_t n, uint32_t seed) {
+  MOERUN_PDL_WAIT();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     uint32_t h = static_cast<uint32_t>(i) * 0x9e3779b9u ^ static_cast<uint32_t>(i >> 32) ^ seed;
@@ -95,9 +97,9 @@ double measure_gemm_tflops(Context& ctx) {
   DeviceBuffer b(elems * sizeof(__nv_bfloat16), "the GEMM-rate B matrix");
   DeviceBuffer c(elems * sizeof(float), "the GEMM-rate C matrix");
   cudaStream_t stream = ctx.stream();
-  fill_random_bf16_kernel<<<4096, 256, 0, stream>>>(a.as<__nv_bfloat16>(), static_cast<int64_t>(elems), 1u);
+  launch_kernel(fill_random_bf16_kernel, 4096, 256, 0, stream, a.as<__nv_bfloat16>(), static_cast<int64_t>(elems), 1u);
   MOERUN_CUDA_CHECK(cudaGetLastError());
-  fill_random_bf16_kernel<<<4096, 256, 0, stream>>>(b.as<__nv_bfloat16>(), static_cast<int64_t>(elems), 2u);
+  launch_kernel(fill_random_bf16_kernel, 4096, 256, 0, stream, b.as<__nv_bfloat16>(), static_cast<int64_t>(elems), 2u);
   MOERUN_CUDA_CHECK(cudaGetLastError());
   cublasHandle_t handle = ctx.cublas();
   const float alpha = 1.0f, beta = 0.0f;

@@ -1,20 +1,29 @@
 // Elementwise and data-movement ops on the GPU: gated_act, embed, add (optionally sigmoid-gated), clamp,
-// store_rows (into f32, bf16 or f16 caches) and copy. CPU twins: kernels/cpu/activations.cpp and
-// kernels/cpu/elementwise.cpp (store_rows: kernels/cpu/kv.cpp's conversions, bit for bit).
+// store_rows (into f32, bf16 or f16 caches, optionally rotated first: the fused K RoPE) and copy. CPU twins:
+// kernels/cpu/activations.cpp and kernels/cpu/elementwise.cpp (store_rows: kernels/cpu/kv.cpp's conversions,
+// bit for bit).
 // All of them are memory-bound: each thread moves 16 bytes per access (float4, or 8 halves for a bf16/f16
 // embedding row) when every pointer and stride involved is 16-byte aligned, and one element otherwise.
 // Row ops use grid (rows, column blocks); the column blocks loop so a single long row still spreads over
 // many multiprocessors. Everything position- or id-dependent is read on the device (graph-safe).
+// store_rows with the fused RoPE (StoreRowsParams::rope_*) runs its own kernel, one element per thread:
+// an element in a rotated region reads its pair's two source values (cache hits: the partner lies in the
+// same head, which the block's other threads read too) and computes its half of the rotation with kernels/cuda/rope.cuh,
+// exactly what rope_kernel writes, so the cache holds the same bits as rope then store_rows. Each pair's
+// sincosf runs twice (once per element); a decode step stores a few rows of at most a few thousand
+// elements, so the launch saved is worth far more.
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/rope.cuh"
 #include "kernels/ops.h"
 #include "moerun/error.h"
 
@@ -35,6 +44,7 @@ __device__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; 
 template <int V>
 __global__ void gated_act_kernel(float* out, const float* gate, const float* __restrict__ up, int64_t n,
                                  Activation act) {
+  MOERUN_PDL_WAIT();
   using detail::act_mul;
   const int64_t nv = n / V;
   for (int64_t i = blockIdx.x * int64_t{kEltThreads} + threadIdx.x; i < nv; i += int64_t{gridDim.x} * kEltThreads) {
@@ -84,6 +94,7 @@ __global__ void embed_kernel(float* __restrict__ out,          // [n_tokens, dim
                              const void* __restrict__ table,   // [vocab, dim] of D
                              const int32_t* __restrict__ ids,  // [n_tokens]
                              int64_t dim, int64_t first_row, int64_t rows) {
+  MOERUN_PDL_WAIT();
   const int64_t t = blockIdx.x;
   const int64_t id = static_cast<int64_t>(ids[t]) - first_row;
   const int64_t row = id * dim;
@@ -116,9 +127,11 @@ void launch_embed(const EmbedParams& p, cudaStream_t stream) {
   const bool vec = p.dim % kPer == 0 && aligned16(p.table) && aligned16(p.out) && (p.dim * bytes) % 16 == 0;
   const dim3 grid(static_cast<unsigned>(p.n_tokens), elt_blocks(vec ? p.dim / kPer : p.dim));
   if (vec)
-    embed_kernel<D, true><<<grid, kEltThreads, 0, stream>>>(p.out, p.table, p.ids, p.dim, p.first_row, p.rows);
+    launch_kernel(embed_kernel<D, true>, grid, kEltThreads, 0, stream, p.out, p.table, p.ids, p.dim, p.first_row,
+                  p.rows);
   else
-    embed_kernel<D, false><<<grid, kEltThreads, 0, stream>>>(p.out, p.table, p.ids, p.dim, p.first_row, p.rows);
+    launch_kernel(embed_kernel<D, false>, grid, kEltThreads, 0, stream, p.out, p.table, p.ids, p.dim, p.first_row,
+                  p.rows);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -129,6 +142,7 @@ __global__ void add_kernel(float* __restrict__ out,         // [rows, cols]
                            const float* __restrict__ x,     // [rows, cols]
                            const float* __restrict__ gate,  // [rows] or nullptr
                            int64_t cols) {
+  MOERUN_PDL_WAIT();
   const int64_t r = blockIdx.x;
   const float g = gate ? 1.0f / (1.0f + expf(-gate[r])) : 1.0f;
   const bool gated = gate != nullptr;
@@ -157,6 +171,7 @@ __global__ void add_kernel(float* __restrict__ out,         // [rows, cols]
 
 template <int V>
 __global__ void clamp_kernel(float* __restrict__ x, int64_t n, float limit) {
+  MOERUN_PDL_WAIT();
   const int64_t nv = n / V;
   for (int64_t i = blockIdx.x * int64_t{kEltThreads} + threadIdx.x; i < nv; i += int64_t{gridDim.x} * kEltThreads) {
     if constexpr (V == 4) {
@@ -180,6 +195,7 @@ template <bool kVec>
 __global__ void move_rows_kernel(float* __restrict__ dst, const float* __restrict__ src,
                                  const int64_t* __restrict__ dst_rows,  // [rows] or nullptr: row r
                                  int64_t cols, int64_t dst_stride, int64_t src_stride) {
+  MOERUN_PDL_WAIT();
   const int64_t r = blockIdx.x;
   float* d = dst + (dst_rows ? dst_rows[r] : r) * dst_stride;
   const float* s = src + r * src_stride;
@@ -221,6 +237,7 @@ template <bool kBf16>
 __global__ void store_rows16_kernel(uint16_t* __restrict__ cache, const float* __restrict__ src,
                                     const int64_t* __restrict__ positions, int64_t cols, int64_t cache_stride,
                                     int64_t src_stride) {
+  MOERUN_PDL_WAIT();
   const int64_t r = blockIdx.x;
   uint16_t* d = cache + positions[r] * cache_stride;
   const float* s = src + r * src_stride;
@@ -228,14 +245,64 @@ __global__ void store_rows16_kernel(uint16_t* __restrict__ cache, const float* _
     d[j] = kBf16 ? to_bf16_bits(s[j]) : to_f16_bits(s[j]);
 }
 
+// store_rows' rotation (StoreRowsParams::rope_*), by value; validated on the host (dim > 0 and even,
+// regions inside cols, heads > 1 only with offset + dim <= head_stride, so head_stride > 0 there).
+struct StoreRope {
+  const float* inv_freq = nullptr;  // [dim / 2]
+  int64_t heads = 1, head_stride = 0, offset = 0, dim = 0;
+  float attention_factor = 1.0f;
+  bool neox = true;
+};
+
+// Element j of source row s after the rotation at `position`: itself outside the rotated regions,
+// otherwise its half of its pair's rotation, computed as rope_kernel computes it.
+__device__ float rotated_element(const float* __restrict__ s, int64_t j, int64_t position, const StoreRope& r) {
+  const int64_t h = r.heads > 1 ? j / r.head_stride : 0;
+  const int64_t rel = j - h * r.head_stride - r.offset;  // index inside head h's rotated region
+  if (h >= r.heads || rel < 0 || rel >= r.dim) return s[j];
+  const int64_t half = r.dim / 2;
+  // Pair i is (a, b): neox (i, i + half), interleaved (2i, 2i + 1); this element is a or b.
+  const bool first = r.neox ? rel < half : (rel & 1) == 0;
+  const int64_t i = r.neox ? (first ? rel : rel - half) : rel / 2;
+  const int64_t a = r.neox ? i : 2 * i;
+  const int64_t b = r.neox ? i + half : 2 * i + 1;
+  const float* region = s + (j - rel);
+  const float x0 = region[a], x1 = region[b];
+  const detail::RopeCosSin cs = detail::rope_cos_sin(position, r.inv_freq[i], r.attention_factor);
+  return first ? detail::rope_first(x0, x1, cs) : detail::rope_second(x0, x1, cs);
+}
+
+// Grid (n, column blocks), one element per thread: rotate, convert to T's bits, store at row positions[r].
+template <KvType T>
+__global__ void store_rows_rope_kernel(void* __restrict__ cache, const float* __restrict__ src,
+                                       const int64_t* __restrict__ positions, int64_t cols, int64_t cache_stride,
+                                       int64_t src_stride, StoreRope rot) {
+  MOERUN_PDL_WAIT();
+  const int64_t r = blockIdx.x;
+  const int64_t position = positions[r];
+  const float* s = src + r * src_stride;
+  const int64_t row = position * cache_stride;
+  for (int64_t j = blockIdx.y * int64_t{kEltThreads} + threadIdx.x; j < cols; j += int64_t{gridDim.y} * kEltThreads) {
+    const float v = rotated_element(s, j, position, rot);
+    if constexpr (T == KvType::f32)
+      static_cast<float*>(cache)[row + j] = v;
+    else if constexpr (T == KvType::bf16)
+      static_cast<uint16_t*>(cache)[row + j] = to_bf16_bits(v);
+    else
+      static_cast<uint16_t*>(cache)[row + j] = to_f16_bits(v);
+  }
+}
+
 void launch_move_rows(float* dst, const float* src, const int64_t* dst_rows, int64_t rows, int64_t cols,
                       int64_t dst_stride, int64_t src_stride, cudaStream_t stream) {
   const bool vec = cols % 4 == 0 && dst_stride % 4 == 0 && src_stride % 4 == 0 && aligned16(dst) && aligned16(src);
   const dim3 grid(static_cast<unsigned>(rows), elt_blocks(vec ? cols / 4 : cols));
   if (vec)
-    move_rows_kernel<true><<<grid, kEltThreads, 0, stream>>>(dst, src, dst_rows, cols, dst_stride, src_stride);
+    launch_kernel(move_rows_kernel<true>, grid, kEltThreads, 0, stream, dst, src, dst_rows, cols, dst_stride,
+                  src_stride);
   else
-    move_rows_kernel<false><<<grid, kEltThreads, 0, stream>>>(dst, src, dst_rows, cols, dst_stride, src_stride);
+    launch_kernel(move_rows_kernel<false>, grid, kEltThreads, 0, stream, dst, src, dst_rows, cols, dst_stride,
+                  src_stride);
 }
 
 }  // namespace
@@ -247,10 +314,11 @@ void gated_act(const GatedActParams& p, Context& ctx) {
   const bool vec = aligned16(p.out) && aligned16(p.gate) && aligned16(p.up);
   const int64_t body = vec ? p.n / 4 * 4 : 0;
   if (body > 0)
-    gated_act_kernel<4><<<elt_blocks(body / 4), kEltThreads, 0, ctx.stream()>>>(p.out, p.gate, p.up, body, p.act);
+    launch_kernel(gated_act_kernel<4>, elt_blocks(body / 4), kEltThreads, 0, ctx.stream(), p.out, p.gate, p.up, body,
+                  p.act);
   if (p.n > body)
-    gated_act_kernel<1><<<elt_blocks(p.n - body), kEltThreads, 0, ctx.stream()>>>(p.out + body, p.gate + body,
-                                                                              p.up + body, p.n - body, p.act);
+    launch_kernel(gated_act_kernel<1>, elt_blocks(p.n - body), kEltThreads, 0, ctx.stream(), p.out + body,
+                  p.gate + body, p.up + body, p.n - body, p.act);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -281,9 +349,9 @@ void add(const AddParams& p, Context& ctx) {
   const bool vec = p.cols % 4 == 0 && aligned16(p.out) && aligned16(p.x);
   const dim3 grid(static_cast<unsigned>(p.rows), elt_blocks(vec ? p.cols / 4 : p.cols));
   if (vec)
-    add_kernel<true><<<grid, kEltThreads, 0, ctx.stream()>>>(p.out, p.x, p.gate, p.cols);
+    launch_kernel(add_kernel<true>, grid, kEltThreads, 0, ctx.stream(), p.out, p.x, p.gate, p.cols);
   else
-    add_kernel<false><<<grid, kEltThreads, 0, ctx.stream()>>>(p.out, p.x, p.gate, p.cols);
+    launch_kernel(add_kernel<false>, grid, kEltThreads, 0, ctx.stream(), p.out, p.x, p.gate, p.cols);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -291,9 +359,10 @@ void clamp(const ClampParams& p, Context& ctx) {
   if (p.n < 0) throw Error("cuda::clamp", "n must be >= 0");
   if (p.n == 0) return;
   const int64_t body = aligned16(p.x) ? p.n / 4 * 4 : 0;
-  if (body > 0) clamp_kernel<4><<<elt_blocks(body / 4), kEltThreads, 0, ctx.stream()>>>(p.x, body, p.limit);
+  if (body > 0) launch_kernel(clamp_kernel<4>, elt_blocks(body / 4), kEltThreads, 0, ctx.stream(), p.x, body, p.limit);
   if (p.n > body)
-    clamp_kernel<1><<<elt_blocks(p.n - body), kEltThreads, 0, ctx.stream()>>>(p.x + body, p.n - body, p.limit);
+    launch_kernel(clamp_kernel<1>, elt_blocks(p.n - body), kEltThreads, 0, ctx.stream(), p.x + body, p.n - body,
+                  p.limit);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -303,19 +372,47 @@ void store_rows(const StoreRowsParams& p, Context& ctx) {
   if (p.cache_type != KvType::f32 && p.cache_type != KvType::bf16 && p.cache_type != KvType::f16)
     throw Error("cuda::store_rows", std::string("a ") + std::string(kv_type_name(p.cache_type)) +
                                         " KV cache is not supported on CUDA (f32, bf16 or f16: --kv-type bf16)");
+  if (p.rope_inv_freq &&
+      (p.rope_heads < 1 || p.rope_dim < 0 || p.rope_dim % 2 != 0 || p.rope_offset < 0 || p.rope_head_stride < 0 ||
+       (p.rope_heads - 1) * p.rope_head_stride + p.rope_offset + p.rope_dim > p.cols ||
+       (p.rope_heads > 1 && p.rope_offset + p.rope_dim > p.rope_head_stride)))
+    throw Error("cuda::store_rows", "the rotated dims (rope_heads " + std::to_string(p.rope_heads) +
+                                        ", rope_head_stride " + std::to_string(p.rope_head_stride) + ", rope_offset " +
+                                        std::to_string(p.rope_offset) + ", rope_dim " + std::to_string(p.rope_dim) +
+                                        ") must be even, inside cols (" + std::to_string(p.cols) +
+                                        ") and each inside its head");
   if (p.n == 0 || p.cols == 0) return;
-  if (p.cache_type == KvType::f32) {
+  if (p.rope_inv_freq && p.rope_dim > 0) {
+    StoreRope rot;
+    rot.inv_freq = p.rope_inv_freq;
+    rot.heads = p.rope_heads;
+    rot.head_stride = p.rope_head_stride;
+    rot.offset = p.rope_offset;
+    rot.dim = p.rope_dim;
+    rot.attention_factor = p.rope_attention_factor;
+    rot.neox = p.rope_style == RopeStyle::neox;
+    const dim3 grid(static_cast<unsigned>(p.n), elt_blocks(p.cols));
+    if (p.cache_type == KvType::f32)
+      launch_kernel(store_rows_rope_kernel<KvType::f32>, grid, kEltThreads, 0, ctx.stream(), p.cache, p.src,
+                    p.positions, p.cols, p.cache_stride, p.src_stride, rot);
+    else if (p.cache_type == KvType::bf16)
+      launch_kernel(store_rows_rope_kernel<KvType::bf16>, grid, kEltThreads, 0, ctx.stream(), p.cache, p.src,
+                    p.positions, p.cols, p.cache_stride, p.src_stride, rot);
+    else
+      launch_kernel(store_rows_rope_kernel<KvType::f16>, grid, kEltThreads, 0, ctx.stream(), p.cache, p.src,
+                    p.positions, p.cols, p.cache_stride, p.src_stride, rot);
+  } else if (p.cache_type == KvType::f32) {
     launch_move_rows(static_cast<float*>(p.cache), p.src, p.positions, p.n, p.cols, p.cache_stride, p.src_stride,
                      ctx.stream());
   } else {
     const dim3 grid(static_cast<unsigned>(p.n), elt_blocks(p.cols));
     auto* cache = static_cast<uint16_t*>(p.cache);
     if (p.cache_type == KvType::bf16)
-      store_rows16_kernel<true><<<grid, kEltThreads, 0, ctx.stream()>>>(cache, p.src, p.positions, p.cols,
-                                                                        p.cache_stride, p.src_stride);
+      launch_kernel(store_rows16_kernel<true>, grid, kEltThreads, 0, ctx.stream(), cache, p.src, p.positions, p.cols,
+                    p.cache_stride, p.src_stride);
     else
-      store_rows16_kernel<false><<<grid, kEltThreads, 0, ctx.stream()>>>(cache, p.src, p.positions, p.cols,
-                                                                         p.cache_stride, p.src_stride);
+      launch_kernel(store_rows16_kernel<false>, grid, kEltThreads, 0, ctx.stream(), cache, p.src, p.positions, p.cols,
+                    p.cache_stride, p.src_stride);
   }
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }

@@ -122,6 +122,7 @@ __device__ void stage_x(float* xs, const Args& a, int64_t h) {
 // by every token's x, then reduce across the warp. Requires row_len % kVec == 0 and an aligned weight.
 template <DType D, int kTok>
 __global__ void __launch_bounds__(kThreads) gemv_rows_kernel(Args a) {
+  MOERUN_PDL_WAIT();
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);  // [kTok][in_dim]
   const int64_t h = blockIdx.x;
@@ -171,6 +172,7 @@ __global__ void __launch_bounds__(kThreads) gemv_rows_kernel(Args a) {
 // weight.
 template <DType D, int kTok>
 __global__ void __launch_bounds__(kThreads) gemv_cols_kernel(Args a) {
+  MOERUN_PDL_WAIT();
   constexpr int V = kVec<D>;
   constexpr int kCols = 32 * V;
   extern __shared__ float4 smem4[];
@@ -226,6 +228,7 @@ static_assert((kTile / 4) * (kTile / 4) == kThreads, "one 4x4 micro-tile per thr
 
 template <DType D, bool kTransposed>
 __global__ void __launch_bounds__(kThreads) tiled_kernel(Args a) {
+  MOERUN_PDL_WAIT();
   __shared__ __align__(16) float xs[kStep][kTile + kPad];  // [k][token]
   __shared__ __align__(16) float ws[kStep][kTile + kPad];  // [k][output]
   const int64_t o0 = static_cast<int64_t>(blockIdx.x) * kTile, t0 = static_cast<int64_t>(blockIdx.y) * kTile;
@@ -292,18 +295,18 @@ void launch(const HeadMatmulParams& p, const Args& a, cudaStream_t stream) {
   if (few && aligned && !p.transposed && p.in_dim % V == 0 && x_bytes <= kMaxGemvSmem) {
     const dim3 grid(static_cast<unsigned>(p.n_heads), static_cast<unsigned>(ceil_div(p.out_dim, kWarps)));
     if (tok == 1)
-      gemv_rows_kernel<D, 1><<<grid, kThreads, x_bytes, stream>>>(a);
+      launch_kernel(gemv_rows_kernel<D, 1>, grid, kThreads, x_bytes, stream, a);
     else
-      gemv_rows_kernel<D, kMaxGemvTokens><<<grid, kThreads, x_bytes, stream>>>(a);
+      launch_kernel(gemv_rows_kernel<D, kMaxGemvTokens>, grid, kThreads, x_bytes, stream, a);
     return;
   }
   const size_t red_bytes = static_cast<size_t>(kWarps) * 32 * V * sizeof(float);
   if (few && aligned && p.transposed && p.out_dim % V == 0 && red_bytes + x_bytes <= kMaxGemvSmem) {
     const dim3 grid(static_cast<unsigned>(p.n_heads), static_cast<unsigned>(ceil_div(p.out_dim, 32 * V)));
     if (tok == 1)
-      gemv_cols_kernel<D, 1><<<grid, kThreads, red_bytes + x_bytes, stream>>>(a);
+      launch_kernel(gemv_cols_kernel<D, 1>, grid, kThreads, red_bytes + x_bytes, stream, a);
     else
-      gemv_cols_kernel<D, kMaxGemvTokens><<<grid, kThreads, red_bytes + x_bytes, stream>>>(a);
+      launch_kernel(gemv_cols_kernel<D, kMaxGemvTokens>, grid, kThreads, red_bytes + x_bytes, stream, a);
     return;
   }
   const int64_t token_tiles = ceil_div(p.n_tokens, kTile);
@@ -311,9 +314,9 @@ void launch(const HeadMatmulParams& p, const Args& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.out_dim, kTile)), static_cast<unsigned>(token_tiles),
                   static_cast<unsigned>(p.n_heads));
   if (p.transposed)
-    tiled_kernel<D, true><<<grid, kThreads, 0, stream>>>(a);
+    launch_kernel(tiled_kernel<D, true>, grid, kThreads, 0, stream, a);
   else
-    tiled_kernel<D, false><<<grid, kThreads, 0, stream>>>(a);
+    launch_kernel(tiled_kernel<D, false>, grid, kThreads, 0, stream, a);
 }
 
 }  // namespace

@@ -104,6 +104,7 @@ struct GemvArgs {
 // each token's x^2 (NT more values) and token t's sums are scaled by its inv_rms in the epilogue.
 template <class W, int NT, int R, bool kNorm>
 __global__ void __launch_bounds__(gemv::kMaxThreads) gemv_kernel(const GemvArgs a) {
+  MOERUN_PDL_WAIT();
   constexpr int M = R * NT;
   constexpr int MS = kNorm ? M + NT : M;  // the products, then the sums of squares
   // The block's entry: the last one starting at or before it. Constant indices only (unrolled), so
@@ -186,9 +187,9 @@ void launch_gemv(GemvArgs& a, cudaStream_t stream) {
   }
   for (int k = a.count; k <= kGemvMaxEntries; ++k) a.first_block[k] = blocks;
   if (a.norm_weight) {
-    gemv_kernel<W, NT, R, true><<<blocks, threads, 0, stream>>>(a);
+    launch_kernel(gemv_kernel<W, NT, R, true>, blocks, threads, 0, stream, a);
   } else {
-    gemv_kernel<W, NT, R, false><<<blocks, threads, 0, stream>>>(a);
+    launch_kernel(gemv_kernel<W, NT, R, false>, blocks, threads, 0, stream, a);
   }
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
@@ -220,6 +221,7 @@ void launch_gemv_tokens(GemvArgs& a, int rows_per_block, cudaStream_t stream) {
 template <class T>
 __global__ void round_rows_kernel(T* __restrict__ dst, const float* __restrict__ x, int64_t n, int64_t in,
                                   int64_t x_stride) {
+  MOERUN_PDL_WAIT();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n * in;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float v = x[(i / in) * x_stride + i % in];
@@ -240,6 +242,7 @@ template <class T>
 __global__ void __launch_bounds__(kNormThreads) norm_rows_kernel(T* __restrict__ dst, const float* __restrict__ x,
                                                                  const float* __restrict__ weight, int64_t in,
                                                                  int64_t x_stride, float eps) {
+  MOERUN_PDL_WAIT();
   __shared__ float partial[kNormThreads / 32];
   __shared__ float inv_rms;
   const float* row = x + blockIdx.x * x_stride;
@@ -272,6 +275,7 @@ __global__ void __launch_bounds__(kNormThreads) norm_rows_kernel(T* __restrict__
 __global__ void dequant_fp8_kernel(__nv_bfloat16* __restrict__ dst, const uint8_t* __restrict__ w,
                                    const float* __restrict__ scale, int64_t o0, int64_t rows, int64_t in,
                                    int64_t block_out, int64_t block_in, int64_t scale_cols) {
+  MOERUN_PDL_WAIT();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < rows * in;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t o = o0 + i / in, c = i % in;
@@ -283,6 +287,7 @@ __global__ void dequant_fp8_kernel(__nv_bfloat16* __restrict__ dst, const uint8_
 // out[t, o] += bias[o].
 __global__ void add_bias_kernel(float* __restrict__ out, const float* __restrict__ bias, int64_t n, int64_t cols,
                                 int64_t out_stride) {
+  MOERUN_PDL_WAIT();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n * cols;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t o = i % cols;
@@ -434,7 +439,7 @@ void matmul(const MatmulParams& p, Context& ctx) {
       detail::gemm_xwt(ctx, p.out, os, p.weight, p.x, xs, DType::f32, p.n, in, O, beta);
     } else {  // normalized x, fp32, dense [n, in] in the workspace
       auto* xn = static_cast<float*>(ctx.workspace(static_cast<size_t>(p.n * in) * sizeof(float)));
-      norm_rows_kernel<float><<<rows, kNormThreads, 0, stream>>>(xn, p.x, p.norm_weight, in, xs, p.norm_eps);
+      launch_kernel(norm_rows_kernel<float>, rows, kNormThreads, 0, stream, xn, p.x, p.norm_weight, in, xs, p.norm_eps);
       MOERUN_CUDA_CHECK(cudaGetLastError());
       detail::gemm_xwt(ctx, p.out, os, p.weight, xn, in, DType::f32, p.n, in, O, beta);
     }
@@ -448,17 +453,19 @@ void matmul(const MatmulParams& p, Context& ctx) {
     if (gemm_type == DType::f16) {
       auto* xh = reinterpret_cast<__half*>(ws);
       if (p.norm_weight) {
-        norm_rows_kernel<__half><<<rows, kNormThreads, 0, stream>>>(xh, p.x, p.norm_weight, in, xs, p.norm_eps);
+        launch_kernel(norm_rows_kernel<__half>, rows, kNormThreads, 0, stream, xh, p.x, p.norm_weight, in, xs,
+                      p.norm_eps);
       } else {
-        round_rows_kernel<__half><<<elt_blocks(p.n * in), kEltThreads, 0, stream>>>(xh, p.x, p.n, in, xs);
+        launch_kernel(round_rows_kernel<__half>, elt_blocks(p.n * in), kEltThreads, 0, stream, xh, p.x, p.n, in, xs);
       }
     } else {
       auto* xb = reinterpret_cast<__nv_bfloat16*>(ws);
       if (p.norm_weight) {
-        norm_rows_kernel<__nv_bfloat16>
-            <<<rows, kNormThreads, 0, stream>>>(xb, p.x, p.norm_weight, in, xs, p.norm_eps);
+        launch_kernel(norm_rows_kernel<__nv_bfloat16>, rows, kNormThreads, 0, stream, xb, p.x, p.norm_weight, in, xs,
+                      p.norm_eps);
       } else {
-        round_rows_kernel<__nv_bfloat16><<<elt_blocks(p.n * in), kEltThreads, 0, stream>>>(xb, p.x, p.n, in, xs);
+        launch_kernel(round_rows_kernel<__nv_bfloat16>, elt_blocks(p.n * in), kEltThreads, 0, stream, xb, p.x, p.n, in,
+                      xs);
       }
     }
     MOERUN_CUDA_CHECK(cudaGetLastError());
@@ -468,9 +475,9 @@ void matmul(const MatmulParams& p, Context& ctx) {
       auto* tile = reinterpret_cast<__nv_bfloat16*>(ws + x_bytes);
       for (int64_t o0 = 0; o0 < O; o0 += tile_rows) {  // stream order keeps each tile until its GEMM has read it
         const int64_t tr = std::min(tile_rows, O - o0);
-        dequant_fp8_kernel<<<elt_blocks(tr * in), kEltThreads, 0, stream>>>(
-            tile, static_cast<const uint8_t*>(p.weight), p.weight_scale, o0, tr, in, p.block_out, p.block_in,
-            scale_cols);
+        launch_kernel(dequant_fp8_kernel, elt_blocks(tr * in), kEltThreads, 0, stream, tile,
+                      static_cast<const uint8_t*>(p.weight), p.weight_scale, o0, tr, in, p.block_out, p.block_in,
+                      scale_cols);
         MOERUN_CUDA_CHECK(cudaGetLastError());
         detail::gemm_xwt(ctx, p.out + o0, os, tile, ws, in, DType::bf16, p.n, in, tr, beta);
       }
@@ -479,7 +486,7 @@ void matmul(const MatmulParams& p, Context& ctx) {
   // With accumulate this is (out + x W^T) + b: the bias after cuBLAS's out += x W^T, where the CPU adds
   // out + (x W^T + b): the same sum, rounded in another order.
   if (p.bias) {
-    add_bias_kernel<<<elt_blocks(p.n * O), kEltThreads, 0, stream>>>(p.out, p.bias, p.n, O, os);
+    launch_kernel(add_bias_kernel, elt_blocks(p.n * O), kEltThreads, 0, stream, p.out, p.bias, p.n, O, os);
     MOERUN_CUDA_CHECK(cudaGetLastError());
   }
 }

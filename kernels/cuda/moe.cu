@@ -150,6 +150,7 @@ __global__ void __launch_bounds__(kPlanThreads)
     moe_plan_kernel(Plan plan, const int32_t* __restrict__ ids, int32_t pairs, int32_t routed, int32_t n_experts,
                     int32_t tile, const void* const* gate, const void* const* up, const void* const* down,
                     const float* const* gs, const float* const* us, const float* const* ds, bool fp8) {
+  MOERUN_PDL_WAIT();
   __shared__ int cnt[kPlanWarps][kMaxExperts + 2];
   __shared__ int scan_buf[kPlanWarps + 1];
   const int E = n_experts, buckets = E + 2;
@@ -223,6 +224,7 @@ __global__ void __launch_bounds__(kPlanThreads)
 __global__ void moe_combine_kernel(float* __restrict__ out, const float* __restrict__ y,
                                    const float* __restrict__ weights, const int32_t* __restrict__ row_of,
                                    int64_t n_tokens, int64_t top_k, int64_t D, bool shared) {
+  MOERUN_PDL_WAIT();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_tokens * D;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = i / D, d = i % D;
@@ -358,6 +360,7 @@ __device__ __forceinline__ void accumulate_rows(float (&acc)[R][NT], const gemv:
 // so x is read once for both and both matrices stream in the same pass.
 template <class W, int NT>
 __global__ void __launch_bounds__(gemv::kMaxThreads) moe_gate_up_kernel(const DecodeArgs a) {
+  MOERUN_PDL_WAIT();
   constexpr int R = kDecodeRows<W, NT>;
   if (static_cast<int>(blockIdx.y) >= *a.n_items) return;  // block-uniform
   const Item it = a.items[blockIdx.y];
@@ -406,6 +409,7 @@ __global__ void __launch_bounds__(gemv::kMaxThreads) moe_gate_up_kernel(const De
 // y[row, b*2R .. b*2R+2R) = down_e[rows] . h[row] for the item's rows.
 template <class W, int NT>
 __global__ void __launch_bounds__(gemv::kMaxThreads) moe_down_kernel(const DecodeArgs a) {
+  MOERUN_PDL_WAIT();
   constexpr int R = 2 * kDecodeRows<W, NT>;
   if (static_cast<int>(blockIdx.y) >= *a.n_items) return;
   const Item it = a.items[blockIdx.y];
@@ -541,6 +545,7 @@ struct Staged {
 // columns [c*kBN, c*kBN + kBN) of act(x Wg^T) * (x Wu^T) (kGateUp) or of h Wd^T.
 template <class T, class W, bool kGateUp>
 __global__ void __launch_bounds__(kGemmThreads) moe_mma_kernel(const GemmArgs a) {
+  MOERUN_PDL_WAIT();
   constexpr int NB = kGateUp ? 2 : 1;
   constexpr bool kFp8 = W::kBytes == 1;
   static_assert(!kFp8 || std::is_same_v<T, __nv_bfloat16>, "FP8 weights widen to bf16");
@@ -787,17 +792,15 @@ int64_t max_items(const MoeParams& p, int64_t tile) {
 }
 
 void launch_plan(const MoeParams& p, const Plan& plan, int32_t tile, cudaStream_t stream) {
-  moe_plan_kernel<<<1, kPlanThreads, 0, stream>>>(plan, p.expert_ids, static_cast<int32_t>(plan_pairs(p)),
-                                                  static_cast<int32_t>(routed_pairs(p)),
-                                                  static_cast<int32_t>(p.n_experts), tile, p.gate, p.up, p.down,
-                                                  p.gate_scale, p.up_scale, p.down_scale,
-                                                  p.weight_dtype == DType::f8_e4m3);
+  launch_kernel(moe_plan_kernel, 1, kPlanThreads, 0, stream, plan, p.expert_ids, static_cast<int32_t>(plan_pairs(p)),
+                static_cast<int32_t>(routed_pairs(p)), static_cast<int32_t>(p.n_experts), tile, p.gate, p.up, p.down,
+                p.gate_scale, p.up_scale, p.down_scale, p.weight_dtype == DType::f8_e4m3);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 
 void launch_combine(const MoeParams& p, const float* y, const int32_t* row_of, cudaStream_t stream) {
-  moe_combine_kernel<<<elt_blocks(p.n_tokens * p.hidden), kEltThreads, 0, stream>>>(
-      p.out, y, p.expert_weights, row_of, p.n_tokens, p.top_k, p.hidden, p.shared_gate != nullptr);
+  launch_kernel(moe_combine_kernel, elt_blocks(p.n_tokens * p.hidden), kEltThreads, 0, stream, p.out, y,
+                p.expert_weights, row_of, p.n_tokens, p.top_k, p.hidden, p.shared_gate != nullptr);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -850,10 +853,10 @@ void moe_decode(const MoeParams& p, Context& ctx) {
   cudaStream_t stream = ctx.stream();
   launch_plan(p, plan, NT, stream);
   const dim3 gate_grid(static_cast<unsigned>(ceil_div(I, int64_t{R})), static_cast<unsigned>(items));
-  moe_gate_up_kernel<W, NT><<<gate_grid, gemv::threads_for(D, gemv::kVec<W>), 0, stream>>>(a);
+  launch_kernel(moe_gate_up_kernel<W, NT>, gate_grid, gemv::threads_for(D, gemv::kVec<W>), 0, stream, a);
   MOERUN_CUDA_CHECK(cudaGetLastError());
   const dim3 down_grid(static_cast<unsigned>(ceil_div(D, int64_t{2 * R})), static_cast<unsigned>(items));
-  moe_down_kernel<W, NT><<<down_grid, gemv::threads_for(I, gemv::kVec<W>), 0, stream>>>(a);
+  launch_kernel(moe_down_kernel<W, NT>, down_grid, gemv::threads_for(I, gemv::kVec<W>), 0, stream, a);
   MOERUN_CUDA_CHECK(cudaGetLastError());
   launch_combine(p, a.y, plan.row_of, stream);
 }
@@ -913,9 +916,9 @@ void moe_prefill(const MoeParams& p, Context& ctx) {
   g.block_in = static_cast<int32_t>(fp8 ? p.block_in : 1);
   g.a_vec = aligned16(p.x) && D % 4 == 0;
   g.act = p.act;
-  moe_mma_kernel<T, W, true>
-      <<<dim3(static_cast<unsigned>(items), static_cast<unsigned>(ceil_div(I, int64_t{kBN}))), kGemmThreads, 0,
-         stream>>>(g);
+  launch_kernel(moe_mma_kernel<T, W, true>,
+                dim3(static_cast<unsigned>(items), static_cast<unsigned>(ceil_div(I, int64_t{kBN}))), kGemmThreads, 0,
+                stream, g);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 
   GemmArgs d = g;
@@ -934,9 +937,9 @@ void moe_prefill(const MoeParams& p, Context& ctx) {
   d.N = D;
   d.scale_cols = fp8 ? ceil_div(I, p.block_in) : 0;
   d.a_vec = I % 8 == 0;  // h starts on the workspace alignment
-  moe_mma_kernel<T, W, false>
-      <<<dim3(static_cast<unsigned>(items), static_cast<unsigned>(ceil_div(D, int64_t{kBN}))), kGemmThreads, 0,
-         stream>>>(d);
+  launch_kernel(moe_mma_kernel<T, W, false>,
+                dim3(static_cast<unsigned>(items), static_cast<unsigned>(ceil_div(D, int64_t{kBN}))), kGemmThreads, 0,
+                stream, d);
   MOERUN_CUDA_CHECK(cudaGetLastError());
   launch_combine(p, y, plan.row_of, stream);
 }

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "kernels/cuda/context.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
 
@@ -25,6 +26,7 @@ __global__ void rms_norm_kernel(float* out,                        // [rows, col
                                 const float* x,                    // [rows, cols]
                                 const float* __restrict__ weight,  // [cols]
                                 int64_t cols, int64_t stride, float eps) {
+  MOERUN_PDL_WAIT();
   __shared__ float partial[kThreads / 32];
   __shared__ float inv_rms;
   const float* row = x + blockIdx.x * stride;
@@ -52,7 +54,8 @@ void rms_norm(const RmsNormParams& p, Context& ctx) {
     throw Error("cuda::rms_norm", "stride " + std::to_string(p.stride) + " is less than cols " + std::to_string(p.cols) +
                                       " (rows would overlap; 0 means cols)");
   if (p.rows == 0) return;
-  rms_norm_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, ctx.stream()>>>(p.out, p.x, p.weight, p.cols, p.stride ? p.stride : p.cols, p.eps);
+  launch_kernel(rms_norm_kernel, static_cast<unsigned>(p.rows), kThreads, 0, ctx.stream(), p.out, p.x, p.weight, p.cols,
+                p.stride ? p.stride : p.cols, p.eps);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 

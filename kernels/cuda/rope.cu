@@ -1,12 +1,13 @@
 // Rotary position embedding on the GPU, in place; the CPU twin is kernels/cpu/rope.cpp.
-// The angle is fp32 position * inv_freq (one rounded product, as HF and the twin compute it) and cos/sin
-// are the accurate sincosf (never the __sincosf intrinsic: positions reach 10^5 and more, where the
-// intrinsic's missing range reduction would be far off), so the result differs from the CPU by a few ulps.
+// The arithmetic is kernels/cuda/rope.cuh's (fp32 angle, accurate sincosf, products and sums rounded one
+// by one), shared with store_rows' fused rotation so the two agree bit for bit; it differs from the CPU
+// by a few ulps (sincosf against the C library's sin and cos).
 
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/rope.cuh"
 #include "kernels/ops.h"
 #include "moerun/error.h"
 
@@ -24,21 +25,18 @@ __global__ void rope_kernel(float* x,                               // [n_tokens
                             const float* __restrict__ inv_freq,     // [half]
                             int64_t n_heads, int64_t half, int64_t token_stride, int64_t head_stride,
                             int64_t rot_offset, float attention_factor, bool neox) {
+  MOERUN_PDL_WAIT();
   const int64_t t = blockIdx.x;
   const int64_t j = static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x;
   if (j >= n_heads * half) return;
   const int64_t h = j / half, i = j % half;
-  const float angle = static_cast<float>(positions[t]) * inv_freq[i];
-  float s, c;
-  sincosf(angle, &s, &c);
-  c *= attention_factor;
-  s *= attention_factor;
+  const detail::RopeCosSin r = detail::rope_cos_sin(positions[t], inv_freq[i], attention_factor);
   float* row = x + t * token_stride + h * head_stride + rot_offset;
   const int64_t a = neox ? i : 2 * i;
   const int64_t b = neox ? i + half : 2 * i + 1;
   const float x0 = row[a], x1 = row[b];
-  row[a] = x0 * c - x1 * s;
-  row[b] = x1 * c + x0 * s;
+  row[a] = detail::rope_first(x0, x1, r);
+  row[b] = detail::rope_second(x0, x1, r);
 }
 
 }  // namespace
@@ -53,9 +51,8 @@ void rope(const RopeParams& p, Context& ctx) {
   if (p.n_tokens > 0x7fffffff || y_blocks > 65535)
     throw Error("cuda::rope", "too many tokens (max 2^31 - 1) or heads * rot_dim / 2 (max 65535 * 256) for one launch");
   const dim3 grid(static_cast<unsigned>(p.n_tokens), static_cast<unsigned>(y_blocks));
-  rope_kernel<<<grid, kThreads, 0, ctx.stream()>>>(p.x, p.positions, p.inv_freq, p.n_heads, half, p.token_stride,
-                                                   p.head_stride, p.rot_offset, p.attention_factor,
-                                                   p.style == RopeStyle::neox);
+  launch_kernel(rope_kernel, grid, kThreads, 0, ctx.stream(), p.x, p.positions, p.inv_freq, p.n_heads, half,
+                p.token_stride, p.head_stride, p.rot_offset, p.attention_factor, p.style == RopeStyle::neox);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 

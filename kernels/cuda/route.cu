@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "kernels/cuda/context.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/ops.h"
 #include "moerun/error.h"
 
@@ -112,6 +113,7 @@ __device__ float block_reduce(float v, bool take_max, Reduce& red) {
 // Thread e computes expert e's score; groups are scored by one thread each (serially, as the CPU);
 // the top-k is k block-wide argmax rounds; thread 0 writes the k weights in the CPU's order.
 __global__ void __launch_bounds__(kMaxExperts) route_kernel(const RouteArgs a) {
+  MOERUN_PDL_WAIT();
   __shared__ float scores[kMaxExperts];  // unbiased scores: the weights come from these
   __shared__ float select[kMaxExperts];  // scores + correction bias, groups masked: selection uses these
   __shared__ float group_score[kMaxGroups];
@@ -222,7 +224,7 @@ void route(const RouteParams& p, Context& ctx) {
   a.method = p.method;
   a.scaling = p.routed_scaling_factor;
   const int threads = static_cast<int>((p.n_experts + 31) / 32 * 32);
-  route_kernel<<<static_cast<unsigned>(p.n_tokens), threads, 0, ctx.stream()>>>(a);
+  launch_kernel(route_kernel, static_cast<unsigned>(p.n_tokens), threads, 0, ctx.stream(), a);
   MOERUN_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -1,19 +1,23 @@
 // CUDA elementwise and data-movement ops against their CPU twins: gated_act (every hidden_act, and
 // inside cuda::moe's decode and prefill paths), embed (f32, bf16, f16 tables),
-// add (plain and sigmoid-gated), clamp, store_rows (f32, and bf16 / f16 caches bit for bit) and copy. Sizes are odd and even, and pointers are offset
+// add (plain and sigmoid-gated), clamp, store_rows (f32, and bf16 / f16 caches bit for bit; with the fused
+// RoPE bit for bit against rope then store_rows on the GPU, and within rope's tolerance of the CPU) and copy. Sizes are odd and even, and pointers are offset
 // by one float so both the 16-byte and the one-element paths run. Skips without a GPU.
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cuda_test_util.h"
 #include "kernels/cpu/context.h"
 #include "kernels/cuda/context.h"
 #include "kernels/ops.h"
+#include "moerun/error.h"
 #include "support/op_tolerances.h"
 
 namespace moerun {
@@ -344,6 +348,152 @@ TEST(ElementwiseCuda, StoreRowsSixteenBitCachesMatchCpuBits) {
         ASSERT_EQ(got[e], want[e]) << kv_type_name(kv) << " n=" << c.n << " cols=" << c.cols << " element " << e;
     }
   }
+}
+
+// store_rows with the fused RoPE (StoreRowsParams::rope_*) into f32, bf16 and f16 caches: the same bytes
+// as cuda::rope on a copy followed by the plain cuda::store_rows (the fused kernel shares rope.cu's
+// arithmetic, kernels/cuda/rope.cuh), src unwritten, rows nobody stores untouched; and within rope's CUDA
+// tolerance of the CPU twin (sincosf against the C library: a few ulps before the conversion, so a 16-bit
+// element may round one ulp of its type the other way). Both styles, GQA-like rows (several heads of 64
+// or 128 dims, whole and partial rotary) and MLA's latent row (64 dims at offset 512 of 576), n = 1, 5 and
+// 33 at unordered positions up to a few thousand, padded strides, attention factor 1 and 1.3.
+TEST(ElementwiseCuda, StoreRowsFusedRopeMatchesRopeThenStore) {
+  MOERUN_SKIP_WITHOUT_CUDA();
+  struct Shape {
+    const char* name;
+    int64_t cols, heads, head_stride, offset, dim;
+  };
+  const std::vector<Shape> shapes = {{"gqa 4x64", 256, 4, 64, 0, 64},
+                                     {"gqa 2x128", 256, 2, 128, 0, 128},
+                                     {"gqa 3x128 partial", 384, 3, 128, 0, 64},
+                                     {"mla 576", 576, 1, 0, 512, 64}};
+  cuda::Context ctx;
+  for (KvType kv : {KvType::f32, KvType::bf16, KvType::f16}) {
+    const size_t esize = kv == KvType::f32 ? 4 : 2;
+    for (RopeStyle style : {RopeStyle::neox, RopeStyle::interleaved}) {
+      for (const Shape& sh : shapes) {
+        for (int64_t n : {1, 5, 33}) {
+          for (float factor : {1.0f, 1.3f}) {
+            const uint64_t seed = static_cast<uint64_t>(n * 7919 + sh.cols * 31 + static_cast<int>(kv) * 7 +
+                                                        (style == RopeStyle::neox ? 1 : 2));
+            const int64_t src_stride = sh.cols + 3, cache_stride = sh.cols + 32, capacity = 4099;
+            const auto src = uniform(static_cast<size_t>(n * src_stride), -2.0f, 2.0f, seed);
+            std::vector<float> inv_freq(static_cast<size_t>(sh.dim / 2));
+            for (size_t i = 0; i < inv_freq.size(); ++i)
+              inv_freq[i] = std::pow(10000.0f, -2.0f * static_cast<float>(i) / static_cast<float>(sh.dim));
+            std::vector<int64_t> positions;
+            for (int64_t t = 0; t < n; ++t) positions.push_back((t * 977 + 4000) % capacity);  // distinct, unordered
+            std::vector<uint8_t> cache0(static_cast<size_t>(capacity * cache_stride) * esize);
+            for (size_t i = 0; i < cache0.size(); ++i) cache0[i] = static_cast<uint8_t>(0x3a ^ (i * 131u));
+            const std::string what = std::string(kv_type_name(kv)) + " " + sh.name + " n=" + std::to_string(n) +
+                                     (style == RopeStyle::neox ? " neox" : " interleaved") +
+                                     " factor=" + std::to_string(factor);
+
+            StoreRowsParams fused{.cache = nullptr, .cache_type = kv, .src = nullptr, .positions = nullptr, .n = n,
+                                  .cols = sh.cols, .src_stride = src_stride, .cache_stride = cache_stride,
+                                  .rope_inv_freq = nullptr, .rope_heads = sh.heads,
+                                  .rope_head_stride = sh.head_stride, .rope_offset = sh.offset,
+                                  .rope_dim = sh.dim, .rope_attention_factor = factor, .rope_style = style};
+            // The CPU twin.
+            std::vector<uint8_t> want = cache0;
+            {
+              StoreRowsParams c = fused;
+              c.cache = want.data();
+              c.src = src.data();
+              c.positions = positions.data();
+              c.rope_inv_freq = inv_freq.data();
+              cpu::Context cpu_ctx;
+              cpu::store_rows(c, cpu_ctx);
+            }
+
+            DeviceBuffer dsrc = upload(src), dsrc2 = upload(src), dfreq = upload(inv_freq), dpos = upload(positions);
+            DeviceBuffer dfused = upload(cache0), dunfused = upload(cache0);
+            // Fused.
+            StoreRowsParams g = fused;
+            g.cache = dfused.data();
+            g.src = dsrc.as<float>();
+            g.positions = dpos.as<int64_t>();
+            g.rope_inv_freq = dfreq.as<float>();
+            cuda::store_rows(g, ctx);
+            // Unfused: rope on a copy, then the plain store.
+            cuda::rope({.x = dsrc2.as<float>(),
+                        .n_tokens = n,
+                        .n_heads = sh.heads,
+                        .token_stride = src_stride,
+                        .head_stride = sh.head_stride,
+                        .rot_offset = sh.offset,
+                        .rot_dim = sh.dim,
+                        .positions = dpos.as<int64_t>(),
+                        .inv_freq = dfreq.as<float>(),
+                        .attention_factor = factor,
+                        .style = style},
+                       ctx);
+            cuda::store_rows({.cache = dunfused.data(),
+                              .cache_type = kv,
+                              .src = dsrc2.as<float>(),
+                              .positions = dpos.as<int64_t>(),
+                              .n = n,
+                              .cols = sh.cols,
+                              .src_stride = src_stride,
+                              .cache_stride = cache_stride},
+                             ctx);
+            const auto got = download<uint8_t>(dfused, ctx);
+            const auto unfused = download<uint8_t>(dunfused, ctx);
+            const auto src_after = download<float>(dsrc, ctx);
+            ASSERT_TRUE(got == unfused) << what << ": fused differs from rope then store_rows";
+            ASSERT_EQ(std::memcmp(src_after.data(), src.data(), src.size() * 4), 0) << what << ": src was written";
+            ASSERT_NE(got, cache0) << what;
+
+            // Against the CPU twin, element by element (untouched elements compare equal bit for bit).
+            const float tol = max_diff(Op::rope);
+            const float rel = kv == KvType::f32 ? 0.0f : kv == KvType::bf16 ? 1.0f / 128 : 1.0f / 1024;
+            for (size_t e = 0; e < got.size() / esize; ++e) {
+              float gv = 0.0f, wv = 0.0f;
+              if (kv == KvType::f32) {
+                std::memcpy(&gv, got.data() + 4 * e, 4);
+                std::memcpy(&wv, want.data() + 4 * e, 4);
+              } else {
+                uint16_t gb = 0, wb = 0;
+                std::memcpy(&gb, got.data() + 2 * e, 2);
+                std::memcpy(&wb, want.data() + 2 * e, 2);
+                if (gb == wb) continue;
+                gv = kv == KvType::bf16 ? cpu::bf16_to_f32(gb) : cpu::f16_to_f32(gb);
+                wv = kv == KvType::bf16 ? cpu::bf16_to_f32(wb) : cpu::f16_to_f32(wb);
+              }
+              ASSERT_LE(std::fabs(gv - wv), tol + rel * std::fabs(wv)) << what << " element " << e;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// The fused rotation's shape checks, as the CPU twin's.
+TEST(ElementwiseCuda, StoreRowsFusedRopeRefusesBadShapes) {
+  MOERUN_SKIP_WITHOUT_CUDA();
+  const int64_t cols = 128;
+  DeviceBuffer dcache = upload(std::vector<float>(static_cast<size_t>(cols), 1.0f)), dsrc = upload(uniform(static_cast<size_t>(cols), -1.0f, 1.0f, 5));
+  DeviceBuffer dfreq = upload(uniform(64, 0.01f, 1.0f, 6)), dpos = upload(std::vector<int64_t>{0});
+  cuda::Context ctx;
+  auto params = [&] {
+    return StoreRowsParams{.cache = dcache.data(), .src = dsrc.as<float>(), .positions = dpos.as<int64_t>(), .n = 1,
+                           .cols = cols, .src_stride = cols, .cache_stride = cols, .rope_inv_freq = dfreq.as<float>(),
+                           .rope_heads = 2, .rope_head_stride = 64, .rope_offset = 0, .rope_dim = 64};
+  };
+  EXPECT_NO_THROW(cuda::store_rows(params(), ctx));
+  StoreRowsParams odd = params();
+  odd.rope_dim = 63;
+  EXPECT_THROW(cuda::store_rows(odd, ctx), Error);
+  StoreRowsParams past_cols = params();
+  past_cols.rope_offset = 2;
+  EXPECT_THROW(cuda::store_rows(past_cols, ctx), Error);
+  StoreRowsParams overlapping = params();
+  overlapping.rope_head_stride = 32;
+  overlapping.rope_dim = 32;
+  overlapping.rope_offset = 16;
+  EXPECT_THROW(cuda::store_rows(overlapping, ctx), Error);
+  ctx.synchronize();
 }
 
 TEST(ElementwiseCuda, CopyStrided) {
