@@ -522,6 +522,21 @@ struct Runner {
 
   const int64_t* dev_positions() { return at<const int64_t>(Ws::positions); }
 
+  // A cache store that rotates the new K rows on the way in (their RoPE, as apply_rope would with the
+  // segment's table): `heads` heads `head_stride` apart, dims [offset, offset + rope dim) of each.
+  StoreRowsParams rotated_store(StoreRowsParams p, const Segment& s, int64_t heads, int64_t head_stride, int64_t offset) {
+    const int64_t half = std::max<int64_t>(c.rope.dim / 2, 1);
+    const int64_t slot = rope.size() == 1 ? 0 : s.slot;
+    p.rope_inv_freq = at<const float>(Ws::inv_freq) + slot * half;
+    p.rope_heads = heads;
+    p.rope_head_stride = head_stride;
+    p.rope_offset = offset;
+    p.rope_dim = c.rope.dim;
+    p.rope_attention_factor = rope[static_cast<size_t>(slot)].attention_factor;
+    p.rope_style = c.rope.style;
+    return p;
+  }
+
   // RoPE on the step's rows of `data`: once over all of them, or per segment when each has its own
   // table (dynamic NTK).
   void apply_rope(float* data, int64_t n, int64_t heads, int64_t token_stride, int64_t head_stride, int64_t offset) {
@@ -566,8 +581,7 @@ struct Runner {
       be->clamp({.x = kb, .n = n * ks, .limit = lim});
       be->clamp({.x = vb, .n = n * Hkv * dh, .limit = lim});
     }
-    apply_rope(qb + q0, n, H, qs, dh, 0);
-    apply_rope(kb + k0, n, Hkv, ks, dh, 0);
+    apply_rope(qb + q0, n, H, qs, dh, 0);  // (K is rotated as it is stored)
     const int64_t row = Hkv * dh;
     float* ab = buf(Ws::attn, n * H * dh);
     attn_calls.clear();
@@ -575,8 +589,9 @@ struct Runner {
       void* kc = s.seq->k_cache[l].data;
       void* vc = s.seq->v_cache[l].data;
       const int64_t* p = dev_positions() + s.row;
-      be->store_rows({.cache = kc, .cache_type = kv_type, .src = kb + s.row * ks + k0, .positions = p, .n = s.n, .cols = row,
-                      .src_stride = ks, .cache_stride = row});
+      be->store_rows(rotated_store({.cache = kc, .cache_type = kv_type, .src = kb + s.row * ks + k0, .positions = p, .n = s.n,
+                                    .cols = row, .src_stride = ks, .cache_stride = row},
+                                   s, Hkv, dh, 0));
       be->store_rows({.cache = vc, .cache_type = kv_type, .src = vb + s.row * row, .positions = p, .n = s.n, .cols = row,
                       .src_stride = row, .cache_stride = row});
       attn_calls.push_back({.out = ab + s.row * H * dh, .q = qb + s.row * qs + q0, .k = kc, .v = vc, .kv_type = kv_type, .positions = p,
@@ -609,12 +624,14 @@ struct Runner {
       be->matmul_group(first);
     }
     norm(new_rows, new_rows, n, r, L.kv_a_layernorm, kMlaNormEps, row);
-    apply_rope(new_rows, n, 1, row, row, r);  // one rope key shared by all heads
     apply_rope(qb, n, H, H * dq, dq, dn);
     // (--mla naive, which reads the cache as f32 rows below, takes only an f32 cache: check_kv_type.)
+    // The one rope key all heads share is rotated as the row is stored.
     for (const Segment& s : segs)
-      be->store_rows({.cache = s.seq->k_cache[l].data, .cache_type = kv_type, .src = new_rows + s.row * row,
-                      .positions = dev_positions() + s.row, .n = s.n, .cols = row, .src_stride = row, .cache_stride = row});
+      be->store_rows(rotated_store({.cache = s.seq->k_cache[l].data, .cache_type = kv_type, .src = new_rows + s.row * row,
+                                    .positions = dev_positions() + s.row, .n = s.n, .cols = row, .src_stride = row,
+                                    .cache_stride = row},
+                                   s, 1, row, r));
 
     const Tensor& kvb = L.kv_b_proj.weight;  // [H*(dn+dv), r]: per head dn rows of W_UK, then dv rows of W_UV
     const float* kvb_scale = scale_of(L.kv_b_proj);

@@ -35,12 +35,13 @@ bool shared_fused(const ModelConfig& c) {
 int64_t expected_ops(const ModelConfig& c) {
   int64_t attn = 0;
   if (c.attention == AttentionKind::gqa) {
-    // q/k/v as one group, q and k rope, K and V stores, attention, o_proj.
-    attn = 7 + (c.qk_norm != QkNorm::none ? 2 : 0) + (c.clip_qkv ? 3 : 0);
+    // q/k/v as one group, q rope, K (rotated as stored) and V stores, attention, o_proj.
+    attn = 6 + (c.qk_norm != QkNorm::none ? 2 : 0) + (c.clip_qkv ? 3 : 0);
   } else {
-    // (q_a + kv_a) as one group [q_b with q_a's norm folded], the kv norm, two ropes, the latent
-    // store, the two absorption head matmuls around the attention, the rope-part copy, o_proj.
-    attn = 10 + (c.q_lora_rank ? 1 : 0);
+    // (q_a + kv_a) as one group [q_b with q_a's norm folded], the kv norm, q's rope, the latent
+    // store (rotating its rope key), the two absorption head matmuls around the attention, the
+    // rope-part copy, o_proj.
+    attn = 9 + (c.q_lora_rank ? 1 : 0);
   }
   int64_t ops = 2;  // embed, LM head
   for (FfnKind f : c.layer_ffn) {
