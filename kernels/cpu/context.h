@@ -55,6 +55,9 @@ struct CallScratch {
   std::vector<int32_t> route_groups;               // route: the kept groups
   MoePlan moe_plan;                                // moe: token->expert pairs sorted by expert
   std::vector<float> moe_x, moe_gate, moe_up, moe_down;  // moe: an expert's rows through its FFN
+  // A matmul (group) with folded steps: the normed x (MatmulParams::norm_weight), and the products
+  // before they are added into out (accumulate).
+  std::vector<float> fused_x, fused_out;
 };
 
 class Context {

@@ -292,9 +292,9 @@ const float* redirect_fused(const MatmulParams* ps, size_t count, std::array<Mat
       acc_floats += p.n * p.out_features;
     }
   }
-  MatmulActs& s = ctx.worker(0).acts;
-  float* norm_base = grow(s.xp, norm_floats);
-  float* acc_base = grow(s.xd, acc_floats);
+  CallScratch& s = ctx.call();
+  float* norm_base = grow(s.fused_x, norm_floats);
+  float* acc_base = grow(s.fused_out, acc_floats);
   for (size_t i = 0; i < count; ++i) {
     const MatmulParams& p = ps[i];
     if (p.n <= 0 || p.out_features <= 0) continue;
