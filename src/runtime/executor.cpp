@@ -327,10 +327,6 @@ struct Segment {
   int64_t slot = 0;
 };
 
-// What the executor steps with: a backend, a workspace planned for `tokens` rows and `sequences`
-// segments per step, the experts' pointer tables and the RoPE tables. Every matmul, norm and MoE
-// block runs once over all rows of a step (weights read once for the whole batch); RoPE, the cache
-// stores and attention run per segment over that sequence's own cache.
 // What a matmul folds in, saving the separate ops (one CUDA launch each; the CPU runs the same
 // steps as the separate ops, bit for bit): RMSNorm of its input rows, and adding into its output
 // (the residual add).
@@ -340,6 +336,10 @@ struct Fold {
   bool accumulate = false;
 };
 
+// What the executor steps with: a backend, a workspace planned for `tokens` rows and `sequences`
+// segments per step, the experts' pointer tables and the RoPE tables. Every matmul, norm and MoE
+// block runs once over all rows of a step (weights read once for the whole batch); RoPE, the cache
+// stores and attention run per segment over that sequence's own cache.
 struct Runner {
   const Engine::Impl* engine;
   const ModelDesc& c;  // the executor sees capabilities and dimensions, never the family (this rank's share of them)
@@ -488,10 +488,12 @@ struct Runner {
             .norm_weight = fold.norm ? static_cast<const float*>(wp(*fold.norm)) : nullptr, .norm_eps = fold.eps,
             .accumulate = fold.accumulate};
   }
-  void lin(float* dst, const float* src, int64_t n, const LinearWeight& weight, int64_t src_stride = 0) {
-    be->matmul(lin_params(dst, src, n, weight, src_stride));
+  void lin(float* dst, const float* src, int64_t n, const LinearWeight& weight, int64_t src_stride = 0, Fold fold = {}) {
+    be->matmul(lin_params(dst, src, n, weight, src_stride, fold));
   }
-  void lin(float* dst, const float* src, int64_t n, const Tensor& weight) { lin(dst, src, n, LinearWeight{weight, {}, {}}); }
+  void lin(float* dst, const float* src, int64_t n, const Tensor& weight, Fold fold = {}) {
+    lin(dst, src, n, LinearWeight{weight, {}, {}}, 0, fold);
+  }
 
   void norm(float* dst, const float* src, int64_t rows, int64_t cols, const Tensor& weight, float eps, int64_t stride = 0) {
     be->rms_norm({.out = dst, .x = src, .weight = static_cast<const float*>(wp(weight)), .rows = rows, .cols = cols,
@@ -522,12 +524,16 @@ struct Runner {
 
   const int64_t* dev_positions() { return at<const int64_t>(Ws::positions); }
 
+  // The RoPE table a segment's rows use: the one every row shares, or the segment's own (dynamic
+  // NTK); and where its inverse frequencies are in backend memory.
+  int64_t rope_slot(const Segment& s) const { return rope.size() == 1 ? 0 : s.slot; }
+  const float* inv_freq_of(int64_t slot) { return at<const float>(Ws::inv_freq) + slot * std::max<int64_t>(c.rope.dim / 2, 1); }
+
   // A cache store that rotates the new K rows on the way in (their RoPE, as apply_rope would with the
   // segment's table): `heads` heads `head_stride` apart, dims [offset, offset + rope dim) of each.
   StoreRowsParams rotated_store(StoreRowsParams p, const Segment& s, int64_t heads, int64_t head_stride, int64_t offset) {
-    const int64_t half = std::max<int64_t>(c.rope.dim / 2, 1);
-    const int64_t slot = rope.size() == 1 ? 0 : s.slot;
-    p.rope_inv_freq = at<const float>(Ws::inv_freq) + slot * half;
+    const int64_t slot = rope_slot(s);
+    p.rope_inv_freq = inv_freq_of(slot);
     p.rope_heads = heads;
     p.rope_head_stride = head_stride;
     p.rope_offset = offset;
@@ -540,16 +546,15 @@ struct Runner {
   // RoPE on the step's rows of `data`: once over all of them, or per segment when each has its own
   // table (dynamic NTK).
   void apply_rope(float* data, int64_t n, int64_t heads, int64_t token_stride, int64_t head_stride, int64_t offset) {
-    const int64_t half = std::max<int64_t>(c.rope.dim / 2, 1);
     auto run = [&](int64_t row, int64_t rows, int64_t slot) {
       be->rope({.x = data + row * token_stride, .n_tokens = rows, .n_heads = heads, .token_stride = token_stride,
                 .head_stride = head_stride, .rot_offset = offset, .rot_dim = c.rope.dim, .positions = dev_positions() + row,
-                .inv_freq = at<const float>(Ws::inv_freq) + slot * half,
+                .inv_freq = inv_freq_of(slot),
                 .attention_factor = rope[static_cast<size_t>(slot)].attention_factor, .style = c.rope.style});
     };
     if (rope.size() == 1) run(0, n, 0);
     else
-      for (const Segment& s : segs) run(s.row, s.n, s.slot);
+      for (const Segment& s : segs) run(s.row, s.n, rope_slot(s));
   }
 
   // GQA attention of n tokens (input `in` [n, D], normed by `in_norm` on the way into q/k/v) into
@@ -600,7 +605,7 @@ struct Runner {
                             .scale = static_cast<float>(c.softmax_scale), .max_len = s.seq->context});
     }
     be->attention_many(attn_calls);
-    be->matmul(lin_params(o, ab, n, L.o_proj, 0, {.accumulate = add_out}));
+    lin(o, ab, n, L.o_proj, 0, {.accumulate = add_out});
   }
 
   // Multi-head latent attention (docs/MODELS.md §4) into `o` [n, D], as gqa() takes its input and output.
@@ -618,7 +623,7 @@ struct Runner {
                                     lin_params(new_rows, in, n, L.kv_a_proj_with_mqa, 0, in_norm)};
       be->matmul_group(first);
       // q_b reads q_a's output normed (q_a_layernorm), folded into it.
-      be->matmul(lin_params(qb, qa, n, L.q_b_proj, 0, {.norm = &L.q_a_layernorm, .eps = kMlaNormEps}));
+      lin(qb, qa, n, L.q_b_proj, 0, {.norm = &L.q_a_layernorm, .eps = kMlaNormEps});
     } else {
       const MatmulParams first[] = {lin_params(qb, in, n, L.q_proj, 0, in_norm), lin_params(new_rows, in, n, L.kv_a_proj_with_mqa, 0, in_norm)};
       be->matmul_group(first);
@@ -679,7 +684,7 @@ struct Runner {
                        .max_len = len});
       }
     }
-    be->matmul(lin_params(o, ab, n, L.o_proj, 0, {.accumulate = add_out}));
+    lin(o, ab, n, L.o_proj, 0, {.accumulate = add_out});
   }
 
   // The gated FFN over n rows: out = down(act(gate x) * up x), act = hidden_act (SwiGLU for silu);
@@ -691,7 +696,7 @@ struct Runner {
     const MatmulParams gate_up[] = {lin_params(g, in, n, m.gate_proj, 0, in_norm), lin_params(u, in, n, m.up_proj, 0, in_norm)};
     be->matmul_group(gate_up);
     be->gated_act({.out = g, .gate = g, .up = u, .n = n * I, .act = c.hidden_act});
-    be->matmul(lin_params(o, g, n, m.down_proj, 0, {.accumulate = add_out}));
+    lin(o, g, n, m.down_proj, 0, {.accumulate = add_out});
   }
 
   // The MoE block into `o` [n, D]: route every token, then run each selected expert once over all
@@ -722,7 +727,8 @@ struct Runner {
                  .down_scale = static_cast<const float* const*>(t.down_scale.data), .block_out = c.fp8.block_out,
                  .block_in = c.fp8.block_in};
     const bool shared = c.shared.count > 0 && P.shared_here;  // (expert parallel: rank 0 alone adds it)
-    if (shared && shared_fuses(L.shared_expert, t.dtype, I)) {
+    const bool shared_inside = shared && shared_fuses(L.shared_expert, t.dtype, I);
+    if (shared_inside) {
       // DeepSeek's ungated shared expert as one more pair of every token: no ops of its own.
       const MlpWeights& m = L.shared_expert;
       mp.shared_gate = wp(m.gate_proj.weight);
@@ -731,11 +737,9 @@ struct Runner {
       mp.shared_gate_scale = scale_of(m.gate_proj);
       mp.shared_up_scale = scale_of(m.up_proj);
       mp.shared_down_scale = scale_of(m.down_proj);
-      be->moe(mp);
-      return;
     }
     be->moe(mp);
-    if (shared) {
+    if (shared && !shared_inside) {
       float* s = buf(Ws::shared_out, n * D);
       swiglu(L.shared_expert, in, n, s);
       const float* g = nullptr;
@@ -831,7 +835,7 @@ struct Runner {
     if (!P.head_here) return nullptr;  // (expert parallel: rank 0 alone computes the logits)
     // The final norm is folded into the LM head.
     const auto head = [&](float* out) {
-      be->matmul(lin_params(out, last, rows, LinearWeight{w.lm_head, {}, {}}, 0, {.norm = &w.norm, .eps = eps}));
+      lin(out, last, rows, w.lm_head, Fold{.norm = &w.norm, .eps = eps});
     };
     const int64_t V = c.vocab_size;
     if (!P.head_split) {
